@@ -1,0 +1,58 @@
+"""``python -m bot``: check settings, migrate the database, start the worker and the bot."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+import discord
+import yarl
+
+from .db.migrate import upgrade_to_head
+from .settings import Settings, SettingsError, load_settings
+
+
+def point_discord_at(settings: Settings) -> None:
+    """Let an operator (or the tests) point discord.py at a proxy or a fake Discord."""
+    discord.http.Route.BASE = settings.discord_api_base
+    discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(settings.discord_gateway_url)
+
+
+async def run(settings: Settings) -> int:
+    from .client import ZImageBot
+
+    bot = ZImageBot(settings)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda: asyncio.ensure_future(bot.close()))
+    try:
+        async with bot:
+            await bot.start(settings.discord_token)
+    except discord.LoginFailure:
+        print("DISCORD_TOKEN was rejected by Discord: check the token in your environment or .env", file=sys.stderr)
+        return 2
+    return 0
+
+
+def main() -> int:
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s bot %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("discord").setLevel(max(logging.INFO, logging.getLevelName(settings.log_level)))
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        upgrade_to_head(settings.sync_database_url)
+    except Exception as exc:  # noqa: BLE001 - one line for the operator, not a traceback
+        print(f"database error: cannot migrate {settings.database_url}: {exc}", file=sys.stderr)
+        return 2
+    point_discord_at(settings)
+    return asyncio.run(run(settings))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

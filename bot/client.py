@@ -1,0 +1,103 @@
+"""The Discord client: wires the store, worker, runner and cogs together in setup_hook."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from .db.jobs import JobStore
+from .delivery import Delivery
+from .errors import UserFacingError
+from .imagine import ImagineService
+from .limits import UserLimits
+from .runner import JobRunner
+from .settings import Settings
+from .views import BUTTONS, result_view
+from .worker.client import WorkerClient
+from .worker.supervisor import WorkerSupervisor
+
+log = logging.getLogger(__name__)
+
+EXTENSIONS = ("bot.cogs.imagine", "bot.cogs.queue")
+COMMANDS_HASH_KEY = "global_commands_hash"
+
+
+class ZImageBot(commands.Bot):
+    def __init__(self, settings: Settings):
+        intents = discord.Intents.none()
+        intents.guilds = True  # channels and permissions; slash commands need nothing more
+        super().__init__(command_prefix=commands.when_mentioned, intents=intents, help_command=None)
+        self.settings = settings
+        self.store = JobStore(settings.database_url)
+        self.worker = WorkerClient(settings.socket_path)
+        self.supervisor = WorkerSupervisor(settings) if settings.worker_mode == "spawn" else None
+        self.delivery = Delivery(self)
+        self.limits = UserLimits(settings, self.store)
+        self.runner = JobRunner(settings, self.store, self.worker, self.delivery, result_view)
+        self.imagine = ImagineService(self)
+        self.tree.on_error = self.on_app_command_error
+
+    async def setup_hook(self) -> None:
+        if self.supervisor:
+            self.supervisor.start()
+        self.worker.start()
+        for extension in EXTENSIONS:
+            await self.load_extension(extension)
+        self.add_dynamic_items(*BUTTONS)
+        await self.sync_commands()
+        await self.runner.recover()
+        self.runner.start()
+
+    async def sync_commands(self) -> None:
+        """Sync to the dev guild every start; globally only when the command set changed."""
+        if self.settings.dev_guild_id:
+            guild = discord.Object(self.settings.dev_guild_id)
+            self.tree.copy_global_to(guild=guild)
+            await self.tree.sync(guild=guild)
+            log.info("synced commands to guild %s", self.settings.dev_guild_id)
+            return
+        payload = json.dumps([command.to_dict(self.tree) for command in self.tree.get_commands()], sort_keys=True)
+        digest = hashlib.sha256(payload.encode()).hexdigest()
+        if await self.store.get_state(COMMANDS_HASH_KEY) == digest:
+            return
+        await self.tree.sync()
+        await self.store.set_state(COMMANDS_HASH_KEY, digest)
+        log.info("synced commands globally")
+
+    async def on_app_command_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
+        """The one place command and button errors become replies."""
+        original = getattr(error, "original", error)
+        if isinstance(original, UserFacingError):
+            message = str(original)
+        elif isinstance(error, app_commands.CheckFailure):
+            message = "You are not allowed to use this command here."
+        else:
+            log.error("command failed", exc_info=original)
+            message = "Something went wrong on our side; the error was logged."
+        await self.reply_ephemeral(interaction, message)
+
+    @staticmethod
+    async def reply_ephemeral(interaction: discord.Interaction, message: str) -> None:
+        try:
+            if interaction.response.is_done():
+                await interaction.followup.send(message, ephemeral=True)
+            else:
+                await interaction.response.send_message(message, ephemeral=True)
+        except discord.HTTPException as exc:
+            log.warning("could not tell the user about an error: %s", exc)
+
+    async def on_error(self, event_method: str, /, *args, **kwargs) -> None:
+        log.exception("unhandled error in %s", event_method)
+
+    async def close(self) -> None:
+        await self.runner.stop()
+        await self.worker.close()
+        if self.supervisor:
+            await self.supervisor.stop()
+        await self.store.close()
+        await super().close()

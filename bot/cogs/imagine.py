@@ -1,0 +1,53 @@
+"""/imagine: prompt in, images out."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from ..imagine import MAX_PROMPT_CHARS, MAX_SEED, build_params, consecutive_seeds, random_seed
+from ..sizes import ASPECT_SIZES, DEFAULT_ASPECT
+
+if TYPE_CHECKING:
+    from ..client import ZImageBot
+
+ASPECT_CHOICES = [
+    app_commands.Choice(name=f"{aspect} ({width}×{height})", value=aspect)
+    for aspect, (width, height) in ASPECT_SIZES.items()
+]
+
+
+class ImagineCog(commands.Cog):
+    def __init__(self, bot: ZImageBot):
+        self.bot = bot
+
+    @app_commands.command(name="imagine", description="Generate images from a text prompt with Z-Image-Turbo")
+    @app_commands.describe(
+        prompt="What to draw",
+        aspect="Aspect ratio (about one megapixel)",
+        seed="Seed for reproducible images (random when left out)",
+        count="How many images (1-4)",
+        steps="Denoising steps (8 is what Turbo was made for)",
+    )
+    @app_commands.choices(aspect=ASPECT_CHOICES)
+    async def imagine(
+        self,
+        interaction: discord.Interaction,
+        prompt: app_commands.Range[str, 1, MAX_PROMPT_CHARS],
+        aspect: str = DEFAULT_ASPECT,
+        seed: app_commands.Range[int, 0, MAX_SEED] | None = None,
+        count: app_commands.Range[int, 1, 4] = 1,
+        steps: app_commands.Range[int, 1, 16] = 8,
+    ) -> None:
+        if aspect not in ASPECT_SIZES:
+            aspect = DEFAULT_ASPECT
+        seeds = consecutive_seeds(random_seed() if seed is None else seed, count)
+        params = build_params(prompt, aspect, steps, seeds, interaction.filesize_limit)
+        await self.bot.imagine.submit(interaction, params)
+
+
+async def setup(bot: ZImageBot) -> None:
+    await bot.add_cog(ImagineCog(bot))

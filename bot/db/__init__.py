@@ -1,0 +1,1 @@
+"""Persistence: SQLAlchemy models, Alembic migrations at start-up, and the job store."""

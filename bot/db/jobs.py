@@ -1,0 +1,125 @@
+"""The job queue, stored in the database: every state change of a job goes through here."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
+
+from .models import BotState, Job, JobKind, JobStatus, utcnow
+
+INTERACTION_TOKEN_LIFETIME = timedelta(minutes=15)
+
+
+class JobStore:
+    def __init__(self, database_url: str):
+        self.engine = create_async_engine(database_url)
+        self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    def session(self) -> AsyncSession:
+        return self._sessions()
+
+    # --- creating and reading ---------------------------------------------------------
+
+    async def enqueue(self, *, user_id: int, guild_id: int | None, channel_id: int, params: dict[str, Any],
+                      interaction_id: int | None = None, interaction_token: str | None = None,
+                      kind: str = JobKind.IMAGINE, created_at: datetime | None = None) -> Job:
+        created = created_at or utcnow()
+        job = Job(kind=kind, status=JobStatus.QUEUED, user_id=user_id, guild_id=guild_id,
+                  channel_id=channel_id, interaction_id=interaction_id, interaction_token=interaction_token,
+                  token_expires_at=created + INTERACTION_TOKEN_LIFETIME if interaction_token else None,
+                  params=params, attempts=0, created_at=created)
+        async with self.session() as session, session.begin():
+            session.add(job)
+        return job
+
+    async def get(self, job_id: int) -> Job | None:
+        async with self.session() as session:
+            return await session.get(Job, job_id)
+
+    async def active_jobs_of(self, user_id: int) -> list[Job]:
+        async with self.session() as session:
+            rows = await session.scalars(
+                select(Job).where(Job.user_id == user_id, Job.status.in_(JobStatus.active())).order_by(Job.id))
+            return list(rows)
+
+    async def count_active_of(self, user_id: int) -> int:
+        async with self.session() as session:
+            return await session.scalar(select(func.count()).select_from(Job).where(
+                Job.user_id == user_id, Job.status.in_(JobStatus.active()))) or 0
+
+    async def queued_jobs(self) -> list[Job]:
+        """Waiting jobs in the order they will run (position 1 first)."""
+        async with self.session() as session:
+            return list(await session.scalars(
+                select(Job).where(Job.status == JobStatus.QUEUED).order_by(Job.id)))
+
+    async def position(self, job_id: int) -> int | None:
+        """1-based place among waiting jobs, or None when the job is not waiting."""
+        order = [job.id for job in await self.queued_jobs()]
+        return order.index(job_id) + 1 if job_id in order else None
+
+    async def jobs_in(self, status: JobStatus) -> list[Job]:
+        async with self.session() as session:
+            return list(await session.scalars(select(Job).where(Job.status == status).order_by(Job.id)))
+
+    # --- state changes -----------------------------------------------------------------
+
+    async def set_message(self, job_id: int, message_id: int) -> None:
+        await self._update(job_id, message_id=message_id)
+
+    async def claim_next(self) -> Job | None:
+        """Move the oldest queued job to RUNNING, counting the attempt. Single consumer."""
+        async with self.session() as session, session.begin():
+            job = await session.scalar(
+                select(Job).where(Job.status == JobStatus.QUEUED).order_by(Job.id).limit(1))
+            if job is None:
+                return None
+            job.status = JobStatus.RUNNING
+            job.attempts += 1
+            job.started_at = utcnow()
+        return job
+
+    async def requeue(self, job_id: int, error: str | None = None) -> None:
+        await self._update(job_id, status=JobStatus.QUEUED, error=error)
+
+    async def mark_delivering(self, job_id: int, result: dict[str, Any]) -> None:
+        await self._update(job_id, status=JobStatus.DELIVERING, result=result, error=None)
+
+    async def finish(self, job_id: int, status: JobStatus, error: str | None = None) -> None:
+        await self._update(job_id, status=status, error=error, finished_at=utcnow())
+
+    async def cancel_if_queued(self, job_id: int) -> bool:
+        """Atomically cancel a job that has not started; False when it already left the queue."""
+        async with self.session() as session, session.begin():
+            result = await session.execute(
+                update(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED)
+                .values(status=JobStatus.CANCELLED, finished_at=utcnow()))
+            return result.rowcount == 1
+
+    async def recover_interrupted(self) -> list[Job]:
+        """After a restart, jobs caught RUNNING go back to the queue (they were never delivered)."""
+        interrupted = await self.jobs_in(JobStatus.RUNNING)
+        for job in interrupted:
+            await self.requeue(job.id, error="interrupted by a restart")
+        return interrupted
+
+    async def _update(self, job_id: int, **values: Any) -> None:
+        async with self.session() as session, session.begin():
+            await session.execute(update(Job).where(Job.id == job_id).values(**values))
+
+    # --- small key/value state ---------------------------------------------------------
+
+    async def get_state(self, key: str) -> str | None:
+        async with self.session() as session:
+            row = await session.get(BotState, key)
+            return row.value if row else None
+
+    async def set_state(self, key: str, value: str) -> None:
+        async with self.session() as session, session.begin():
+            await session.merge(BotState(key=key, value=value))

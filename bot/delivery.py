@@ -1,0 +1,131 @@
+"""Posting a job's state to Discord without ever letting a Discord error kill the job.
+
+A job's message is the interaction's original response. While the interaction token lives
+(15 minutes) we edit it through the interaction webhook; afterwards, or when the message was
+deleted, we fall back to the channel with the bot token. Every call here swallows and logs
+Discord errors: a lost progress edit is harmless, and a final result always finds some way out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from datetime import timedelta
+
+import discord
+
+from .db.models import Job, utcnow
+
+log = logging.getLogger(__name__)
+
+# Leave a margin: a token that expires mid-upload is as bad as an expired one.
+TOKEN_MARGIN = timedelta(seconds=30)
+UNKNOWN_MESSAGE = 10008
+UNKNOWN_WEBHOOK = 10015
+INVALID_WEBHOOK_TOKEN = 50027
+RATE_LIMIT_RETRIES = 3
+
+
+class Delivery:
+    def __init__(self, client: discord.Client):
+        self.client = client
+
+    def _webhook(self, job: Job) -> discord.Webhook | None:
+        if not job.interaction_token or not job.token_expires_at:
+            return None
+        if utcnow() + TOKEN_MARGIN >= job.token_expires_at:
+            return None
+        return discord.Webhook.partial(self.client.application_id, job.interaction_token, client=self.client)
+
+    async def _channel(self, job: Job) -> discord.abc.Messageable | None:
+        channel = self.client.get_channel(job.channel_id)
+        if channel is None:
+            try:
+                channel = await self.client.fetch_channel(job.channel_id)
+            except discord.HTTPException as exc:
+                log.warning("job %s: cannot reach channel %s: %s", job.id, job.channel_id, exc)
+                return None
+        return channel  # type: ignore[return-value]
+
+    async def edit_status(self, job: Job, content: str, **fields) -> bool:
+        """Edit the job's message in place (progress, queue position). True when it worked."""
+        if job.message_id is None:
+            return False
+
+        async def through_token(webhook: discord.Webhook) -> None:
+            await webhook.edit_message(job.message_id, content=content, **fields)
+
+        async def through_channel(channel) -> None:
+            await channel.get_partial_message(job.message_id).edit(content=content, **fields)
+
+        return await self._attempt(job, through_token, through_channel, what="status edit")
+
+    async def post_final(self, job: Job, content: str, make_files: Callable[[], list[discord.File]] | None = None,
+                         **fields) -> bool:
+        """Put the final state on the job's message; if it cannot be edited, post a new one."""
+        files = (lambda: make_files() if make_files else [])
+
+        async def edit_original(webhook: discord.Webhook) -> None:
+            if job.message_id is None:
+                raise _NoMessage()
+            await webhook.edit_message(job.message_id, content=content, attachments=files(), **fields)
+
+        async def followup(webhook: discord.Webhook) -> None:
+            await webhook.send(content=content, files=files(), wait=True, **fields)
+
+        async def channel_post(channel) -> None:
+            await channel.send(content=content, files=files(),
+                               allowed_mentions=discord.AllowedMentions(users=True), **fields)
+
+        if await self._attempt(job, edit_original, None, what="final edit", quiet_missing=True):
+            return True
+        if await self._attempt(job, followup, None, what="final followup", quiet_missing=True):
+            return True
+        # The token is gone: point the old message at the new one, then post with a mention.
+        await self.edit_status(job, f"Job #{job.id} finished; the result is posted below.", embed=None, view=None)
+        return await self._attempt(job, None, channel_post, what="final channel post")
+
+    async def post_extra(self, job: Job, content: str, make_files: Callable[[], list[discord.File]]) -> bool:
+        """A further message for the same job (more images than one upload can carry)."""
+
+        async def followup(webhook: discord.Webhook) -> None:
+            await webhook.send(content=content, files=make_files(), wait=True)
+
+        async def channel_post(channel) -> None:
+            await channel.send(content=content, files=make_files())
+
+        return await self._attempt(job, followup, channel_post, what="extra post")
+
+    async def _attempt(self, job: Job, through_token, through_channel, *, what: str,
+                       quiet_missing: bool = False) -> bool:
+        """Try the token route, then the channel route; retry rate limits discord.py gave up on."""
+        for route in ("token", "channel"):
+            action = through_token if route == "token" else through_channel
+            if action is None:
+                continue
+            target = self._webhook(job) if route == "token" else await self._channel(job)
+            if target is None:
+                continue
+            for retry in range(RATE_LIMIT_RETRIES):
+                try:
+                    await action(target)
+                    return True
+                except _NoMessage:
+                    break
+                except discord.HTTPException as exc:
+                    if exc.status == 429 and retry + 1 < RATE_LIMIT_RETRIES:
+                        await asyncio.sleep(2.0 * (retry + 1))
+                        continue
+                    gone = exc.code in (UNKNOWN_MESSAGE, UNKNOWN_WEBHOOK, INVALID_WEBHOOK_TOKEN) or exc.status in (401, 404)
+                    level = logging.DEBUG if (gone and quiet_missing) else logging.WARNING
+                    log.log(level, "job %s: %s via %s failed: %s %s", job.id, what, route, exc.status, exc.text)
+                    break
+                except (discord.DiscordException, OSError) as exc:
+                    log.warning("job %s: %s via %s failed: %r", job.id, what, route, exc)
+                    break
+        return False
+
+
+class _NoMessage(Exception):
+    """There is no message to edit; move on to posting a new one."""

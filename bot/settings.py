@@ -1,0 +1,125 @@
+"""Settings from the environment (and a `.env` file): parsed once, validated at start-up.
+
+A bad value stops the bot with one clear line (`SettingsError`), never a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from yarl import URL
+
+DEFAULT_MODEL = "Tongyi-MAI/Z-Image-Turbo"
+
+
+class SettingsError(Exception):
+    """A setting is missing or malformed; the message names it and says what is expected."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    discord_token: str
+    discord_api_base: str = "https://discord.com/api/v10"
+    discord_gateway_url: str = "wss://gateway.discord.gg/"
+    dev_guild_id: int | None = None
+    data_dir: Path = Path("data")
+    database_url: str = ""
+    zimage_model: str = DEFAULT_MODEL
+    worker_mode: str = "spawn"  # spawn: the bot runs `python -m gpu`; external: connect only
+    worker_socket: Path | None = None
+    max_queued_per_user: int = 3
+    rate_limit_count: int = 5
+    rate_limit_period: float = 60.0
+    max_attempts: int = 2
+    progress_interval: float = 1.0
+    log_level: str = "INFO"
+
+    @property
+    def socket_path(self) -> Path:
+        return self.worker_socket or self.data_dir / "worker.sock"
+
+    @property
+    def outputs_dir(self) -> Path:
+        return self.data_dir / "outputs"
+
+    @property
+    def sync_database_url(self) -> str:
+        """The same database through a synchronous driver (Alembic runs synchronously)."""
+        return self.database_url.replace("+aiosqlite", "")
+
+
+def _int(env: dict[str, str], name: str, default: int | None, minimum: int = 0) -> int | None:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a whole number, got {raw!r}") from None
+    if value < minimum:
+        raise SettingsError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _float(env: dict[str, str], name: str, default: float, minimum: float = 0.0) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+    if value < minimum:
+        raise SettingsError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _url(env: dict[str, str], name: str, default: str, schemes: tuple[str, ...]) -> str:
+    raw = env.get(name, "").strip() or default
+    url = URL(raw)
+    if url.scheme not in schemes or not url.host:
+        raise SettingsError(f"{name} must be a {' or '.join(schemes)} URL, got {raw!r}")
+    return raw
+
+
+def load_settings(env: dict[str, str] | None = None, dotenv_path: str | None = ".env") -> Settings:
+    """Read settings; values already in the environment win over the `.env` file."""
+    if env is None:
+        if dotenv_path and Path(dotenv_path).is_file():
+            from dotenv import load_dotenv
+
+            load_dotenv(dotenv_path, override=False)
+        env = dict(os.environ)
+    token = env.get("DISCORD_TOKEN", "").strip()
+    if not token:
+        raise SettingsError("DISCORD_TOKEN is not set: put your bot token in the environment or in .env")
+    data_dir = Path(env.get("DATA_DIR", "").strip() or "data").expanduser().resolve()
+    database_url = env.get("DATABASE_URL", "").strip() or f"sqlite+aiosqlite:///{data_dir / 'zimage.db'}"
+    if "://" not in database_url:
+        raise SettingsError(f"DATABASE_URL must be a SQLAlchemy URL such as sqlite+aiosqlite:///path, got {database_url!r}")
+    worker_mode = env.get("WORKER_MODE", "").strip() or "spawn"
+    if worker_mode not in ("spawn", "external"):
+        raise SettingsError(f"WORKER_MODE must be 'spawn' or 'external', got {worker_mode!r}")
+    socket = env.get("WORKER_SOCKET", "").strip()
+    log_level = (env.get("LOG_LEVEL", "").strip() or "INFO").upper()
+    if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise SettingsError(f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {log_level!r}")
+    return Settings(
+        discord_token=token,
+        discord_api_base=_url(env, "DISCORD_API_BASE", Settings.discord_api_base, ("http", "https")).rstrip("/"),
+        discord_gateway_url=_url(env, "DISCORD_GATEWAY_URL", Settings.discord_gateway_url, ("ws", "wss")),
+        dev_guild_id=_int(env, "DEV_GUILD_ID", None, minimum=1),
+        data_dir=data_dir,
+        database_url=database_url,
+        zimage_model=env.get("ZIMAGE_MODEL", "").strip() or DEFAULT_MODEL,
+        worker_mode=worker_mode,
+        worker_socket=Path(socket).expanduser().resolve() if socket else None,
+        max_queued_per_user=_int(env, "MAX_QUEUED_PER_USER", 3, minimum=1),
+        rate_limit_count=_int(env, "RATE_LIMIT_COUNT", 5, minimum=1),
+        rate_limit_period=_float(env, "RATE_LIMIT_PERIOD", 60.0, minimum=0.1),
+        max_attempts=_int(env, "JOB_MAX_ATTEMPTS", 2, minimum=1),
+        progress_interval=_float(env, "PROGRESS_INTERVAL", 1.0, minimum=0.0),
+        log_level=log_level,
+    )

@@ -1,0 +1,1 @@
+"""The bot's side of the GPU worker: a socket client and a process supervisor."""

@@ -1,0 +1,70 @@
+"""``python -m gpu``: load the pipeline, warm it up, then serve the socket protocol."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+from .engine import DEFAULT_MODEL, ImageEngine
+from .server import WorkerServer, socket_is_live
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    data_dir = Path(os.environ.get("DATA_DIR", "data"))
+    parser = argparse.ArgumentParser(prog="python -m gpu", description="Z-Image GPU worker")
+    parser.add_argument("--model", default=os.environ.get("ZIMAGE_MODEL", DEFAULT_MODEL),
+                        help="hub id, local folder, or 'tiny'")
+    parser.add_argument("--data-dir", type=Path, default=data_dir)
+    parser.add_argument("--socket", type=Path, default=None, help="default: DATA_DIR/worker.sock")
+    parser.add_argument("--no-warm-up", action="store_true")
+    parser.add_argument("--exit-with-parent", action="store_true",
+                        help="exit when the process that started us dies (the bot's supervisor)")
+    return parser.parse_args(argv)
+
+
+def exit_with_parent() -> None:
+    """A worker orphaned by a killed bot would hold the GPU and the socket: follow the parent out."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.exit_with_parent:
+        exit_with_parent()
+    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"),
+                        format="%(asctime)s worker %(levelname)s %(name)s: %(message)s")
+    socket_path = args.socket or args.data_dir / "worker.sock"
+    args.data_dir.mkdir(parents=True, exist_ok=True)
+    if socket_is_live(socket_path):
+        print(f"another worker already serves {socket_path}", file=sys.stderr)
+        return 2
+    engine = ImageEngine(args.model, args.data_dir)
+    try:
+        engine.load()
+    except (OSError, ValueError) as exc:
+        print(f"cannot load model {args.model!r}: {exc}", file=sys.stderr)
+        return 3
+    if not args.no_warm_up:
+        engine.warm_up()
+    try:
+        asyncio.run(WorkerServer(engine, socket_path).serve_forever())
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""The warm Z-Image pipeline: load once, then generate image after image with progress.
+
+Everything here is synchronous and runs on the worker's single GPU thread; gpu/server.py
+owns the socket and the event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .protocol import GenerateParams
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "Tongyi-MAI/Z-Image-Turbo"
+MAX_SEQUENCE_LENGTH = 512  # the pipeline pads/truncates prompts to this many tokens
+PROMPT_CACHE_SIZE = 64
+
+
+class GenerationCancelled(Exception):
+    """Raised from the step callback to stop the denoising loop at once."""
+
+
+@dataclass(frozen=True)
+class GeneratedImage:
+    index: int
+    seed: int
+    image: object  # PIL.Image.Image
+
+
+def resolve_model_path(model: str, data_dir: Path) -> str:
+    """`tiny` -> a locally built random pipeline; a folder or hub id is passed through."""
+    if model == "tiny":
+        from .tiny import ensure_tiny_model
+
+        return str(ensure_tiny_model(data_dir / "models"))
+    return model
+
+
+class ImageEngine:
+    def __init__(self, model: str, data_dir: Path):
+        self.model_name = model
+        self.data_dir = data_dir
+        self.pipe = None
+        self.device = "cpu"
+        self._prompt_cache: OrderedDict[str, list] = OrderedDict()
+
+    def load(self) -> None:
+        import torch
+        from diffusers import ZImagePipeline
+
+        if torch.cuda.is_available():
+            self.device, dtype = "cuda", torch.bfloat16
+        else:
+            self.device, dtype = "cpu", torch.float32
+        started = time.perf_counter()
+        path = resolve_model_path(self.model_name, self.data_dir)
+        self.pipe = ZImagePipeline.from_pretrained(path, dtype=dtype).to(self.device)
+        self.pipe.set_progress_bar_config(disable=True)
+        log.info("loaded %s on %s in %.1f s", self.model_name, self.device, time.perf_counter() - started)
+
+    def warm_up(self) -> None:
+        """One small generation so the first user does not pay for lazy initialisation."""
+        self.generate(GenerateParams(prompt="warm-up", width=256, height=256, steps=1, seeds=[0]))
+
+    def count_tokens(self, prompt: str) -> int:
+        """Tokens the text encoder would see, chat template included (the pipeline's limit)."""
+        templated = self._templated(prompt)
+        return len(self.pipe.tokenizer(templated, truncation=False).input_ids)
+
+    def _templated(self, prompt: str) -> str:
+        return self.pipe.tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True, enable_thinking=True
+        )
+
+    def _prompt_embeds(self, prompt: str) -> list:
+        """Prompt embeddings, cached: rerolls and variations skip the text encoder."""
+        cached = self._prompt_cache.get(prompt)
+        if cached is not None:
+            self._prompt_cache.move_to_end(prompt)
+            return cached
+        import torch
+
+        with torch.inference_mode():
+            embeds, _ = self.pipe.encode_prompt(
+                prompt, device=self.device, do_classifier_free_guidance=False,
+                max_sequence_length=MAX_SEQUENCE_LENGTH,
+            )
+        self._prompt_cache[prompt] = embeds
+        if len(self._prompt_cache) > PROMPT_CACHE_SIZE:
+            self._prompt_cache.popitem(last=False)
+        return embeds
+
+    def generate(
+        self,
+        params: GenerateParams,
+        on_step: Callable[[int, int], None] = lambda step, total: None,
+        should_stop: Callable[[], bool] = lambda: False,
+        on_image: Callable[[GeneratedImage], None] = lambda image: None,
+    ) -> list[GeneratedImage]:
+        """Make one image per seed. Progress counts steps across all images of the request."""
+        import torch
+
+        total = params.steps * len(params.seeds)
+        embeds = self._prompt_embeds(params.prompt)
+        results = []
+        for index, seed in enumerate(params.seeds):
+            done_before = index * params.steps
+
+            def step_end(pipe, step, timestep, tensors, done_before=done_before):
+                if should_stop():
+                    raise GenerationCancelled()
+                on_step(done_before + step + 1, total)
+                return tensors
+
+            # A CPU generator gives the same noise on every device: same seed, same pixels.
+            generator = torch.Generator("cpu").manual_seed(seed)
+            with torch.inference_mode():
+                image = self.pipe(
+                    prompt_embeds=embeds,
+                    height=params.height,
+                    width=params.width,
+                    num_inference_steps=params.steps,
+                    guidance_scale=params.guidance_scale,
+                    generator=generator,
+                    callback_on_step_end=step_end,
+                ).images[0]
+            result = GeneratedImage(index=index, seed=seed, image=image)
+            on_image(result)
+            results.append(result)
+        return results
