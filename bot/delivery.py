@@ -64,7 +64,8 @@ class Delivery:
     async def post_final(self, job: Job, content: str, make_files: Callable[[], list[discord.File]] | None = None,
                          **fields) -> bool:
         """Put the final state on the job's message; if it cannot be edited, post a new one."""
-        files = (lambda: make_files() if make_files else [])
+        def files() -> list[discord.File]:
+            return make_files() if make_files else []
 
         async def edit_original(webhook: discord.Webhook) -> None:
             if job.message_id is None:

@@ -1,0 +1,32 @@
+"""Shared fixtures: the tiny model is built once per test session and shared read-only."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_models_dir(tmp_path_factory) -> Path:
+    """DATA_DIR/models with the tiny pipeline built by the project's own `ensure_tiny_model`."""
+    from gpu.tiny import ensure_tiny_model
+
+    models = tmp_path_factory.mktemp("shared") / "models"
+    ensure_tiny_model(models)
+    return models
+
+
+@pytest.fixture
+def data_dir(tmp_path, tiny_models_dir) -> Path:
+    """A fresh DATA_DIR whose models/ points at the session's tiny model (no rebuild per test)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "models").symlink_to(tiny_models_dir, target_is_directory=True)
+    return data

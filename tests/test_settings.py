@@ -1,0 +1,56 @@
+from pathlib import Path
+
+import pytest
+
+from bot.settings import SettingsError, load_settings
+
+
+def test_defaults(tmp_path):
+    settings = load_settings({"DISCORD_TOKEN": "t", "DATA_DIR": str(tmp_path)}, dotenv_path=None)
+    assert settings.discord_api_base == "https://discord.com/api/v10"
+    assert settings.discord_gateway_url == "wss://gateway.discord.gg/"
+    assert settings.zimage_model == "Tongyi-MAI/Z-Image-Turbo"
+    assert settings.database_url == f"sqlite+aiosqlite:///{tmp_path / 'zimage.db'}"
+    assert settings.sync_database_url == f"sqlite:///{tmp_path / 'zimage.db'}"
+    assert settings.socket_path == tmp_path / "worker.sock"
+    assert settings.dev_guild_id is None
+    assert settings.max_queued_per_user == 3
+
+
+@pytest.mark.parametrize("env, fragment", [
+    ({}, "DISCORD_TOKEN is not set"),
+    ({"DISCORD_TOKEN": "  "}, "DISCORD_TOKEN is not set"),
+    ({"DISCORD_TOKEN": "t", "DEV_GUILD_ID": "abc"}, "DEV_GUILD_ID must be a whole number"),
+    ({"DISCORD_TOKEN": "t", "DISCORD_API_BASE": "ftp://x"}, "DISCORD_API_BASE must be"),
+    ({"DISCORD_TOKEN": "t", "DISCORD_GATEWAY_URL": "http://x/"}, "DISCORD_GATEWAY_URL must be"),
+    ({"DISCORD_TOKEN": "t", "MAX_QUEUED_PER_USER": "0"}, "MAX_QUEUED_PER_USER must be at least 1"),
+    ({"DISCORD_TOKEN": "t", "RATE_LIMIT_PERIOD": "soon"}, "RATE_LIMIT_PERIOD must be a number"),
+    ({"DISCORD_TOKEN": "t", "WORKER_MODE": "cloud"}, "WORKER_MODE must be"),
+    ({"DISCORD_TOKEN": "t", "DATABASE_URL": "zimage.db"}, "DATABASE_URL must be"),
+])
+def test_bad_values_name_the_setting(env, fragment):
+    with pytest.raises(SettingsError, match=fragment):
+        load_settings(env, dotenv_path=None)
+
+
+def test_dotenv_file_is_read_and_environment_wins(tmp_path, monkeypatch):
+    env_file = tmp_path / ".env"
+    env_file.write_text("DISCORD_TOKEN=from-file\nZIMAGE_MODEL=tiny\n")
+    monkeypatch.delenv("DISCORD_TOKEN", raising=False)
+    monkeypatch.setenv("ZIMAGE_MODEL", "/models/zimage")
+    monkeypatch.setenv("DATA_DIR", str(tmp_path))
+    settings = load_settings(dotenv_path=str(env_file))
+    assert settings.discord_token == "from-file"
+    assert settings.zimage_model == "/models/zimage"
+    assert settings.data_dir == Path(tmp_path)
+
+
+def test_bot_exits_with_one_line_on_bad_settings(tmp_path):
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "bot"], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "configuration error: DISCORD_TOKEN is not set: put your bot token in the environment or in .env"]
