@@ -70,6 +70,9 @@ class ZImageBot(commands.Bot):
         log.info("synced commands globally")
 
     async def on_app_command_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
+        await self.report_error(interaction, error)
+
+    async def report_error(self, interaction: discord.Interaction, error: Exception) -> None:
         """The one place command and button errors become replies."""
         original = getattr(error, "original", error)
         if isinstance(original, UserFacingError):

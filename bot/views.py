@@ -33,6 +33,13 @@ class _JobButton:
     async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button, match: re.Match[str]):
         return cls(int(match["job_id"]))
 
+    async def callback(self, interaction: discord.Interaction) -> None:
+        # DynamicItem errors bypass tree.on_error, so route them to the same single handler.
+        try:
+            await self.handle(interaction)  # each button class defines handle()
+        except Exception as error:  # noqa: BLE001
+            await interaction.client.report_error(interaction, error)  # type: ignore[attr-defined]
+
     async def _job(self, interaction: discord.Interaction) -> Job:
         bot: ZImageBot = interaction.client  # type: ignore[assignment]
         job = await bot.store.get(self.job_id)
@@ -46,7 +53,7 @@ class RerollButton(_JobButton, discord.ui.DynamicItem[discord.ui.Button], templa
 
     ACTION, LABEL, EMOJI = "reroll", "Reroll", "🎲"
 
-    async def callback(self, interaction: discord.Interaction) -> None:
+    async def handle(self, interaction: discord.Interaction) -> None:
         job = await self._job(interaction)
         old = job.params
         params = build_params(old["prompt"], old["aspect"], old["steps"],
@@ -59,7 +66,7 @@ class VariationsButton(_JobButton, discord.ui.DynamicItem[discord.ui.Button], te
 
     ACTION, LABEL, EMOJI = "vary", "Variations", "🔀"
 
-    async def callback(self, interaction: discord.Interaction) -> None:
+    async def handle(self, interaction: discord.Interaction) -> None:
         job = await self._job(interaction)
         old = job.params
         seeds = [random_seed() for _ in old["seeds"]]
@@ -72,7 +79,7 @@ class DeleteButton(_JobButton, discord.ui.DynamicItem[discord.ui.Button], templa
 
     ACTION, LABEL, EMOJI, STYLE = "delete", "Delete", "🗑️", discord.ButtonStyle.danger
 
-    async def callback(self, interaction: discord.Interaction) -> None:
+    async def handle(self, interaction: discord.Interaction) -> None:
         job = await self._job(interaction)
         if interaction.user.id != job.user_id and not is_moderator(interaction):
             raise UserFacingError("Only the person who asked for this image, or a moderator, can delete it.")

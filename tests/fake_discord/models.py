@@ -231,6 +231,7 @@ class Interaction:
     payload: dict
     user_id: int
     fake: "FakeDiscord" = field(repr=False)
+    channel_id: int = 0
     callbacks: list = field(default_factory=list)  # callback bodies (payload_json decoded)
     original: Optional[Message] = None
     followups: list = field(default_factory=list)  # Message records

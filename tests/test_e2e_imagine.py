@@ -1,0 +1,166 @@
+"""/imagine end to end: the real bot process, a fake Discord, the real worker, a real SQLite file."""
+
+from __future__ import annotations
+
+import pytest
+
+from bot_process import BotProcess
+from e2e_helpers import contents, png_text, pixels, pngs, queued_job, wait_result
+from fake_discord import FakeDiscord
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+async def fake():
+    fake = FakeDiscord()
+    await fake.start()
+    yield fake
+    await fake.stop()
+
+
+@pytest.fixture
+async def bot(fake, data_dir):
+    process = BotProcess(fake, data_dir, RATE_LIMIT_COUNT="20")
+    await process.start()
+    yield process
+    await process.stop()
+    print(process.log()[-4000:])
+
+
+def command(fake, name):
+    registered = [c for c in fake.commands if c["name"] == name]
+    assert registered, f"/{name} was not registered"
+    return registered[0]
+
+
+async def test_commands_are_registered_with_choices_and_ranges(fake, bot):
+    imagine = {option["name"]: option for option in command(fake, "imagine")["options"]}
+    assert imagine["prompt"]["required"] is True
+    assert [c["value"] for c in imagine["aspect"]["choices"]] == ["1:1", "4:3", "3:4", "3:2", "2:3", "16:9", "9:16"]
+    assert (imagine["count"]["min_value"], imagine["count"]["max_value"]) == (1, 4)
+    assert (imagine["steps"]["min_value"], imagine["steps"]["max_value"]) == (1, 16)
+    assert {"queue", "cancel"} <= {c["name"] for c in fake.commands}
+    assert fake.spec_violations == []
+
+
+async def test_imagine_defers_shows_progress_and_posts_tagged_pngs(fake, bot):
+    ix = await fake.slash_command("imagine", {"prompt": "a red fox in snow", "seed": 42, "count": 2, "aspect": "16:9"},
+                                  user=fake.alice)
+    response = await ix.wait_response(timeout=3)
+    assert response["type"] == 5  # deferred: the first answer comes at once
+    job_id = await queued_job(ix)
+    [result] = await wait_result(fake, job_id, count=2)
+    history = contents(result)
+    assert any("position" in text for text in history), history
+    assert any("step 8/16" in text or "step 16/16" in text for text in history), history
+    images = pngs(result)
+    assert len(images) == 2
+    for index, png in enumerate(images):
+        text = png_text(png)
+        assert text["prompt"] == "a red fox in snow"
+        assert text["seed"] == str(42 + index)
+        assert (text["width"], text["height"], text["steps"], text["model"]) == ("1344", "768", "8", "tiny")
+    embed = result.embeds[0]
+    fields = {field["name"]: field["value"] for field in embed["fields"]}
+    assert "1344×768" in fields["Size"] and fields["Seeds"] == "42, 43" and fields["Steps"] == "8"
+    assert "Time" in fields
+    assert {cid.split(":")[1] for cid in result.custom_ids()} == {"reroll", "vary", "delete"}
+    assert fake.spec_violations == []
+
+
+async def test_same_prompt_seed_and_size_give_the_same_pixels(fake, bot):
+    first = await fake.slash_command("imagine", {"prompt": "lighthouse", "seed": 7, "steps": 2}, user=fake.alice)
+    second = await fake.slash_command("imagine", {"prompt": "lighthouse", "seed": 7, "steps": 2}, user=fake.bob)
+    other = await fake.slash_command("imagine", {"prompt": "lighthouse", "seed": 8, "steps": 2}, user=fake.bob)
+    results = [pngs((await wait_result(fake, await queued_job(ix)))[0])[0] for ix in (first, second, other)]
+    assert pixels(results[0]) == pixels(results[1])
+    assert pixels(results[0]) != pixels(results[2])
+
+
+async def test_buttons_reroll_variations_and_delete(fake, bot):
+    ix = await fake.slash_command("imagine", {"prompt": "a teapot", "seed": 5, "steps": 2, "count": 2}, user=fake.alice)
+    job_id = await queued_job(ix)
+    [result] = await wait_result(fake, job_id, count=2)
+
+    reroll = await fake.click_button(result, f"zimage:reroll:{job_id}", user=fake.bob)
+    reroll_job = await queued_job(reroll)
+    [rerolled] = await wait_result(fake, reroll_job, count=2)
+    seeds = [int(png_text(png)["seed"]) for png in pngs(rerolled)]
+    assert seeds[1] == seeds[0] + 1 and seeds != [5, 6]
+    assert all(png_text(png)["prompt"] == "a teapot" for png in pngs(rerolled))
+
+    vary = await fake.click_button(result, f"zimage:vary:{job_id}", user=fake.alice)
+    [varied] = await wait_result(fake, await queued_job(vary), count=2)
+    assert len(pngs(varied)) == 2 and all(png_text(png)["prompt"] == "a teapot" for png in pngs(varied))
+
+    refused = await fake.click_button(result, f"zimage:delete:{job_id}", user=fake.bob)
+    answer = await refused.wait_response()
+    assert answer["type"] == 4 and answer["data"]["flags"] & 64  # ephemeral refusal
+    assert not result.deleted
+
+    allowed = await fake.click_button(result, f"zimage:delete:{job_id}", user=fake.alice)
+    await allowed.wait_response()
+    await fake.wait_for(lambda: result.deleted, timeout=10, what="the result message deleted")
+
+    by_mod = await fake.click_button(rerolled, f"zimage:delete:{reroll_job}", user=fake.mod)
+    await by_mod.wait_response()
+    await fake.wait_for(lambda: rerolled.deleted, timeout=10, what="a moderator deleting another's result")
+    assert fake.spec_violations == []
+
+
+@pytest.mark.parametrize("prompt, fragment", [
+    ("   ", "prompt is empty"),
+    ("x" * 700, "tokens long"),
+])
+async def test_bad_prompts_get_an_ephemeral_reply_and_queue_nothing(fake, bot, prompt, fragment):
+    ix = await fake.slash_command("imagine", {"prompt": prompt}, user=fake.alice)
+    answer = await ix.wait_response(timeout=3)
+    assert answer["type"] == 4 and answer["data"]["flags"] & 64
+    assert fragment in answer["data"]["content"]
+    queue = await fake.slash_command("queue", {}, user=fake.alice)
+    assert "no jobs" in (await queue.wait_response())["data"]["content"]
+
+
+async def test_queue_limit_queue_listing_and_cancel(fake, bot):
+    slow = {"prompt": "busy", "steps": 16, "count": 4}
+    jobs = []
+    for _ in range(3):
+        jobs.append(await queued_job(await fake.slash_command("imagine", slow, user=fake.alice)))
+    fourth = await fake.slash_command("imagine", slow, user=fake.alice)
+    answer = await fourth.wait_response(timeout=3)
+    assert answer["data"]["flags"] & 64 and "limit is 3" in answer["data"]["content"]
+
+    listing = (await (await fake.slash_command("queue", {}, user=fake.alice)).wait_response())["data"]
+    assert listing["flags"] & 64
+    for job_id in jobs:
+        assert f"#{job_id}" in listing["content"]
+    assert "position" in listing["content"]
+
+    choices = await fake.autocomplete("cancel", {"job": ""}, focused="job", user=fake.alice)
+    assert {choice["value"] for choice in choices} == set(jobs)
+    assert await fake.autocomplete("cancel", {"job": ""}, focused="job", user=fake.bob) == []
+
+    not_yours = await fake.slash_command("cancel", {"job": jobs[2]}, user=fake.bob)
+    assert "no job" in (await not_yours.wait_response())["data"]["content"]
+    cancel = await fake.slash_command("cancel", {"job": jobs[2]}, user=fake.alice)
+    assert "cancelled" in (await cancel.wait_response())["data"]["content"]
+    cancel_running = await fake.slash_command("cancel", {"job": jobs[0]}, user=fake.alice)
+    await cancel_running.wait_response()
+    await wait_result(fake, jobs[1], count=4)
+    cancelled = [m for m in fake.messages.values() if f"Job #{jobs[2]} was cancelled" in m.content]
+    assert cancelled and not pngs(cancelled[0])
+    assert fake.spec_violations == []
+
+
+async def test_rate_limit_refuses_politely(fake, data_dir):
+    bot = BotProcess(fake, data_dir, RATE_LIMIT_COUNT="2", RATE_LIMIT_PERIOD="3600", MAX_QUEUED_PER_USER="10")
+    await bot.start()
+    try:
+        for _ in range(2):
+            await queued_job(await fake.slash_command("imagine", {"prompt": "p", "steps": 1}, user=fake.bob))
+        third = await fake.slash_command("imagine", {"prompt": "p", "steps": 1}, user=fake.bob)
+        answer = await third.wait_response(timeout=3)
+        assert answer["data"]["flags"] & 64 and "Slow down" in answer["data"]["content"]
+    finally:
+        await bot.stop()
