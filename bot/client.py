@@ -18,13 +18,14 @@ from .limits import UserLimits
 from .runner import JobRunner
 from .settings import Settings
 from .views import BUTTONS, result_view
-from .worker.client import WorkerClient
+from .worker.client import WorkerClient, WorkerUnavailable
 from .worker.supervisor import WorkerSupervisor
 
 log = logging.getLogger(__name__)
 
 EXTENSIONS = ("bot.cogs.imagine", "bot.cogs.queue")
 COMMANDS_HASH_KEY = "global_commands_hash"
+WORKER_CONNECT_WAIT = 30.0
 
 
 class ZImageBot(commands.Bot):
@@ -50,6 +51,12 @@ class ZImageBot(commands.Bot):
             await self.load_extension(extension)
         self.add_dynamic_items(*BUTTONS)
         await self.sync_commands()
+        try:
+            # The worker answers prompt checks within seconds (the model loads behind it), so
+            # waiting here means the first /imagine gets a checked prompt.
+            await self.worker.wait_connected(WORKER_CONNECT_WAIT)
+        except WorkerUnavailable:
+            log.warning("the GPU worker is not up yet; jobs will wait in the queue for it")
         await self.runner.recover()
         self.runner.start()
 

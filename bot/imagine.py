@@ -52,7 +52,8 @@ class ImagineService:
         if len(prompt) > MAX_PROMPT_CHARS:
             raise UserFacingError(f"Your prompt is {len(prompt)} characters; the limit is {MAX_PROMPT_CHARS}.")
         try:
-            tokens, limit = await self.bot.worker.count_tokens(prompt, timeout=TOKEN_CHECK_TIMEOUT)
+            await self.bot.worker.wait_connected(TOKEN_CHECK_TIMEOUT / 2)
+            tokens, limit = await self.bot.worker.count_tokens(prompt, timeout=TOKEN_CHECK_TIMEOUT / 2)
         except WorkerUnavailable:
             return prompt  # the worker re-checks before generating; don't refuse while it restarts
         if tokens > limit:

@@ -53,16 +53,25 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     engine = ImageEngine(args.model, args.data_dir)
     try:
-        engine.load()
+        engine.load_tokenizer()
     except (OSError, ValueError) as exc:
         print(f"cannot load model {args.model!r}: {exc}", file=sys.stderr)
         return 3
-    if not args.no_warm_up:
-        engine.warm_up()
     try:
-        asyncio.run(WorkerServer(engine, socket_path).serve_forever())
+        return asyncio.run(serve(engine, socket_path, warm_up=not args.no_warm_up))
     except KeyboardInterrupt:
-        pass
+        return 0
+
+
+async def serve(engine: ImageEngine, socket_path: Path, warm_up: bool) -> int:
+    server = WorkerServer(engine, socket_path)
+    await server.listen()
+    try:
+        await server.load_model(warm_up)
+    except Exception as exc:  # noqa: BLE001 - one line for the operator; the supervisor restarts us
+        print(f"cannot load model {engine.model_name!r}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 3
+    await server.serve_forever()
     return 0
 
 

@@ -32,8 +32,25 @@ class WorkerServer:
         self._gpu_lock = asyncio.Lock()
         self._cancelled: set[str] = set()
         self._busy_with: str | None = None
+        self._ready = asyncio.Event()
+        self._server: asyncio.AbstractServer | None = None
+
+    async def load_model(self, warm_up: bool) -> None:
+        """Load (and warm) the pipeline on the GPU thread while the socket already answers."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._gpu, self.engine.load)
+        if warm_up:
+            await loop.run_in_executor(self._gpu, self.engine.warm_up)
+        self._ready.set()
+        log.info("worker ready")
 
     async def serve_forever(self) -> None:
+        assert self._server is not None
+        async with self._server:
+            await self._server.serve_forever()
+
+    async def listen(self) -> None:
+        """Bind the socket. Health and token counts work from here on; generate waits for the model."""
         path = str(self.socket_path)
         if len(path.encode()) > 100:
             raise SystemExit(f"socket path too long for a unix socket: {path}")
@@ -45,9 +62,8 @@ class WorkerServer:
         finally:
             os.umask(old_umask)
         os.chmod(path, 0o600)
+        self._server = server
         log.info("worker listening on %s", path)
-        async with server:
-            await server.serve_forever()
 
     async def _serve_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         send_lock = asyncio.Lock()
@@ -60,7 +76,7 @@ class WorkerServer:
         tasks: set[asyncio.Task] = set()
         try:
             await send("hello", version=protocol.PROTOCOL_VERSION, model=self.engine.model_name,
-                       device=self.engine.device, pid=os.getpid())
+                       device=self.engine.device, pid=os.getpid(), ready=self._ready.is_set())
             while True:
                 frame = await protocol.read_frame(reader)
                 # Each request runs as its own task so a cancel is read while a generate runs.
@@ -81,7 +97,7 @@ class WorkerServer:
         request_id = frame.id
         try:
             if frame.op == "health":
-                await send("health", id=request_id, ok=True, busy=self._busy_with is not None,
+                await send("health", id=request_id, ok=True, ready=self._ready.is_set(), busy=self._busy_with is not None,
                            model=self.engine.model_name, device=self.engine.device, pid=os.getpid())
             elif frame.op == "count_tokens":
                 count = self.engine.count_tokens(str(frame.header.get("prompt", "")))
@@ -102,6 +118,7 @@ class WorkerServer:
                        message=f"the prompt is longer than {MAX_SEQUENCE_LENGTH} tokens")
             return
         await send("accepted", id=request_id)
+        await self._ready.wait()
         loop = asyncio.get_running_loop()
         stop = threading.Event()
         pending_sends: list[asyncio.Future] = []
