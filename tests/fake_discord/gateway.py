@@ -22,7 +22,7 @@ import json
 import secrets
 import zlib
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
 
@@ -37,7 +37,7 @@ HEARTBEAT_INTERVAL_MS = 41250
 @dataclass
 class Connection:
     ws: web.WebSocketResponse
-    compress: Optional[str]
+    compress: str | None
     encoder: Any = None
     identified: bool = False
     log: list = field(default_factory=list)  # (direction, op, t) for debugging
@@ -65,13 +65,13 @@ def _zstd_encoder():
 class Gateway:
     """One fake gateway; the latest identified connection receives dispatches."""
 
-    def __init__(self, fake: "FakeDiscord"):
+    def __init__(self, fake: FakeDiscord):
         self.fake = fake
-        self.conn: Optional[Connection] = None
-        self.session_id: Optional[str] = None
+        self.conn: Connection | None = None
+        self.session_id: str | None = None
         self.seq = 0
         self.sent: list[dict] = []  # dispatch payloads, for RESUME replay
-        self.identify_payload: Optional[dict] = None
+        self.identify_payload: dict | None = None
         self.intents = 0
         self.ready = False  # READY + GUILD_CREATE sent at least once
         self.connections = 0
@@ -177,7 +177,7 @@ class Gateway:
             chunk["nonce"] = data["nonce"]
         await self.dispatch("GUILD_MEMBERS_CHUNK", chunk)
 
-    async def dispatch(self, event: str, data: dict, *, intent: Optional[int] = None) -> bool:
+    async def dispatch(self, event: str, data: dict, *, intent: int | None = None) -> bool:
         """Send an op-0 event to the bot; False if not connected or intent not requested."""
         if not self.connected:
             return False

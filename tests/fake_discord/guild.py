@@ -9,7 +9,7 @@ factories index (``member['flags']``, ``guild['stage_instances']``, ...).
 from __future__ import annotations
 
 import time
-from typing import Iterable, Optional, Union
+from collections.abc import Iterable
 
 from .models import iso
 
@@ -72,7 +72,7 @@ class WorldMixin:
 
     # -- public API ---------------------------------------------------------------
     def add_user(self, name: str, *, manage_guild: bool = False,
-                 roles: Iterable[Union[int, str]] = ()) -> dict:
+                 roles: Iterable[int | str] = ()) -> dict:
         """A new guild member; returns the user JSON (``user["id"]`` is a str)."""
         user = self._new_user(name)
         role_ids = [self._role_id(r) for r in roles]
@@ -90,15 +90,15 @@ class WorldMixin:
                             intent=INTENT_GUILDS)
         return role_id
 
-    def add_channel(self, name: str, *, nsfw: bool = False, topic: Optional[str] = None) -> int:
+    def add_channel(self, name: str, *, nsfw: bool = False, topic: str | None = None) -> int:
         channel_id = self._add_channel(name, nsfw=nsfw, topic=topic, parent_id=self.category_id)
         self._dispatch_soon("CHANNEL_CREATE", self.channels[channel_id], intent=INTENT_GUILDS)
         return channel_id
 
-    def give_role(self, user: Union[dict, int], role: Union[int, str]) -> None:
+    def give_role(self, user: dict | int, role: int | str) -> None:
         self.members[_uid(user)]["roles"].append(str(self._role_id(role)))
 
-    def permissions(self, user: Union[dict, int]) -> int:
+    def permissions(self, user: dict | int) -> int:
         """Guild-level permissions of a member (no channel overwrites exist here)."""
         uid = _uid(user)
         if uid == int(self.owner["id"]):
@@ -108,14 +108,14 @@ class WorldMixin:
             perms |= int(self.roles[int(rid)]["permissions"])
         return ALL_PERMISSIONS if perms & ADMINISTRATOR else perms
 
-    def member_json(self, user: Union[dict, int], *, with_permissions: bool = False) -> dict:
+    def member_json(self, user: dict | int, *, with_permissions: bool = False) -> dict:
         uid = _uid(user)
         out = {**self.members[uid], "roles": list(self.members[uid]["roles"]), "user": dict(self.users[uid])}
         if with_permissions:
             out["permissions"] = str(self.permissions(uid))
         return out
 
-    def channel_json(self, channel_id: int, *, with_permissions_for: Optional[int] = None) -> dict:
+    def channel_json(self, channel_id: int, *, with_permissions_for: int | None = None) -> dict:
         out = dict(self.channels[channel_id])
         if with_permissions_for is not None:
             out["permissions"] = str(self.permissions(with_permissions_for))
@@ -148,7 +148,7 @@ class WorldMixin:
             })
         return out
 
-    def dm_channel(self, user: Union[dict, int]) -> int:
+    def dm_channel(self, user: dict | int) -> int:
         """The DM channel id between the bot and ``user`` (created on first use)."""
         uid = _uid(user)
         if uid not in self._dm_channels:
@@ -168,7 +168,8 @@ class WorldMixin:
     def _user_json(user_id: int, name: str, *, bot: bool = False) -> dict:
         out = {"id": str(user_id), "username": name, "global_name": None if bot else name.title(),
                "discriminator": "0", "avatar": None, "public_flags": 0, "flags": 0,
-               "banner": None, "accent_color": None, "avatar_decoration_data": None}
+               "banner": None, "accent_color": None, "avatar_decoration_data": None, "primary_guild": None,
+               "collectibles": None}
         if bot:
             out.update({"bot": True, "verified": True, "mfa_enabled": False, "locale": "en-US"})
         return out
@@ -186,7 +187,7 @@ class WorldMixin:
                 "permissions": str(permissions), "managed": managed, "mentionable": False, "flags": 0}
 
     def _add_channel(self, name: str, *, type_: int = 0, nsfw: bool = False,
-                     topic: Optional[str] = None, parent_id: Optional[int] = None) -> int:
+                     topic: str | None = None, parent_id: int | None = None) -> int:
         cid = self.snowflake()
         channel = {"id": str(cid), "type": type_, "guild_id": str(self.guild_id), "name": name,
                    "position": len(self.channels), "permission_overwrites": [], "nsfw": nsfw,
@@ -202,7 +203,7 @@ class WorldMixin:
         # GUILD_CREATE's channels omit guild_id, like Discord's
         return {k: v for k, v in channel.items() if k != "guild_id"}
 
-    def _role_id(self, role: Union[int, str]) -> int:
+    def _role_id(self, role: int | str) -> int:
         if isinstance(role, int):
             if role not in self.roles:
                 raise KeyError(f"no role with id {role}")
@@ -213,5 +214,5 @@ class WorldMixin:
         raise KeyError(f"no role named {role!r}; roles: {[r['name'] for r in self.roles.values()]}")
 
 
-def _uid(user: Union[dict, int, str]) -> int:
+def _uid(user: dict | int | str) -> int:
     return int(user["id"]) if isinstance(user, dict) else int(user)

@@ -14,9 +14,8 @@ create/edit messages with the same rules, which the bot must get right:
 from __future__ import annotations
 
 import copy
-import re
 import time
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 from .models import DEFAULT, EPHEMERAL, LOADING, REPLY, Message, make_attachment, walk_components
 from .router import Req, RouteTable
@@ -31,13 +30,12 @@ IS_VOICE_MESSAGE = 1 << 13
 IS_COMPONENTS_V2 = 1 << 15
 CREATE_FLAGS = SUPPRESS_EMBEDS | EPHEMERAL | SUPPRESS_NOTIFICATIONS | IS_VOICE_MESSAGE | IS_COMPONENTS_V2
 EDIT_FLAGS = SUPPRESS_EMBEDS | IS_COMPONENTS_V2
-MENTION = re.compile(r"<@!?(\d+)>")
 
 routes = RouteTable()
 
 
-def create_message(fake: "FakeDiscord", channel_id: int, body: dict, uploads: list, *,
-                   author_id: Optional[int] = None, allow_ephemeral: bool = False,
+def create_message(fake: FakeDiscord, channel_id: int, body: dict, uploads: list, *,
+                   author_id: int | None = None, allow_ephemeral: bool = False,
                    **fields) -> Message:
     """Validate ``body`` like Discord and store a new message (not yet dispatched)."""
     msg = Message(id=0, channel_id=channel_id, author_id=author_id or fake.application_id, **fields)
@@ -50,7 +48,7 @@ def create_message(fake: "FakeDiscord", channel_id: int, body: dict, uploads: li
         target = fake.messages.get(ref_id)
         if target is None or target.deleted or target.channel_id != ref_channel:
             if reference.get("fail_if_not_exists", True):
-                raise invalid_form_body("Unknown message", "message_reference")
+                raise invalid_form_body("Unknown message", "message_reference", "MESSAGE_REFERENCE_UNKNOWN_MESSAGE")
         else:
             msg.message_reference = {"type": reference.get("type", 0), "message_id": str(ref_id),
                                      "channel_id": str(ref_channel)}
@@ -67,7 +65,7 @@ def create_message(fake: "FakeDiscord", channel_id: int, body: dict, uploads: li
     return msg
 
 
-def apply_body(fake: "FakeDiscord", msg: Message, body: dict, uploads: list, *, edit: bool) -> None:
+def apply_body(fake: FakeDiscord, msg: Message, body: dict, uploads: list, *, edit: bool) -> None:
     """Apply a create/edit body to ``msg``; raises DiscordError before changing anything."""
     if len(uploads) > 10:
         raise invalid_form_body("Must be 10 or fewer in length.", "files")
@@ -87,6 +85,8 @@ def apply_body(fake: "FakeDiscord", msg: Message, body: dict, uploads: list, *, 
             if cid in seen:
                 raise invalid_form_body("Component custom id cannot be duplicated", "components")
             seen.add(cid)
+    if "components" in body:
+        _number_components(components)
     msg.content, msg.embeds, msg.components, msg.attachments = content, embeds, components, attachments
     if "allowed_mentions" in body:
         msg.allowed_mentions = body["allowed_mentions"]
@@ -99,7 +99,19 @@ def apply_body(fake: "FakeDiscord", msg: Message, body: dict, uploads: list, *, 
         msg.history.append(msg.snapshot())
 
 
-def _attachments(fake: "FakeDiscord", msg: Message, body: dict, uploads: list, edit: bool) -> list:
+def _number_components(components: list) -> None:
+    """Discord gives every component without one a numeric ``id`` (1, 2, ... in order)."""
+    used = {c["id"] for c in walk_components(components) if isinstance(c.get("id"), int)}
+    next_id = 0
+    for comp in walk_components(components):
+        if comp.get("id") is None:
+            next_id += 1
+            while next_id in used:
+                next_id += 1
+            comp["id"] = next_id
+
+
+def _attachments(fake: FakeDiscord, msg: Message, body: dict, uploads: list, edit: bool) -> list:
     by_index = {u.index: u for u in uploads}
     existing = {a["id"]: a for a in msg.attachments} if edit else {}
     listed = body.get("attachments")
@@ -125,16 +137,16 @@ def _attachments(fake: "FakeDiscord", msg: Message, body: dict, uploads: list, e
     return result
 
 
-def _new_attachment(fake: "FakeDiscord", channel_id: int, upload: Upload, entry: dict) -> dict:
+def _new_attachment(fake: FakeDiscord, channel_id: int, upload: Upload, entry: dict) -> dict:
     att_id = fake.snowflake()
     filename = entry.get("filename") or upload.filename
     att = make_attachment(att_id, filename, upload.data, upload.content_type,
-                          f"/attachments/{channel_id}/{att_id}/{filename}", entry.get("description"))
+                          f"/attachments/{channel_id}/{att_id}", entry.get("description"))
     fake.attachments[att_id] = att
     return att
 
 
-def _resolve_embed(fake: "FakeDiscord", embed: dict, attachments: list) -> dict:
+def _resolve_embed(fake: FakeDiscord, embed: dict, attachments: list) -> dict:
     embed = dict(embed)
     embed.setdefault("type", "rich")
     for key in ("image", "thumbnail"):
@@ -150,20 +162,15 @@ def _resolve_embed(fake: "FakeDiscord", embed: dict, attachments: list) -> dict:
     return embed
 
 
-def mentions(msg: Message) -> list[int]:
-    """User ids mentioned in the content (``<@id>``)."""
-    return [int(m) for m in MENTION.findall(msg.content or "")]
-
-
 # -- bot-token channel routes ---------------------------------------------------------
-def _channel(fake: "FakeDiscord", req: Req) -> int:
+def _channel(fake: FakeDiscord, req: Req) -> int:
     cid = int(req.params["channel_id"])
     if cid not in fake.channels:
         raise DiscordError(404, 10003, "Unknown Channel")
     return cid
 
 
-def _message(fake: "FakeDiscord", req: Req, cid: int) -> Message:
+def _message(fake: FakeDiscord, req: Req, cid: int) -> Message:
     msg = fake.messages.get(int(req.params["message_id"]))
     if msg is None or msg.deleted or msg.channel_id != cid or msg.ephemeral:
         raise unknown_message()
@@ -171,7 +178,7 @@ def _message(fake: "FakeDiscord", req: Req, cid: int) -> Message:
 
 
 @routes.route("POST", "/channels/{channel_id}/messages")
-async def post_channel_message(fake: "FakeDiscord", req: Req):
+async def post_channel_message(fake: FakeDiscord, req: Req):
     cid = _channel(fake, req)
     msg = create_message(fake, cid, req.json, req.body.files)
     fake._dispatch_message("MESSAGE_CREATE", msg)
@@ -179,7 +186,7 @@ async def post_channel_message(fake: "FakeDiscord", req: Req):
 
 
 @routes.route("GET", "/channels/{channel_id}/messages")
-async def get_channel_messages(fake: "FakeDiscord", req: Req):
+async def get_channel_messages(fake: FakeDiscord, req: Req):
     cid = _channel(fake, req)
     msgs = [m for m in fake.channel_messages(cid) if not m.ephemeral]
     for key, keep in (("before", lambda m, x: m.id < x), ("after", lambda m, x: m.id > x)):
@@ -191,12 +198,12 @@ async def get_channel_messages(fake: "FakeDiscord", req: Req):
 
 
 @routes.route("GET", "/channels/{channel_id}/messages/{message_id}")
-async def get_channel_message(fake: "FakeDiscord", req: Req):
+async def get_channel_message(fake: FakeDiscord, req: Req):
     return json_response(_message(fake, req, _channel(fake, req)).to_json(fake))
 
 
 @routes.route("PATCH", "/channels/{channel_id}/messages/{message_id}")
-async def patch_channel_message(fake: "FakeDiscord", req: Req):
+async def patch_channel_message(fake: FakeDiscord, req: Req):
     msg = _message(fake, req, _channel(fake, req))
     if msg.author_id != fake.application_id:
         raise DiscordError(403, 50005, "Cannot edit a message authored by another user")
@@ -206,13 +213,13 @@ async def patch_channel_message(fake: "FakeDiscord", req: Req):
 
 
 @routes.route("DELETE", "/channels/{channel_id}/messages/{message_id}")
-async def delete_channel_message(fake: "FakeDiscord", req: Req):
+async def delete_channel_message(fake: FakeDiscord, req: Req):
     msg = _message(fake, req, _channel(fake, req))
     fake._mark_deleted(msg, by_user=False)
     return no_content()
 
 
 @routes.route("POST", "/channels/{channel_id}/typing")
-async def trigger_typing(fake: "FakeDiscord", req: Req):
+async def trigger_typing(fake: FakeDiscord, req: Req):
     fake.typing.append(_channel(fake, req))
     return no_content()

@@ -12,10 +12,11 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import itertools
+import re
 import struct
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
     from .fake import FakeDiscord
@@ -42,13 +43,13 @@ class Snowflakes:
         return (ms << 22) | (1 << 17) | (next(self._counter) & 0xFFF)
 
 
-def iso(ts: Optional[float]) -> Optional[str]:
+def iso(ts: float | None) -> str | None:
     if ts is None:
         return None
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat()
+    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat()
 
 
-def image_size(data: bytes) -> Optional[tuple[int, int]]:
+def image_size(data: bytes) -> tuple[int, int] | None:
     """(width, height) for PNG/GIF/JPEG headers, so image attachments carry them."""
     if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
         return struct.unpack(">II", data[16:24])
@@ -67,9 +68,13 @@ def image_size(data: bytes) -> Optional[tuple[int, int]]:
     return None
 
 
-def make_attachment(att_id: int, filename: str, data: bytes, content_type: Optional[str],
-                    url_path: str, description: Optional[str] = None) -> dict:
-    """Attachment record: a dict so tests can read ``att["data"]`` directly."""
+def make_attachment(att_id: int, filename: str, data: bytes, content_type: str | None,
+                    url_prefix: str, description: str | None = None) -> dict:
+    """Attachment record: a dict so tests can read ``att["data"]`` directly.
+
+    Like Discord, the stored filename has spaces and URL-unsafe characters replaced
+    by ``_`` (an approximation of Discord's sanitising), so it is also a URL segment."""
+    filename = re.sub(r"[^\w.\-]", "_", filename) or "unknown"
     if content_type is None or content_type == "application/octet-stream":
         content_type = guess_content_type(filename, content_type)
     return {
@@ -79,11 +84,11 @@ def make_attachment(att_id: int, filename: str, data: bytes, content_type: Optio
         "data": data,
         "size": len(data),
         "description": description,
-        "url_path": url_path,  # appended to the fake's base URL
+        "url_path": f"{url_prefix}/{filename}",  # appended to the fake's base URL
     }
 
 
-def guess_content_type(filename: str, fallback: Optional[str] = None) -> str:
+def guess_content_type(filename: str, fallback: str | None = None) -> str:
     import mimetypes
 
     guessed, _ = mimetypes.guess_type(filename)
@@ -125,19 +130,19 @@ class Message:
     flags: int = 0
     type: int = DEFAULT
     tts: bool = False
-    webhook_id: Optional[int] = None
-    application_id: Optional[int] = None
-    interaction_token: Optional[str] = None
-    interaction_id: Optional[int] = None
-    message_reference: Optional[dict] = None
-    referenced_message_id: Optional[int] = None
-    allowed_mentions: Optional[dict] = None
+    webhook_id: int | None = None
+    application_id: int | None = None
+    interaction_token: str | None = None
+    interaction_id: int | None = None
+    message_reference: dict | None = None
+    referenced_message_id: int | None = None
+    allowed_mentions: dict | None = None
     deleted: bool = False
     deleted_by_user: bool = False
     edits: int = 0
     history: list = field(default_factory=list)
     created_at: float = field(default_factory=time.time)
-    edited_at: Optional[float] = None
+    edited_at: float | None = None
 
     @property
     def ephemeral(self) -> bool:
@@ -158,16 +163,20 @@ class Message:
             "at": self.edited_at or self.created_at,
         })
 
+    def mentioned_user_ids(self) -> list[int]:
+        """User ids mentioned in the content as ``<@id>``."""
+        return [int(m) for m in re.findall(r"<@!?(\d+)>", self.content or "")]
+
     def custom_ids(self) -> list[str]:
         return [c["custom_id"] for c in walk_components(self.components) if "custom_id" in c]
 
-    def find_component(self, custom_id: str) -> Optional[dict]:
+    def find_component(self, custom_id: str) -> dict | None:
         for comp in walk_components(self.components):
             if comp.get("custom_id") == custom_id:
                 return comp
         return None
 
-    def to_json(self, fake: "FakeDiscord") -> dict:
+    def to_json(self, fake: FakeDiscord) -> dict:
         author = fake.users[self.author_id]
         out: dict[str, Any] = {
             "id": str(self.id),
@@ -184,7 +193,7 @@ class Message:
             "flags": self.flags,
             "tts": self.tts,
             "mention_everyone": False,
-            "mentions": [],
+            "mentions": [dict(fake.users[uid]) for uid in self.mentioned_user_ids() if uid in fake.users],
             "mention_roles": [],
             "pinned": False,
             "reactions": [],
@@ -230,17 +239,18 @@ class Interaction:
     type: int
     payload: dict
     user_id: int
-    fake: "FakeDiscord" = field(repr=False)
+    fake: FakeDiscord = field(repr=False)
     channel_id: int = 0
     callbacks: list = field(default_factory=list)  # callback bodies (payload_json decoded)
-    original: Optional[Message] = None
+    original: Message | None = None
     followups: list = field(default_factory=list)  # Message records
     created_at: float = field(default_factory=time.monotonic)
     expired: bool = False
-    component_message_id: Optional[int] = None
+    component_message_id: int | None = None
+    triggered_by: Interaction | None = field(default=None, repr=False)  # modal submit: the opener
 
     @property
-    def name(self) -> Optional[str]:
+    def name(self) -> str | None:
         return (self.payload.get("data") or {}).get("name")
 
     @property
@@ -248,7 +258,7 @@ class Interaction:
         return bool(self.callbacks)
 
     @property
-    def response_type(self) -> Optional[int]:
+    def response_type(self) -> int | None:
         return self.callbacks[0]["type"] if self.callbacks else None
 
     async def wait_response(self, timeout: float = 5.0) -> dict:
@@ -281,8 +291,10 @@ class Interaction:
             out["command_type"] = 1
         if self.original is not None:
             out["original_response_message_id"] = str(self.original.id)
-        if self.component_message_id is not None:
+        if self.component_message_id is not None and self.type == 3:
             out["interacted_message_id"] = str(self.component_message_id)
+        if self.triggered_by is not None:
+            out["triggering_interaction_metadata"] = self.triggered_by.metadata_json()
         return out
 
     def legacy_interaction_json(self) -> dict:

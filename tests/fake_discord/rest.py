@@ -11,7 +11,7 @@ express: unique names, required options before optional ones.
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 from .router import Req, RouteTable
 from .wire import DiscordError, invalid_form_body, json_response, no_content
@@ -24,44 +24,46 @@ routes = RouteTable()
 
 # -- login / application -------------------------------------------------------------
 @routes.route("GET", "/users/@me")
-async def get_me(fake: "FakeDiscord", req: Req):
+async def get_me(fake: FakeDiscord, req: Req):
     return json_response(fake.bot_user)
 
 
-def _application(fake: "FakeDiscord") -> dict:
+def _application(fake: FakeDiscord) -> dict:
     return {
         "id": str(fake.application_id), "name": "zimage-bot", "icon": None,
         "description": "fake application", "summary": "", "type": None, "bot_public": True,
-        "bot_require_code_grant": False, "verify_key": "0" * 64, "flags": 0,
-        "owner": dict(fake.owner), "team": None, "rpc_origins": [], "tags": [],
-        "terms_of_service_url": None, "privacy_policy_url": None, "bot": dict(fake.bot_user),
-        "approximate_guild_count": 1, "integration_types_config": {"0": {}},
+        "bot_require_code_grant": False, "verify_key": "0" * 64, "flags": 0, "flags_new": "0",
+        "owner": dict(fake.owner), "team": None, "rpc_origins": [], "tags": [], "redirect_uris": [],
+        "interactions_endpoint_url": None, "role_connections_verification_url": None,
+        "bot": dict(fake.bot_user), "approximate_guild_count": 1, "approximate_user_install_count": 0,
+        "approximate_user_authorization_count": 0, "explicit_content_filter": 0,
+        "eligible_oauth2_scopes": ["applications.commands", "bot"], "integration_types_config": {"0": {}},
     }
 
 
 @routes.route("GET", "/oauth2/applications/@me")
-async def get_oauth_app(fake: "FakeDiscord", req: Req):
+async def get_oauth_app(fake: FakeDiscord, req: Req):
     return json_response(_application(fake))
 
 
 @routes.route("GET", "/applications/@me")
-async def get_app(fake: "FakeDiscord", req: Req):
+async def get_app(fake: FakeDiscord, req: Req):
     return json_response(_application(fake))
 
 
 @routes.route("GET", "/gateway", auth=False)
-async def get_gateway(fake: "FakeDiscord", req: Req):
+async def get_gateway(fake: FakeDiscord, req: Req):
     return json_response({"url": fake.gateway_url})
 
 
 @routes.route("GET", "/gateway/bot")
-async def get_gateway_bot(fake: "FakeDiscord", req: Req):
+async def get_gateway_bot(fake: FakeDiscord, req: Req):
     return json_response({"url": fake.gateway_url, "shards": 1, "session_start_limit": {
         "total": 1000, "remaining": 999, "reset_after": 0, "max_concurrency": 1}})
 
 
 # -- application commands --------------------------------------------------------------
-def _scope(fake: "FakeDiscord", req: Req) -> Optional[int]:
+def _scope(fake: FakeDiscord, req: Req) -> int | None:
     if int(req.params["app_id"]) != fake.application_id:
         raise DiscordError(403, 50001, "Missing Access")
     gid = req.params.get("guild_id")
@@ -72,7 +74,7 @@ def _scope(fake: "FakeDiscord", req: Req) -> Optional[int]:
     return int(gid)
 
 
-def _registered(fake: "FakeDiscord", scope: Optional[int]) -> list:
+def _registered(fake: FakeDiscord, scope: int | None) -> list:
     return fake.global_commands if scope is None else fake.guild_commands.setdefault(scope, [])
 
 
@@ -93,19 +95,19 @@ def _check_options(options: list, where: str) -> None:
             seen_optional = True
 
 
-def _echo(fake: "FakeDiscord", cmd: dict, scope: Optional[int]) -> dict:
+def _echo(fake: FakeDiscord, cmd: dict, scope: int | None) -> dict:
     key = (scope, cmd.get("type", 1), cmd["name"])
     if key not in fake._command_ids:
         fake._command_ids[key] = fake.snowflake()
     out = copy.deepcopy(cmd)
     out.update({"id": str(fake._command_ids[key]), "application_id": str(fake.application_id),
                 "version": str(fake.snowflake())})
-    out.setdefault("type", 1)
-    out.setdefault("description", "")
-    out.setdefault("default_member_permissions", None)
-    out.setdefault("nsfw", False)
+    for key, default in (("type", 1), ("description", ""), ("nsfw", False), ("integration_types", [0])):
+        if out.get(key) is None:  # discord.py sends some as null; Discord answers its defaults
+            out[key] = default
+    perms = out.get("default_member_permissions")
+    out["default_member_permissions"] = None if perms is None else str(int(perms))  # answered as a string
     out.setdefault("contexts", None)
-    out.setdefault("integration_types", [0])
     if scope is not None:
         out["guild_id"] = str(scope)
     return out
@@ -121,7 +123,7 @@ def _validate_commands(commands: list) -> None:
         _check_options(cmd.get("options") or [], f"{cmd.get('name')}.options")
 
 
-async def _put_commands(fake: "FakeDiscord", req: Req):
+async def _put_commands(fake: FakeDiscord, req: Req):
     scope = _scope(fake, req)
     body = req.body.json or []
     _validate_commands(body)
@@ -131,11 +133,11 @@ async def _put_commands(fake: "FakeDiscord", req: Req):
     return json_response(echoed)
 
 
-async def _get_commands(fake: "FakeDiscord", req: Req):
+async def _get_commands(fake: FakeDiscord, req: Req):
     return json_response(_registered(fake, _scope(fake, req)))
 
 
-async def _post_command(fake: "FakeDiscord", req: Req):
+async def _post_command(fake: FakeDiscord, req: Req):
     scope = _scope(fake, req)
     registered = _registered(fake, scope)
     _validate_commands([req.json])
@@ -145,7 +147,7 @@ async def _post_command(fake: "FakeDiscord", req: Req):
     return json_response(echoed, status=201)
 
 
-def _find_command(fake: "FakeDiscord", req: Req) -> tuple[list, dict]:
+def _find_command(fake: FakeDiscord, req: Req) -> tuple[list, dict]:
     registered = _registered(fake, _scope(fake, req))
     for cmd in registered:
         if cmd["id"] == req.params["command_id"]:
@@ -153,18 +155,18 @@ def _find_command(fake: "FakeDiscord", req: Req) -> tuple[list, dict]:
     raise DiscordError(404, 10063, "Unknown application command")
 
 
-async def _get_command(fake: "FakeDiscord", req: Req):
+async def _get_command(fake: FakeDiscord, req: Req):
     return json_response(_find_command(fake, req)[1])
 
 
-async def _patch_command(fake: "FakeDiscord", req: Req):
+async def _patch_command(fake: FakeDiscord, req: Req):
     _, cmd = _find_command(fake, req)
     cmd.update(copy.deepcopy(req.json))
     cmd["version"] = str(fake.snowflake())
     return json_response(cmd)
 
 
-async def _delete_command(fake: "FakeDiscord", req: Req):
+async def _delete_command(fake: FakeDiscord, req: Req):
     registered, cmd = _find_command(fake, req)
     registered.remove(cmd)
     return no_content()
@@ -180,13 +182,13 @@ for _base in ("/applications/{app_id}/commands", "/applications/{app_id}/guilds/
 
 
 # -- guild, channels, users ------------------------------------------------------------
-def _guild(fake: "FakeDiscord", req: Req) -> None:
+def _guild(fake: FakeDiscord, req: Req) -> None:
     if int(req.params["guild_id"]) != fake.guild_id:
         raise DiscordError(404, 10004, "Unknown Guild")
 
 
 @routes.route("GET", "/guilds/{guild_id}")
-async def get_guild(fake: "FakeDiscord", req: Req):
+async def get_guild(fake: FakeDiscord, req: Req):
     _guild(fake, req)
     out = fake.guild_json()
     if req.query.get("with_counts") in ("1", "true", "True"):
@@ -195,19 +197,19 @@ async def get_guild(fake: "FakeDiscord", req: Req):
 
 
 @routes.route("GET", "/guilds/{guild_id}/channels")
-async def get_guild_channels(fake: "FakeDiscord", req: Req):
+async def get_guild_channels(fake: FakeDiscord, req: Req):
     _guild(fake, req)
     return json_response([c for c in fake.channels.values() if c.get("guild_id")])
 
 
 @routes.route("GET", "/guilds/{guild_id}/roles")
-async def get_guild_roles(fake: "FakeDiscord", req: Req):
+async def get_guild_roles(fake: FakeDiscord, req: Req):
     _guild(fake, req)
     return json_response(list(fake.roles.values()))
 
 
 @routes.route("GET", "/guilds/{guild_id}/members/{user_id}")
-async def get_member(fake: "FakeDiscord", req: Req):
+async def get_member(fake: FakeDiscord, req: Req):
     _guild(fake, req)
     uid = int(req.params["user_id"])
     if uid not in fake.members:
@@ -216,7 +218,7 @@ async def get_member(fake: "FakeDiscord", req: Req):
 
 
 @routes.route("GET", "/channels/{channel_id}")
-async def get_channel(fake: "FakeDiscord", req: Req):
+async def get_channel(fake: FakeDiscord, req: Req):
     cid = int(req.params["channel_id"])
     if cid not in fake.channels:
         raise DiscordError(404, 10003, "Unknown Channel")
@@ -224,7 +226,7 @@ async def get_channel(fake: "FakeDiscord", req: Req):
 
 
 @routes.route("GET", "/users/{user_id}")
-async def get_user(fake: "FakeDiscord", req: Req):
+async def get_user(fake: FakeDiscord, req: Req):
     user = fake.users.get(int(req.params["user_id"]))
     if user is None:
         raise DiscordError(404, 10013, "Unknown User")
@@ -232,7 +234,7 @@ async def get_user(fake: "FakeDiscord", req: Req):
 
 
 @routes.route("POST", "/users/@me/channels")
-async def create_dm(fake: "FakeDiscord", req: Req):
+async def create_dm(fake: FakeDiscord, req: Req):
     uid = int(req.json.get("recipient_id", 0))
     if uid not in fake.users:
         raise invalid_form_body("Unknown user", "recipient_id")

@@ -11,10 +11,12 @@ recorded; 400 50035 if ``reject_invalid``) -> injected failures -> route lookup
 
 from __future__ import annotations
 
+import json
 import re
 import traceback
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Optional
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -77,7 +79,7 @@ class RouteTable:
 
         return deco
 
-    def find(self, method: str, path: str) -> Optional[tuple[Handler, dict, bool]]:
+    def find(self, method: str, path: str) -> tuple[Handler, dict, bool] | None:
         # literal routes first (``@original``, ``@me``) -- they are registered first
         for m, regex, fn, auth in self.entries:
             match = regex.match(path)
@@ -85,15 +87,15 @@ class RouteTable:
                 return fn, match.groupdict(), auth
         return None
 
-    def extend(self, other: "RouteTable") -> None:
+    def extend(self, other: RouteTable) -> None:
         self.entries.extend(other.entries)
 
 
-def make_api_handler(fake: "FakeDiscord", table: RouteTable):
+def make_api_handler(fake: FakeDiscord, table: RouteTable):
     async def handle(request: web.Request) -> web.StreamResponse:
         method = request.method
         path = strip_api_prefix(request.path)
-        bad_body: Optional[DiscordError] = None
+        bad_body: DiscordError | None = None
         try:
             body = await read_body(request)
         except DiscordError as err:
@@ -113,13 +115,19 @@ def make_api_handler(fake: "FakeDiscord", table: RouteTable):
             fake.record_violation(f"fake_discord internal error on {method} {path}:\n{traceback.format_exc()}")
             response = json_response({"message": "500: Internal Server Error", "code": 0}, status=500)
         record.__dict__["status"] = response.status
+        if fake.validate and response.content_type == "application/json" and response.body:
+            try:
+                problems = get_validator().validate_response(method, path, response.status, json.loads(response.body))
+            except Exception:
+                problems = [f"validating the response to {method} {path} failed:\n{traceback.format_exc()}"]
+            fake.response_violations.extend(problems)
         fake._changed()
         return response
 
     return handle
 
 
-async def _pipeline(fake: "FakeDiscord", table: RouteTable, request: web.Request, body: Body,
+async def _pipeline(fake: FakeDiscord, table: RouteTable, request: web.Request, body: Body,
                     record: RequestRecord) -> web.StreamResponse:
     method, path = record.method, record.path
     if fake.validate:
@@ -130,7 +138,8 @@ async def _pipeline(fake: "FakeDiscord", table: RouteTable, request: web.Request
             fake.record_violation(problem)
         # an operation missing from the spec is reported, then answered with a 404 below
         if problems and fake.reject_invalid and validator.match(method, path) is not None:
-            raise DiscordError(400, 50035, "Invalid Form Body", {"_spec": problems})
+            raise DiscordError(400, 50035, "Invalid Form Body",
+                               {"_errors": [{"code": "SPEC_VIOLATION", "message": p} for p in problems]})
 
     for rule in fake._injections:
         if rule.matches(method, path):

@@ -18,6 +18,13 @@ the spec, read literally, rejects):
   ``files[n]`` parts.  We validate the decoded ``payload_json`` object against the
   multipart schema (the ``files[n]`` properties are optional, so they are simply
   absent) and count the file parts separately (at most 10, as the schema implies).
+* Tightened, the other way: ``MessageCreateRequest``/``MessageEditRequestPartial``
+  (and ``BaseCreateMessageCreateRequest`` for forum posts) allow 4000 characters
+  of ``content``, the Nitro limit for *users*; bots get 400 50035 above 2000, so
+  we validate against 2000.
+* Responses (used only to check the fake's own replies): the spec types the
+  ``code`` of field errors inside ``errors`` as integers; Discord sends strings
+  such as ``"BASE_TYPE_MAX_LENGTH"``, so those may be either.
 * ``x-discord-union: oneOf`` unions are written as ``anyOf`` in the spec; we keep
   ``anyOf`` (a body matching two branches is fine, as on Discord).
 """
@@ -30,7 +37,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, relevance
@@ -40,6 +47,7 @@ from referencing.jsonschema import DRAFT202012
 SPEC_PATH = Path(__file__).resolve().parent.parent / "data" / "discord-openapi.json"
 SPEC_URI = "urn:discord:openapi"
 API_PREFIX = "/api/v10"
+BOT_CONTENT_LIMIT = 2000
 HTTP_METHODS = ("get", "put", "post", "patch", "delete", "head", "options")
 
 
@@ -54,6 +62,7 @@ class Operation:
     literal_segments: int
     body_required: bool
     body_pointers: dict  # content type -> JSON pointer of the schema
+    response_pointers: dict  # status ("200", "4XX", "default") -> JSON pointer of the JSON schema
 
 
 def _escape_pointer(part: str) -> str:
@@ -69,6 +78,13 @@ def _patch_spec(spec: dict) -> dict:
         "anyOf": [snowflake, {"type": "integer", "minimum": 0}],
         "format": "snowflake",
     }
+    schemas["InnerErrors"]["properties"]["_errors"]["items"] = {
+        "type": "object",
+        "properties": {"code": {"type": ["integer", "string"]}, "message": {"type": "string"}},
+        "required": ["code", "message"],
+    }
+    for name in ("MessageCreateRequest", "MessageEditRequestPartial", "BaseCreateMessageCreateRequest"):
+        schemas[name]["properties"]["content"]["maxLength"] = BOT_CONTENT_LIMIT
     return spec
 
 
@@ -100,11 +116,19 @@ class SpecValidator:
                     continue
                 body = op.get("requestBody") or {}
                 pointers = {
-                    ctype: "/paths/%s/%s/requestBody/content/%s/schema"
-                    % (_escape_pointer(template), method, _escape_pointer(ctype))
+                    ctype: f"/paths/{_escape_pointer(template)}/{method}/requestBody/content/"
+                    f"{_escape_pointer(ctype)}/schema"
                     for ctype, content in (body.get("content") or {}).items()
                     if "schema" in content
                 }
+                responses = {}
+                for status, resp in (op.get("responses") or {}).items():
+                    base = f"/paths/{_escape_pointer(template)}/{method}/responses/{status}"
+                    if "$ref" in resp:  # e.g. #/components/responses/ClientErrorResponse
+                        base = resp["$ref"][1:]
+                        resp = self.spec["components"]["responses"][base.rsplit("/", 1)[1]]
+                    if "schema" in (resp.get("content") or {}).get("application/json", {}):
+                        responses[status] = base + "/content/application~1json/schema"
                 self.operations.append(
                     Operation(
                         method=method.upper(),
@@ -114,11 +138,12 @@ class SpecValidator:
                         literal_segments=literals,
                         body_required=bool(body.get("required")),
                         body_pointers=pointers,
+                        response_pointers=responses,
                     )
                 )
         self._validators: dict[str, Draft202012Validator] = {}
 
-    def match(self, method: str, path: str) -> Optional[Operation]:
+    def match(self, method: str, path: str) -> Operation | None:
         """The operation for ``path`` (without ``/api/v10``); literal segments win
         over templates, so ``messages/@original`` beats ``messages/{message_id}``."""
         candidates = [
@@ -140,7 +165,7 @@ class SpecValidator:
         path: str,
         body: Any = None,
         *,
-        content_type: Optional[str] = None,
+        content_type: str | None = None,
         has_body: bool = False,
         file_count: int = 0,
     ) -> list[str]:
@@ -171,6 +196,18 @@ class SpecValidator:
         for error in self._validator(pointer).iter_errors(body):
             problems.append(f"{where}: {describe_error(error)}")
         return problems
+
+    def validate_response(self, method: str, path: str, status: int, body: Any) -> list[str]:
+        """Problems with a JSON response *the fake* sent (a fidelity check of the fake)."""
+        op = self.match(method, path)
+        if op is None:
+            return []
+        pointers = op.response_pointers
+        pointer = pointers.get(str(status)) or pointers.get(f"{status // 100}XX") or pointers.get("default")
+        where = f"response {status} to {method.upper()} {path} ({op.operation_id})"
+        if pointer is None:
+            return [f"{where}: the spec documents no JSON body for this status"]
+        return [f"{where}: {describe_error(e)}" for e in self._validator(pointer).iter_errors(body)]
 
 
 def describe_error(error: ValidationError) -> str:

@@ -11,6 +11,8 @@ Why these rules matter: they are where bots break in production.
   keeps the defer's ephemerality, as on Discord).
 * ``?with_response=1`` returns ``{"interaction": {...}, "resource": {...}}``, which
   discord.py 2.5+ parses into ``InteractionCallbackResponse``; without it, 204.
+  Per the spec, ``resource`` (with ``message``) exists only for types 4 and 7; a
+  type-5 defer reports its thinking message via ``interaction.response_message_*``.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ ALLOWED_CALLBACKS = {  # interaction type -> callback types
 }
 
 
-def _interaction_for_token(fake: "FakeDiscord", req: Req) -> Interaction:
+def _interaction_for_token(fake: FakeDiscord, req: Req) -> Interaction:
     ix = fake._tokens.get(req.params["token"])
     if ix is None or int(req.params["app_id"]) != fake.application_id:
         raise DiscordError(404, 10015, "Unknown Webhook")
@@ -45,7 +47,7 @@ def _interaction_for_token(fake: "FakeDiscord", req: Req) -> Interaction:
     return ix
 
 
-def _check_expiry(fake: "FakeDiscord", ix: Interaction) -> None:
+def _check_expiry(fake: FakeDiscord, ix: Interaction) -> None:
     if fake.token_lifetime is not None and time.monotonic() - ix.created_at > fake.token_lifetime:
         ix.expired = True
     if ix.expired:
@@ -57,7 +59,7 @@ def _message_type(ix: Interaction) -> int:
 
 
 @routes.route("POST", "/interactions/{interaction_id}/{token}/callback", auth=False)
-async def interaction_callback(fake: "FakeDiscord", req: Req):
+async def interaction_callback(fake: FakeDiscord, req: Req):
     ix = fake.interactions.get(int(req.params["interaction_id"]))
     if ix is None or ix.token != req.params["token"]:
         raise DiscordError(404, 10062, "Unknown interaction")
@@ -92,6 +94,8 @@ async def interaction_callback(fake: "FakeDiscord", req: Req):
         if message is None:  # modal submitted from a slash command: nothing to update
             fake.record_violation(f"callback type {cb_type} for interaction {ix.id} has no message to update")
             raise invalid_form_body("No message to update", "type")
+        if message.deleted:
+            raise unknown_message()
         if cb_type == 7:
             apply_body(fake, message, data, req.body.files, edit=True)
     ix.callbacks.append(body)
@@ -106,26 +110,28 @@ async def interaction_callback(fake: "FakeDiscord", req: Req):
     return json_response(_callback_response(fake, ix, cb_type, message))
 
 
-def _interaction_fields(fake: "FakeDiscord", ix: Interaction) -> dict:
+def _interaction_fields(fake: FakeDiscord, ix: Interaction) -> dict:
     return {"type": _message_type(ix), "webhook_id": fake.application_id,
             "application_id": fake.application_id, "interaction_token": ix.token,
             "interaction_id": ix.id}
 
 
-def _callback_response(fake: "FakeDiscord", ix: Interaction, cb_type: int, message) -> dict:
-    interaction = {"id": str(ix.id), "type": ix.type}
-    resource: dict = {"type": cb_type}
+def _callback_response(fake: FakeDiscord, ix: Interaction, cb_type: int, message) -> dict:
+    interaction = {"id": str(ix.id), "type": ix.type, "channel_id": str(ix.channel_id),
+                   "guild_id": str(fake.guild_id)}
+    out: dict = {"interaction": interaction}
     if message is not None:
         interaction.update({"response_message_id": str(message.id),
                             "response_message_loading": bool(message.flags & LOADING),
                             "response_message_ephemeral": bool(message.flags & EPHEMERAL)})
-        resource["message"] = message.to_json(fake)
-    return {"interaction": interaction, "resource": resource}
+    if cb_type in (4, 7):  # the spec's resource variants: CreateMessage (4), UpdateMessage (7), activity
+        out["resource"] = {"type": cb_type, "message": message.to_json(fake)}
+    return out
 
 
 # -- webhook routes (interaction token) ------------------------------------------------
 @routes.route("POST", "/webhooks/{app_id}/{token}", auth=False)
-async def execute_webhook(fake: "FakeDiscord", req: Req):
+async def execute_webhook(fake: FakeDiscord, req: Req):
     ix = _interaction_for_token(fake, req)
     if not ix.callbacks:
         fake.record_violation(f"followup for interaction {ix.id} ({ix.name}) before any callback")
@@ -146,7 +152,7 @@ async def execute_webhook(fake: "FakeDiscord", req: Req):
     return json_response(message.to_json(fake))
 
 
-def _webhook_message(fake: "FakeDiscord", req: Req) -> tuple[Interaction, Message]:
+def _webhook_message(fake: FakeDiscord, req: Req) -> tuple[Interaction, Message]:
     ix = _interaction_for_token(fake, req)
     mid = req.params.get("message_id")
     if mid is None:  # @original
@@ -160,18 +166,18 @@ def _webhook_message(fake: "FakeDiscord", req: Req) -> tuple[Interaction, Messag
     return ix, msg
 
 
-async def _get(fake: "FakeDiscord", req: Req):
+async def _get(fake: FakeDiscord, req: Req):
     return json_response(_webhook_message(fake, req)[1].to_json(fake))
 
 
-async def _patch(fake: "FakeDiscord", req: Req):
+async def _patch(fake: FakeDiscord, req: Req):
     _, msg = _webhook_message(fake, req)
     apply_body(fake, msg, req.json, req.body.files, edit=True)
     fake._dispatch_message("MESSAGE_UPDATE", msg)
     return json_response(msg.to_json(fake))
 
 
-async def _delete(fake: "FakeDiscord", req: Req):
+async def _delete(fake: FakeDiscord, req: Req):
     _, msg = _webhook_message(fake, req)
     fake._mark_deleted(msg, by_user=False)
     return no_content()

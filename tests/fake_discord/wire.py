@@ -18,16 +18,17 @@ import math
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from aiohttp import web
 
 FILE_FIELD = re.compile(r"^files\[(\d+)\]$")
 
 
-def json_response(data: Any, status: int = 200, headers: Optional[dict] = None) -> web.Response:
-    return web.Response(text=json.dumps(data), status=status, content_type="application/json",
-                        headers=headers)
+def json_response(data: Any, status: int = 200, headers: dict | None = None) -> web.Response:
+    # body= (bytes) and an explicit header: text= would make aiohttp append "; charset=utf-8"
+    return web.Response(body=json.dumps(data).encode(), status=status,
+                        headers={**(headers or {}), "Content-Type": "application/json"})
 
 
 def no_content() -> web.Response:
@@ -37,7 +38,7 @@ def no_content() -> web.Response:
 class DiscordError(Exception):
     """Raised by handlers; rendered as Discord's JSON error body."""
 
-    def __init__(self, status: int, code: int, message: str, errors: Optional[dict] = None):
+    def __init__(self, status: int, code: int, message: str, errors: dict | None = None):
         super().__init__(f"{status} {code} {message}")
         self.status, self.code, self.message, self.errors = status, code, message, errors
 
@@ -52,16 +53,19 @@ def unknown_message() -> DiscordError:
     return DiscordError(404, 10008, "Unknown Message")
 
 
-def invalid_form_body(message: str, field_path: str = "_errors") -> DiscordError:
-    return DiscordError(400, 50035, "Invalid Form Body",
-                        {field_path: {"_errors": [{"code": "BASE_TYPE_INVALID", "message": message}]}})
+def invalid_form_body(message: str, field_path: str = "", code: str = "BASE_TYPE_INVALID") -> DiscordError:
+    """400 50035 with Discord's nested ``errors`` ({"a": {"0": {"_errors": [...]}}} for "a.0")."""
+    errors: dict = {"_errors": [{"code": code, "message": message}]}
+    for part in reversed([p for p in field_path.split(".") if p]):
+        errors = {part: errors}
+    return DiscordError(400, 50035, "Invalid Form Body", errors)
 
 
 @dataclass
 class Upload:
     index: int
     filename: str
-    content_type: Optional[str]
+    content_type: str | None
     data: bytes
 
 
@@ -69,7 +73,7 @@ class Upload:
 class Body:
     """A decoded request body. ``json`` is the JSON body or the ``payload_json``."""
 
-    content_type: Optional[str] = None
+    content_type: str | None = None
     json: Any = None
     files: list = field(default_factory=list)  # Upload
     has_body: bool = False
@@ -155,12 +159,10 @@ def rate_limit_rule(method: str, path_regex: str, times: int, retry_after: float
             "X-RateLimit-Reset-After": f"{retry_after:.3f}",
             "X-RateLimit-Bucket": f"fake-{abs(hash((method, path_regex))) % 10**8:08d}",
         })
-    body = {"message": "You are being rate limited.", "retry_after": retry_after, "global": global_}
-    if global_:
-        body["code"] = 0
+    body = {"message": "You are being rate limited.", "retry_after": retry_after, "global": global_, "code": 0}
     return Injection(method.upper() if method != "*" else "*", path_regex, times, 429, body, headers)
 
 
-def truthy(value: Optional[str]) -> bool:
+def truthy(value: str | None) -> bool:
     """Discord's boolean query params accept true/1 (discord.py sends ``1``)."""
     return (value or "").lower() in ("1", "true", "yes")
