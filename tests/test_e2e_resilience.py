@@ -108,3 +108,23 @@ async def test_rate_limited_edits_are_retried(fake, bot):
     job_id = await queued_job(ix)
     await wait_result(fake, job_id)
     assert fake.spec_violations == []
+
+
+async def test_buttons_work_after_a_restart(fake, data_dir):
+    bot = BotProcess(fake, data_dir)
+    await bot.start()
+    ix = await fake.slash_command("imagine", {"prompt": "a bridge", "steps": 2}, user=fake.alice)
+    job_id = await queued_job(ix)
+    [result] = await wait_result(fake, job_id)
+    assert await bot.stop() == 0  # a clean shutdown on SIGTERM
+    restarted = BotProcess(fake, data_dir)
+    await restarted.start()
+    try:
+        reroll = await fake.click_button(result, f"zimage:reroll:{job_id}", user=fake.bob)
+        await wait_result(fake, await queued_job(reroll))
+        delete = await fake.click_button(result, f"zimage:delete:{job_id}", user=fake.alice)
+        await delete.wait_response()
+        await fake.wait_for(lambda: result.deleted, timeout=10, what="delete after a restart")
+        assert fake.spec_violations == []
+    finally:
+        await restarted.stop()
