@@ -117,8 +117,8 @@ async def download_zip(
     except TimeoutError:
         raise DownloadError(f"The download took longer than {timeout:g} seconds and was stopped.") from None
     except aiohttp.ClientSSLError:
-        raise DownloadError("The site's TLS certificate could not be verified.") from None
-    except (aiohttp.ClientError, OSError) as exc:
+        raise DownloadError("No secure connection to the site could be made (TLS certificate or handshake failed).") from None
+    except (aiohttp.ClientError, OSError, ValueError) as exc:
         raise DownloadError(f"The download failed ({type(exc).__name__}).") from None
     finally:
         tmp.unlink(missing_ok=True)

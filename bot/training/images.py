@@ -191,6 +191,6 @@ def _high_depth_to_gray(im: Image.Image) -> Image.Image:
         else:
             top = 65535.0 if high <= 65535 else float(high)
     if top != 255.0:
-        factor = 255.0 / top
-        im = im.point(lambda v: v * factor)
+        factor, offset = 255.0 / top, (0.5 if im.mode == "I" else 0.0)  # I -> I truncates: round instead
+        im = im.point(lambda v: v * factor + offset)
     return im.convert("L")

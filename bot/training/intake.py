@@ -54,7 +54,10 @@ _MAC_FOLDERS = {"__macosx", ".trashes", ".spotlight-v100", ".fseventsd", ".tempo
 _NOUNS = {  # reason -> (singular, plural) for the summary
     images.NOT_IMAGE: ("not an image", "not images"),
     images.CORRUPT: ("corrupt or truncated image", "corrupt or truncated images"),
-    images.UNSUPPORTED: ("in an unsupported format (use JPEG, PNG, WebP or HEIC)", "in unsupported formats (use JPEG, PNG, WebP or HEIC)"),
+    images.UNSUPPORTED: (
+        "in an unsupported format (use JPEG, PNG, WebP or HEIC)",
+        "in unsupported formats (use JPEG, PNG, WebP or HEIC)",
+    ),
     images.NESTED_ARCHIVE: ("nested archive (not opened)", "nested archives (not opened)"),
     images.NO_HEIC: ("HEIC photo (HEIC support not installed)", "HEIC photos (HEIC support not installed)"),
     DUPLICATE: ("duplicate", "duplicates"),
@@ -219,9 +222,7 @@ def _check_entries(infos: list[zipfile.ZipInfo], limits: IntakeLimits) -> None:
             )
         total += info.file_size
     if total > limits.max_total_uncompressed:
-        raise IntakeError(
-            f"The archive unpacks to {_size(total)}; the limit is {_size(limits.max_total_uncompressed)}."
-        )
+        raise IntakeError(f"The archive unpacks to {_size(total)}; the limit is {_size(limits.max_total_uncompressed)}.")
 
 
 class _Reader:
@@ -247,9 +248,7 @@ class _Reader:
                     if size > info.file_size:
                         raise IntakeError(f"{shown} is larger than its header says; the archive was refused.")
                     if size > cap:
-                        raise IntakeError(
-                            f"{shown} unpacks to more than {_size(cap)} (zip bomb?); the archive was refused."
-                        )
+                        raise IntakeError(f"{shown} unpacks to more than {_size(cap)} (zip bomb?); the archive was refused.")
                     if self.total > limits.max_total_uncompressed:
                         raise IntakeError(
                             f"The archive unpacks to more than {_size(limits.max_total_uncompressed)}; it was refused."
@@ -288,7 +287,10 @@ def _unpack(
         elif base in _SYSTEM_FILES:
             skipped.append((info.filename, SYSTEM_FILE))
         elif path.suffix.casefold() == ".txt":
-            captions[_caption_key(path)] = info
+            if _caption_key(path) in captions:  # a.txt and A.txt: the first one wins
+                skipped.append((info.filename, ORPHAN_TEXT))
+            else:
+                captions[_caption_key(path)] = info
         else:
             candidates.append(info)
     candidates.sort(key=lambda info: _natural_key(info.filename))
@@ -298,7 +300,7 @@ def _unpack(
     out_dir.mkdir()
     entries: list[dict] = []
     seen: set[str] = set()
-    used_captions: set[tuple[str, str]] = set()
+    claimed = {_caption_key(PurePosixPath(info.filename.replace("\\", "/"))) for info in candidates}
     duplicates = from_files = 0
     for info in candidates:
         if len(entries) >= limits.max_images:
@@ -321,7 +323,6 @@ def _unpack(
 
         caption, key = default_caption, _caption_key(path)
         if key in captions:
-            used_captions.add(key)
             try:
                 text = _clean_caption(reader.read(captions[key], at_most=_CAPTION_READ_BYTES).decode("utf-8-sig", "replace"))
             except NotImplementedError:
@@ -342,13 +343,15 @@ def _unpack(
         )
 
     for key, info in captions.items():
-        if key not in used_captions:
+        if key not in claimed:  # a caption of a skipped image is not reported again
             skipped.append((info.filename, ORPHAN_TEXT))
 
     if len(entries) < limits.min_images:
         problems = [reason for _, reason in skipped if reason not in IGNORED_REASONS]
         usable = f"Only {len(entries)} usable" if entries else "No usable"
-        message = f"{usable} {'image' if len(entries) == 1 else 'images'} in the archive; at least {limits.min_images} are needed."
+        message = (
+            f"{usable} {'image' if len(entries) == 1 else 'images'} in the archive; at least {limits.min_images} are needed."
+        )
         if problems:
             message += f" Skipped: {_group(problems)}."
         raise IntakeError(message)
