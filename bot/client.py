@@ -10,11 +10,14 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from .cogs.mod_views import MOD_BUTTONS
 from .db.jobs import JobStore
+from .db.moderation import ModerationStore
 from .delivery import Delivery
 from .errors import UserFacingError
 from .imagine import ImagineService
 from .limits import UserLimits
+from .moderation import RequestRules
 from .runner import JobRunner
 from .settings import Settings
 from .views import BUTTONS, result_view
@@ -23,7 +26,7 @@ from .worker.supervisor import WorkerSupervisor
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("bot.cogs.imagine", "bot.cogs.queue")
+EXTENSIONS = ("bot.cogs.imagine", "bot.cogs.queue", "bot.cogs.mod")
 COMMANDS_HASH_KEY = "global_commands_hash"
 WORKER_CONNECT_WAIT = 30.0
 
@@ -35,11 +38,13 @@ class ZImageBot(commands.Bot):
         super().__init__(command_prefix=commands.when_mentioned, intents=intents, help_command=None)
         self.settings = settings
         self.store = JobStore(settings.database_url)
+        self.moderation = ModerationStore(self.store)
+        self.rules = RequestRules(self.moderation)
         self.worker = WorkerClient(settings.socket_path)
         self.supervisor = WorkerSupervisor(settings) if settings.worker_mode == "spawn" else None
         self.delivery = Delivery(self)
         self.limits = UserLimits(settings, self.store)
-        self.runner = JobRunner(settings, self.store, self.worker, self.delivery, result_view)
+        self.runner = JobRunner(settings, self.store, self.moderation, self.worker, self.delivery, result_view)
         self.imagine = ImagineService(self)
         self.tree.on_error = self.on_app_command_error
 
@@ -49,7 +54,7 @@ class ZImageBot(commands.Bot):
         self.worker.start()
         for extension in EXTENSIONS:
             await self.load_extension(extension)
-        self.add_dynamic_items(*BUTTONS)
+        self.add_dynamic_items(*BUTTONS, *MOD_BUTTONS)
         await self.sync_commands()
         try:
             # The worker answers prompt checks within seconds (the model loads behind it), so
@@ -84,8 +89,8 @@ class ZImageBot(commands.Bot):
         original = getattr(error, "original", error)
         if isinstance(original, UserFacingError):
             message = str(original)
-        elif isinstance(error, app_commands.CheckFailure):
-            message = "You are not allowed to use this command here."
+        elif isinstance(original, app_commands.CheckFailure):
+            message = str(original) or "You are not allowed to use this command here."
         else:
             log.error("command failed", exc_info=original)
             message = "Something went wrong on our side; the error was logged."

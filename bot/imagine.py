@@ -64,15 +64,17 @@ class ImagineService:
         """Checks, then defer, queue and show the position. Raises UserFacingError before deferring."""
         user_id = interaction.user.id
         params["prompt"] = await self.clean_prompt(params["prompt"])
-        await self.bot.limits.check_queue(user_id)
-        await self.bot.limits.take_request(user_id)
+        guild = await self.bot.rules.check(interaction, params)
+        await self.bot.limits.check_queue(user_id, guild)
+        await self.bot.limits.take_request(user_id, guild)
         await interaction.response.defer(thinking=True)
         job = await self.bot.store.enqueue(
             user_id=user_id, guild_id=interaction.guild_id, channel_id=interaction.channel_id,
             params=params, interaction_id=interaction.id, interaction_token=interaction.token)
         position = await self.bot.store.position(job.id)
         try:
-            message = await interaction.edit_original_response(content=render.queued_text(job, position))
+            message = await interaction.edit_original_response(
+                content=render.queued_text(job, position, paused=guild.paused))
             job.message_id = message.id
             await self.bot.store.set_message(job.id, message.id)
         except discord.HTTPException as exc:

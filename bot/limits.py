@@ -1,4 +1,7 @@
-"""Per-user limits: jobs waiting in the queue, and requests per period (asyncio-throttle)."""
+"""Per-user limits: jobs waiting in the queue, and requests per period (asyncio-throttle).
+
+A guild's moderators may override both with /mod limits; otherwise the settings apply.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ import asyncio
 from asyncio_throttle import Throttler
 
 from .db.jobs import JobStore
+from .db.models import GuildSettings
 from .errors import UserFacingError
 from .settings import Settings
 
@@ -15,24 +19,32 @@ class UserLimits:
     def __init__(self, settings: Settings, store: JobStore):
         self.settings = settings
         self.store = store
-        self._throttlers: dict[int, Throttler] = {}
+        self._throttlers: dict[tuple, Throttler] = {}
 
-    async def check_queue(self, user_id: int) -> None:
+    def _max_queued(self, guild: GuildSettings | None) -> int:
+        return (guild and guild.max_queued_per_user) or self.settings.max_queued_per_user
+
+    def _rate(self, guild: GuildSettings | None) -> tuple[int, float]:
+        if guild and guild.requests_per_minute:
+            return guild.requests_per_minute, 60.0
+        return self.settings.rate_limit_count, self.settings.rate_limit_period
+
+    async def check_queue(self, user_id: int, guild: GuildSettings | None = None) -> None:
         active = await self.store.count_active_of(user_id)
-        if active >= self.settings.max_queued_per_user:
+        limit = self._max_queued(guild)
+        if active >= limit:
             raise UserFacingError(
-                f"You already have {active} jobs in the queue (the limit is {self.settings.max_queued_per_user}). "
+                f"You already have {active} jobs in the queue (the limit is {limit}). "
                 "Wait for one to finish, or cancel one with `/cancel`.")
 
-    async def take_request(self, user_id: int) -> None:
+    async def take_request(self, user_id: int, guild: GuildSettings | None = None) -> None:
         """Use up one request of the user's allowance, or refuse without waiting."""
-        throttler = self._throttlers.setdefault(
-            user_id, Throttler(rate_limit=self.settings.rate_limit_count, period=self.settings.rate_limit_period))
+        count, period = self._rate(guild)
+        key = (guild.guild_id if guild else None, user_id, count, period)  # a changed limit starts afresh
+        throttler = self._throttlers.setdefault(key, Throttler(rate_limit=count, period=period))
         # Throttler.acquire waits for a free slot; a slot that is free is granted at once,
         # so a short timeout turns "would wait" into "refuse".
         try:
             await asyncio.wait_for(throttler.acquire(), timeout=0.05)
         except TimeoutError:
-            raise UserFacingError(
-                f"Slow down: at most {self.settings.rate_limit_count} requests every "
-                f"{self.settings.rate_limit_period:g} seconds.") from None
+            raise UserFacingError(f"Slow down: at most {count} requests every {period:g} seconds.") from None

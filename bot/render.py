@@ -15,8 +15,11 @@ def short_prompt(prompt: str, limit: int = 80) -> str:
     return prompt if len(prompt) <= limit else prompt[: limit - 1] + "…"
 
 
-def queued_text(job: Job, position: int | None) -> str:
-    where = f"position **{position}** in the queue" if position else "in the queue"
+def queued_text(job: Job, position: int | None, paused: bool = False) -> str:
+    if paused:
+        where = "waiting: moderators paused the queue in this server; it keeps its place"
+    else:
+        where = f"position **{position}** in the queue" if position else "in the queue"
     return f"⏳ Job #{job.id} is {where}: *{short_prompt(job.params['prompt'])}*"
 
 

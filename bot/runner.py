@@ -21,6 +21,7 @@ from gpu import protocol
 from . import render
 from .db.jobs import JobStore
 from .db.models import Job, JobStatus
+from .db.moderation import ModerationStore
 from .delivery import Delivery
 from .errors import WORKER_CRASHED_MESSAGE, worker_error_message
 from .settings import Settings
@@ -33,10 +34,11 @@ POSITION_UPDATES = 10        # queued jobs whose position message is refreshed w
 
 
 class JobRunner:
-    def __init__(self, settings: Settings, store: JobStore, worker: WorkerClient, delivery: Delivery,
-                 make_view):
+    def __init__(self, settings: Settings, store: JobStore, moderation: ModerationStore, worker: WorkerClient,
+                 delivery: Delivery, make_view):
         self.settings = settings
         self.store = store
+        self.moderation = moderation
         self.worker = worker
         self.delivery = delivery
         self.make_view = make_view  # job -> discord.ui.View with the result buttons
@@ -165,6 +167,8 @@ class JobRunner:
         if not images:
             await self._fail(job, "the finished images were lost before they could be posted")
             return
+        if job.guild_id and (await self.moderation.settings(job.guild_id)).spoiler_images:
+            images = [(f"SPOILER_{name}", data) for name, data in images]
         groups = _upload_groups(images, int(job.params.get("upload_limit", 10 << 20)))
         delivered = await self.delivery.post_final(
             job, render.done_text(job, 0, len(groups)), lambda: _as_files(groups[0]),
@@ -181,9 +185,14 @@ class JobRunner:
         await self.store.finish(job.id, JobStatus.FAILED, error=reason)
         await self.delivery.post_final(job, render.failed_text(job, reason), embed=None, view=None)
 
-    async def refresh_positions(self) -> None:
+    async def refresh_positions(self, paused_guild: int | None = None) -> None:
+        """Re-show queue positions after the queue moved; a paused guild's jobs say they wait."""
         for position, job in enumerate((await self.store.queued_jobs())[:POSITION_UPDATES], start=1):
             await self.delivery.edit_status(job, render.queued_text(job, position))
+        if paused_guild is not None:
+            for job in await self.store.guild_jobs(paused_guild):
+                if job.status == JobStatus.QUEUED:
+                    await self.delivery.edit_status(job, render.queued_text(job, None, paused=True))
 
 
 def _read_files(folder: Path, names: list[str]) -> list[tuple[str, bytes]]:

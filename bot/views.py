@@ -10,7 +10,7 @@ import discord
 from .db.models import Job
 from .errors import UserFacingError
 from .imagine import build_params, consecutive_seeds, random_seed
-from .permissions import is_moderator
+from .permissions import can_delete_results
 
 if TYPE_CHECKING:
     from .client import ZImageBot
@@ -81,8 +81,12 @@ class DeleteButton(_JobButton, discord.ui.DynamicItem[discord.ui.Button], templa
 
     async def handle(self, interaction: discord.Interaction) -> None:
         job = await self._job(interaction)
-        if interaction.user.id != job.user_id and not is_moderator(interaction):
-            raise UserFacingError("Only the person who asked for this image, or a moderator, can delete it.")
+        bot: ZImageBot = interaction.client  # type: ignore[assignment]
+        if interaction.user.id != job.user_id:
+            if not can_delete_results(interaction, await bot.moderation.settings(interaction.guild_id)):
+                raise UserFacingError("Only the person who asked for this image, or a moderator, can delete it.")
+            await bot.moderation.audit(interaction.guild_id or 0, interaction.user.id, "delete-image",
+                                       f"job #{job.id} of <@{job.user_id}>")
         await interaction.response.defer()
         if interaction.message is not None:
             await interaction.message.delete()

@@ -29,8 +29,10 @@ class QueueCog(commands.Cog):
         order = [job.id for job in await self.bot.store.queued_jobs()]
         lines = []
         for job in jobs:
-            if job.status == JobStatus.QUEUED:
+            if job.status == JobStatus.QUEUED and job.id in order:
                 state = f"position {order.index(job.id) + 1} of {len(order)}"
+            elif job.status == JobStatus.QUEUED:
+                state = "waiting: moderators paused the queue in this server"
             elif job.status == JobStatus.RUNNING:
                 state = "generating now"
             else:

@@ -8,7 +8,8 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
-from .models import BotState, Job, JobKind, JobStatus, utcnow
+from ..scheduling import fair_order
+from .models import BotState, GuildSettings, Job, JobKind, JobStatus, utcnow
 
 INTERACTION_TOKEN_LIFETIME = timedelta(minutes=15)
 
@@ -54,15 +55,29 @@ class JobStore:
                 Job.user_id == user_id, Job.status.in_(JobStatus.active()))) or 0
 
     async def queued_jobs(self) -> list[Job]:
-        """Waiting jobs in the order they will run (position 1 first)."""
+        """Runnable waiting jobs in the order they will run (position 1 first); see scheduling.py."""
         async with self.session() as session:
-            return list(await session.scalars(
-                select(Job).where(Job.status == JobStatus.QUEUED).order_by(Job.id)))
+            return await self._fair_order(session)
+
+    async def _fair_order(self, session: AsyncSession) -> list[Job]:
+        queued = list(await session.scalars(select(Job).where(Job.status == JobStatus.QUEUED)))
+        users = {job.user_id for job in queued}
+        last_served = dict((await session.execute(
+            select(Job.user_id, func.max(Job.started_at)).where(Job.user_id.in_(users), Job.started_at.is_not(None))
+            .group_by(Job.user_id))).all()) if users else {}
+        paused = set(await session.scalars(select(GuildSettings.guild_id).where(GuildSettings.paused.is_(True))))
+        return fair_order(queued, last_served, paused)
 
     async def position(self, job_id: int) -> int | None:
-        """1-based place among waiting jobs, or None when the job is not waiting."""
+        """1-based place among runnable waiting jobs; None when not waiting or its guild is paused."""
         order = [job.id for job in await self.queued_jobs()]
         return order.index(job_id) + 1 if job_id in order else None
+
+    async def guild_jobs(self, guild_id: int) -> list[Job]:
+        """Every active job of a guild, oldest first (for moderators)."""
+        async with self.session() as session:
+            return list(await session.scalars(select(Job).where(
+                Job.guild_id == guild_id, Job.status.in_(JobStatus.active())).order_by(Job.id)))
 
     async def jobs_in(self, status: JobStatus) -> list[Job]:
         async with self.session() as session:
@@ -74,12 +89,12 @@ class JobStore:
         await self._update(job_id, message_id=message_id)
 
     async def claim_next(self) -> Job | None:
-        """Move the oldest queued job to RUNNING, counting the attempt. Single consumer."""
+        """Move the next job in fair order to RUNNING, counting the attempt. Single consumer."""
         async with self.session() as session, session.begin():
-            job = await session.scalar(
-                select(Job).where(Job.status == JobStatus.QUEUED).order_by(Job.id).limit(1))
-            if job is None:
+            order = await self._fair_order(session)
+            if not order:
                 return None
+            job = order[0]
             job.status = JobStatus.RUNNING
             job.attempts += 1
             job.started_at = utcnow()

@@ -1,0 +1,67 @@
+"""Moderation rules applied to requests: bans, the blocklist, and per-guild limits."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+
+import discord
+
+from .db.models import GuildSettings, utcnow
+from .db.moderation import ModerationStore
+from .errors import UserFacingError
+
+DURATION = re.compile(r"^\s*(\d+)\s*(m|min|mins|minutes?|h|hours?|d|days?|w|weeks?)\s*$", re.IGNORECASE)
+UNIT_SECONDS = {"m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str | None) -> timedelta | None:
+    """'30m', '2h', '7d', '1w' -> timedelta; None or '' or 'permanent' -> None (no expiry)."""
+    if text is None or not text.strip() or text.strip().lower() in ("permanent", "forever"):
+        return None
+    match = DURATION.match(text)
+    if not match or int(match[1]) == 0:
+        raise UserFacingError(f"`{text}` is not a duration. Use a number and a unit, e.g. `30m`, `12h`, `7d`, `2w`.")
+    return timedelta(seconds=int(match[1]) * UNIT_SECONDS[match[2][0].lower()])
+
+
+def describe_expiry(expires_at: datetime | None) -> str:
+    if expires_at is None:
+        return "permanently"
+    return f"until {discord.utils.format_dt(expires_at.replace(tzinfo=UTC), 'f')}"
+
+
+def channel_is_age_restricted(interaction: discord.Interaction) -> bool:
+    channel = interaction.channel
+    is_nsfw = getattr(channel, "is_nsfw", None)
+    return bool(is_nsfw()) if callable(is_nsfw) else False
+
+
+class RequestRules:
+    """The guild-specific checks every /imagine request and button goes through."""
+
+    def __init__(self, moderation: ModerationStore):
+        self.moderation = moderation
+
+    async def check(self, interaction: discord.Interaction, params: dict) -> GuildSettings:
+        guild_id = interaction.guild_id
+        settings = await self.moderation.settings(guild_id)
+        ban = await self.moderation.active_ban(guild_id, interaction.user.id)
+        if ban is not None:
+            reason = f" Reason: {ban.reason}" if ban.reason else ""
+            raise UserFacingError(f"You are banned from using this bot here {describe_expiry(ban.expires_at)}.{reason}")
+        blocked = await self.moderation.blocked_match(guild_id, params["prompt"])
+        if blocked is not None:
+            if not (settings.allow_blocklisted_in_nsfw and channel_is_age_restricted(interaction)):
+                where = " outside age-restricted channels" if settings.allow_blocklisted_in_nsfw else ""
+                raise UserFacingError(f"This server does not allow `{blocked.pattern}` in prompts{where}.")
+        count = len(params["seeds"])
+        if settings.max_count and count > settings.max_count:
+            raise UserFacingError(f"This server allows at most {settings.max_count} images per request.")
+        if settings.max_steps and params["steps"] > settings.max_steps:
+            raise UserFacingError(f"This server allows at most {settings.max_steps} steps.")
+        return settings
+
+
+def expiry_from(duration: timedelta | None) -> datetime | None:
+    return utcnow() + duration if duration else None
