@@ -35,6 +35,24 @@ class Settings:
     max_attempts: int = 2
     progress_interval: float = 1.0
     log_level: str = "INFO"
+    # LoRA training (/train); defaults follow the Z-Image character-LoRA guide.
+    train_steps: int = 4000
+    train_rank: int = 64
+    train_learning_rate: float = 2e-4
+    train_weight_decay: float = 1e-4
+    train_resolution: int = 512
+    train_timesteps: str = "sigmoid"
+    checkpoint_every: int = 250
+    keep_checkpoints: int = 7
+    training_adapter: Path | None = None
+    train_min_images: int = 10
+    train_max_images: int = 500
+    max_zip_bytes: int = 512 << 20
+    # The bot's small HTTP endpoint for files too big for Discord (signed, expiring links).
+    http_host: str = "127.0.0.1"
+    http_port: int = 8765
+    public_url: str = ""
+    link_ttl: float = 7 * 86400.0
 
     @property
     def socket_path(self) -> Path:
@@ -43,6 +61,14 @@ class Settings:
     @property
     def outputs_dir(self) -> Path:
         return self.data_dir / "outputs"
+
+    @property
+    def training_dir(self) -> Path:
+        return self.data_dir / "training"
+
+    @property
+    def link_base(self) -> str:
+        return (self.public_url or f"http://{self.http_host}:{self.http_port}").rstrip("/")
 
     @property
     def sync_database_url(self) -> str:
@@ -122,4 +148,38 @@ def load_settings(env: dict[str, str] | None = None, dotenv_path: str | None = "
         max_attempts=_int(env, "JOB_MAX_ATTEMPTS", 2, minimum=1),
         progress_interval=_float(env, "PROGRESS_INTERVAL", 1.0, minimum=0.0),
         log_level=log_level,
+        **_training_settings(env),
     )
+
+
+def _training_settings(env: dict[str, str]) -> dict:
+    timesteps = env.get("TRAIN_TIMESTEPS", "").strip() or "sigmoid"
+    if timesteps not in ("sigmoid", "shift", "uniform"):
+        raise SettingsError(f"TRAIN_TIMESTEPS must be sigmoid, shift or uniform, got {timesteps!r}")
+    adapter = env.get("TRAINING_ADAPTER", "").strip()
+    if adapter and not Path(adapter).expanduser().exists():
+        raise SettingsError(f"TRAINING_ADAPTER points at {adapter!r}, which does not exist")
+    resolution = _int(env, "TRAIN_RESOLUTION", 512, minimum=64)
+    if resolution % 16:
+        raise SettingsError(f"TRAIN_RESOLUTION must be a multiple of 16, got {resolution}")
+    public_url = env.get("PUBLIC_URL", "").strip()
+    if public_url:
+        _url(env, "PUBLIC_URL", public_url, ("http", "https"))
+    return {
+        "train_steps": _int(env, "TRAIN_STEPS", 4000, minimum=1),
+        "train_rank": _int(env, "TRAIN_RANK", 64, minimum=1),
+        "train_learning_rate": _float(env, "TRAIN_LEARNING_RATE", 2e-4, minimum=1e-8),
+        "train_weight_decay": _float(env, "TRAIN_WEIGHT_DECAY", 1e-4),
+        "train_resolution": resolution,
+        "train_timesteps": timesteps,
+        "checkpoint_every": _int(env, "CHECKPOINT_EVERY", 250, minimum=1),
+        "keep_checkpoints": _int(env, "KEEP_CHECKPOINTS", 7, minimum=1),
+        "training_adapter": Path(adapter).expanduser().resolve() if adapter else None,
+        "train_min_images": _int(env, "TRAIN_MIN_IMAGES", 10, minimum=1),
+        "train_max_images": _int(env, "TRAIN_MAX_IMAGES", 500, minimum=1),
+        "max_zip_bytes": _int(env, "MAX_ZIP_MB", 512, minimum=1) << 20,
+        "http_host": env.get("HTTP_HOST", "").strip() or "127.0.0.1",
+        "http_port": _int(env, "HTTP_PORT", 8765, minimum=0),
+        "public_url": public_url,
+        "link_ttl": _float(env, "LINK_TTL_HOURS", 168.0, minimum=0.01) * 3600,
+    }

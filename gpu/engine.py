@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import accel
 from .protocol import GenerateParams
 
 log = logging.getLogger(__name__)
@@ -47,34 +48,58 @@ class ImageEngine:
         self.model_name = model
         self.data_dir = data_dir
         self.pipe = None
+        self.tokenizer = None
         self.device = "cpu"
         self._prompt_cache: OrderedDict[str, list] = OrderedDict()
 
-    def load(self) -> None:
+    def load(self, pipe=None) -> None:
+        """Load the pipeline (or take `pipe`, already built: the benchmark injects one) and apply
+        the speed path configured by ZIMAGE_COMPILE / ZIMAGE_ATTENTION / ZIMAGE_QUANT (gpu/accel.py)."""
         import torch
-        from diffusers import ZImagePipeline
 
         if torch.cuda.is_available():
             self.device, dtype = "cuda", torch.bfloat16
         else:
             self.device, dtype = "cpu", torch.float32
         started = time.perf_counter()
-        path = resolve_model_path(self.model_name, self.data_dir)
-        self.pipe = ZImagePipeline.from_pretrained(path, dtype=dtype).to(self.device)
+        settings = accel.AccelSettings.from_env(self.device, self.data_dir)  # bad settings fail before loading
+        if pipe is None:
+            from diffusers import ZImagePipeline
+
+            path = resolve_model_path(self.model_name, self.data_dir)
+            pipe = ZImagePipeline.from_pretrained(path, dtype=dtype)
+        self.pipe = pipe.to(self.device)
         self.pipe.set_progress_bar_config(disable=True)
+        self.accel = accel.apply(self.pipe, settings)
+        self.warm_up_timings: list[dict] = []
         log.info("loaded %s on %s in %.1f s", self.model_name, self.device, time.perf_counter() - started)
 
     def warm_up(self) -> None:
-        """One small generation so the first user does not pay for lazy initialisation."""
+        """Pay lazy initialisation (and, when compiled, every compile) before the first user.
+
+        Compiled: one image in every aspect bucket of the bot at the real step count, so no
+        request triggers a recompile. Not compiled (CPU, tests): one small generation."""
+        if getattr(self, "accel", None) is not None and self.accel.compiled:
+            self.warm_up_timings = accel.warm_up_buckets(
+                lambda width, height, steps, prompt: self.generate(
+                    GenerateParams(prompt=prompt, width=width, height=height, steps=steps, seeds=[0])))
+            return
         self.generate(GenerateParams(prompt="warm-up", width=256, height=256, steps=1, seeds=[0]))
+
+    def load_tokenizer(self) -> None:
+        """Just the tokenizer (seconds, not minutes): prompts can be checked while the pipeline loads."""
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(self.model_name, self.data_dir),
+                                                       subfolder="tokenizer")
 
     def count_tokens(self, prompt: str) -> int:
         """Tokens the text encoder would see, chat template included (the pipeline's limit)."""
         templated = self._templated(prompt)
-        return len(self.pipe.tokenizer(templated, truncation=False).input_ids)
+        return len(self.tokenizer(templated, truncation=False).input_ids)
 
     def _templated(self, prompt: str) -> str:
-        return self.pipe.tokenizer.apply_chat_template(
+        return self.tokenizer.apply_chat_template(
             [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True, enable_thinking=True
         )
 

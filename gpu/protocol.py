@@ -15,7 +15,14 @@ Conversation (ComfyUI-style progress):
                                    image {id, index, seed} + PNG blob  (one per image)
                                    done {id, seconds}
                                    | error {id, code, message}
-    cancel {id}               ->   (the generate in flight ends with error code "cancelled")
+    train {id, params}        ->   accepted {id}
+                                   train_progress {id, step, total, loss, seconds_per_step}   (many)
+                                   checkpoint {id, step, total, loss, lora_file, sample_png, loss_png}
+                                   done {id, seconds} | error {id, code, message}
+    cancel {id}               ->   (the generate or train in flight ends with error code "cancelled";
+                                    a cancelled training keeps the checkpoints it made)
+
+Files (datasets, checkpoints) are passed as paths under the shared DATA_DIR, not as bytes.
 
 This module imports nothing heavy: the bot uses it without torch.
 """
@@ -44,6 +51,7 @@ ERROR_BAD_REQUEST = "bad_request"
 ERROR_PROMPT_TOO_LONG = "prompt_too_long"
 ERROR_OUT_OF_MEMORY = "out_of_memory"
 ERROR_INTERNAL = "internal"
+ERROR_BUSY = "busy"
 
 
 @dataclass(frozen=True)
@@ -56,6 +64,8 @@ class GenerateParams:
     steps: int
     seeds: list[int]
     guidance_scale: float = 0.0
+    # LoRA adapters to apply: [{"name": unique adapter name, "path": file or folder, "scale": float}]
+    loras: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -70,12 +80,34 @@ class GenerateParams:
                 steps=int(data["steps"]),
                 seeds=[int(seed) for seed in data["seeds"]],
                 guidance_scale=float(data.get("guidance_scale", 0.0)),
+                loras=[{"name": str(lora["name"]), "path": str(lora["path"]), "scale": float(lora["scale"])}
+                       for lora in data.get("loras", [])],
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ProtocolError(f"bad generate params: {exc!r}") from exc
         if params.width % 16 or params.height % 16 or not params.seeds or params.steps < 1:
             raise ProtocolError("sizes must be multiples of 16, with at least one seed and one step")
         return params
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    """A LoRA training job: the prepared dataset, where checkpoints go, and the trainer config."""
+
+    dataset_dir: str
+    output_dir: str
+    config: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TrainParams:
+        try:
+            return cls(dataset_dir=str(data["dataset_dir"]), output_dir=str(data["output_dir"]),
+                       config=dict(data.get("config") or {}))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ProtocolError(f"bad train params: {exc!r}") from exc
 
 
 @dataclass

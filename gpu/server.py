@@ -34,6 +34,8 @@ class WorkerServer:
         self._busy_with: str | None = None
         self._ready = asyncio.Event()
         self._server: asyncio.AbstractServer | None = None
+        self._training = None  # the TrainingSession in progress, if any
+        self._adapter_manager = None
 
     async def load_model(self, warm_up: bool) -> None:
         """Load (and warm) the pipeline on the GPU thread while the socket already answers."""
@@ -106,6 +108,8 @@ class WorkerServer:
                 self._cancelled.add(str(request_id))
             elif frame.op == "generate":
                 await self._generate(request_id, frame.header.get("params") or {}, send)
+            elif frame.op == "train":
+                await self._train(request_id, frame.header.get("params") or {}, send)
             else:
                 await send("error", id=request_id, code=protocol.ERROR_BAD_REQUEST, message=f"unknown op {frame.op!r}")
         except protocol.ProtocolError as exc:
@@ -145,21 +149,81 @@ class WorkerServer:
             self._busy_with = request_id
             try:
                 await loop.run_in_executor(
-                    self._gpu, lambda: self.engine.generate(params, on_step, should_stop, on_image))
+                    self._gpu, lambda: self._generate_on_gpu(params, on_step, should_stop, on_image))
                 await asyncio.gather(*map(asyncio.wrap_future, pending_sends))
                 await send("done", id=request_id, seconds=round(time.perf_counter() - started, 3))
-            except GenerationCancelled:
-                await send("error", id=request_id, code=protocol.ERROR_CANCELLED, message="cancelled")
             except asyncio.CancelledError:
                 stop.set()  # the client hung up; let the GPU thread stop at its next step
                 raise
             except Exception as exc:  # noqa: BLE001 - every failure must reach the bot as a reply
-                code = protocol.ERROR_OUT_OF_MEMORY if "out of memory" in str(exc).lower() else protocol.ERROR_INTERNAL
-                log.exception("generation %s failed", request_id)
-                await send("error", id=request_id, code=code, message=f"{type(exc).__name__}: {exc}"[:500])
+                await self._send_error(send, request_id, exc)
             finally:
                 self._busy_with = None
                 self._cancelled.discard(request_id)
+
+    def _generate_on_gpu(self, params: protocol.GenerateParams, on_step, should_stop, on_image) -> None:
+        """On the GPU thread: the requested adapters only (a training run's adapters set aside)."""
+        if self._training is not None:
+            self._training.suspend()
+        try:
+            if params.loras or self._adapter_manager is not None:  # plain use never imports peft
+                self._adapters().activate([(lora["name"], lora["path"], lora["scale"]) for lora in params.loras])
+            self.engine.generate(params, on_step, should_stop, on_image)
+        finally:
+            if self._training is not None:
+                self._training.resume()
+
+    def _adapters(self):
+        if self._adapter_manager is None:
+            from .adapters import AdapterManager
+
+            self._adapter_manager = AdapterManager(self.engine.pipe)
+        return self._adapter_manager
+
+    async def _train(self, request_id: str, raw_params: dict, send) -> None:
+        from .training_session import TrainingCancelled, TrainingSession
+
+        params = protocol.TrainParams.from_json(raw_params)
+        if self._training is not None:
+            await send("error", id=request_id, code=protocol.ERROR_BUSY, message="a LoRA is already training")
+            return
+        await send("accepted", id=request_id)
+        await self._ready.wait()
+        started = time.perf_counter()
+        session = None
+        try:
+            session = TrainingSession(self.engine.pipe, params, self.engine.device, self._gpu, self._encoder)
+            self._training = session
+            await session.run(lambda op, **fields: send(op, id=request_id, **fields),
+                              cancelled=lambda: request_id in self._cancelled)
+            await send("done", id=request_id, seconds=round(time.perf_counter() - started, 3))
+        except TrainingCancelled:
+            await send("error", id=request_id, code=protocol.ERROR_CANCELLED, message="cancelled")
+        except asyncio.CancelledError:
+            self._cancelled.add(request_id)
+            raise
+        except Exception as exc:  # noqa: BLE001 - every failure must reach the bot as a reply
+            await self._send_error(send, request_id, exc)
+        finally:
+            self._training = None
+            self._cancelled.discard(request_id)
+            if session is not None:
+                await session.close()
+
+    @staticmethod
+    async def _send_error(send, request_id: str, exc: Exception) -> None:
+        """Map an exception to a protocol error code: the one place the worker does so."""
+        if isinstance(exc, GenerationCancelled):
+            await send("error", id=request_id, code=protocol.ERROR_CANCELLED, message="cancelled")
+            return
+        if "AdapterError" in type(exc).__name__:
+            code = protocol.ERROR_BAD_REQUEST
+        elif "out of memory" in str(exc).lower():
+            code = protocol.ERROR_OUT_OF_MEMORY
+        else:
+            code = protocol.ERROR_INTERNAL
+            log.error("request %s failed", request_id, exc_info=exc)
+        await send("error", id=request_id, code=code, message=f"{type(exc).__name__}: {exc}"[:500])
 
     @staticmethod
     async def _send_image(send, request_id: str, result: GeneratedImage, encoded) -> None:

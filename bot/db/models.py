@@ -6,7 +6,7 @@ import enum
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -33,6 +33,7 @@ class JobStatus(enum.StrEnum):
 
 class JobKind(enum.StrEnum):
     IMAGINE = "imagine"
+    TRAIN = "train"
 
 
 class Job(Base):
@@ -123,3 +124,32 @@ class AuditEntry(Base):
     target: Mapped[str | None] = mapped_column(Text, nullable=True)
     details: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Lora(Base):
+    """A LoRA usable in /imagine: trained here (each checkpoint updates `path`) or imported."""
+
+    __tablename__ = "loras"
+    __table_args__ = (UniqueConstraint("guild_id", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    guild_id: Mapped[int] = mapped_column(BigInteger)
+    owner_id: Mapped[int] = mapped_column(BigInteger, index=True)
+    name: Mapped[str] = mapped_column(String(32))
+    path: Mapped[str | None] = mapped_column(Text, nullable=True)  # None until the first checkpoint
+    rank: Mapped[int] = mapped_column(Integer)
+    steps: Mapped[int] = mapped_column(Integer, default=0)
+    job_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    shared: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class LoraSelection(Base):
+    """What /lora use picked: the adapters a member's /imagine applies in a guild."""
+
+    __tablename__ = "lora_selections"
+
+    user_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    guild_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    lora_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    scale: Mapped[float] = mapped_column(Float, default=0.8)

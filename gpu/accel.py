@@ -1,0 +1,357 @@
+"""The worker's speed path: regional compile, attention backend, fp8, persistent compile cache.
+
+``ImageEngine.load()`` calls :func:`apply` on the freshly loaded pipeline and
+``ImageEngine.warm_up()`` calls :func:`warm_up_buckets` when the transformer was compiled, so
+the code measured by ``python -m gpu.bench`` is the code the worker runs.
+
+Settings (environment variables; all optional):
+
+``ZIMAGE_COMPILE`` = ``auto`` | ``on`` | ``off`` (default ``auto``)
+    ``auto`` compiles on CUDA and not on the CPU. ``on`` runs
+    ``transformer.compile_repeated_blocks(fullgraph=True)``: torch.compile of the one repeated
+    ``ZImageTransformerBlock`` (regional compile; the 34 blocks share one compiled graph). The
+    first start compiles (tens of seconds); with compile on, the warm-up generates one image in
+    every aspect bucket of the bot (``WARM_UP_SIZES``) at the real step count, with two prompt
+    lengths, so the sequence length becomes a dynamic dimension before any user arrives and no
+    request pays for a recompile. With compile on, the attention processors also apply RoPE in
+    real arithmetic instead of complex64 (same math; inductor cannot fuse complex operators and
+    falls back to separate eager kernels for them).
+
+``ZIMAGE_REAL_ROPE`` = ``auto`` | ``on`` | ``off`` (default ``auto`` = on when compiled)
+    A switch for the real-arithmetic RoPE above, kept for comparisons and as an escape hatch.
+
+``ZIMAGE_COMPILE_CACHE`` = a folder (default ``DATA_DIR/compile-cache``)
+    Where inductor, triton and dynamo keep compiled kernels, FX graphs, autotuning results and
+    dynamo's record of which dimensions are dynamic, between runs (the worker points
+    ``TORCHINDUCTOR_CACHE_DIR`` and ``TRITON_CACHE_DIR`` at ``inductor/`` and ``triton/`` inside
+    it; set this variable, not those). A restart with a populated cache skips most of the
+    compile. Safe to delete at any time; it is rebuilt on the next start.
+
+``ZIMAGE_ATTENTION`` = an attention backend name of diffusers (default: unset)
+    Passed to ``transformer.set_attention_backend``, e.g. ``native`` (torch SDPA, diffusers'
+    default), ``_native_cudnn`` (cuDNN attention via SDPA), ``_native_flash``, ``_flash_3`` (needs
+    the FA3 package). Unset or empty leaves diffusers' default. An unknown name, or a backend
+    whose package is missing, is logged as a warning and the default is kept.
+
+``ZIMAGE_QUANT`` = ``none`` | ``fp8`` (default ``none``)
+    ``fp8`` quantizes the transformer blocks' linear layers (attention q/k/v/out and the
+    feed-forward w1/w2/w3) to float8 with dynamic per-row scales (torchao
+    ``Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())``). Needs the ``torchao``
+    package (``pip install torchao``, or the project's ``fp8`` extra) and a CUDA GPU of compute
+    capability 8.9 or newer (Ada, Hopper, Blackwell); the worker refuses to start with one clear
+    message otherwise. Slightly changes pixels; halves the transformer's weight memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# The bot's aspect buckets (bot/sizes.py), width x height. Every one is warmed up when compiled.
+WARM_UP_SIZES: tuple[tuple[int, int], ...] = (
+    (1024, 1024),
+    (1152, 864),
+    (864, 1152),
+    (1248, 832),
+    (832, 1248),
+    (1344, 768),
+    (768, 1344),
+)
+WARM_UP_STEPS = 8  # Z-Image-Turbo's step count
+# Two prompts whose token counts land in different multiples of 32 (the pipeline pads captions to
+# multiples of 32): seeing two caption lengths makes dynamo compile the caption dimension dynamic.
+WARM_UP_PROMPTS = (
+    "warm-up",
+    "a warm-up prompt long enough to cross the next caption bucket: a lighthouse on a rocky coast at "
+    "dusk, waves breaking on the rocks, gulls in the wind, warm light from the lamp, film grain, 35mm",
+)
+# Dynamo keeps at most this many compiled variants per code object (torch's default is 8). Each
+# (block kind, static/dynamic) pair is one; raising it keeps a bucket from falling back to eager.
+RECOMPILE_LIMIT = 64
+
+COMPILE_CHOICES = ("auto", "on", "off")
+QUANT_CHOICES = ("none", "fp8")
+FP8_LINEARS = ("to_q", "to_k", "to_v", "to_out.0", "w1", "w2", "w3")
+FP8_BLOCK_LISTS = ("layers.", "noise_refiner.", "context_refiner.")
+
+
+class AccelConfigError(ValueError):
+    """A speed setting cannot be honoured; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class AccelSettings:
+    compile: bool
+    attention: str | None
+    quant: str
+    cache_dir: Path
+    real_rope: bool = False
+
+    @classmethod
+    def from_env(cls, device: str, data_dir: Path, environ: Mapping[str, str] | None = None) -> AccelSettings:
+        env = os.environ if environ is None else environ
+        compile_mode = env.get("ZIMAGE_COMPILE", "auto").strip().lower() or "auto"
+        if compile_mode not in COMPILE_CHOICES:
+            raise AccelConfigError(f"ZIMAGE_COMPILE must be one of {'|'.join(COMPILE_CHOICES)}, not {compile_mode!r}")
+        quant = env.get("ZIMAGE_QUANT", "none").strip().lower() or "none"
+        if quant not in QUANT_CHOICES:
+            raise AccelConfigError(f"ZIMAGE_QUANT must be one of {'|'.join(QUANT_CHOICES)}, not {quant!r}")
+        attention = env.get("ZIMAGE_ATTENTION", "").strip() or None
+        cache = env.get("ZIMAGE_COMPILE_CACHE", "").strip()
+        real_rope = env.get("ZIMAGE_REAL_ROPE", "auto").strip().lower() or "auto"
+        if real_rope not in COMPILE_CHOICES:
+            raise AccelConfigError(f"ZIMAGE_REAL_ROPE must be one of {'|'.join(COMPILE_CHOICES)}, not {real_rope!r}")
+        compiled = compile_mode == "on" or (compile_mode == "auto" and device == "cuda")
+        return cls(
+            compile=compiled,
+            attention=attention,
+            quant=quant,
+            cache_dir=Path(cache) if cache else Path(data_dir) / "compile-cache",
+            real_rope=real_rope == "on" or (real_rope == "auto" and compiled),
+        )
+
+
+@dataclass
+class AccelReport:
+    """What apply() did, for logs and the benchmark."""
+
+    compiled: bool = False
+    real_rope: bool = False
+    attention: str = "default"
+    quant: str = "none"
+    cache_dir: str | None = None
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+def configure_compile_cache(cache_dir: Path) -> None:
+    """Point inductor/triton at a persistent folder and turn on every on-disk compile cache.
+
+    Must run before the first compile. Overrides TORCHINDUCTOR_CACHE_DIR / TRITON_CACHE_DIR:
+    torch writes its default (/tmp/torchinductor_USER) into the environment the first time it
+    asks, so an inherited value cannot be told from a chosen one; ZIMAGE_COMPILE_CACHE is the knob.
+    """
+    import torch
+
+    cache_dir = Path(cache_dir).absolute()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir / "inductor")
+    os.environ["TRITON_CACHE_DIR"] = str(cache_dir / "triton")
+    inductor = torch._inductor.config
+    inductor.fx_graph_cache = True  # compiled FX graphs (the bulk of the compile time)
+    _set_if_present(inductor, "autotune_local_cache", True)  # autotuning results
+    _set_if_present(torch._functorch.config, "enable_autograd_cache", True)  # AOTAutograd graphs
+    # Dynamo remembers which dimensions turned out dynamic (profile-guided), so the next start
+    # compiles the dynamic graph directly instead of a static one first.
+    _set_if_present(torch._dynamo.config, "automatic_dynamic_local_pgo", True)
+
+
+def raise_recompile_limit(limit: int = RECOMPILE_LIMIT) -> None:
+    import torch
+
+    dynamo = torch._dynamo.config
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(dynamo, name) and getattr(dynamo, name) < limit:
+            setattr(dynamo, name, limit)
+
+
+def compiled_graph_count() -> int:
+    """Graphs dynamo has compiled so far in this process (a recompile adds one)."""
+    try:
+        from torch._dynamo.utils import counters
+    except ImportError:  # pragma: no cover - torch without dynamo
+        return 0
+    return int(counters["stats"]["unique_graphs"])
+
+
+def set_attention(transformer, name: str) -> str | None:
+    """Set the attention backend if the name is known and usable here; return the name set."""
+    try:
+        from diffusers.models.attention_dispatch import AttentionBackendName
+    except ImportError:
+        log.warning("ZIMAGE_ATTENTION=%s ignored: this diffusers has no attention backends", name)
+        return None
+    valid = sorted(member.value for member in AttentionBackendName)
+    if name.lower() not in valid:
+        log.warning("ZIMAGE_ATTENTION=%s is not a diffusers attention backend (one of: %s); keeping the default",
+                    name, ", ".join(valid))
+        return None
+    try:
+        transformer.set_attention_backend(name.lower())
+    except (RuntimeError, ImportError, ValueError) as exc:
+        log.warning("ZIMAGE_ATTENTION=%s is not usable here (%s); keeping the default", name, exc)
+        return None
+    return name.lower()
+
+
+def apply_rotary_emb_real(x_in, freqs_cis):
+    """diffusers' Z-Image RoPE (x * freqs as complex64) in real float32 arithmetic.
+
+    x_in: [batch, seq, heads, head_dim]; freqs_cis: complex [batch, seq, head_dim/2] (or its
+    view_as_real). Same products and sums as the complex multiply, so inductor can fuse it with
+    the neighbouring q/k norm instead of running complex kernels in eager.
+    """
+    import torch
+
+    freqs = torch.view_as_real(freqs_cis) if freqs_cis.is_complex() else freqs_cis
+    f_re, f_im = freqs.unsqueeze(2).float().unbind(-1)  # [batch, seq, 1, head_dim/2]
+    x_re, x_im = x_in.float().unflatten(-1, (-1, 2)).unbind(-1)
+    out = torch.stack((x_re * f_re - x_im * f_im, x_re * f_im + x_im * f_re), dim=-1).flatten(3)
+    return out.type_as(x_in)
+
+
+_REAL_ROPE_CLASS = None
+
+
+def _real_rope_processor_class():
+    """A ZSingleStreamAttnProcessor whose RoPE is real-valued (built lazily: diffusers is heavy)."""
+    global _REAL_ROPE_CLASS
+    if _REAL_ROPE_CLASS is not None:
+        return _REAL_ROPE_CLASS
+    from diffusers.models.attention_dispatch import dispatch_attention_fn
+    from diffusers.models.transformers.transformer_z_image import ZSingleStreamAttnProcessor
+
+    class RealRopeZSingleStreamAttnProcessor(ZSingleStreamAttnProcessor):
+        """diffusers 0.42.1's ZSingleStreamAttnProcessor.__call__ with apply_rotary_emb_real."""
+
+        def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, freqs_cis=None):
+            query = attn.to_q(hidden_states).unflatten(-1, (attn.heads, -1))
+            key = attn.to_k(hidden_states).unflatten(-1, (attn.heads, -1))
+            value = attn.to_v(hidden_states).unflatten(-1, (attn.heads, -1))
+            if attn.norm_q is not None:
+                query = attn.norm_q(query)
+            if attn.norm_k is not None:
+                key = attn.norm_k(key)
+            if freqs_cis is not None:
+                query = apply_rotary_emb_real(query, freqs_cis)
+                key = apply_rotary_emb_real(key, freqs_cis)
+            dtype = query.dtype
+            if attention_mask is not None and attention_mask.ndim == 2:
+                attention_mask = attention_mask[:, None, None, :]
+            hidden_states = dispatch_attention_fn(
+                query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
+                backend=self._attention_backend, parallel_config=self._parallel_config,
+            )
+            hidden_states = hidden_states.flatten(2, 3).to(dtype)
+            output = attn.to_out[0](hidden_states)
+            if len(attn.to_out) > 1:  # dropout
+                output = attn.to_out[1](output)
+            return output
+
+    _REAL_ROPE_CLASS = RealRopeZSingleStreamAttnProcessor
+    return _REAL_ROPE_CLASS
+
+
+def use_real_rope(transformer, enabled: bool) -> int:
+    """Swap every Z-Image attention processor to the real-RoPE one (or back); return how many."""
+    from diffusers.models.transformers.transformer_z_image import ZSingleStreamAttnProcessor
+
+    real_class = _real_rope_processor_class()
+    target = real_class if enabled else ZSingleStreamAttnProcessor
+    swapped = 0
+    for module in transformer.modules():
+        processor = getattr(module, "processor", None)
+        if type(processor) in (ZSingleStreamAttnProcessor, real_class) and type(processor) is not target:
+            replacement = target()
+            replacement.__dict__.update(processor.__dict__)  # keeps a per-instance attention backend
+            module.set_processor(replacement)
+            swapped += 1
+    return swapped
+
+
+def _fp8_filter(module, fqn: str) -> bool:
+    import torch
+
+    return (
+        isinstance(module, torch.nn.Linear)
+        and fqn.startswith(FP8_BLOCK_LISTS)
+        and fqn.endswith(FP8_LINEARS)
+        and module.in_features % 16 == 0
+        and module.out_features % 16 == 0
+    )
+
+
+def quantize_fp8(transformer) -> int:
+    """float8 dynamic-activation / float8 weight, per-row scales, on the blocks' big linears."""
+    import torch
+
+    try:
+        from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+    except ImportError as exc:
+        raise AccelConfigError(
+            f"ZIMAGE_QUANT=fp8 needs the torchao package ({exc}); install it with `pip install torchao` "
+            "or set ZIMAGE_QUANT=none") from exc
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9):
+        raise AccelConfigError("ZIMAGE_QUANT=fp8 needs a CUDA GPU of compute capability 8.9 or newer "
+                               "(Ada, Hopper, Blackwell); set ZIMAGE_QUANT=none")
+    count = sum(1 for fqn, module in transformer.named_modules() if _fp8_filter(module, fqn))
+    # set_inductor_config=False: torchao's recommended inductor settings turn on coordinate-descent
+    # tuning, which multiplied the first compile time (about 250 s measured) for little gain.
+    config = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(), set_inductor_config=False)
+    quantize_(transformer, config, filter_fn=_fp8_filter)
+    return count
+
+
+def apply(pipe, settings: AccelSettings) -> AccelReport:
+    """Apply the configured speed path to a loaded pipeline, in place. Compile itself is lazy."""
+    started = time.perf_counter()
+    report = AccelReport()
+    transformer = pipe.transformer
+    if settings.quant == "fp8":
+        count = quantize_fp8(transformer)
+        report.quant = "fp8"
+        report.notes.append(f"fp8 on {count} linears")
+    use_real_rope(transformer, settings.real_rope)
+    report.real_rope = settings.real_rope
+    if settings.attention:
+        chosen = set_attention(transformer, settings.attention)
+        if chosen:
+            report.attention = chosen
+    if settings.compile:
+        configure_compile_cache(settings.cache_dir)
+        raise_recompile_limit()
+        transformer.compile_repeated_blocks(fullgraph=True)
+        report.compiled = True
+        report.cache_dir = str(settings.cache_dir)
+    report.seconds = time.perf_counter() - started
+    log.info("speed path: compile=%s real_rope=%s attention=%s quant=%s cache=%s", report.compiled,
+             report.real_rope, report.attention, report.quant, report.cache_dir)
+    return report
+
+
+def warm_up_buckets(
+    generate: Callable[[int, int, int, str], object],
+    sizes: tuple[tuple[int, int], ...] = WARM_UP_SIZES,
+    steps: int = WARM_UP_STEPS,
+    prompts: tuple[str, ...] = WARM_UP_PROMPTS,
+) -> list[dict]:
+    """Generate one image per size so every bucket is compiled; return per-size seconds/graphs.
+
+    ``generate(width, height, steps, prompt)`` makes one image. The prompts alternate, so the
+    caption length varies too.
+    """
+    import torch
+
+    timings = []
+    for index, (width, height) in enumerate(sizes):
+        graphs_before = compiled_graph_count()
+        started = time.perf_counter()
+        generate(width, height, steps, prompts[index % len(prompts)])
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - started
+        graphs = compiled_graph_count() - graphs_before
+        timings.append({"width": width, "height": height, "seconds": round(seconds, 3), "graphs_compiled": graphs})
+        log.info("warm-up %dx%d: %.2f s, %d graph(s) compiled", width, height, seconds, graphs)
+    return timings
+
+
+def _set_if_present(namespace, name: str, value) -> None:
+    if hasattr(namespace, name):
+        setattr(namespace, name, value)

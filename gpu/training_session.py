@@ -1,0 +1,84 @@
+"""One LoRA training run inside the worker, interleaved with generation.
+
+Every training step is its own call on the single GPU thread. Generation requests queue on the
+same thread, so they run *between* steps: a waiting /imagine never waits for a whole training
+run, only for the step in progress. Before such a generation the server calls
+``trainer.suspend()`` (trainee and training adapters off) and ``trainer.resume()`` after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
+from pathlib import Path
+
+from . import protocol
+from .png import encode_png
+
+log = logging.getLogger(__name__)
+
+
+class TrainingCancelled(Exception):
+    pass
+
+
+class TrainingSession:
+    def __init__(self, pipe, params: protocol.TrainParams, device: str, gpu: Executor, encoder: Executor):
+        from .trainer import LoraTrainer, TrainConfig
+
+        self.config = TrainConfig.from_json(params.config)
+        self.trainer = LoraTrainer(pipe, Path(params.dataset_dir), Path(params.output_dir), self.config,
+                                   device, pipe.transformer.dtype)
+        self._gpu, self._encoder = gpu, encoder
+
+    async def _on_gpu(self, function: Callable):
+        return await asyncio.get_running_loop().run_in_executor(self._gpu, function)
+
+    async def run(self, send: Callable[..., Awaitable[None]], cancelled: Callable[[], bool]) -> None:
+        """Train to the configured step count, sending progress and checkpoints; resumes if it can."""
+        await self._on_gpu(self.trainer.prepare)
+        total = self.config.steps
+        recent: list[float] = []
+        while self.trainer.step_count < total:
+            if cancelled():
+                raise TrainingCancelled()
+            started = time.perf_counter()
+            loss = await self._on_gpu(self.trainer.step)
+            recent = (recent + [time.perf_counter() - started])[-20:]
+            seconds_per_step = sum(recent) / len(recent)
+            step = self.trainer.step_count
+            await send("train_progress", step=step, total=total, loss=round(float(loss), 6),
+                       seconds_per_step=round(seconds_per_step, 4))
+            if step % self.config.checkpoint_every == 0 or step == total:
+                await self._checkpoint(send, total)
+
+    async def _checkpoint(self, send, total: int) -> None:
+        checkpoint = await self._on_gpu(self.trainer.save_checkpoint)
+        sample = await self._on_gpu(self.trainer.sample)
+        folder = Path(checkpoint.path)
+        metadata = {"prompt": self.config.sample_prompt, "seed": self.config.sample_seed,
+                    "steps": self.config.sample_steps, "lora_step": checkpoint.step}
+        loop = asyncio.get_running_loop()
+        sample_png = await loop.run_in_executor(self._encoder, encode_png, sample, metadata)
+        loss_png = await loop.run_in_executor(self._encoder, self.trainer.loss_curve_png)
+        await loop.run_in_executor(self._encoder, _write_files, folder, sample_png, loss_png)
+        await send("checkpoint", step=checkpoint.step, total=total, loss=round(float(checkpoint.loss), 6),
+                   seconds_per_step=round(float(checkpoint.seconds_per_step), 4), lora_file=str(checkpoint.lora_file),
+                   sample_png=str(folder / "sample.png"), loss_png=str(folder / "loss.png"))
+
+    async def close(self) -> None:
+        await self._on_gpu(self.trainer.close)
+
+    def suspend(self) -> None:
+        self.trainer.suspend()
+
+    def resume(self) -> None:
+        self.trainer.resume()
+
+
+def _write_files(folder: Path, sample_png: bytes, loss_png: bytes) -> None:
+    (folder / "sample.png").write_bytes(sample_png)
+    (folder / "loss.png").write_bytes(loss_png)
