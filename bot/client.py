@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -12,21 +13,24 @@ from discord.ext import commands
 
 from .cogs.mod_views import MOD_BUTTONS
 from .db.jobs import JobStore
+from .db.loras import LoraStore
 from .db.moderation import ModerationStore
 from .delivery import Delivery
 from .errors import UserFacingError
+from .files_server import FilesServer, LinkSigner, load_secret
 from .imagine import ImagineService
 from .limits import UserLimits
 from .moderation import RequestRules
 from .runner import JobRunner
 from .settings import Settings
+from .training.service import TrainService
 from .views import BUTTONS, result_view
 from .worker.client import WorkerClient, WorkerUnavailable
 from .worker.supervisor import WorkerSupervisor
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("bot.cogs.imagine", "bot.cogs.queue", "bot.cogs.mod")
+EXTENSIONS = ("bot.cogs.imagine", "bot.cogs.queue", "bot.cogs.mod", "bot.cogs.train", "bot.cogs.lora")
 COMMANDS_HASH_KEY = "global_commands_hash"
 WORKER_CONNECT_WAIT = 30.0
 
@@ -39,16 +43,23 @@ class ZImageBot(commands.Bot):
         self.settings = settings
         self.store = JobStore(settings.database_url)
         self.moderation = ModerationStore(self.store)
+        self.loras = LoraStore(self.store)
         self.rules = RequestRules(self.moderation)
         self.worker = WorkerClient(settings.socket_path)
         self.supervisor = WorkerSupervisor(settings) if settings.worker_mode == "spawn" else None
         self.delivery = Delivery(self)
         self.limits = UserLimits(settings, self.store)
-        self.runner = JobRunner(settings, self.store, self.moderation, self.worker, self.delivery, result_view)
+        self.runner = JobRunner(settings, self.store, self.moderation, self.loras, self.worker, self.delivery, result_view)
         self.imagine = ImagineService(self)
+        self.train_service = TrainService(self)
+        self.files_server: FilesServer | None = None
         self.tree.on_error = self.on_app_command_error
 
     async def setup_hook(self) -> None:
+        secret = await asyncio.to_thread(load_secret, self.settings.data_dir)
+        self.runner.signer = LinkSigner(secret, self.settings.data_dir, self.settings.link_base, self.settings.link_ttl)
+        self.files_server = FilesServer(self.runner.signer, self.settings.http_host, self.settings.http_port)
+        await self.files_server.start()
         if self.supervisor:
             self.supervisor.start()
         self.worker.start()
@@ -114,5 +125,7 @@ class ZImageBot(commands.Bot):
         await self.worker.close()
         if self.supervisor:
             await self.supervisor.stop()
+        if self.files_server:
+            await self.files_server.stop()
         await self.store.close()
         await super().close()

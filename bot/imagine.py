@@ -31,10 +31,11 @@ def random_seed() -> int:
     return random.randint(0, MAX_SEED)
 
 
-def build_params(prompt: str, aspect: str, steps: int, seeds: list[int], upload_limit: int) -> dict:
+def build_params(prompt: str, aspect: str, steps: int, seeds: list[int], upload_limit: int,
+                 loras: list[dict] | None = None) -> dict:
     width, height = ASPECT_SIZES[aspect]
     return {"prompt": prompt, "aspect": aspect, "width": width, "height": height, "steps": steps,
-            "seeds": seeds, "guidance_scale": 0.0, "upload_limit": upload_limit}
+            "seeds": seeds, "guidance_scale": 0.0, "upload_limit": upload_limit, "loras": loras or []}
 
 
 def consecutive_seeds(seed: int, count: int) -> list[int]:
@@ -44,6 +45,12 @@ def consecutive_seeds(seed: int, count: int) -> list[int]:
 class ImagineService:
     def __init__(self, bot: ZImageBot):
         self.bot = bot
+
+    async def selected_loras(self, user_id: int, guild_id: int | None) -> list[dict]:
+        """The adapters picked with /lora use, as worker params. The name carries the step, so a
+        newer checkpoint is a new adapter to the worker's cache, not a stale hit."""
+        return [{"name": f"lora{lora.id}-s{lora.steps}", "path": lora.path, "scale": scale, "label": lora.name}
+                for lora, scale in await self.bot.loras.selection(user_id, guild_id)]
 
     async def clean_prompt(self, prompt: str) -> str:
         prompt = prompt.strip()
@@ -71,7 +78,7 @@ class ImagineService:
         job = await self.bot.store.enqueue(
             user_id=user_id, guild_id=interaction.guild_id, channel_id=interaction.channel_id,
             params=params, interaction_id=interaction.id, interaction_token=interaction.token)
-        position = await self.bot.store.position(job.id)
+        position = await self.bot.store.position(job)
         try:
             message = await interaction.edit_original_response(
                 content=render.queued_text(job, position, paused=guild.paused))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import discord
 
-from .db.models import Job
+from .db.models import Job, JobKind
 
 EMBED_COLOUR = discord.Colour.from_rgb(88, 101, 242)
 PROGRESS_BAR_WIDTH = 16
@@ -15,22 +15,29 @@ def short_prompt(prompt: str, limit: int = 80) -> str:
     return prompt if len(prompt) <= limit else prompt[: limit - 1] + "…"
 
 
+def describe(job: Job, limit: int = 80) -> str:
+    """A job in a few words: the prompt of a generation, the name of a training."""
+    if job.kind == JobKind.TRAIN:
+        return f"training LoRA `{job.params['name']}`"
+    return short_prompt(job.params["prompt"], limit)
+
+
 def queued_text(job: Job, position: int | None, paused: bool = False) -> str:
     if paused:
         where = "waiting: moderators paused the queue in this server; it keeps its place"
     else:
         where = f"position **{position}** in the queue" if position else "in the queue"
-    return f"⏳ Job #{job.id} is {where}: *{short_prompt(job.params['prompt'])}*"
+    return f"⏳ Job #{job.id} is {where}: *{describe(job)}*"
 
 
 def progress_text(job: Job, step: int, total: int) -> str:
     filled = round(PROGRESS_BAR_WIDTH * step / max(total, 1))
     bar = "█" * filled + "░" * (PROGRESS_BAR_WIDTH - filled)
-    return f"🎨 Job #{job.id}: step {step}/{total} `{bar}` *{short_prompt(job.params['prompt'])}*"
+    return f"🎨 Job #{job.id}: step {step}/{total} `{bar}` *{describe(job)}*"
 
 
 def starting_text(job: Job) -> str:
-    return f"🎨 Job #{job.id} is starting: *{short_prompt(job.params['prompt'])}*"
+    return f"🎨 Job #{job.id} is starting: *{describe(job)}*"
 
 
 def done_text(job: Job, part: int = 0, parts: int = 1) -> str:
@@ -43,7 +50,8 @@ def failed_text(job: Job, reason: str) -> str:
 
 
 def cancelled_text(job: Job) -> str:
-    return f"🚫 Job #{job.id} was cancelled: *{short_prompt(job.params['prompt'])}*"
+    kept = "; the checkpoints made so far are kept" if job.kind == JobKind.TRAIN else ""
+    return f"🚫 Job #{job.id} was cancelled: *{describe(job)}*{kept}"
 
 
 def result_embed(job: Job) -> discord.Embed:
@@ -55,6 +63,45 @@ def result_embed(job: Job) -> discord.Embed:
                     value=", ".join(str(seed) for seed in params["seeds"]))
     embed.add_field(name="Steps", value=str(params["steps"]))
     embed.add_field(name="Model", value=str(result.get("model", "?"))[:100])
+    if params.get("loras"):
+        embed.add_field(name="LoRA", value=", ".join(f"{lora.get('label', lora['name'])} ×{lora['scale']:g}"
+                                                      for lora in params["loras"]))
     if "seconds" in result:
         embed.add_field(name="Time", value=f"{result['seconds']:.1f} s")
     return embed
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 90:
+        return f"{seconds} s"
+    if seconds < 5400:
+        return f"{round(seconds / 60)} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def training_text(job: Job, progress: dict | None) -> str:
+    name = job.params["name"]
+    if progress is None:
+        return f"🧠 Job #{job.id}: training LoRA `{name}` is starting (caching latents and captions)…"
+    step, total = progress["step"], progress["total"]
+    eta = _duration((total - step) * progress["seconds_per_step"])
+    filled = round(PROGRESS_BAR_WIDTH * step / max(total, 1))
+    bar = "█" * filled + "░" * (PROGRESS_BAR_WIDTH - filled)
+    return (f"🧠 Job #{job.id}: training LoRA `{name}` step {step}/{total} `{bar}` loss {progress['loss']:.4f}, "
+            f"{progress['seconds_per_step']:.2f} s/step, ETA {eta}")
+
+
+def training_done_text(job: Job) -> str:
+    return (f"✅ Job #{job.id}: LoRA `{job.params['name']}` finished training. "
+            f"Use it with `/lora use name:{job.params['name']}`.")
+
+
+def checkpoint_text(job: Job, checkpoint: dict, link: str | None) -> str:
+    step, total = checkpoint["step"], checkpoint["total"]
+    eta = _duration((total - step) * checkpoint["seconds_per_step"])
+    lines = [f"<@{job.user_id}> 📦 Job #{job.id}: checkpoint of `{job.params['name']}` at step {step}/{total}: "
+             f"loss {checkpoint['loss']:.4f}, {checkpoint['seconds_per_step']:.2f} s/step, ETA {eta}"]
+    if link:
+        lines.append(f"The LoRA file is too big for Discord: [download it]({link}) (the link expires).")
+    return "\n".join(lines)

@@ -57,7 +57,8 @@ class RerollButton(_JobButton, discord.ui.DynamicItem[discord.ui.Button], templa
         job = await self._job(interaction)
         old = job.params
         params = build_params(old["prompt"], old["aspect"], old["steps"],
-                              consecutive_seeds(random_seed(), len(old["seeds"])), interaction.filesize_limit)
+                              consecutive_seeds(random_seed(), len(old["seeds"])), interaction.filesize_limit,
+                              old.get("loras"))
         await interaction.client.imagine.submit(interaction, params)  # type: ignore[attr-defined]
 
 
@@ -70,7 +71,8 @@ class VariationsButton(_JobButton, discord.ui.DynamicItem[discord.ui.Button], te
         job = await self._job(interaction)
         old = job.params
         seeds = [random_seed() for _ in old["seeds"]]
-        params = build_params(old["prompt"], old["aspect"], old["steps"], seeds, interaction.filesize_limit)
+        params = build_params(old["prompt"], old["aspect"], old["steps"], seeds, interaction.filesize_limit,
+                              old.get("loras"))
         await interaction.client.imagine.submit(interaction, params)  # type: ignore[attr-defined]
 
 

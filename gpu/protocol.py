@@ -80,7 +80,7 @@ class GenerateParams:
                 steps=int(data["steps"]),
                 seeds=[int(seed) for seed in data["seeds"]],
                 guidance_scale=float(data.get("guidance_scale", 0.0)),
-                loras=[{"name": str(lora["name"]), "path": str(lora["path"]), "scale": float(lora["scale"])}
+                loras=[{"name": str(lora["name"]), "path": str(lora["path"]), "scale": float(lora["scale"])}  # label dropped
                        for lora in data.get("loras", [])],
             )
         except (KeyError, TypeError, ValueError) as exc:

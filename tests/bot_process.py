@@ -5,10 +5,17 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 class BotProcess:
@@ -26,6 +33,7 @@ class BotProcess:
             "DATA_DIR": str(data_dir),
             "ZIMAGE_MODEL": "tiny",
             "LOG_LEVEL": "INFO",
+            "HTTP_PORT": str(free_port()),
             **env,
         }
         self.log_path = data_dir.parent / "bot.log"

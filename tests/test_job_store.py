@@ -23,11 +23,11 @@ def params(prompt="a cat"):
 
 async def test_fifo_positions_and_claim(store):
     jobs = [await store.enqueue(user_id=u, guild_id=1, channel_id=2, params=params()) for u in (10, 11, 10)]
-    assert [await store.position(job.id) for job in jobs] == [1, 2, 3]
+    assert [await store.position(job) for job in jobs] == [1, 2, 3]
     claimed = await store.claim_next()
     assert claimed.id == jobs[0].id and claimed.status == JobStatus.RUNNING and claimed.attempts == 1
-    assert await store.position(jobs[0].id) is None
-    assert [await store.position(job.id) for job in jobs[1:]] == [1, 2]
+    assert await store.position(jobs[0]) is None
+    assert [await store.position(job) for job in jobs[1:]] == [1, 2]
     assert await store.count_active_of(10) == 2
 
 

@@ -45,7 +45,8 @@ class ImagineCog(commands.Cog):
         if aspect not in ASPECT_SIZES:
             aspect = DEFAULT_ASPECT
         seeds = consecutive_seeds(random_seed() if seed is None else seed, count)
-        params = build_params(prompt, aspect, steps, seeds, interaction.filesize_limit)
+        loras = await self.bot.imagine.selected_loras(interaction.user.id, interaction.guild_id)
+        params = build_params(prompt, aspect, steps, seeds, interaction.filesize_limit, loras)
         await self.bot.imagine.submit(interaction, params)
 
 

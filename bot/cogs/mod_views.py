@@ -30,7 +30,7 @@ def _age(created: datetime) -> str:
 async def queue_page(bot: ZImageBot, guild_id: int, page: int) -> tuple[str, discord.ui.View | None]:
     jobs = await bot.store.guild_jobs(guild_id)
     settings = await bot.moderation.settings(guild_id)
-    order = {job.id: index for index, job in enumerate(await bot.store.queued_jobs(), start=1)}
+    order = await bot.store.positions()
     pages = max(1, -(-len(jobs) // PAGE_SIZE))
     page = min(max(page, 0), pages - 1)
     header = f"**Queue of this server**: {len(jobs)} active job(s)" + (" — ⏸️ paused" if settings.paused else "")
@@ -54,7 +54,7 @@ def _line(job: Job, order: dict[int, int]) -> str:
     else:
         state = str(job.status)
     return (f"**#{job.id}** <@{job.user_id}> {job.kind}, {state}, {_age(job.created_at)} old: "
-            f"*{render.short_prompt(job.params.get('prompt', ''), 50)}*")
+            f"*{render.describe(job, 50)}*")
 
 
 class ModQueuePage(discord.ui.DynamicItem[discord.ui.Button], template=r"zimage:modq:(?P<page>-?[0-9]+):(?P<tag>[a-z]+)"):

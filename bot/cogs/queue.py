@@ -9,7 +9,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from .. import render
-from ..db.models import JobStatus
+from ..db.models import JobKind, JobStatus
 from ..errors import UserFacingError
 
 if TYPE_CHECKING:
@@ -26,18 +26,19 @@ class QueueCog(commands.Cog):
         if not jobs:
             await interaction.response.send_message("You have no jobs in the queue.", ephemeral=True)
             return
-        order = [job.id for job in await self.bot.store.queued_jobs()]
+        places = await self.bot.store.positions()
         lines = []
         for job in jobs:
-            if job.status == JobStatus.QUEUED and job.id in order:
-                state = f"position {order.index(job.id) + 1} of {len(order)}"
+            if job.status == JobStatus.QUEUED and job.id in places:
+                lane = "training queue" if job.kind == JobKind.TRAIN else "queue"
+                state = f"position {places[job.id]} in the {lane}"
             elif job.status == JobStatus.QUEUED:
                 state = "waiting: moderators paused the queue in this server"
             elif job.status == JobStatus.RUNNING:
                 state = "generating now"
             else:
                 state = "posting the result"
-            lines.append(f"**#{job.id}** {state}: *{render.short_prompt(job.params['prompt'], 60)}*")
+            lines.append(f"**#{job.id}** {state}: *{render.describe(job, 60)}*")
         await interaction.response.send_message("\n".join(lines), ephemeral=True)
 
     @app_commands.command(name="cancel", description="Cancel one of your jobs")
@@ -56,7 +57,7 @@ class QueueCog(commands.Cog):
     async def cancel_autocomplete(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[int]]:
         jobs = await self.bot.store.active_jobs_of(interaction.user.id)
         choices = [
-            app_commands.Choice(name=f"#{job.id} ({job.status}) {render.short_prompt(job.params['prompt'], 60)}",
+            app_commands.Choice(name=f"#{job.id} ({job.status}) {render.describe(job, 60)}",
                                 value=job.id)
             for job in jobs if job.status in (JobStatus.QUEUED, JobStatus.RUNNING) and str(job.id).startswith(current.strip("#"))
         ]

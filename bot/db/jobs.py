@@ -54,13 +54,16 @@ class JobStore:
             return await session.scalar(select(func.count()).select_from(Job).where(
                 Job.user_id == user_id, Job.status.in_(JobStatus.active()))) or 0
 
-    async def queued_jobs(self) -> list[Job]:
-        """Runnable waiting jobs in the order they will run (position 1 first); see scheduling.py."""
-        async with self.session() as session:
-            return await self._fair_order(session)
+    async def queued_jobs(self, kind: str = JobKind.IMAGINE) -> list[Job]:
+        """Runnable waiting jobs of one lane in the order they will run (position 1 first); see scheduling.py.
 
-    async def _fair_order(self, session: AsyncSession) -> list[Job]:
-        queued = list(await session.scalars(select(Job).where(Job.status == JobStatus.QUEUED)))
+        Generation and training are separate lanes, each with its own order, so training never
+        holds up generation (the worker interleaves them between training steps)."""
+        async with self.session() as session:
+            return await self._fair_order(session, kind)
+
+    async def _fair_order(self, session: AsyncSession, kind: str) -> list[Job]:
+        queued = list(await session.scalars(select(Job).where(Job.status == JobStatus.QUEUED, Job.kind == kind)))
         users = {job.user_id for job in queued}
         last_served = dict((await session.execute(
             select(Job.user_id, func.max(Job.started_at)).where(Job.user_id.in_(users), Job.started_at.is_not(None))
@@ -68,10 +71,24 @@ class JobStore:
         paused = set(await session.scalars(select(GuildSettings.guild_id).where(GuildSettings.paused.is_(True))))
         return fair_order(queued, last_served, paused)
 
-    async def position(self, job_id: int) -> int | None:
-        """1-based place among runnable waiting jobs; None when not waiting or its guild is paused."""
-        order = [job.id for job in await self.queued_jobs()]
-        return order.index(job_id) + 1 if job_id in order else None
+    async def position(self, job: Job) -> int | None:
+        """1-based place in its lane; None when not waiting or its guild is paused."""
+        order = [queued.id for queued in await self.queued_jobs(job.kind)]
+        return order.index(job.id) + 1 if job.id in order else None
+
+    async def positions(self) -> dict[int, int]:
+        """Job id -> 1-based place in its lane, for every runnable waiting job."""
+        places: dict[int, int] = {}
+        for kind in JobKind:
+            places.update({job.id: index for index, job in enumerate(await self.queued_jobs(kind), start=1)})
+        return places
+
+    async def count_recent(self, user_id: int, guild_id: int, kind: str, period: timedelta) -> int:
+        """Jobs of a kind the member started in the guild within the period (cancelled ones too)."""
+        async with self.session() as session:
+            return await session.scalar(select(func.count()).select_from(Job).where(
+                Job.user_id == user_id, Job.guild_id == guild_id, Job.kind == kind,
+                Job.created_at >= utcnow() - period)) or 0
 
     async def guild_jobs(self, guild_id: int) -> list[Job]:
         """Every active job of a guild, oldest first (for moderators)."""
@@ -88,10 +105,10 @@ class JobStore:
     async def set_message(self, job_id: int, message_id: int) -> None:
         await self._update(job_id, message_id=message_id)
 
-    async def claim_next(self) -> Job | None:
-        """Move the next job in fair order to RUNNING, counting the attempt. Single consumer."""
+    async def claim_next(self, kind: str = JobKind.IMAGINE) -> Job | None:
+        """Move the lane's next job in fair order to RUNNING, counting the attempt. One consumer per lane."""
         async with self.session() as session, session.begin():
-            order = await self._fair_order(session)
+            order = await self._fair_order(session, kind)
             if not order:
                 return None
             job = order[0]

@@ -151,5 +151,16 @@ class WorkerClient:
 
         return frames()
 
+    def train(self, request_id: str, params: protocol.TrainParams) -> AsyncIterator[protocol.Frame]:
+        """Stream accepted / train_progress / checkpoint frames; ends after ``done``, raises on error."""
+
+        async def frames() -> AsyncIterator[protocol.Frame]:
+            async for frame in self._stream("train", request_id, params=params.to_json()):
+                yield frame
+                if frame.op == "done":
+                    return
+
+        return frames()
+
     async def cancel(self, request_id: str) -> None:
         await self._send("cancel", id=request_id)

@@ -1,0 +1,116 @@
+"""The generation lane: one /imagine job through the worker, its PNGs saved, then posted."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import discord
+
+from gpu import protocol
+
+from . import render
+from .db.models import Job, JobStatus
+
+if TYPE_CHECKING:
+    from .runner import JobRunner
+
+
+class ImagineLane:
+    """Images are written to DATA_DIR/outputs before they are posted, so a crash between
+    generation and delivery re-posts them at the next start instead of rendering again."""
+
+    def __init__(self, runner: JobRunner):
+        self.runner = runner
+        self.settings, self.store, self.worker = runner.settings, runner.store, runner.worker
+        self.delivery, self.moderation = runner.delivery, runner.moderation
+
+    async def run(self, job: Job) -> None:
+        await self.delivery.edit_status(job, render.starting_text(job))
+        await self.runner.refresh_positions()
+        images, seconds = await self._generate(job)
+        job.result = await asyncio.to_thread(self._save_images, job, images, seconds)
+        await self.store.mark_delivering(job.id, job.result)
+        await self.deliver(job)
+
+    async def _generate(self, job: Job) -> tuple[dict[int, tuple[int, bytes]], float]:
+        """Stream the job through the worker; returns {index: (seed, png)} and GPU seconds."""
+        params = protocol.GenerateParams.from_json(job.params)
+        images: dict[int, tuple[int, bytes]] = {}
+        seconds = 0.0
+        last_edit = 0.0
+        async for frame in self.worker.generate(self.runner.request_id(job), params):
+            if frame.op == "progress":
+                now = time.monotonic()
+                step, total = frame.header["step"], frame.header["total"]
+                # Discord rate-limits edits: at most one per interval, but always show the last step.
+                if now - last_edit >= self.settings.progress_interval or step == total:
+                    last_edit = now
+                    await self.delivery.edit_status(job, render.progress_text(job, step, total))
+            elif frame.op == "image":
+                images[frame.header["index"]] = (frame.header["seed"], frame.blob)
+            elif frame.op == "done":
+                seconds = float(frame.header.get("seconds", 0.0))
+        return images, seconds
+
+    def _save_images(self, job: Job, images: dict[int, tuple[int, bytes]], seconds: float) -> dict:
+        """Blocking file I/O: runs in a thread."""
+        folder = self.settings.outputs_dir / str(job.id)
+        folder.mkdir(parents=True, exist_ok=True)
+        files = []
+        for index in sorted(images):
+            seed, png = images[index]
+            path = folder / f"zimage_{job.id}_{index + 1}_{seed}.png"
+            path.write_bytes(png)
+            files.append(path.name)
+        return {"files": files, "seconds": seconds, "model": self.worker.hello.get("model")}
+
+    async def deliver(self, job: Job) -> None:
+        folder = self.settings.outputs_dir / str(job.id)
+        images = await asyncio.to_thread(_read_files, folder, (job.result or {}).get("files", []))
+        if not images:
+            await self.runner.fail(job, "the finished images were lost before they could be posted")
+            return
+        if job.guild_id and (await self.moderation.settings(job.guild_id)).spoiler_images:
+            images = [(f"SPOILER_{name}", data) for name, data in images]
+        groups = _upload_groups(images, int(job.params.get("upload_limit", 10 << 20)))
+        delivered = await self.delivery.post_final(
+            job, render.done_text(job, 0, len(groups)), lambda: _as_files(groups[0]),
+            embed=render.result_embed(job), view=self.runner.make_view(job))
+        for part, group in enumerate(groups[1:], start=1):
+            delivered &= await self.delivery.post_extra(
+                job, render.done_text(job, part, len(groups)), lambda group=group: _as_files(group))
+        if delivered:
+            await self.store.finish(job.id, JobStatus.DONE)
+        else:
+            await self.store.finish(job.id, JobStatus.FAILED, error="could not post the result to Discord")
+
+
+def _read_files(folder: Path, names: list[str]) -> list[tuple[str, bytes]]:
+    """Blocking: runs in a thread. Empty when any file is missing."""
+    paths = [folder / name for name in names]
+    if not all(path.is_file() for path in paths):
+        return []
+    return [(path.name, path.read_bytes()) for path in paths]
+
+
+def _as_files(images: list[tuple[str, bytes]]) -> list[discord.File]:
+    # New File objects on every call: a retried upload must not reuse a consumed buffer.
+    return [discord.File(io.BytesIO(data), filename=name) for name, data in images]
+
+
+def _upload_groups(images: list[tuple[str, bytes]], limit: int) -> list[list[tuple[str, bytes]]]:
+    """Split images into messages that each fit Discord's upload limit (10 files at most)."""
+    groups: list[list[tuple[str, bytes]]] = [[]]
+    used = 0
+    for image in images:
+        size = len(image[1])
+        if groups[-1] and (used + size > limit or len(groups[-1]) == 10):
+            groups.append([])
+            used = 0
+        groups[-1].append(image)
+        used += size
+    return groups
