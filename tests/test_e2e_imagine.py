@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bot_process import BotProcess
-from e2e_helpers import contents, png_text, pixels, pngs, queued_job, wait_result
+from e2e_helpers import contents, pixels, png_text, pngs, queued_job, wait_result
 from fake_discord import FakeDiscord
 
 pytestmark = pytest.mark.e2e
