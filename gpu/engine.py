@@ -54,7 +54,7 @@ class ImageEngine:
 
     def load(self, pipe=None) -> None:
         """Load the pipeline (or take `pipe`, already built: the benchmark injects one) and apply
-        the speed path configured by ZIMAGE_COMPILE / ZIMAGE_ATTENTION / ZIMAGE_QUANT (gpu/accel.py)."""
+        the speed path configured by ZIMAGE_COMPILE[_VAE] / ZIMAGE_ATTENTION / ZIMAGE_QUANT (gpu/accel.py)."""
         import torch
 
         if torch.cuda.is_available():
@@ -70,6 +70,8 @@ class ImageEngine:
             pipe = ZImagePipeline.from_pretrained(path, dtype=dtype)
         self.pipe = pipe.to(self.device)
         self.pipe.set_progress_bar_config(disable=True)
+        if self.tokenizer is None:  # load_tokenizer() not called first (an injected pipe, the benchmark)
+            self.tokenizer = self.pipe.tokenizer
         self.accel = accel.apply(self.pipe, settings)
         self.warm_up_timings: list[dict] = []
         log.info("loaded %s on %s in %.1f s", self.model_name, self.device, time.perf_counter() - started)
@@ -79,7 +81,8 @@ class ImageEngine:
 
         Compiled: one image in every aspect bucket of the bot at the real step count, so no
         request triggers a recompile. Not compiled (CPU, tests): one small generation."""
-        if getattr(self, "accel", None) is not None and self.accel.compiled:
+        report = getattr(self, "accel", None)
+        if report is not None and (report.compiled or report.compiled_vae):
             self.warm_up_timings = accel.warm_up_buckets(
                 lambda width, height, steps, prompt: self.generate(
                     GenerateParams(prompt=prompt, width=width, height=height, steps=steps, seeds=[0])))
@@ -111,11 +114,14 @@ class ImageEngine:
             return cached
         import torch
 
+        # The text encoder may sit on the CPU while a LoRA trains: encode where it is, then move.
+        encoder_device = self.pipe.text_encoder.device
         with torch.inference_mode():
             embeds, _ = self.pipe.encode_prompt(
-                prompt, device=self.device, do_classifier_free_guidance=False,
+                prompt, device=encoder_device, do_classifier_free_guidance=False,
                 max_sequence_length=MAX_SEQUENCE_LENGTH,
             )
+        embeds = [embed.to(self.device) for embed in embeds]
         self._prompt_cache[prompt] = embeds
         if len(self._prompt_cache) > PROMPT_CACHE_SIZE:
             self._prompt_cache.popitem(last=False)

@@ -1,0 +1,278 @@
+"""LoRA training on the tiny pipeline (CPU): losses, checkpoints, exact resume, sampling, clean base model."""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gpu.adapters import TRAINEE_ADAPTER, TRAINING_ADAPTER, AdapterManager, adapter_names
+from gpu.trainer import LoraTrainer, TrainConfig, TrainerError, list_checkpoints, render_loss_curve
+from gpu.training_data import DatasetError, make_buckets, pick_bucket
+
+STEPS = 12
+SIZES = [(64, 64), (96, 64), (64, 96), (128, 64), (80, 80), (64, 128)]  # mixed aspect ratios
+
+
+def small_config(**changes) -> TrainConfig:
+    values = dict(rank=4, alpha=4, resolution=64, steps=STEPS, checkpoint_every=4, keep_checkpoints=2,
+                  learning_rate=1e-3, sample_steps=4, sample_prompt="a red square")
+    values.update(changes)
+    return TrainConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_models_dir):
+    from diffusers import ZImagePipeline
+
+    from gpu.tiny import ensure_tiny_model
+
+    pipeline = ZImagePipeline.from_pretrained(ensure_tiny_model(tiny_models_dir))
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    """12 noisy coloured PNGs of mixed aspect ratios and their manifest.json."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("dataset")
+    (root / "images").mkdir()
+    rng = random.Random(0)
+    numpy_rng = np.random.default_rng(0)
+    entries = []
+    for index in range(12):
+        width, height = SIZES[index % len(SIZES)]
+        colour = np.array([rng.randrange(256) for _ in range(3)], dtype=np.float32)
+        pixels = np.clip(colour + numpy_rng.normal(0, 20, (height, width, 3)), 0, 255).astype(np.uint8)
+        name = f"img{index:02d}.png"
+        Image.fromarray(pixels).save(root / "images" / name)
+        entries.append({"file": name, "caption": f"a photo in colour {index}", "width": width, "height": height,
+                        "source_name": f"upload-{index}.png"})
+    (root / "manifest.json").write_text(json.dumps(entries))
+    return root
+
+
+@pytest.fixture(scope="module")
+def cache_file(pipe, dataset, tmp_path_factory) -> Path:
+    """Latents and embeddings encoded once; other runs copy the cache instead of encoding again."""
+    output = tmp_path_factory.mktemp("encode")
+    trainer = LoraTrainer(pipe, dataset, output, small_config(), "cpu", torch.float32)
+    trainer.prepare()
+    trainer.close()
+    return output / "cache.pt"
+
+
+def fresh_output(tmp_path: Path, cache_file: Path, name: str) -> Path:
+    output = tmp_path / name
+    output.mkdir()
+    shutil.copy(cache_file, output / "cache.pt")
+    return output
+
+
+def generate(pipe, seed: int = 7, size: int = 64) -> np.ndarray:
+    embeds, _ = pipe.encode_prompt("a blue circle", device="cpu", do_classifier_free_guidance=False)
+    generator = torch.Generator("cpu").manual_seed(seed)
+    with torch.inference_mode():
+        return pipe(prompt_embeds=embeds, height=size, width=size, num_inference_steps=4, guidance_scale=0.0,
+                    generator=generator, output_type="np").images[0]
+
+
+def run(trainer: LoraTrainer, until: int, between=None) -> list:
+    checkpoints = []
+    while trainer.step_count < until:
+        trainer.step()
+        if between is not None:
+            between(trainer)
+        if trainer.checkpoint_due:
+            checkpoints.append(trainer.save_checkpoint())
+    return checkpoints
+
+
+@pytest.fixture(scope="module")
+def reference_losses(pipe, dataset, cache_file, tmp_path_factory) -> list[float]:
+    """An uninterrupted 12-step run: the interrupted, resumed run below must match it exactly."""
+    trainer = LoraTrainer(pipe, dataset, fresh_output(tmp_path_factory.mktemp("ref"), cache_file, "out"), small_config(),
+                          "cpu", torch.float32)
+    trainer.prepare()
+    run(trainer, STEPS)
+    losses = trainer.losses
+    trainer.close()
+    return losses
+
+
+def optimizer_snapshot(trainer: LoraTrainer) -> dict:
+    state = trainer.optimizer.state[trainer.optimizer.param_groups[0]["params"][0]]
+    return {key: value.clone() for key, value in state.items()}
+
+
+def test_buckets_follow_the_resolution():
+    buckets = make_buckets(512)
+    assert (512, 512) in buckets
+    assert all(w % 32 == 0 and h % 32 == 0 and w * h <= 512 * 512 and max(w, h) <= 2 * min(w, h) for w, h in buckets)
+    assert min(w * h for w, h in buckets) > 0.85 * 512 * 512
+    wide = pick_bucket(1920, 1080, buckets)
+    assert wide[0] > wide[1] and pick_bucket(1080, 1920, buckets) == (wide[1], wide[0])
+    assert make_buckets(64) == [(48, 80), (64, 64), (80, 48)]
+
+
+def test_config_json_round_trip_and_errors():
+    config = small_config(timestep_sampling="shift", training_adapter="/x/y.safetensors")
+    data = json.loads(json.dumps(config.to_json()))
+    assert TrainConfig.from_json(data) == config
+    for bad in ({"rank": 0}, {"timestep_sampling": "cosine"}, {"resolution": 50}, {"bogus": 1}, {"steps": "many"}):
+        with pytest.raises(ValueError):
+            TrainConfig.from_json(bad)
+
+
+def test_train_suspend_checkpoint_resume_sample_close(pipe, dataset, cache_file, reference_losses, tmp_path):
+    base = generate(pipe)
+    flags = [p.requires_grad for p in pipe.transformer.parameters()]
+    output = fresh_output(tmp_path, cache_file, "out")
+    manager = AdapterManager(pipe)
+
+    # First run: 8 steps, with generations in between (base model, and the step-4 checkpoint as a user LoRA).
+    first = LoraTrainer(pipe, dataset, output, small_config(), "cpu", torch.float32)
+    first.prepare()
+    assert [(s.width, s.height) for s in first.samples[:6]] == [(64, 64), (80, 48), (48, 80), (80, 48), (64, 64), (48, 80)]
+    base_images, lora_images = [], []
+
+    def generate_between(trainer):
+        if trainer.step_count == 1:
+            trainer.suspend()
+            base_images.append(generate(pipe))
+            trainer.resume()
+        if trainer.step_count == 5:  # the worker's order: suspend, activate, generate, resume
+            trainer.suspend()
+            manager.activate([("early", str(output / "checkpoints" / "step-000004"), 0.8)])
+            lora_images.append(generate(pipe))
+            manager.activate([])
+            base_images.append(generate(pipe))
+            trainer.resume()
+        if trainer.step_count == 6:  # without suspend/resume: step() restores its own state
+            manager.activate([("early", str(output / "checkpoints" / "step-000004"), 0.8)])
+            lora_images.append(generate(pipe))
+
+    run(first, 8, between=generate_between)
+    assert len(base_images) == 2 and all(np.array_equal(image, base) for image in base_images)
+    assert len(lora_images) == 2 and np.array_equal(lora_images[0], lora_images[1])
+    assert not np.array_equal(lora_images[0], base) and manager.loads == 1
+    assert all(np.isfinite(first.losses))
+    assert first.losses == pytest.approx(reference_losses[:8], rel=1e-5)  # generations did not disturb training
+    saved_state = optimizer_snapshot(first)
+    saved_lora = {key: value.clone() for key, value in first.lora_state_dict().items()}
+    manager.unload_all()
+    assert adapter_names(pipe.transformer) == [TRAINEE_ADAPTER]
+    first.close()
+    assert np.array_equal(generate(pipe), base)
+    assert adapter_names(pipe.transformer) == []
+    assert [p.requires_grad for p in pipe.transformer.parameters()] == flags
+
+    # Second run on the same output_dir: continues from step 8 with the same optimizer state.
+    second = LoraTrainer(pipe, dataset, output, small_config(), "cpu", torch.float32)
+    second.prepare()
+    assert second.step_count == 8
+    assert second.losses == first.losses
+    resumed_state = optimizer_snapshot(second)
+    assert resumed_state.keys() == saved_state.keys() and "exp_avg" in resumed_state
+    assert all(torch.equal(resumed_state[key], saved_state[key]) for key in saved_state)
+    assert all(torch.equal(value, saved_lora[key]) for key, value in second.lora_state_dict().items())
+    checkpoints = run(second, STEPS)
+    assert [c.step for c in checkpoints] == [12]
+    assert second.losses == pytest.approx(reference_losses, rel=1e-5)  # exactly the uninterrupted run
+
+    # Checkpoints: pruned to the newest two, only the newest keeps the optimizer state.
+    kept = list_checkpoints(output)
+    assert [c.step for c in kept] == [8, 12]
+    assert not (kept[0].path / "training_state.pt").exists() and (kept[1].path / "training_state.pt").exists()
+    assert kept[1].lora_file.is_file() and np.isfinite(kept[1].loss) and kept[1].seconds_per_step > 0
+
+    # Sampling: only the trainee, and training goes on afterwards.
+    image = second.sample()
+    assert image.size == (64, 64)
+    assert second.sample() == image  # fixed seed
+    png = second.loss_curve_png()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    from PIL import Image
+
+    assert Image.open(io.BytesIO(png)).size == (480, 240)
+    second.close()
+    assert np.array_equal(generate(pipe), base)
+
+    # The checkpoint is a diffusers LoRA: it loads and changes the image; deleting it restores the base.
+    pipe.load_lora_weights(str(kept[1].path), adapter_name="trained")
+    with_lora = generate(pipe)
+    assert not np.array_equal(with_lora, base)
+    manager.activate([])
+    assert np.array_equal(generate(pipe), base)
+    pipe.delete_adapters("trained")
+    pipe.transformer.unload_lora()
+
+
+def ai_toolkit_lora(pipe, path: Path) -> Path:
+    """A random LoRA saved the way ai-toolkit does: diffusion_model.* keys, no alpha."""
+    import safetensors.torch
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    torch.manual_seed(5)
+    config = LoraConfig(r=4, lora_alpha=4, init_lora_weights=False, target_modules=["to_q", "to_v", "w2"])
+    pipe.transformer.add_adapter(config, adapter_name="scratch")
+    state = get_peft_model_state_dict(pipe.transformer, adapter_name="scratch")
+    pipe.transformer.delete_adapters("scratch")
+    pipe.transformer.unload_lora()
+    safetensors.torch.save_file({f"diffusion_model.{k}": v * 0.5 for k, v in state.items()}, str(path))
+    return path
+
+
+def test_training_adapter_is_active_in_steps_only(pipe, dataset, cache_file, reference_losses, tmp_path):
+    base = generate(pipe)
+    adapter = ai_toolkit_lora(pipe, tmp_path / "dedistill.safetensors")
+    output = fresh_output(tmp_path, cache_file, "out")
+    trainer = LoraTrainer(pipe, dataset, output, small_config(training_adapter=str(adapter)), "cpu", torch.float32)
+    trainer.prepare()
+    assert set(adapter_names(pipe.transformer)) == {TRAINEE_ADAPTER, TRAINING_ADAPTER}
+    # The untrained trainee is a no-op (lora_B = 0): sampling must equal the plain model, training adapter off.
+    image = np.asarray(trainer.sample(), dtype=np.float32)
+    assert image.shape == (64, 64, 3)
+    embeds = trainer.encode_prompt("a red square")
+    trainer.suspend()  # the plain model; the next step() resumes by itself
+    with torch.inference_mode():
+        expected = pipe(prompt_embeds=embeds, height=64, width=64, num_inference_steps=4, guidance_scale=0.0,
+                        generator=torch.Generator("cpu").manual_seed(42)).images[0]
+    assert np.array_equal(image, np.asarray(expected, dtype=np.float32))
+    # During a step it is on (the loss differs from the run without it) and it takes no gradient.
+    loss = trainer.step()
+    assert loss != pytest.approx(reference_losses[0], rel=1e-6)
+    training_params = [p for n, p in pipe.transformer.named_parameters() if f".{TRAINING_ADAPTER}." in n]
+    assert training_params and all(p.grad is None and not p.requires_grad for p in training_params)
+    trainer.close()
+    assert adapter_names(pipe.transformer) == []
+    assert np.array_equal(generate(pipe), base)
+
+
+def test_missing_dataset_and_bad_training_adapter(pipe, dataset, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DatasetError, match="manifest.json"):
+        LoraTrainer(pipe, empty, tmp_path / "a", small_config(), "cpu", torch.float32).prepare()
+    trainer = LoraTrainer(pipe, dataset, tmp_path / "b", small_config(training_adapter=str(tmp_path / "nope.safetensors")),
+                          "cpu", torch.float32)
+    with pytest.raises(TrainerError, match="training adapter"):
+        trainer.prepare()
+    assert adapter_names(pipe.transformer) == []
+
+
+def test_loss_curve_handles_empty_and_long_histories():
+    from PIL import Image
+
+    assert Image.open(io.BytesIO(render_loss_curve([]))).format == "PNG"
+    curve = render_loss_curve([1.0 / (1 + i) + 0.01 * (i % 7) for i in range(4000)] + [float("nan")])
+    assert Image.open(io.BytesIO(curve)).size == (480, 240)
