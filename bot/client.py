@@ -11,6 +11,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from .cogs.approval import APPROVAL_BUTTONS
 from .cogs.mod_views import MOD_BUTTONS
 from .db.jobs import JobStore
 from .db.loras import LoraStore
@@ -65,7 +66,7 @@ class ZImageBot(commands.Bot):
         self.worker.start()
         for extension in EXTENSIONS:
             await self.load_extension(extension)
-        self.add_dynamic_items(*BUTTONS, *MOD_BUTTONS)
+        self.add_dynamic_items(*BUTTONS, *MOD_BUTTONS, *APPROVAL_BUTTONS)
         await self.sync_commands()
         try:
             # The worker answers prompt checks within seconds (the model loads behind it), so

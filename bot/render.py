@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import discord
 
-from .db.models import Job, JobKind
+from .db.models import Job, JobKind, JobStatus
 
 EMBED_COLOUR = discord.Colour.from_rgb(88, 101, 242)
 PROGRESS_BAR_WIDTH = 16
@@ -23,7 +23,9 @@ def describe(job: Job, limit: int = 80) -> str:
 
 
 def queued_text(job: Job, position: int | None, paused: bool = False) -> str:
-    if paused:
+    if job.status == JobStatus.AWAITING_APPROVAL:
+        where = "waiting for a moderator's approval"
+    elif paused:
         where = "waiting: moderators paused the queue in this server; it keeps its place"
     else:
         where = f"position **{position}** in the queue" if position else "in the queue"

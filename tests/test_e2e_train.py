@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import os
 import random
+import signal
 import zipfile
 
 import pytest
@@ -135,3 +137,53 @@ async def test_train_needs_a_name_and_one_source(fake, bot):
     await private_url.wait_response(timeout=3)
     refused = await private_url.wait_original(lambda m: "❌" in m.content, timeout=30)
     assert "allowed" in refused.content.lower()
+
+
+def checkpoint_steps(fake, name) -> list[int]:
+    return [int(m.content.split("at step ")[1].split("/")[0]) for m in checkpoint_messages(fake, name)]
+
+
+async def test_approval_deny_approve_and_cancel_keeps_checkpoints(fake, bot):
+    for command, options in (("mod approve-training on", {}), ("mod channel", {"channel": fake.channel_id})):
+        await (await fake.slash_command(command, options, user=fake.mod)).wait_response()
+
+    async def request(name):
+        ix = await fake.slash_command("train", {"name": name, "steps": 400}, user=fake.alice,
+                                      attachments={"photos": (f"{name}.zip", photo_zip(junk=False))})
+        await ix.wait_original(lambda m: "Accepted" in m.content, timeout=60)
+        return await fake.wait_for(lambda: next((m for m in fake.messages.values()
+                                                 if f"train LoRA `{name}`" in m.content and m.components), None),
+                                   timeout=30, what="the approval request")
+
+    denied = await request("denied")
+    job_id = int(denied.content.split("job #")[1].split(",")[0])
+    refused = await fake.click_button(denied, f"zimage:approve:{job_id}", user=fake.alice)
+    assert "Only moderators" in (await refused.wait_response())["data"]["content"]
+    await (await fake.click_button(denied, f"zimage:deny:{job_id}", user=fake.mod)).wait_response()
+    await fake.wait_for(lambda: any("denied training `denied`" in m.content for m in fake.messages.values()),
+                        timeout=10, what="the denial shown on the job")
+
+    approved = await request("kept")
+    job_id = int(approved.content.split("job #")[1].split(",")[0])
+    await (await fake.click_button(approved, f"zimage:approve:{job_id}", user=fake.mod)).wait_response()
+    await fake.wait_for(lambda: checkpoint_steps(fake, "kept"), timeout=120, what="a first checkpoint")
+    cancel = await fake.slash_command("cancel", {"job": job_id}, user=fake.alice)
+    assert "cancelled" in (await cancel.wait_response())["data"]["content"]
+    await fake.wait_for(lambda: any(f"Job #{job_id} was cancelled" in m.content and "checkpoints" in m.content
+                                    for m in fake.messages.values()), timeout=60, what="the cancelled training")
+    listing = (await (await fake.slash_command("lora list", {}, user=fake.alice)).wait_response())["data"]["content"]
+    assert "`kept` step" in listing and "`denied`" not in listing
+    audit = (await (await fake.slash_command("mod audit", {}, user=fake.mod)).wait_response())["data"]["content"]
+    assert "**deny**" in audit and "**approve**" in audit
+
+
+async def test_training_resumes_from_its_checkpoint_after_a_worker_crash(fake, bot):
+    ix = await fake.slash_command("train", {"name": "phoenix", "steps": 20}, user=fake.alice,
+                                  attachments={"photos": ("p.zip", photo_zip(junk=False))})
+    await ix.wait_original(lambda m: "Accepted" in m.content, timeout=60)
+    await fake.wait_for(lambda: 10 in checkpoint_steps(fake, "phoenix"), timeout=120, what="checkpoint 10")
+    os.kill(bot.worker_pid(), signal.SIGKILL)
+    await fake.wait_for(lambda: any("finished training" in m.content and "phoenix" in m.content
+                                    for m in fake.messages.values()), timeout=180, what="the resumed training")
+    steps = checkpoint_steps(fake, "phoenix")
+    assert steps == sorted(set(steps)) and steps[-1] == 20 and {5, 10, 15, 20} <= set(steps), steps

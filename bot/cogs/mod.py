@@ -74,7 +74,7 @@ class ModCog(commands.GroupCog, group_name="mod", group_description="Moderator t
         record = await self.bot.store.get(job)
         if record is None or record.guild_id != interaction.guild_id:
             raise UserFacingError(f"There is no job #{job} in this server.")
-        if record.status not in (JobStatus.QUEUED, JobStatus.RUNNING):
+        if record.status not in JobStatus.cancellable():
             raise UserFacingError(f"Job #{job} is already {record.status}.")
         if not await self.bot.runner.cancel(record):
             raise UserFacingError(f"Job #{job} could not be cancelled right now; it may have just finished.")
@@ -97,7 +97,7 @@ class ModCog(commands.GroupCog, group_name="mod", group_description="Moderator t
     async def _cancel_jobs(self, guild_id: int, user_id: int | None) -> int:
         cancelled = 0
         for job in await self.bot.store.guild_jobs(guild_id):
-            if job.status in (JobStatus.QUEUED, JobStatus.RUNNING) and user_id in (None, job.user_id):
+            if job.status in JobStatus.cancellable() and user_id in (None, job.user_id):
                 cancelled += await self.bot.runner.cancel(job)
         return cancelled
 

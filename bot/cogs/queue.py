@@ -34,6 +34,8 @@ class QueueCog(commands.Cog):
                 state = f"position {places[job.id]} in the {lane}"
             elif job.status == JobStatus.QUEUED:
                 state = "waiting: moderators paused the queue in this server"
+            elif job.status == JobStatus.AWAITING_APPROVAL:
+                state = "waiting for a moderator's approval"
             elif job.status == JobStatus.RUNNING:
                 state = "generating now"
             else:
@@ -47,7 +49,7 @@ class QueueCog(commands.Cog):
         record = await self.bot.store.get(job)
         if record is None or record.user_id != interaction.user.id:
             raise UserFacingError(f"You have no job #{job}. See your jobs with `/queue`.")
-        if record.status not in (JobStatus.QUEUED, JobStatus.RUNNING):
+        if record.status not in JobStatus.cancellable():
             raise UserFacingError(f"Job #{job} is already {record.status}; there is nothing to cancel.")
         if not await self.bot.runner.cancel(record):
             raise UserFacingError(f"Job #{job} could not be cancelled right now; it may have just finished.")
@@ -59,7 +61,7 @@ class QueueCog(commands.Cog):
         choices = [
             app_commands.Choice(name=f"#{job.id} ({job.status}) {render.describe(job, 60)}",
                                 value=job.id)
-            for job in jobs if job.status in (JobStatus.QUEUED, JobStatus.RUNNING) and str(job.id).startswith(current.strip("#"))
+            for job in jobs if job.status in JobStatus.cancellable() and str(job.id).startswith(current.strip("#"))
         ]
         return choices[:25]
 

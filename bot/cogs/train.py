@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 import discord
@@ -10,11 +11,14 @@ from discord.ext import commands
 from sqlalchemy.exc import IntegrityError
 
 from .. import render
-from ..db.models import JobKind
+from ..db.models import JobKind, JobStatus
 from ..errors import UserFacingError
+from .approval import approval_text, approval_view
 
 if TYPE_CHECKING:
     from ..client import ZImageBot
+
+log = logging.getLogger(__name__)
 
 # Rough seconds per training step by device, for the estimate in the intake reply.
 SECONDS_PER_STEP = {"cuda": 0.2, "cpu": 2.0}
@@ -52,10 +56,12 @@ class TrainCog(commands.Cog):
             return
         params = {"name": name, "lora_id": lora.id, "dataset_dir": str(job_dir / "dataset"),
                   "output_dir": str(job_dir / "output"), "config": config, "upload_limit": interaction.filesize_limit}
+        guild = await self.bot.moderation.settings(interaction.guild_id)
         job = await self.bot.store.enqueue(
             kind=JobKind.TRAIN, user_id=interaction.user.id, guild_id=interaction.guild_id,
             channel_id=interaction.channel_id, params=params, interaction_id=interaction.id,
-            interaction_token=interaction.token)
+            interaction_token=interaction.token,
+            status=JobStatus.AWAITING_APPROVAL if guild.approve_training else JobStatus.QUEUED)
         device = str(self.bot.worker.hello.get("device", "cuda"))
         estimate = config["steps"] * SECONDS_PER_STEP.get(device, 0.5)
         await interaction.edit_original_response(
@@ -64,7 +70,17 @@ class TrainCog(commands.Cog):
         position = await self.bot.store.position(job)
         message = await interaction.followup.send(render.queued_text(job, position), ephemeral=False, wait=True)
         await self.bot.store.set_message(job.id, message.id)
+        if job.status == JobStatus.AWAITING_APPROVAL:
+            await self._ask_approval(job, guild.mod_channel_id or interaction.channel_id)
         self.bot.runner.wake()
+
+    async def _ask_approval(self, job, channel_id: int) -> None:
+        try:
+            channel = self.bot.get_channel(channel_id) or await self.bot.fetch_channel(channel_id)
+            await channel.send(approval_text(job), view=approval_view(job),
+                               allowed_mentions=discord.AllowedMentions(users=False))
+        except discord.HTTPException as exc:
+            log.warning("job %s: could not post the approval request in %s: %s", job.id, channel_id, exc)
 
 
 async def setup(bot: ZImageBot) -> None:

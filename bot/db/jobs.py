@@ -29,9 +29,10 @@ class JobStore:
 
     async def enqueue(self, *, user_id: int, guild_id: int | None, channel_id: int, params: dict[str, Any],
                       interaction_id: int | None = None, interaction_token: str | None = None,
-                      kind: str = JobKind.IMAGINE, created_at: datetime | None = None) -> Job:
+                      kind: str = JobKind.IMAGINE, created_at: datetime | None = None,
+                      status: JobStatus = JobStatus.QUEUED) -> Job:
         created = created_at or utcnow()
-        job = Job(kind=kind, status=JobStatus.QUEUED, user_id=user_id, guild_id=guild_id,
+        job = Job(kind=kind, status=status, user_id=user_id, guild_id=guild_id,
                   channel_id=channel_id, interaction_id=interaction_id, interaction_token=interaction_token,
                   token_expires_at=created + INTERACTION_TOKEN_LIFETIME if interaction_token else None,
                   params=params, attempts=0, created_at=created)
@@ -130,8 +131,16 @@ class JobStore:
         """Atomically cancel a job that has not started; False when it already left the queue."""
         async with self.session() as session, session.begin():
             result = await session.execute(
-                update(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED)
+                update(Job).where(Job.id == job_id, Job.status.in_((JobStatus.QUEUED, JobStatus.AWAITING_APPROVAL)))
                 .values(status=JobStatus.CANCELLED, finished_at=utcnow()))
+            return result.rowcount == 1
+
+    async def approve(self, job_id: int) -> bool:
+        """Awaiting approval -> queued; False when it was already decided (or cancelled)."""
+        async with self.session() as session, session.begin():
+            result = await session.execute(
+                update(Job).where(Job.id == job_id, Job.status == JobStatus.AWAITING_APPROVAL)
+                .values(status=JobStatus.QUEUED))
             return result.rowcount == 1
 
     async def recover_interrupted(self) -> list[Job]:

@@ -19,6 +19,7 @@ class Base(DeclarativeBase):
 
 
 class JobStatus(enum.StrEnum):
+    AWAITING_APPROVAL = "awaiting_approval"  # a /train job waiting for a moderator's Approve
     QUEUED = "queued"          # waiting for the worker
     RUNNING = "running"        # on the worker now
     DELIVERING = "delivering"  # images saved to disk, not yet posted to Discord
@@ -28,7 +29,11 @@ class JobStatus(enum.StrEnum):
 
     @classmethod
     def active(cls) -> tuple[JobStatus, ...]:
-        return (cls.QUEUED, cls.RUNNING, cls.DELIVERING)
+        return (cls.AWAITING_APPROVAL, cls.QUEUED, cls.RUNNING, cls.DELIVERING)
+
+    @classmethod
+    def cancellable(cls) -> tuple[JobStatus, ...]:
+        return (cls.AWAITING_APPROVAL, cls.QUEUED, cls.RUNNING)
 
 
 class JobKind(enum.StrEnum):
