@@ -187,3 +187,36 @@ async def test_training_resumes_from_its_checkpoint_after_a_worker_crash(fake, b
                                     for m in fake.messages.values()), timeout=180, what="the resumed training")
     steps = checkpoint_steps(fake, "phoenix")
     assert steps == sorted(set(steps)) and steps[-1] == 20 and {5, 10, 15, 20} <= set(steps), steps
+
+
+async def test_lora_too_big_for_discord_gets_a_signed_expiring_link(data_dir):
+    import aiohttp
+    from safetensors import safe_open
+
+    fake = FakeDiscord(attachment_size_limit=200_000)
+    await fake.start()
+    bot = BotProcess(fake, data_dir, **{**TRAIN_ENV, "TRAIN_RANK": "64"})
+    await bot.start()
+    try:
+        ix = await fake.slash_command("train", {"name": "big", "steps": 5}, user=fake.alice,
+                                      attachments={"photos": ("b.zip", photo_zip(junk=False))})
+        await ix.wait_original(lambda m: "Accepted" in m.content, timeout=60)
+        [checkpoint] = await fake.wait_for(lambda: checkpoint_messages(fake, "big"), timeout=120, what="checkpoint")
+        assert not any(a["filename"].endswith(".safetensors") for a in checkpoint.attachments)
+        link = checkpoint.content.split("](")[1].split(")")[0]
+        assert link.startswith(f"http://127.0.0.1:{bot.env['HTTP_PORT']}/files/")
+        async with aiohttp.ClientSession() as session:
+            async with session.get(link) as response:
+                assert response.status == 200
+                body = await response.read()
+            forged = link.replace("/files/", "/files/x")
+            async with session.get(forged) as response:
+                assert response.status == 404
+        path = data_dir.parent / "download.safetensors"
+        path.write_bytes(body)
+        with safe_open(str(path), "pt") as lora:
+            assert any("lora_A" in key for key in lora.keys())
+        assert fake.spec_violations == []
+    finally:
+        await bot.stop()
+        await fake.stop()
