@@ -39,12 +39,15 @@ async def fetch_attachment(attachment: discord.Attachment, dest: Path, max_bytes
     written = 0
     async with aiohttp.ClientSession() as session, session.get(attachment.url) as response:
         response.raise_for_status()
-        with open(dest, "wb") as handle:  # noqa: ASYNC230 - writes go through to_thread below
+        handle = await asyncio.to_thread(open, dest, "wb")
+        try:
             async for chunk in response.content.iter_chunked(CHUNK):
                 written += len(chunk)
                 if written > max_bytes:
                     raise UserFacingError(f"The zip is larger than {max_bytes >> 20} MiB.")
                 await asyncio.to_thread(handle.write, chunk)
+        finally:
+            await asyncio.to_thread(handle.close)
     return written
 
 
