@@ -39,14 +39,14 @@ class BotProcess:
         self.log_path = data_dir.parent / "bot.log"
         self.process: asyncio.subprocess.Process | None = None
 
-    async def start(self, wait_ready: bool = True) -> None:
+    async def start(self, wait_ready: bool = True, require_commands: bool = True) -> None:
         self.fake.ready_event_reset() if hasattr(self.fake, "ready_event_reset") else None
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
         self.process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "bot", cwd=str(self.data_dir.parent), env=self.env, stdout=log, stderr=log)
         log.close()
         if wait_ready:
-            await self.fake.wait_ready(timeout=60)
+            await self.fake.wait_ready(timeout=60, require_commands=require_commands)
 
     def worker_pid(self) -> int | None:
         """The GPU worker is the bot's child running `-m gpu` (read from /proc: Linux only)."""

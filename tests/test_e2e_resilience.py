@@ -128,3 +128,19 @@ async def test_buttons_work_after_a_restart(fake, data_dir):
         assert fake.spec_violations == []
     finally:
         await restarted.stop()
+
+
+async def test_global_commands_are_synced_only_when_they_change(fake, data_dir):
+    first = BotProcess(fake, data_dir, DEV_GUILD_ID="")
+    await first.start()
+    assert fake.command_syncs == 1 and {c["name"] for c in fake.global_commands} >= {"imagine", "queue", "cancel"}
+    await first.stop()
+    second = BotProcess(fake, data_dir, DEV_GUILD_ID="")
+    await second.start(require_commands=False)
+    try:
+        await second.wait_worker()
+        assert fake.command_syncs == 0  # same command set: no second global sync
+        ix = await fake.slash_command("imagine", {"prompt": "global", "steps": 1}, user=fake.alice)
+        await wait_result(fake, await queued_job(ix))
+    finally:
+        await second.stop()
