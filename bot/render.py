@@ -73,7 +73,7 @@ def result_embed(job: Job) -> discord.Embed:
     return embed
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
     seconds = int(seconds)
     if seconds < 90:
         return f"{seconds} s"
@@ -87,7 +87,7 @@ def training_text(job: Job, progress: dict | None) -> str:
     if progress is None:
         return f"🧠 Job #{job.id}: training LoRA `{name}` is starting (caching latents and captions)…"
     step, total = progress["step"], progress["total"]
-    eta = _duration((total - step) * progress["seconds_per_step"])
+    eta = duration((total - step) * progress["seconds_per_step"])
     filled = round(PROGRESS_BAR_WIDTH * step / max(total, 1))
     bar = "█" * filled + "░" * (PROGRESS_BAR_WIDTH - filled)
     return (f"🧠 Job #{job.id}: training LoRA `{name}` step {step}/{total} `{bar}` loss {progress['loss']:.4f}, "
@@ -101,7 +101,7 @@ def training_done_text(job: Job) -> str:
 
 def checkpoint_text(job: Job, checkpoint: dict, link: str | None) -> str:
     step, total = checkpoint["step"], checkpoint["total"]
-    eta = _duration((total - step) * checkpoint["seconds_per_step"])
+    eta = duration((total - step) * checkpoint["seconds_per_step"])
     lines = [f"<@{job.user_id}> 📦 Job #{job.id}: checkpoint of `{job.params['name']}` at step {step}/{total}: "
              f"loss {checkpoint['loss']:.4f}, {checkpoint['seconds_per_step']:.2f} s/step, ETA {eta}"]
     if link:

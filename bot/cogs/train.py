@@ -66,7 +66,7 @@ class TrainCog(commands.Cog):
         estimate = config["steps"] * SECONDS_PER_STEP.get(device, 0.5)
         await interaction.edit_original_response(
             content=f"✅ {summary}\nTraining job #{job.id} for `{name}`: {config['steps']} steps, "
-                    f"roughly {render._duration(estimate)} on this worker ({device}).")
+                    f"roughly {render.duration(estimate)} on this worker ({device}).")
         position = await self.bot.store.position(job)
         message = await interaction.followup.send(render.queued_text(job, position), ephemeral=False, wait=True)
         await self.bot.store.set_message(job.id, message.id)
