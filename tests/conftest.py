@@ -10,6 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
@@ -30,3 +31,14 @@ def data_dir(tmp_path, tiny_models_dir) -> Path:
     data.mkdir()
     (data / "models").symlink_to(tiny_models_dir, target_is_directory=True)
     return data
+
+
+@pytest.fixture
+async def fake():
+    """A fresh fake Discord per test (see tests/fake_discord)."""
+    from fake_discord import FakeDiscord
+
+    fake = FakeDiscord()
+    await fake.start()
+    yield fake
+    await fake.stop()

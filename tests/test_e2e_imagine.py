@@ -6,17 +6,8 @@ import pytest
 
 from bot_process import BotProcess
 from e2e_helpers import contents, pixels, png_text, pngs, queued_job, wait_result
-from fake_discord import FakeDiscord
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-async def fake():
-    fake = FakeDiscord()
-    await fake.start()
-    yield fake
-    await fake.stop()
 
 
 @pytest.fixture

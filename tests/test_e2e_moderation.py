@@ -6,19 +6,10 @@ import pytest
 
 from bot_process import BotProcess
 from e2e_helpers import pngs, queued_job, wait_result
-from fake_discord import FakeDiscord
 
 pytestmark = pytest.mark.e2e
 
 QUICK = {"prompt": "a quick sketch", "steps": 1}
-
-
-@pytest.fixture
-async def fake():
-    fake = FakeDiscord()
-    await fake.start()
-    yield fake
-    await fake.stop()
 
 
 @pytest.fixture

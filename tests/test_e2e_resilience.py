@@ -9,19 +9,10 @@ import pytest
 
 from bot_process import BotProcess
 from e2e_helpers import pngs, queued_job, result_messages, wait_result
-from fake_discord import FakeDiscord
 
 pytestmark = pytest.mark.e2e
 
 SLOW = {"prompt": "a slow castle", "steps": 16, "count": 2}
-
-
-@pytest.fixture
-async def fake():
-    fake = FakeDiscord()
-    await fake.start()
-    yield fake
-    await fake.stop()
 
 
 @pytest.fixture

@@ -40,14 +40,6 @@ def photo_zip(count: int = 12, junk: bool = True) -> bytes:
 
 
 @pytest.fixture
-async def fake():
-    fake = FakeDiscord()
-    await fake.start()
-    yield fake
-    await fake.stop()
-
-
-@pytest.fixture
 async def bot(fake, data_dir):
     process = BotProcess(fake, data_dir, **TRAIN_ENV)
     await process.start()
