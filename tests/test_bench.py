@@ -22,20 +22,67 @@ def test_tiny_bench_prints_the_table_with_numbers(tmp_path):
     assert completed.returncode == 0, completed.stderr[-3000:]
     table = completed.stdout
     assert "| metric | stock diffusers (eager) | ours (worker path) |" in table
-    for label in ("s/image 256x256 (median of 5)", "s/image 320x192 (median of 5)",
+    for label in ("s/image 128x128 (median of 3)", "s/image 160x96 (median of 3)",
                   "images/min, queue of 3 mixed-aspect requests"):
         assert re.search(rf"\| {re.escape(label)} \| {NUMBER} \| {NUMBER}( \({NUMBER}x\))? \|", table), (label, table)
     assert re.search(rf"Cold start with a warm compile cache .*first image after {NUMBER} s", table), table
+
+    # LoRA training: the plain peft loop and ours side by side (compile is CUDA-only by default: skipped here).
+    assert "| metric | stock peft loop | ours (LoraTrainer, eager) | ours + regional compile" in table
+    for label in ("s/step (median of 3)", "projected minutes for 4000 steps"):
+        assert re.search(rf"\| {re.escape(label)} \| {NUMBER} \| {NUMBER} \({NUMBER}x\) \| error: skipped", table) or \
+            re.search(rf"\| {re.escape(label)} \| {NUMBER} \| {NUMBER} \({NUMBER}x\) \| – \|", table), (label, table)
+    assert re.search(rf"Target \(8 min for 4000 steps = <= 0.12 s/step, peak <= 24 GiB\), ours \(LoraTrainer, eager\): "
+                     rf"{NUMBER} s/step = {NUMBER} min: (met|missed by {NUMBER} min)", table), table
+    # /imagine latency, idle vs interleaved with training steps on the one GPU thread.
+    assert "| metric | idle (no training) | while a LoRA trains (interleaved) |" in table
+    assert re.search(rf"\| median latency \(s\) \| {NUMBER} \| {NUMBER} \({NUMBER}x idle\) \|", table), table
+    assert re.search(rf"\| training steps meanwhile \(count, median s/step\) \| - \| \d+, {NUMBER} \|", table), table
+    assert re.search(rf"Target \(median while training <= 2x idle\): {NUMBER} s vs {NUMBER} s = {NUMBER}x: "
+                     rf"(met|missed by {NUMBER} s)", table), table
 
     results = json.loads(out.read_text())
     assert results["info"]["device"] == "cpu"
     for column in ("stock", "ours"):
         per_size = results["columns"][column]["per_size"]
-        assert set(per_size) == {"256x256", "320x192"}
-        assert all(len(size["runs_s"]) == 5 and size["median_s"] > 0 for size in per_size.values())
+        assert set(per_size) == {"128x128", "160x96"}
+        assert all(len(size["runs_s"]) == 3 and size["median_s"] > 0 for size in per_size.values())
         assert results["columns"][column]["queue"]["requests"] == 3
     assert results["columns"]["ours"]["accel"]["compiled"] is False  # CPU: no compile by default
     assert results["warm_start"]["process_marks"]["first_image_s"] > 0
+
+    training = results["training"]["columns"]
+    for column in ("stock", "ours"):
+        assert training[column]["s_per_step"]["n"] == 3 and training[column]["s_per_step"]["median_s"] > 0
+        assert training[column]["losses_finite"] is True
+    assert training["stock"]["trainable_params"] == training["ours"]["trainable_params"] > 0
+    assert "skipped" in training["ours_compiled"]["error"]
+    latency = results["latency"]
+    assert latency["idle"]["latency_s"]["n"] == latency["training"]["latency_s"]["n"] == 3
+    assert latency["training"]["training_steps_during"] > 0 and latency["training"]["training_error"] is None
+    assert latency["target"]["ratio"] > 0
+
+
+def test_synthetic_dataset_reads_back_through_the_trainers_manifest_reader(tmp_path):
+    from gpu.bench.training import write_dataset
+    from gpu.training_data import read_manifest
+
+    entries = read_manifest(write_dataset(tmp_path / "ds", 3, 32))
+    assert [entry["file"] for entry in entries] == ["images/0001.png", "images/0002.png", "images/0003.png"]
+    assert all(entry["caption"] and entry["width"] == entry["height"] == 32 for entry in entries)
+
+
+def test_training_and_latency_verdicts():
+    from gpu.bench.latency import assess as assess_latency
+    from gpu.bench.training import FULL_TRAIN
+    from gpu.bench.training import assess as assess_training
+
+    slow = assess_training({"s_per_step": {"median_s": 0.15}, "peak_gib": 20.0}, FULL_TRAIN)
+    assert slow["target_s_per_step"] == 0.12 and slow["minutes"] == 10.0
+    assert slow["time_met"] is False and slow["time_over_pct"] == 25.0 and slow["memory_met"] is True
+    assert assess_training({"s_per_step": {"median_s": 0.1}, "peak_gib": 30.0}, FULL_TRAIN)["memory_met"] is False
+    verdict = assess_latency({"latency_s": {"median_s": 1.0}}, {"latency_s": {"median_s": 2.5}}, 2.0)
+    assert (verdict["ratio"], verdict["met"], verdict["over_target_s"]) == (2.5, False, 0.5)
 
 
 def test_warm_up_sizes_cover_every_aspect_bucket_of_the_bot():

@@ -1,0 +1,265 @@
+"""The benchmark's command line and the order of its phases (see gpu/bench/__init__.py)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from . import __doc__ as PACKAGE_DOC
+from . import latency as lat
+from . import training as tr
+from .build import build_pipeline, environment_info
+from .children import phase_child, spawn_child
+from .common import error_text, free_memory, log, timed
+from .inference import FULL, TINY, attention_microbench, make_queue, postprocess_microbench, profile_one, run_ours, run_stock
+from .report import render_report
+
+SECTIONS = ("inference", "training", "latency")
+
+
+def engine_phases(pipe, engine, results: dict, tiny: bool, work_dir: Path, data_dir: Path, left, save) -> None:
+    """Idle latency, training on the worker's (compiled) transformer, then latency while that trainer runs."""
+    tcfg = tr.TINY_TRAIN if tiny else tr.FULL_TRAIN
+    lcfg = lat.TINY_LATENCY if tiny else lat.FULL_LATENCY
+    latency = results.get("latency")
+    training = results.get("training")
+    dataset_dir = work_dir / "dataset"
+    if not (dataset_dir / "manifest.json").is_file():
+        tr.write_dataset(dataset_dir, tcfg["images"], tcfg["resolution"])
+    gpu = lat.gpu_thread()
+
+    def on_gpu(fn, *args, **kwargs):
+        return gpu.submit(fn, *args, **kwargs).result()
+
+    trainer = None
+    try:
+        if engine is None:
+            log("ImageEngine for the training/latency phases (the worker's speed path)")
+            engine, info = on_gpu(lat.load_engine, pipe, data_dir, lcfg)
+        else:
+            on_gpu(lat.on_thread_settings, engine)
+            info = {"accel": vars(engine.accel).copy(), "reused": "the inference section's engine (all buckets warmed)"}
+        idle_prompts = lat.fresh_prompts(lcfg["idle_requests"], "idle")
+        if latency is not None:
+            latency["engine"] = info
+            log("latency: idle")
+            latency["idle"] = lat.measure_latency(gpu, engine, None, lcfg, idle_prompts, lcfg["training_budget_s"])
+            save()
+        if training is not None:
+            column = training["columns"]
+            if not engine.accel.compiled:
+                column["ours_compiled"] = {"error": "skipped: the worker does not compile here (CPU default; "
+                                                    "ZIMAGE_COMPILE=on forces it)"}
+            elif left() < 150:
+                column["ours_compiled"] = {"error": "skipped: out of time"}
+            else:
+                log("training: ours on the worker's compiled transformer")
+                try:
+                    column["ours_compiled"], trainer = on_gpu(
+                        tr.run_ours_training, engine.pipe, dataset_dir, work_dir, tcfg, "ours-compiled",
+                        keep=latency is not None)
+                except Exception as exc:  # noqa: BLE001
+                    log(f"ours (compiled) training failed: {error_text(exc)}")
+                    column["ours_compiled"] = {"error": error_text(exc)}
+            save()
+        if latency is None:
+            return
+        if left() < 60:
+            latency["training"] = {"error": "skipped: out of time"}
+            return
+        if trainer is None:
+            log("latency: preparing a trainer")
+            trainer, facts = on_gpu(tr.start_trainer, engine.pipe, dataset_dir, work_dir, tcfg, "latency")
+            latency["trainer_warm_up_s"] = round(sum(facts.pop("warm")), 2)
+        log("latency: while a LoRA trains")
+        budget = max(10.0, min(lcfg["training_budget_s"], left() - 45))
+        try:
+            latency["training"] = lat.measure_latency(gpu, engine, trainer, lcfg, lat.fresh_prompts(
+                lcfg["training_requests"], "train"), budget, warm_prompt=idle_prompts[0])
+        except Exception as exc:  # noqa: BLE001
+            log(f"latency while training failed: {error_text(exc)}")
+            latency["training"] = {"error": error_text(exc)}
+        if "idle" in latency:
+            latency["target"] = lat.assess(latency["idle"], latency["training"], lcfg["target_ratio"])
+    finally:
+        if trainer is not None:
+            on_gpu(trainer.close)
+        on_gpu(free_memory)
+        gpu.shutdown(wait=True)
+
+
+def phase_main(args) -> dict:
+    started = time.perf_counter()
+
+    def left() -> float:
+        return args.deadline_s - (time.perf_counter() - started)
+
+    sections = set(args.sections)
+    tiny = args.tiny
+    cfg = TINY if tiny else FULL
+    results: dict = {"info": environment_info(tiny), "sections": [s for s in SECTIONS if s in sections],
+                     "config": {"command": "python -m gpu.bench " + " ".join(sys.argv[1:])}}
+    work_dir = Path(tempfile.mkdtemp(prefix="zimage-bench-train-"))
+    data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="zimage-bench-"))
+    if "training" in sections:
+        tcfg = tr.TINY_TRAIN if tiny else tr.FULL_TRAIN
+        results["training"] = {"config": {**tcfg, "target_modules": list(tr.TARGET_MODULES)}, "columns": {}}
+    if "latency" in sections:
+        results["latency"] = {"config": dict(lat.TINY_LATENCY if tiny else lat.FULL_LATENCY)}
+
+    def save():
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=2, default=str))
+
+    log(f"{results['info']['mode']} on {results['info']['device']}; sections {results['sections']}")
+    holder: dict = {}
+    results["build_s"] = round(timed(lambda: holder.__setitem__("pipe", build_pipeline(tiny))), 2)
+    pipe = holder.pop("pipe")
+    log(f"built the pipeline in {results['build_s']:.1f} s")
+
+    # Training on the pipeline as built (not compiled yet): the baseline loop and ours eager.
+    if "training" in sections:
+        tr.run_section(pipe, results["training"]["config"], work_dir, results["training"], left)
+        save()
+
+    engine = None
+    if "inference" in sections:
+        queue = make_queue(cfg, tiny)
+        results["config"].update({**cfg, "queue_requests": queue})
+        results["columns"] = {}
+        if not tiny:
+            results["attention_microbench"] = attention_microbench()
+            log(f"attention micro-bench: {results['attention_microbench']}")
+        log("stock diffusers (eager)")
+        results["columns"]["stock"], stock_run_one = run_stock(pipe, cfg, queue, tiny)
+        if args.profile and not tiny:
+            results["profile"] = {"stock": profile_one(stock_run_one, cfg)}
+        if not tiny:
+            results["postprocess_microbench"] = postprocess_microbench(pipe)
+            log(f"postprocess micro-bench: {results['postprocess_microbench']}")
+        save()
+        log(f"ours (ImageEngine, DATA_DIR={data_dir}, env {results['info']['env']})")
+        try:
+            results["columns"]["ours"], ours_run_one, engine = run_ours(pipe, cfg, queue, data_dir, "bench")
+            if args.profile and not tiny:
+                results["profile"]["ours"] = profile_one(ours_run_one, cfg)
+        except Exception as exc:  # noqa: BLE001 - keep the stock numbers and the other columns
+            log(f"ours failed: {error_text(exc)}")
+            results["columns"]["ours"] = {"error": error_text(exc)}
+        save()
+
+    if sections & {"training", "latency"}:
+        try:
+            engine_phases(pipe, engine, results, tiny, work_dir, data_dir, left, save)
+        except Exception as exc:  # noqa: BLE001 - keep what was measured
+            log(f"training/latency phases failed: {error_text(exc)}")
+            results["engine_phases_error"] = error_text(exc)
+        save()
+
+    if "training" in sections:
+        columns, tcfg = results["training"]["columns"], results["training"]["config"]
+        results["training"]["target"] = {name: tr.assess(columns[name], tcfg) for name in ("ours", "ours_compiled")
+                                         if name in columns and "error" not in columns[name]}
+    if "inference" in sections:
+        inference_children(args, pipe, cfg, results, data_dir, left, save)
+    results["total_s"] = round(time.perf_counter() - started, 1)
+    save()
+    return results
+
+
+def inference_children(args, pipe, cfg: dict, results: dict, data_dir: Path, left, save) -> None:
+    """--variant columns (same process), then the warm-start and fp8 child processes."""
+    queue = results["config"]["queue_requests"]
+    for variant in args.variant or []:
+        key, _, value = variant.partition("=")
+        column = f"ours, {key}={value}"
+        if left() < 120:
+            results["columns"][column] = {"error": "skipped: out of time"}
+            continue
+        log(f"ours with {key}={value}")
+        saved = os.environ.get(key)
+        os.environ[key] = value
+        try:
+            results["columns"][column], _, _ = run_ours(pipe, cfg, queue, data_dir, "bench")
+        except Exception as exc:  # noqa: BLE001 - one variant failing must not lose the others
+            results["columns"][column] = {"error": error_text(exc)}
+        finally:
+            if saved is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = saved
+        save()
+    del pipe
+    free_memory()
+    log("warm start: a new process with the compile cache populated")
+    results["warm_start"] = spawn_child(args, "warm-start", data_dir, {}, left() - 15)
+    log(f"  {results['warm_start']}")
+    save()
+    if args.fp8:
+        if left() < 150:
+            results["columns"]["ours fp8"] = {"error": "skipped: out of time"}
+        else:
+            fp8_dir = Path(tempfile.mkdtemp(prefix="zimage-bench-fp8-"))
+            log(f"ours with ZIMAGE_QUANT=fp8 (child process, cold cache in {fp8_dir})")
+            results["columns"]["ours fp8"] = spawn_child(args, "ours", fp8_dir, {"ZIMAGE_QUANT": "fp8"}, left() - 5)
+        save()
+
+
+def _sections(text: str) -> list[str]:
+    chosen = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = sorted(set(chosen) - set(SECTIONS))
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(f"sections are a comma-separated subset of {','.join(SECTIONS)}")
+    return chosen
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m gpu.bench", description=PACKAGE_DOC.split("\n")[0])
+    parser.add_argument("--tiny", action="store_true", help="CPU smoke run on the tiny pipeline (automatic without CUDA)")
+    parser.add_argument("--json", type=Path, help="also write every number to this JSON file")
+    parser.add_argument("--sections", type=_sections, default=list(SECTIONS),
+                        help="comma-separated subset of inference,training,latency (default: all)")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="DATA_DIR for ours (its compile-cache/ is reused); default: a fresh temporary folder")
+    parser.add_argument("--variant", action="append", metavar="KEY=VALUE",
+                        help="extra inference column: ours with this environment setting, e.g. "
+                             "ZIMAGE_COMPILE_VAE=on (repeatable; same process, same compile cache)")
+    parser.add_argument("--profile", action="store_true",
+                        help="profile one image of stock and of ours (GPU kernel time by category)")
+    parser.add_argument("--fp8", action="store_true", help="extra column: ours with ZIMAGE_QUANT=fp8 (needs torchao)")
+    parser.add_argument("--deadline-s", type=float, default=560.0,
+                        help="skip optional phases that would not fit in this many seconds")
+    parser.add_argument("--phase", choices=["main", "warm-start", "ours"], default="main", help=argparse.SUPPRESS)
+    parser.add_argument("--child-json", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--spawned-at", type=float, default=None, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.spawned_at is None:
+        args.spawned_at = time.time()
+    if not args.tiny:
+        import torch
+
+        if not torch.cuda.is_available():
+            log("no CUDA device: running the tiny CPU smoke benchmark")
+            args.tiny = True
+    if args.phase != "main":
+        if args.data_dir is None:
+            raise SystemExit("--data-dir is required for a child phase")
+        result = phase_child(args)
+        args.child_json.write_text(json.dumps(result, default=str))
+        return 0
+    results = phase_main(args)
+    print(render_report(results), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""Small helpers shared by the benchmark's modules: logging, timing, peak memory, formatting."""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+
+GIB = 1024**3
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def sync() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def timed(fn) -> float:
+    """Wall seconds of fn(), with the device synchronised before and after."""
+    sync()
+    started = time.perf_counter()
+    fn()
+    sync()
+    return time.perf_counter() - started
+
+
+def reset_peak() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_gib() -> float | None:
+    """torch.cuda.max_memory_allocated since the last reset_peak(), in GiB (None on the CPU)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return round(torch.cuda.max_memory_allocated() / GIB, 2)
+    return None
+
+
+def free_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def stats(values: list[float], digits: int = 4) -> dict:
+    """Median, mean, min, max and the values themselves, rounded."""
+    if not values:
+        return {"n": 0}
+    return {"n": len(values), "median_s": round(statistics.median(values), digits),
+            "mean_s": round(statistics.fmean(values), digits), "min_s": round(min(values), digits),
+            "max_s": round(max(values), digits), "runs_s": [round(v, digits) for v in values]}
+
+
+def error_text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:300]
+
+
+def fmt(value, digits: int = 3) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
