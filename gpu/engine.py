@@ -114,18 +114,36 @@ class ImageEngine:
             return cached
         import torch
 
-        # The text encoder may sit on the CPU while a LoRA trains: encode where it is, then move.
-        encoder_device = self.pipe.text_encoder.device
         with torch.inference_mode():
-            embeds, _ = self.pipe.encode_prompt(
-                prompt, device=encoder_device, do_classifier_free_guidance=False,
-                max_sequence_length=MAX_SEQUENCE_LENGTH,
-            )
-        embeds = [embed.to(self.device) for embed in embeds]
+            if self.pipe.text_encoder.device.type == torch.device(self.device).type:
+                embeds, _ = self.pipe.encode_prompt(
+                    prompt, device=self.device, do_classifier_free_guidance=False,
+                    max_sequence_length=MAX_SEQUENCE_LENGTH,
+                )
+            else:
+                # A LoRA is training and moved the text encoder to the CPU: encode there, unpadded.
+                embeds = [self.encode_unpadded(prompt).to(self.device)]
         self._prompt_cache[prompt] = embeds
         if len(self._prompt_cache) > PROMPT_CACHE_SIZE:
             self._prompt_cache.popitem(last=False)
         return embeds
+
+    def encode_unpadded(self, prompt: str):
+        """The pipeline's prompt embedding without its padding to 512 tokens.
+
+        The pipeline pads every prompt to 512 tokens and then keeps only the real ones. The text
+        encoder is causal and the padding comes last, so the real tokens' hidden states do not
+        depend on it: encoding just them gives the same embedding for a fraction of the work,
+        which matters on the CPU (1.4 s per prompt at full size while a LoRA trains)."""
+        import torch
+
+        encoder = self.pipe.text_encoder
+        tokens = self.tokenizer(self._templated(prompt), max_length=MAX_SEQUENCE_LENGTH, truncation=True,
+                                return_tensors="pt").to(encoder.device)
+        with torch.inference_mode():
+            hidden = encoder(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask.bool(),
+                             output_hidden_states=True).hidden_states[-2]
+        return hidden[0]
 
     def generate(
         self,

@@ -27,3 +27,19 @@ def test_tokenizer_is_byte_level_with_a_chat_template():
     assert text.startswith("<|im_start|>user\nhéllo 🦊<|im_end|>")
     ids = tokenizer(text).input_ids
     assert tokenizer.decode(ids) == text
+
+
+def test_unpadded_prompt_encoding_matches_the_pipeline(data_dir):
+    """While a LoRA trains the worker encodes prompts on the CPU without the 512-token padding."""
+    import torch
+
+    from gpu.engine import ImageEngine
+
+    engine = ImageEngine("tiny", data_dir)
+    engine.load_tokenizer()
+    engine.load()
+    for prompt in ("a red fox", "a much longer prompt about a lighthouse at dusk, oil painting, " * 3):
+        [padded], _ = engine.pipe.encode_prompt(prompt, device="cpu", do_classifier_free_guidance=False)
+        unpadded = engine.encode_unpadded(prompt)
+        assert unpadded.shape == padded.shape
+        torch.testing.assert_close(unpadded, padded, rtol=1e-4, atol=1e-5)
