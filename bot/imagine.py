@@ -6,6 +6,7 @@ checks: prompt, queue limit, rate limit, and the model's token limit (asked of t
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 from typing import TYPE_CHECKING
@@ -14,6 +15,7 @@ import discord
 
 from . import render
 from .errors import UserFacingError
+from .lora_import import default_scale
 from .sizes import ASPECT_SIZES
 from .worker.client import WorkerUnavailable
 
@@ -46,11 +48,19 @@ class ImagineService:
     def __init__(self, bot: ZImageBot):
         self.bot = bot
 
-    async def selected_loras(self, user_id: int, guild_id: int | None) -> list[dict]:
-        """The adapters picked with /lora use, as worker params. The name carries the step, so a
-        newer checkpoint is a new adapter to the worker's cache, not a stale hit."""
-        return [{"name": f"lora{lora.id}-s{lora.steps}", "path": lora.path, "scale": scale, "label": lora.name}
-                for lora, scale in await self.bot.loras.selection(user_id, guild_id)]
+    async def selected_loras(self, user_id: int, guild_id: int | None, override: str | None = None) -> list[dict]:
+        """The adapters picked with /lora use (or only `override`, a LoRA name, at the default scale), as
+        worker params. The name carries the step and a digest of the path, so every file version (a newer
+        checkpoint, a re-import reusing an id) is a new adapter to the worker's cache, not a stale hit."""
+        if override is None:
+            picked = await self.bot.loras.selection(user_id, guild_id)
+        else:
+            usable = await self.bot.loras.usable_by(user_id, guild_id) if guild_id else []
+            picked = [(lora, default_scale()) for lora in usable if lora.name == override.strip().lower()]
+            if not picked:
+                raise UserFacingError(f"You have no LoRA `{override}` here (yours, or one shared in this server).")
+        return [{"name": f"lora{lora.id}-s{lora.steps}-{hashlib.sha1(lora.path.encode()).hexdigest()[:8]}",
+                 "path": lora.path, "scale": scale, "label": lora.name} for lora, scale in picked]
 
     async def clean_prompt(self, prompt: str) -> str:
         prompt = prompt.strip()

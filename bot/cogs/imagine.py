@@ -10,6 +10,7 @@ from discord.ext import commands
 
 from ..imagine import MAX_PROMPT_CHARS, MAX_SEED, build_params, consecutive_seeds, random_seed
 from ..sizes import ASPECT_SIZES, DEFAULT_ASPECT
+from .lora import usable_choices
 
 if TYPE_CHECKING:
     from ..client import ZImageBot
@@ -24,6 +25,9 @@ class ImagineCog(commands.Cog):
     def __init__(self, bot: ZImageBot):
         self.bot = bot
 
+    async def lora_autocomplete(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+        return await usable_choices(self.bot, interaction, current)
+
     @app_commands.command(name="imagine", description="Generate images from a text prompt with Z-Image-Turbo")
     @app_commands.describe(
         prompt="What to draw",
@@ -31,8 +35,10 @@ class ImagineCog(commands.Cog):
         seed="Seed for reproducible images (random when left out)",
         count="How many images (1-4)",
         steps="Denoising steps (8 is what Turbo was made for)",
+        lora="A LoRA for this image only, instead of those picked with /lora use",
     )
     @app_commands.choices(aspect=ASPECT_CHOICES)
+    @app_commands.autocomplete(lora=lora_autocomplete)
     async def imagine(
         self,
         interaction: discord.Interaction,
@@ -41,11 +47,12 @@ class ImagineCog(commands.Cog):
         seed: app_commands.Range[int, 0, MAX_SEED] | None = None,
         count: app_commands.Range[int, 1, 4] = 1,
         steps: app_commands.Range[int, 1, 16] = 8,
+        lora: str | None = None,
     ) -> None:
         if aspect not in ASPECT_SIZES:
             aspect = DEFAULT_ASPECT
         seeds = consecutive_seeds(random_seed() if seed is None else seed, count)
-        loras = await self.bot.imagine.selected_loras(interaction.user.id, interaction.guild_id)
+        loras = await self.bot.imagine.selected_loras(interaction.user.id, interaction.guild_id, lora)
         params = build_params(prompt, aspect, steps, seeds, interaction.filesize_limit, loras)
         await self.bot.imagine.submit(interaction, params)
 

@@ -147,6 +147,8 @@ class Lora(Base):
     job_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     shared: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    source: Mapped[str | None] = mapped_column(String(16), nullable=True)  # None: trained here; else the import format
+    origin: Mapped[str | None] = mapped_column(Text, nullable=True)  # the file name or url it was imported from
 
 
 class LoraSelection(Base):
