@@ -11,7 +11,6 @@ import torch
 
 from bot_process import BotProcess
 from e2e_helpers import pixels, pngs, queued_job, wait_result
-from fake_discord import FakeDiscord
 
 pytestmark = pytest.mark.e2e
 
@@ -49,14 +48,6 @@ def lora_files(tiny_models_dir) -> dict[str, bytes]:
     return {"kohya": safetensors_bytes(kohya), "toolkit": safetensors_bytes(toolkit),
             "wrong": safetensors_bytes({"diffusion_model.layers.0.attention.to_q.lora_A.weight": torch.zeros(4, 48),
                                         "diffusion_model.layers.0.attention.to_q.lora_B.weight": torch.zeros(32, 4)})}
-
-
-@pytest.fixture
-async def fake():
-    fake = FakeDiscord()
-    await fake.start()
-    yield fake
-    await fake.stop()
 
 
 @pytest.fixture
