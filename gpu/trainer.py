@@ -19,168 +19,54 @@ Contract with generation (gpu/adapters.py; everything runs on the worker's one G
 * The loop is the caller's: ``prepare()`` once, then ``step()`` until ``done``, ``save_checkpoint()``
   when ``checkpoint_due``, ``sample()`` when wanted, ``close()`` at the end (or on cancel).
 
-Training is flow matching as the pipeline samples it: ``x_t = (1 - s) x0 + s eps``, the transformer
-sees time ``1 - s`` and predicts ``x0 - eps`` (the pipeline negates the output before the Euler step
-``x += (s_next - s) * (eps - x0)``). The data order and the noise of step k derive from
+Training is flow matching (gpu/flow_matching.py); the data order and the noise of step k derive from
 (seed, k) alone, so a resumed run repeats exactly what an uninterrupted run would have done.
+
+This module is the stateful trainer (setup, adapter state, optimizer step, sampling, teardown); its
+parts live beside it: gpu/train_config.py (``TrainConfig``, ``TrainerError``), gpu/trainee_adapters.py
+(peft handling), gpu/checkpoints.py (the checkpoint folders), gpu/flow_matching.py (the objective),
+gpu/loss_curve.py (the loss PNG). Their public names are re-exported here (``from gpu.trainer import``).
 """
 
 from __future__ import annotations
 
 import gc
-import hashlib
-import io
-import json
 import logging
 import math
-import os
-import re
-import shutil
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from .adapters import (
-    TRAINEE_ADAPTER,
-    TRAINING_ADAPTER,
-    AdapterError,
-    adapter_names,
-    apply_adapters,
-    quiet_peft,
-    remove_peft_if_empty,
-    resolve_lora_file,
+from .adapters import TRAINEE_ADAPTER, TRAINING_ADAPTER, adapter_names, apply_adapters
+from .checkpoints import (
+    LORA_FILE,
+    META_FILE,
+    STATE_FILE,
+    Checkpoint,
+    check_compatible,
+    latest_state,
+    list_checkpoints,
+    prune_checkpoints,
+    training_state,
+    write_checkpoint,
+)
+from .flow_matching import autocast, derived_seed, flow_matching_loss, sample_index
+from .loss_curve import render_loss_curve
+from .train_config import TIMESTEP_SAMPLING, TrainConfig, TrainerError
+from .trainee_adapters import (
+    adapter_signature,
+    add_trainee,
+    find_trainee_layer,
+    remove_trainer_adapters,
+    set_training_state,
+    training_adapter_file,
 )
 from .training_data import DatasetError, Sample, encode_caption, load_or_build
 
 log = logging.getLogger(__name__)
 
-TIMESTEP_SAMPLING = ("sigmoid", "shift", "uniform")
-STATE_FILE = "training_state.pt"
-META_FILE = "checkpoint.json"
-LORA_FILE = "pytorch_lora_weights.safetensors"
-_CHECKPOINT_RE = re.compile(r"^step-(\d{6,})$")
-
-__all__ = ["TRAINEE_ADAPTER", "TRAINING_ADAPTER", "Checkpoint", "DatasetError", "LoraTrainer", "TrainConfig",
-           "TrainerError", "list_checkpoints", "render_loss_curve"]
-
-
-class TrainerError(Exception):
-    """Training cannot go on; the message can be shown to the user."""
-
-
-@dataclass
-class TrainConfig:
-    rank: int = 64
-    alpha: int = 64
-    steps: int = 4000
-    learning_rate: float = 2e-4
-    weight_decay: float = 1e-4
-    timestep_sampling: str = "sigmoid"  # also "shift", "uniform"
-    resolution: int = 512  # aspect buckets around resolution**2 pixels
-    checkpoint_every: int = 250
-    keep_checkpoints: int = 7
-    seed: int = 0
-    target_modules: tuple = ("to_q", "to_k", "to_v", "to_out.0", "w1", "w2", "w3")
-    training_adapter: str | None = None  # de-distillation LoRA (ai-toolkit or diffusers format)
-    sample_prompt: str = ""  # empty: the first caption of the dataset
-    sample_seed: int = 42
-    sample_steps: int = 8
-    max_grad_norm: float = 1.0  # 0 turns clipping off
-    gradient_checkpointing: bool = False  # less memory, about 2x slower steps
-
-    def validate(self) -> None:
-        problems = []
-        if self.rank < 1 or self.alpha <= 0:
-            problems.append("rank and alpha must be positive")
-        if self.steps < 1 or self.checkpoint_every < 1 or self.keep_checkpoints < 1 or self.sample_steps < 1:
-            problems.append("steps, checkpoint_every, keep_checkpoints and sample_steps must be at least 1")
-        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)) or self.weight_decay < 0:
-            problems.append("learning_rate must be positive and weight_decay not negative")
-        if self.timestep_sampling not in TIMESTEP_SAMPLING:
-            problems.append(f"timestep_sampling must be one of {', '.join(TIMESTEP_SAMPLING)}")
-        if self.resolution < 16 or self.resolution % 16 or self.resolution > 2048:
-            problems.append("resolution must be a multiple of 16 between 16 and 2048")
-        if not self.target_modules:
-            problems.append("target_modules is empty")
-        if problems:
-            raise ValueError("; ".join(problems))
-
-    def to_json(self) -> dict:
-        data = asdict(self)
-        data["target_modules"] = list(self.target_modules)
-        return data
-
-    @classmethod
-    def from_json(cls, data: dict) -> TrainConfig:
-        known = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(data) - set(known))
-        if unknown:
-            raise ValueError(f"unknown training settings: {', '.join(unknown)}")
-        values = {}
-        for name, value in data.items():
-            default = getattr(cls, name, None) if name != "target_modules" else ()
-            values[name] = _coerce(name, value, default)
-        config = cls(**values)
-        config.validate()
-        return config
-
-
-def _coerce(name: str, value, default):
-    try:
-        if name == "target_modules":
-            if isinstance(value, str) or not all(isinstance(item, str) for item in value):
-                raise TypeError("expected a list of module names")
-            return tuple(value)
-        if name == "training_adapter":
-            return None if value in (None, "") else str(value)
-        if isinstance(default, bool):
-            if not isinstance(value, bool):
-                raise TypeError("expected true or false")
-            return value
-        if isinstance(default, int) and not isinstance(value, bool):
-            if float(value) != int(value):
-                raise ValueError("expected a whole number")
-            return int(value)
-        if isinstance(default, float):
-            return float(value)
-        return str(value)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"bad value {value!r} for {name}: {exc}") from exc
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    step: int
-    path: Path  # the checkpoint folder: pipe.load_lora_weights(path) loads it
-    lora_file: Path  # diffusers-format LoRA (safetensors)
-    loss: float  # mean loss of the steps since the previous checkpoint
-    seconds_per_step: float  # mean over the same steps
-
-
-def list_checkpoints(output_dir: Path) -> list[Checkpoint]:
-    """Finished checkpoints in output_dir/checkpoints, oldest first."""
-    found = []
-    for folder in _checkpoint_dirs(Path(output_dir)):
-        try:
-            meta = json.loads((folder / META_FILE).read_text())
-        except (OSError, ValueError):
-            continue
-        found.append(Checkpoint(int(meta["step"]), folder, folder / LORA_FILE, float(meta["loss"]),
-                                float(meta["seconds_per_step"])))
-    return found
-
-
-def _checkpoint_dirs(output_dir: Path) -> list[Path]:
-    root = output_dir / "checkpoints"
-    if not root.is_dir():
-        return []
-    folders = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _CHECKPOINT_RE.match(p.name))]
-    return [p for _, p in sorted(folders)]
-
-
-def _derived_seed(seed: int, kind: str, index: int) -> int:
-    digest = hashlib.sha256(f"{seed}:{kind}:{index}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+__all__ = ["LORA_FILE", "META_FILE", "STATE_FILE", "TIMESTEP_SAMPLING", "TRAINEE_ADAPTER", "TRAINING_ADAPTER", "Checkpoint",
+           "DatasetError", "LoraTrainer", "TrainConfig", "TrainerError", "list_checkpoints", "render_loss_curve"]
 
 
 @dataclass
@@ -253,7 +139,7 @@ class LoraTrainer:
         if TRAINEE_ADAPTER in adapter_names(self.transformer):
             raise TrainerError("another training is already running on this model")
         if self.has_training_adapter:
-            self._training_adapter_file()  # fail before minutes of encoding, not after
+            training_adapter_file(self.config.training_adapter)  # fail before minutes of encoding, not after
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.samples = load_or_build(self.pipe, self.dataset_dir, self.output_dir / "cache.pt", self.config.resolution)
         self._latents = [sample.latent.to(self.device) for sample in self.samples]  # float32
@@ -279,41 +165,11 @@ class LoraTrainer:
             encoder.to("cpu")
 
     def _add_adapters(self) -> None:
-        import torch
-        from peft import LoraConfig
-
         self._saved.requires_grad = {param: param.requires_grad for param in self.transformer.parameters()}
-        lora_config = LoraConfig(r=self.config.rank, lora_alpha=self.config.alpha, init_lora_weights=True,
-                                 target_modules=list(self.config.target_modules))
-        devices = [self.device] if self.device.type == "cuda" else []
-        with quiet_peft(), torch.random.fork_rng(devices=devices):
-            torch.manual_seed(_derived_seed(self.config.seed, "init", 0))  # lora_A's init: same seed, same run
-            try:
-                self.transformer.add_adapter(lora_config, adapter_name=TRAINEE_ADAPTER)
-            except ValueError as exc:
-                raise TrainerError(f"the LoRA cannot be added: {exc}") from exc
-            if self.has_training_adapter:
-                self._load_training_adapter()
-        marker = f".{TRAINEE_ADAPTER}."
-        self._trainee_params = [param for name, param in self.transformer.named_parameters() if marker in name]
-        for param in self._trainee_params:
-            param.data = param.data.to(torch.float32)  # fp32 master weights; the forward autocasts on CUDA
+        self._trainee_params = add_trainee(self.pipe, self.transformer, self.config, self.device)
         if self.config.gradient_checkpointing:
             self._saved.checkpointing = bool(self.transformer.gradient_checkpointing)
             self.transformer.enable_gradient_checkpointing()
-
-    def _training_adapter_file(self) -> Path:
-        try:
-            return resolve_lora_file(self.config.training_adapter)
-        except AdapterError as exc:
-            raise TrainerError(f"the training adapter could not be loaded: {exc}") from exc
-
-    def _load_training_adapter(self) -> None:
-        file = self._training_adapter_file()
-        try:
-            self.pipe.load_lora_weights(str(file), adapter_name=TRAINING_ADAPTER)
-        except (OSError, ValueError, RuntimeError) as exc:
-            raise TrainerError(f"the training adapter could not be loaded: {exc}") from exc
 
     def _make_optimizer(self):
         import torch
@@ -332,28 +188,12 @@ class LoraTrainer:
     # -- adapter state ----------------------------------------------------------------------------------------
 
     def _adapter_signature(self) -> tuple:
-        probe = self._probe_layer()
-        return (tuple(adapter_names(self.transformer)), tuple(probe.active_adapters), bool(probe.disable_adapters),
-                self._trainee_params[0].requires_grad)
-
-    def _probe_layer(self):
-        """One LoRA layer holding the trainee: its state stands for every layer (set_adapters sets all)."""
-        if self._probe is not None and TRAINEE_ADAPTER in self._probe.lora_A:
-            return self._probe
-        for module in self.transformer.modules():
-            lora_a = getattr(module, "lora_A", None)
-            if lora_a is not None and TRAINEE_ADAPTER in lora_a:
-                self._probe = module
-                return module
-        raise TrainerError("the LoRA being trained was removed from the model")
+        self._probe = find_trainee_layer(self.transformer, self._probe)
+        return adapter_signature(self.transformer, self._probe, self._trainee_params)
 
     def _configure_training(self) -> None:
         """Trainee (+ training adapter) active; only the trainee's parameters take gradients."""
-        names = [TRAINEE_ADAPTER] + ([TRAINING_ADAPTER] if self.has_training_adapter else [])
-        apply_adapters(self.transformer, names, [1.0] * len(names))
-        trainee = {id(param) for param in self._trainee_params}
-        for param in self.transformer.parameters():
-            param.requires_grad_(id(param) in trainee)
+        set_training_state(self.transformer, self._trainee_params, self.has_training_adapter)
         self._training_state = self._adapter_signature()
 
     def _ensure_training_state(self) -> None:
@@ -400,77 +240,28 @@ class LoraTrainer:
         self._step_seconds.append(time.perf_counter() - started)
         return value
 
-    def _sample_index(self, step: int) -> int:
-        import torch
-
-        count = len(self.samples)
-        epoch, position = divmod(step, count)
-        order = torch.randperm(count, generator=torch.Generator().manual_seed(_derived_seed(self.config.seed, "order", epoch)))
-        return int(order[position])
-
-    def _sigma(self, generator) -> float:
-        import torch
-
-        mode = self.config.timestep_sampling
-        if mode == "sigmoid":
-            sigma = float(torch.sigmoid(torch.randn(1, generator=generator)))
-        else:
-            sigma = float(torch.rand(1, generator=generator))
-            if mode == "shift":
-                shift = float(self.pipe.scheduler.config.get("shift", 3.0))
-                sigma = shift * sigma / (1 + (shift - 1) * sigma)
-        return min(max(sigma, 1e-3), 1.0)
-
     def _loss(self, step: int):
         import torch
-        import torch.nn.functional as F
 
-        index = self._sample_index(step)
-        generator = torch.Generator().manual_seed(_derived_seed(self.config.seed, "noise", step))
-        clean = self._latents[index]
-        noise = torch.randn(clean.shape, generator=generator).to(self.device, clean.dtype)
-        sigma = self._sigma(generator)
-        noisy = (1.0 - sigma) * clean + sigma * noise
-        target = clean - noise
-        timestep = torch.tensor([1.0 - sigma], device=self.device, dtype=torch.float32)
-        with self._autocast():
-            out = self.transformer([noisy.to(self.dtype).unsqueeze(1)], timestep, [self._embeds[index]], return_dict=False)[0]
-        return F.mse_loss(out[0].float().squeeze(1), target.float())
+        index = sample_index(self.config.seed, step, len(self.samples))
+        generator = torch.Generator().manual_seed(derived_seed(self.config.seed, "noise", step))
+        return flow_matching_loss(self.transformer, self.pipe, self._latents[index], self._embeds[index], generator,
+                                  self.config.timestep_sampling, self.device, self.dtype)
 
     def _autocast(self):
-        import contextlib
-
-        import torch
-
-        if self.device.type == "cuda" and self.dtype in (torch.bfloat16, torch.float16):
-            return torch.autocast("cuda", dtype=self.dtype)
-        return contextlib.nullcontext()
+        return autocast(self.device, self.dtype)
 
     # -- checkpoints ------------------------------------------------------------------------------------------
 
     def save_checkpoint(self) -> Checkpoint:
         """LoRA (diffusers format) + training state in output_dir/checkpoints/step-NNNNNN/, then prune."""
         self._require_prepared()
-        root = self.output_dir / "checkpoints"
-        final = root / f"step-{self._step:06d}"
-        scratch = root / f"{final.name}.tmp"
-        shutil.rmtree(scratch, ignore_errors=True)
-        scratch.mkdir(parents=True)
-        self._write_lora(scratch)
-        self._write_state(scratch / STATE_FILE)
-        since = self._step % self.config.checkpoint_every or self.config.checkpoint_every
-        recent_losses, recent_seconds = self._losses[-since:], self._step_seconds[-since:]
-        loss = sum(recent_losses) / len(recent_losses) if recent_losses else float("nan")
-        seconds = sum(recent_seconds) / len(recent_seconds) if recent_seconds else 0.0
-        meta = {"step": self._step, "loss": loss, "seconds_per_step": seconds, "config": self.config.to_json(),
-                "saved_at": time.time()}
-        (scratch / META_FILE).write_text(json.dumps(meta, indent=1))
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(scratch, final)
+        checkpoint = write_checkpoint(self.output_dir, self._step, self.config, self._losses, self._step_seconds,
+                                      self._write_lora, self._checkpoint_state)
         self._saved_step = self._step
-        self._prune()
-        log.info("checkpoint %s (loss %.4f, %.3f s/step)", final, loss, seconds)
-        return Checkpoint(self._step, final, final / LORA_FILE, loss, seconds)
+        prune_checkpoints(self.output_dir, self.config.keep_checkpoints)
+        log.info("checkpoint %s (loss %.4f, %.3f s/step)", checkpoint.path, checkpoint.loss, checkpoint.seconds_per_step)
+        return checkpoint
 
     def lora_state_dict(self) -> dict:
         """The trainee's LoRA in diffusers/peft naming, in the pipeline's dtype, on the CPU."""
@@ -484,41 +275,18 @@ class LoraTrainer:
         type(self.pipe).save_lora_weights(folder, transformer_lora_layers=self.lora_state_dict(),
                                           transformer_lora_adapter_metadata=metadata)
 
-    def _write_state(self, path: Path) -> None:
-        import torch
-
-        names = {id(param): name for name, param in self.transformer.named_parameters()}
-        state = {
-            "step": self._step,
-            "losses": list(self._losses),
-            "step_seconds": list(self._step_seconds),
-            "config": self.config.to_json(),
-            "trainee": {names[id(param)]: param.detach().to("cpu").clone() for param in self._trainee_params},
-            "optimizer": self.optimizer.state_dict(),
-            "rng_cpu": torch.get_rng_state(),
-            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        }
-        torch.save(state, path)
-
-    def _prune(self) -> None:
-        """Keep the newest keep_checkpoints folders; only the newest keeps its (large) training state."""
-        folders = _checkpoint_dirs(self.output_dir)
-        for stale in folders[: -self.config.keep_checkpoints]:
-            shutil.rmtree(stale, ignore_errors=True)
-        for older in folders[-self.config.keep_checkpoints: -1]:
-            (older / STATE_FILE).unlink(missing_ok=True)
-        for scratch in (self.output_dir / "checkpoints").glob("*.tmp"):
-            shutil.rmtree(scratch, ignore_errors=True)
+    def _checkpoint_state(self) -> dict:
+        return training_state(self.transformer, self._trainee_params, self.optimizer, self._step, self._losses,
+                              self._step_seconds, self.config)
 
     def _resume_from_checkpoint(self) -> None:
         import torch
 
-        candidates = [folder for folder in _checkpoint_dirs(self.output_dir) if (folder / STATE_FILE).is_file()]
-        if not candidates:
+        found = latest_state(self.output_dir)
+        if found is None:
             return
-        folder = candidates[-1]
-        state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
-        self._check_compatible(state["config"])
+        folder, state = found
+        check_compatible(state["config"], self.config)
         params = dict(self.transformer.named_parameters())
         with torch.no_grad():
             for name, value in state["trainee"].items():
@@ -531,12 +299,6 @@ class LoraTrainer:
         if state["rng_cuda"] and torch.cuda.is_available() and len(state["rng_cuda"]) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(state["rng_cuda"])
         log.info("resumed training from %s at step %d", folder, self._step)
-
-    def _check_compatible(self, saved: dict) -> None:
-        for key in ("rank", "alpha", "target_modules"):
-            mine = self.config.to_json()[key]
-            if saved.get(key) != mine:
-                raise TrainerError(f"the checkpoint was trained with {key}={saved.get(key)!r}, not {mine!r}")
 
     # -- sampling and reporting -------------------------------------------------------------------------------
 
@@ -579,7 +341,7 @@ class LoraTrainer:
         if self._closed:
             return
         self._closed = True
-        self._remove_adapters()
+        remove_trainer_adapters(self.pipe, self.transformer)
         for param, flag in self._saved.requires_grad.items():
             param.requires_grad_(flag)
         if self.config.gradient_checkpointing and not self._saved.checkpointing:
@@ -592,15 +354,6 @@ class LoraTrainer:
         self._saved = _SavedFlags()
         _free_memory(self.device)
 
-    def _remove_adapters(self) -> None:
-        mine = [name for name in (TRAINEE_ADAPTER, TRAINING_ADAPTER) if name in adapter_names(self.transformer)]
-        with quiet_peft():
-            if mine:
-                self.pipe.delete_adapters(mine)
-            if adapter_names(self.transformer):
-                apply_adapters(self.transformer, [], [])  # user LoRAs stay loaded, switched off
-            remove_peft_if_empty(self.transformer)
-
 
 def _free_memory(device) -> None:
     import torch
@@ -609,45 +362,3 @@ def _free_memory(device) -> None:
     if getattr(device, "type", str(device)) == "cuda":
         torch.cuda.empty_cache()
 
-
-def _moving_average(values: list[float], window: int) -> list[float]:
-    averaged, total = [], 0.0
-    for index, value in enumerate(values):
-        total += value
-        if index >= window:
-            total -= values[index - window]
-        averaged.append(total / min(index + 1, window))
-    return averaged
-
-
-def render_loss_curve(losses: list[float], width: int = 480, height: int = 240) -> bytes:
-    """A small PNG: raw losses in grey, their moving average in blue, min/max and step count labelled."""
-    from PIL import Image, ImageDraw
-
-    image = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(image)
-    left, top, right, bottom = 48, 12, width - 12, height - 24
-    draw.rectangle((left, top, right, bottom), outline=(160, 160, 160))
-    values = [value for value in losses if math.isfinite(value)]
-    if values:
-        low, high = min(values), max(values)
-        span = (high - low) or 1.0
-        count = len(values)
-
-        def point(index: int, value: float) -> tuple[float, float]:
-            x = left + (right - left) * (index / max(count - 1, 1))
-            return x, bottom - (bottom - top) * (value - low) / span
-
-        for index, value in enumerate(values):
-            draw.point(point(index, value), fill=(190, 190, 190))
-        averaged = _moving_average(values, max(1, count // 20))
-        if count > 1:
-            draw.line([point(i, v) for i, v in enumerate(averaged)], fill=(30, 90, 200), width=2)
-        draw.text((4, top), f"{high:.3f}", fill="black")
-        draw.text((4, bottom - 10), f"{low:.3f}", fill="black")
-        draw.text((left, bottom + 6), f"loss, {count} steps (moving average of {max(1, count // 20)})", fill="black")
-    else:
-        draw.text((left + 8, top + 8), "no steps yet", fill="black")
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()

@@ -13,6 +13,10 @@ that is renamed to images/ only on success and removed on failure. Synchronous: 
 `asyncio.to_thread`. Duplicates are found by a SHA-256 of the final decoded pixels (after
 orientation, RGB conversion and resizing), so re-encoded copies and copies with other metadata
 are dropped too. The PNGs carry no metadata (EXIF, GPS, ...).
+
+This module sorts and converts the entries (photos, caption files, skipped files) and reports on
+them; the zip-level checks and the bounded reader are in bot/training/archive.py, whose
+`IntakeError` and `IntakeLimits` are re-exported here.
 """
 
 from __future__ import annotations
@@ -21,7 +25,6 @@ import json
 import os
 import re
 import shutil
-import stat
 import tempfile
 import unicodedata
 import zipfile
@@ -30,14 +33,15 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from . import images
+from .archive import MIB as MIB  # MIB and display_name: re-exported, their old import path
+from .archive import NOT_A_ZIP, BoundedReader, IntakeError, IntakeLimits, check_entries, format_size
+from .archive import display_name as display_name
+from .archive import precheck_directory as _precheck_directory  # called through this module's name (tests patch it)
 
 __all__ = ["IntakeError", "IntakeLimits", "IntakeReport", "prepare_dataset"]
 
-MIB = 1024 * 1024
 CAPTION_MAX_CHARS = 1000
 _CAPTION_READ_BYTES = 64 * 1024  # a caption file is read this far at most
-_CHUNK = MIB
-_CD_BYTES_PER_ENTRY = 1024  # generous bound on one central-directory record, for the pre-check
 
 # Reasons for skipped entries (stable strings: the summary groups by them).
 FOLDER = "folder"
@@ -67,25 +71,6 @@ _NOUNS = {  # reason -> (singular, plural) for the summary
     MAC_METADATA: ("macOS metadata file", "macOS metadata files"),
     SYSTEM_FILE: ("system file", "system files"),
 }
-
-
-class IntakeError(Exception):
-    """The archive is refused as a whole; str(error) is a user-facing message."""
-
-
-@dataclass(frozen=True)
-class IntakeLimits:
-    max_archive_bytes: int = 512 * MIB
-    max_entries: int = 2000
-    max_total_uncompressed: int = 2048 * MIB
-    max_file_uncompressed: int = 64 * MIB
-    max_ratio: float = 100  # per entry, uncompressed / compressed
-    ratio_min_bytes: int = MIB  # the ratio applies only to entries bigger than this (.DS_Store & co. compress >100:1)
-    min_images: int = 10
-    max_images: int = 500
-    max_pixels: int = 40_000_000  # per image, checked on the header before decoding
-    longest_edge: int = 1024
-    min_edge: int = 64  # shorter edge below this: skipped as too small
 
 
 @dataclass
@@ -137,7 +122,7 @@ def prepare_dataset(
     except OSError:
         raise IntakeError("The uploaded file could not be read.") from None
     if archive_size > limits.max_archive_bytes:
-        raise IntakeError(f"The archive is {_size(archive_size)}; the limit is {_size(limits.max_archive_bytes)}.")
+        raise IntakeError(f"The archive is {format_size(archive_size)}; the limit is {format_size(limits.max_archive_bytes)}.")
 
     job_dir.mkdir(parents=True, exist_ok=True)
     root = job_dir.resolve()
@@ -150,13 +135,13 @@ def prepare_dataset(
     try:
         zf = zipfile.ZipFile(zip_path)
     except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError):
-        raise IntakeError(_NOT_A_ZIP) from None
+        raise IntakeError(NOT_A_ZIP) from None
 
     staging = Path(tempfile.mkdtemp(prefix=".intake-", dir=root))
     try:
         with zf:
             infos = zf.infolist()
-            _check_entries(infos, limits)
+            check_entries(infos, limits)
             report = _unpack(zf, infos, staging, root, caption, name.strip(), limits)
         _inside(root, images_dir)
         os.rename(staging / "images", images_dir)
@@ -171,94 +156,6 @@ def prepare_dataset(
         shutil.rmtree(staging, ignore_errors=True)
     report.manifest_path, report.images_dir = manifest_path, images_dir
     return report
-
-
-# --- archive checks ---------------------------------------------------------------------------
-
-_NOT_A_ZIP = "That file is not a zip archive, or it is damaged. Zip your photos and upload the .zip."
-
-
-def _precheck_directory(zip_path: Path, limits: IntakeLimits) -> None:
-    """Refuse a huge central directory before zipfile parses all of it into memory."""
-    end_record = getattr(zipfile, "_EndRecData", None)
-    if end_record is None:  # private helper gone in some future Python: rely on the checks after opening
-        return
-    try:
-        with open(zip_path, "rb") as fp:
-            record = end_record(fp)
-    except (OSError, EOFError, ValueError, zipfile.BadZipFile):
-        raise IntakeError(_NOT_A_ZIP) from None
-    if record is None:
-        raise IntakeError(_NOT_A_ZIP)
-    entries, directory_size = record[zipfile._ECD_ENTRIES_TOTAL], record[zipfile._ECD_SIZE]
-    if entries > limits.max_entries or directory_size > limits.max_entries * _CD_BYTES_PER_ENTRY:
-        raise IntakeError(f"The archive has too many files (the limit is {limits.max_entries}).")
-
-
-def _check_entries(infos: list[zipfile.ZipInfo], limits: IntakeLimits) -> None:
-    if len(infos) > limits.max_entries:
-        raise IntakeError(f"The archive has {len(infos)} files; the limit is {limits.max_entries}.")
-    total = 0
-    for info in infos:
-        shown = display_name(info.filename)
-        parts = info.filename.replace("\\", "/").split("/")
-        if info.filename.startswith(("/", "\\")) or re.match(r"[A-Za-z]:", info.filename):
-            raise IntakeError(f"The archive contains an absolute path ({shown}). Zip the photos with relative paths.")
-        if ".." in parts:
-            raise IntakeError(f"The archive contains a path that climbs out of its folder ({shown}).")
-        if stat.S_ISLNK(info.external_attr >> 16):
-            raise IntakeError(f"The archive contains a symbolic link ({shown}). Zip the photos themselves.")
-        if info.flag_bits & 0x1:
-            raise IntakeError(f"{shown} is password-protected. Upload an archive without a password.")
-        if info.file_size > limits.max_file_uncompressed:
-            raise IntakeError(
-                f"{shown} unpacks to {_size(info.file_size)}; files may be at most {_size(limits.max_file_uncompressed)}."
-            )
-        if info.file_size > max(limits.ratio_min_bytes, info.compress_size * limits.max_ratio):
-            ratio = info.file_size / max(1, info.compress_size)
-            raise IntakeError(
-                f"{shown} is compressed {ratio:.0f}:1 (the limit is {limits.max_ratio:g}:1); "
-                "the archive looks like a zip bomb and was refused."
-            )
-        total += info.file_size
-    if total > limits.max_total_uncompressed:
-        raise IntakeError(f"The archive unpacks to {_size(total)}; the limit is {_size(limits.max_total_uncompressed)}.")
-
-
-class _Reader:
-    """Reads entries while enforcing the limits on the bytes actually decompressed."""
-
-    def __init__(self, zf: zipfile.ZipFile, limits: IntakeLimits) -> None:
-        self.zf, self.limits, self.total = zf, limits, 0
-
-    def read(self, info: zipfile.ZipInfo, *, at_most: int | None = None) -> bytes:
-        """The entry's bytes (only the first `at_most` if given). Raises IntakeError, NotImplementedError."""
-        limits, shown = self.limits, display_name(info.filename)
-        cap = min(limits.max_file_uncompressed, max(limits.ratio_min_bytes, int(info.compress_size * limits.max_ratio)))
-        chunks, size = [], 0
-        try:
-            with self.zf.open(info) as fh:
-                while True:
-                    want = _CHUNK if at_most is None else min(_CHUNK, at_most - size)
-                    chunk = fh.read(want) if want > 0 else b""
-                    if not chunk:
-                        break
-                    size += len(chunk)
-                    self.total += len(chunk)
-                    if size > info.file_size:
-                        raise IntakeError(f"{shown} is larger than its header says; the archive was refused.")
-                    if size > cap:
-                        raise IntakeError(f"{shown} unpacks to more than {_size(cap)} (zip bomb?); the archive was refused.")
-                    if self.total > limits.max_total_uncompressed:
-                        raise IntakeError(
-                            f"The archive unpacks to more than {_size(limits.max_total_uncompressed)}; it was refused."
-                        )
-                    chunks.append(chunk)
-        except (IntakeError, NotImplementedError):  # NotImplementedError: a compression method zipfile lacks
-            raise
-        except Exception:  # BadZipFile (bad CRC, bad local header), zlib.error, EOFError, lzma.LZMAError, ...
-            raise IntakeError(f"The archive is damaged: {shown} could not be unpacked.") from None
-        return b"".join(chunks)
 
 
 # --- unpacking --------------------------------------------------------------------------------
@@ -295,7 +192,7 @@ def _unpack(
             candidates.append(info)
     candidates.sort(key=lambda info: _natural_key(info.filename))
 
-    reader = _Reader(zf, limits)
+    reader = BoundedReader(zf, limits)
     out_dir = _inside(root, staging / "images")
     out_dir.mkdir()
     entries: list[dict] = []
@@ -366,7 +263,7 @@ def _unpack(
     )
 
 
-def _load(reader: _Reader, info: zipfile.ZipInfo, path: PurePosixPath, limits: IntakeLimits) -> images.Photo:
+def _load(reader: BoundedReader, info: zipfile.ZipInfo, path: PurePosixPath, limits: IntakeLimits) -> images.Photo:
     return images.load_photo(
         reader.read(info),
         ext=path.suffix.casefold(),
@@ -403,13 +300,6 @@ def _clean_caption(text: str) -> str:
     return " ".join(text.split())[:CAPTION_MAX_CHARS].strip()
 
 
-def display_name(name: str, limit: int = 80) -> str:
-    """An entry name safe to show on Discord: no control/format characters or backticks, shortened, in `code`."""
-    clean = "".join(ch for ch in name if unicodedata.category(ch) not in ("Cc", "Cf")).replace("`", "'")
-    if len(clean) > limit:
-        clean = "…" + clean[-(limit - 1) :]
-    return f"`{clean or '?'}`"
-
 
 def _natural_key(name: str) -> list:
     return [int(part) if part.isdigit() else part.casefold() for part in re.split(r"(\d+)", name)]
@@ -425,11 +315,3 @@ def _group(reasons: list[str], top: int = 8) -> str:
     if len(counts) > top:
         phrases.append(f"{sum(n for _, n in counts[top:])} for other reasons")
     return ", ".join(phrases)
-
-
-def _size(n: int) -> str:
-    if n >= 1024 * MIB:
-        return f"{n / (1024 * MIB):.1f} GiB"
-    if n >= MIB:
-        return f"{n / MIB:.0f} MiB"
-    return f"{n / 1024:.0f} KiB" if n >= 1024 else f"{n} bytes"

@@ -1,0 +1,133 @@
+"""Checkpoint folders of a training run: layout, writing, pruning, finding and reading them back.
+
+Each checkpoint is ``output_dir/checkpoints/step-NNNNNN/`` holding the LoRA in diffusers format
+(``pipe.load_lora_weights(folder)`` loads it), ``checkpoint.json`` (step, mean loss and seconds per
+step since the previous checkpoint, config) and, for the newest only, ``training_state.pt`` (trainee
+weights, optimizer, RNG: what an exact resume needs). A folder is written as ``step-NNNNNN.tmp`` and
+renamed when complete, so ``list_checkpoints`` never sees half a checkpoint. Kept apart from
+gpu/trainer.py so that the on-disk format lives in one place, readable without a model (the bot lists
+checkpoints; gpu/trainer.py only decides when to save and what to restore).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .train_config import TrainConfig, TrainerError
+
+STATE_FILE = "training_state.pt"
+META_FILE = "checkpoint.json"
+LORA_FILE = "pytorch_lora_weights.safetensors"
+_CHECKPOINT_RE = re.compile(r"^step-(\d{6,})$")
+
+__all__ = ["LORA_FILE", "META_FILE", "STATE_FILE", "Checkpoint", "check_compatible", "checkpoint_dirs", "latest_state",
+           "list_checkpoints", "prune_checkpoints", "training_state", "write_checkpoint"]
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    step: int
+    path: Path  # the checkpoint folder: pipe.load_lora_weights(path) loads it
+    lora_file: Path  # diffusers-format LoRA (safetensors)
+    loss: float  # mean loss of the steps since the previous checkpoint
+    seconds_per_step: float  # mean over the same steps
+
+
+def list_checkpoints(output_dir: Path) -> list[Checkpoint]:
+    """Finished checkpoints in output_dir/checkpoints, oldest first."""
+    found = []
+    for folder in checkpoint_dirs(Path(output_dir)):
+        try:
+            meta = json.loads((folder / META_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+        found.append(Checkpoint(int(meta["step"]), folder, folder / LORA_FILE, float(meta["loss"]),
+                                float(meta["seconds_per_step"])))
+    return found
+
+
+def checkpoint_dirs(output_dir: Path) -> list[Path]:
+    """The step-NNNNNN folders in output_dir/checkpoints, oldest first (finished or not)."""
+    root = output_dir / "checkpoints"
+    if not root.is_dir():
+        return []
+    folders = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _CHECKPOINT_RE.match(p.name))]
+    return [p for _, p in sorted(folders)]
+
+
+def training_state(transformer, trainee_params: list, optimizer, step: int, losses: list[float],
+                   step_seconds: list[float], config: TrainConfig) -> dict:
+    """What ``training_state.pt`` holds: enough to continue exactly where the run stopped."""
+    import torch
+
+    names = {id(param): name for name, param in transformer.named_parameters()}
+    return {
+        "step": step,
+        "losses": list(losses),
+        "step_seconds": list(step_seconds),
+        "config": config.to_json(),
+        "trainee": {names[id(param)]: param.detach().to("cpu").clone() for param in trainee_params},
+        "optimizer": optimizer.state_dict(),
+        "rng_cpu": torch.get_rng_state(),
+        "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def write_checkpoint(output_dir: Path, step: int, config: TrainConfig, losses: list[float], step_seconds: list[float],
+                     write_lora: Callable[[Path], None], state: Callable[[], dict]) -> Checkpoint:
+    """LoRA (written by ``write_lora(folder)``) + ``state()`` + metadata in output_dir/checkpoints/step-NNNNNN/."""
+    import torch
+
+    root = output_dir / "checkpoints"
+    final = root / f"step-{step:06d}"
+    scratch = root / f"{final.name}.tmp"
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    write_lora(scratch)
+    torch.save(state(), scratch / STATE_FILE)
+    since = step % config.checkpoint_every or config.checkpoint_every
+    recent_losses, recent_seconds = losses[-since:], step_seconds[-since:]
+    loss = sum(recent_losses) / len(recent_losses) if recent_losses else float("nan")
+    seconds = sum(recent_seconds) / len(recent_seconds) if recent_seconds else 0.0
+    meta = {"step": step, "loss": loss, "seconds_per_step": seconds, "config": config.to_json(), "saved_at": time.time()}
+    (scratch / META_FILE).write_text(json.dumps(meta, indent=1))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(scratch, final)
+    return Checkpoint(step, final, final / LORA_FILE, loss, seconds)
+
+
+def prune_checkpoints(output_dir: Path, keep: int) -> None:
+    """Keep the newest `keep` folders; only the newest keeps its (large) training state."""
+    folders = checkpoint_dirs(output_dir)
+    for stale in folders[:-keep]:
+        shutil.rmtree(stale, ignore_errors=True)
+    for older in folders[-keep: -1]:
+        (older / STATE_FILE).unlink(missing_ok=True)
+    for scratch in (output_dir / "checkpoints").glob("*.tmp"):
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def latest_state(output_dir: Path) -> tuple[Path, dict] | None:
+    """(folder, training state) of the newest checkpoint that still has one, or None."""
+    import torch
+
+    candidates = [folder for folder in checkpoint_dirs(output_dir) if (folder / STATE_FILE).is_file()]
+    if not candidates:
+        return None
+    folder = candidates[-1]
+    return folder, torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
+
+
+def check_compatible(saved: dict, config: TrainConfig) -> None:
+    """Refuse a checkpoint whose LoRA shape differs from `config`'s (saved: the checkpoint's config)."""
+    for key in ("rank", "alpha", "target_modules"):
+        mine = config.to_json()[key]
+        if saved.get(key) != mine:
+            raise TrainerError(f"the checkpoint was trained with {key}={saved.get(key)!r}, not {mine!r}")

@@ -1,0 +1,106 @@
+"""The trainer's adapters on the shared transformer: adding, switching to training state, removing.
+
+``TRAINEE_ADAPTER`` is the LoRA being trained, ``TRAINING_ADAPTER`` the optional de-distillation LoRA
+active during training steps only (names and the contract with generation: gpu/adapters.py). These
+functions hold no state: gpu/trainer.py's ``LoraTrainer`` keeps the trainee's parameters and decides
+when the state must be set again. Kept apart from the trainer so its peft handling reads in one place.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .adapters import (
+    TRAINEE_ADAPTER,
+    TRAINING_ADAPTER,
+    AdapterError,
+    adapter_names,
+    apply_adapters,
+    quiet_peft,
+    remove_peft_if_empty,
+    resolve_lora_file,
+)
+from .flow_matching import derived_seed
+from .train_config import TrainConfig, TrainerError
+
+__all__ = ["add_trainee", "adapter_signature", "find_trainee_layer", "remove_trainer_adapters", "set_training_state",
+           "training_adapter_file"]
+
+
+def training_adapter_file(spec: str) -> Path:
+    """The de-distillation LoRA's file (a path or a name gpu/adapters.py resolves); TrainerError if missing."""
+    try:
+        return resolve_lora_file(spec)
+    except AdapterError as exc:
+        raise TrainerError(f"the training adapter could not be loaded: {exc}") from exc
+
+
+def _load_training_adapter(pipe, spec: str) -> None:
+    file = training_adapter_file(spec)
+    try:
+        pipe.load_lora_weights(str(file), adapter_name=TRAINING_ADAPTER)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise TrainerError(f"the training adapter could not be loaded: {exc}") from exc
+
+
+def add_trainee(pipe, transformer, config: TrainConfig, device) -> list:
+    """Add the trainee (initialised from config.seed) and the training adapter if configured.
+
+    Returns the trainee's parameters, turned into fp32 master weights (the forward autocasts on CUDA)."""
+    import torch
+    from peft import LoraConfig
+
+    lora_config = LoraConfig(r=config.rank, lora_alpha=config.alpha, init_lora_weights=True,
+                             target_modules=list(config.target_modules))
+    devices = [device] if device.type == "cuda" else []
+    with quiet_peft(), torch.random.fork_rng(devices=devices):
+        torch.manual_seed(derived_seed(config.seed, "init", 0))  # lora_A's init: same seed, same run
+        try:
+            transformer.add_adapter(lora_config, adapter_name=TRAINEE_ADAPTER)
+        except ValueError as exc:
+            raise TrainerError(f"the LoRA cannot be added: {exc}") from exc
+        if config.training_adapter is not None:
+            _load_training_adapter(pipe, config.training_adapter)
+    marker = f".{TRAINEE_ADAPTER}."
+    params = [param for name, param in transformer.named_parameters() if marker in name]
+    for param in params:
+        param.data = param.data.to(torch.float32)
+    return params
+
+
+def find_trainee_layer(transformer, cached=None):
+    """One LoRA layer holding the trainee (`cached` if it still does): its state stands for every layer
+    (set_adapters sets all)."""
+    if cached is not None and TRAINEE_ADAPTER in cached.lora_A:
+        return cached
+    for module in transformer.modules():
+        lora_a = getattr(module, "lora_A", None)
+        if lora_a is not None and TRAINEE_ADAPTER in lora_a:
+            return module
+    raise TrainerError("the LoRA being trained was removed from the model")
+
+
+def adapter_signature(transformer, layer, trainee_params: list) -> tuple:
+    """What the adapter state looks like now, to notice a change made by a generation in between."""
+    return (tuple(adapter_names(transformer)), tuple(layer.active_adapters), bool(layer.disable_adapters),
+            trainee_params[0].requires_grad)
+
+
+def set_training_state(transformer, trainee_params: list, with_training_adapter: bool) -> None:
+    """Trainee (+ training adapter) active; only the trainee's parameters take gradients."""
+    names = [TRAINEE_ADAPTER] + ([TRAINING_ADAPTER] if with_training_adapter else [])
+    apply_adapters(transformer, names, [1.0] * len(names))
+    trainee = {id(param) for param in trainee_params}
+    for param in transformer.parameters():
+        param.requires_grad_(id(param) in trainee)
+
+
+def remove_trainer_adapters(pipe, transformer) -> None:
+    """Delete the trainer's adapters; user LoRAs stay loaded, switched off; peft goes if nothing is left."""
+    mine = [name for name in (TRAINEE_ADAPTER, TRAINING_ADAPTER) if name in adapter_names(transformer)]
+    with quiet_peft():
+        if mine:
+            pipe.delete_adapters(mine)
+        if adapter_names(transformer):
+            apply_adapters(transformer, [], [])  # user LoRAs stay loaded, switched off
+        remove_peft_if_empty(transformer)
