@@ -43,7 +43,7 @@ class TrainCog(commands.Cog):
         await interaction.response.defer(ephemeral=True, thinking=True)
         job_dir = self.bot.settings.training_dir / f"ix-{interaction.id}"
         try:
-            summary = await service.prepare(interaction, name, photos, url, caption, job_dir)
+            summary = await service.prepare(name, photos, url, caption, job_dir)
         except UserFacingError as exc:
             await interaction.edit_original_response(content=f"❌ {exc}")
             return

@@ -90,8 +90,7 @@ class TrainService:
             "sample_prompt": caption or f"a photo of {name}", "sample_seed": 42, "sample_steps": 8,
         }
 
-    async def prepare(self, interaction: discord.Interaction, name: str, photos, url: str | None,
-                      caption: str | None, job_dir: Path) -> str:
+    async def prepare(self, name: str, photos, url: str | None, caption: str | None, job_dir: Path) -> str:
         """Download and check the zip into job_dir; returns the intake summary. Raises UserFacingError."""
         settings = self.bot.settings
         await asyncio.to_thread(job_dir.mkdir, parents=True, exist_ok=True)
