@@ -22,6 +22,7 @@ from discord.ext import commands
 from sqlalchemy.exc import IntegrityError
 
 from .. import lora_import as lib
+from ..attachments import save_attachment
 from ..db.loras import StackFull
 from ..errors import UserFacingError
 from ..moderation import describe_expiry
@@ -50,23 +51,6 @@ async def usable_choices(bot: ZImageBot, interaction: discord.Interaction, curre
     loras = await bot.loras.usable_by(interaction.user.id, interaction.guild_id) if interaction.guild_id else []
     return [app_commands.Choice(name=f"{lora.name} ({kind(lora)})", value=lora.name) for lora in loras
             if current.lower() in lora.name and (not own or lora.owner_id == interaction.user.id)][:25]
-
-
-async def fetch_attachment(url: str, dest: Path, max_bytes: int) -> None:
-    """Stream a Discord attachment to disk with a size cap."""
-    written = 0
-    await asyncio.to_thread(dest.parent.mkdir, parents=True, exist_ok=True)
-    async with aiohttp.ClientSession() as session, session.get(url) as response:
-        response.raise_for_status()
-        handle = await asyncio.to_thread(open, dest, "wb")
-        try:
-            async for chunk in response.content.iter_chunked(1 << 20):
-                written += len(chunk)
-                if written > max_bytes:
-                    raise UserFacingError(f"The file is larger than the {max_bytes >> 20} MiB limit.")
-                await asyncio.to_thread(handle.write, chunk)
-        finally:
-            await asyncio.to_thread(handle.close)
 
 
 def remove_files(path: str | None, data_dir: Path, lora_id: int) -> None:
@@ -165,7 +149,7 @@ class LoraCog(commands.GroupCog, group_name="lora", group_description="Your LoRA
         folder = settings.data_dir / "loras" / secrets.token_hex(8)
         try:
             if file is not None:
-                await fetch_attachment(file.url, incoming, max_bytes)
+                await save_attachment(file.url, incoming, max_bytes)
             else:
                 await download_zip(url, incoming, max_bytes=max_bytes, timeout=lib.setting("LORA_DOWNLOAD_TIMEOUT"))
             layers = await asyncio.to_thread(lambda: lib.expected_layers(lib.transformer_config(settings.zimage_model,

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import aiohttp
 import discord
 
+from ..attachments import save_attachment
 from ..db.models import JobKind
 from ..errors import UserFacingError
 from ..moderation import describe_expiry
@@ -29,26 +30,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{1,31}$")
-CHUNK = 1 << 20
-
-
-async def fetch_attachment(attachment: discord.Attachment, dest: Path, max_bytes: int) -> int:
-    """Stream a Discord attachment to disk with a size cap (Discord's own CDN: no address checks)."""
-    if attachment.size > max_bytes:
-        raise UserFacingError(f"The zip is {attachment.size >> 20} MiB; the limit is {max_bytes >> 20} MiB.")
-    written = 0
-    async with aiohttp.ClientSession() as session, session.get(attachment.url) as response:
-        response.raise_for_status()
-        handle = await asyncio.to_thread(open, dest, "wb")
-        try:
-            async for chunk in response.content.iter_chunked(CHUNK):
-                written += len(chunk)
-                if written > max_bytes:
-                    raise UserFacingError(f"The zip is larger than {max_bytes >> 20} MiB.")
-                await asyncio.to_thread(handle.write, chunk)
-        finally:
-            await asyncio.to_thread(handle.close)
-    return written
 
 
 class TrainService:
@@ -97,19 +78,21 @@ class TrainService:
         archive = job_dir / "upload.zip"
         try:
             if photos is not None:
-                await fetch_attachment(photos, archive, settings.max_zip_bytes)
+                if photos.size > settings.max_zip_bytes:
+                    raise UserFacingError(f"The zip is {photos.size >> 20} MiB; the limit is {settings.max_zip_bytes >> 20} MiB.")
+                await save_attachment(photos.url, archive, settings.max_zip_bytes, what="zip")
             else:
                 await download_zip(url, archive, max_bytes=settings.max_zip_bytes)
             limits = IntakeLimits(max_archive_bytes=settings.max_zip_bytes, min_images=settings.train_min_images,
                                   max_images=settings.train_max_images)
             report = await asyncio.to_thread(prepare_dataset, archive, job_dir / "dataset", name=name,
                                              default_caption=caption, limits=limits)
-        except (IntakeError, DownloadError) as exc:
+        except (IntakeError, DownloadError, UserFacingError, aiohttp.ClientError, OSError) as exc:
+            # Nothing of a refused upload stays on disk.
             await asyncio.to_thread(shutil.rmtree, job_dir, True)
+            if isinstance(exc, (aiohttp.ClientError, OSError)):
+                raise UserFacingError(f"Could not fetch the zip: {exc}") from None
             raise UserFacingError(str(exc)) from None
-        except (aiohttp.ClientError, OSError) as exc:
-            await asyncio.to_thread(shutil.rmtree, job_dir, True)
-            raise UserFacingError(f"Could not fetch the zip: {exc}") from None
         finally:
             await asyncio.to_thread(archive.unlink, True)
         return report.summary()
