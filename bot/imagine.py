@@ -15,7 +15,6 @@ import discord
 
 from . import render
 from .errors import UserFacingError
-from .lora_import import default_scale
 from .sizes import ASPECT_SIZES
 from .worker.client import WorkerUnavailable
 
@@ -56,7 +55,7 @@ class ImagineService:
             picked = await self.bot.loras.selection(user_id, guild_id)
         else:
             usable = await self.bot.loras.usable_by(user_id, guild_id) if guild_id else []
-            picked = [(lora, default_scale()) for lora in usable if lora.name == override.strip().lower()]
+            picked = [(lora, self.bot.settings.lora_default_scale) for lora in usable if lora.name == override.strip().lower()]
             if not picked:
                 raise UserFacingError(f"You have no LoRA `{override}` here (yours, or one shared in this server).")
         return [{"name": f"lora{lora.id}-s{lora.steps}-{hashlib.sha1(lora.path.encode()).hexdigest()[:8]}",

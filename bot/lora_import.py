@@ -6,14 +6,14 @@ Accepted key layouts: diffusers/peft ``transformer.layers.0.attention.to_q.lora_
 Every key must name a linear layer of the model's transformer with fitting shapes (derived from its config: no
 torch in the bot). Pickles are refused; the header is parsed by hand, its size capped before it is read; tensors
 are read one at a time. The output is what the trainer writes: diffusers keys plus adapter metadata (r,
-lora_alpha), so the scaling is kept. Limits come from the environment at call time (defaults in ``DEFAULTS``).
+lora_alpha), so the scaling is kept. Limits (file and header size, rank) are arguments: the callers pass the
+bot's settings (LORA_MAX_MB, LORA_MAX_HEADER_KB, LORA_MAX_RANK in bot/settings.py).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import struct
 from collections import Counter
@@ -22,8 +22,6 @@ from pathlib import Path
 
 from .safetensors_io import DTYPE_SIZES, LoraImportError, SafeTensors, decode, encode, write_safetensors
 
-DEFAULTS = {"LORA_MAX_MB": 1024, "LORA_MAX_HEADER_KB": 1024, "LORA_MAX_STACK": 3, "LORA_DOWNLOAD_TIMEOUT": 300}
-DEFAULT_SCALE = 0.8  # LORA_DEFAULT_SCALE: /lora use without a scale, and /imagine lora:
 LORA_FILE = "pytorch_lora_weights.safetensors"
 META_KEY = "lora_adapter_metadata"
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle")
@@ -36,20 +34,6 @@ _SUFFIXES = {".lora_A.weight": "down", ".lora_down.weight": "down", ".lora_A.def
 _UNSUPPORTED = re.compile(r"hada_|lokr_|dora_scale|lora_magnitude|lora_mid|\.diff(_b)?$|lora_[AB]\.bias|lora_(up|down)\.bias")
 _PREFIXES = (("model.diffusion_model.", "comfyui"), ("diffusion_model.", "comfyui"), ("transformer.", "diffusers"),
              ("base_model.model.", "peft"))
-
-
-def setting(name: str) -> int:
-    """A positive whole-number limit from the environment, else its default."""
-    raw = os.environ.get(name, "").strip()
-    return int(raw) if raw.isdigit() and int(raw) > 0 else DEFAULTS[name]
-
-
-def default_scale() -> float:
-    try:
-        value = float(os.environ.get("LORA_DEFAULT_SCALE", "") or DEFAULT_SCALE)
-    except ValueError:
-        return DEFAULT_SCALE
-    return value if 0.0 <= value <= 2.0 else DEFAULT_SCALE
 
 
 # -- the model's layers ----------------------------------------------------------------------------------------
@@ -244,17 +228,22 @@ def _tensor(st: SafeTensors, key: str, rows: tuple[int, int] | None = None) -> t
     return info.dtype, shape, data
 
 
-def convert(source: Path, dest: Path, layers: dict[str, tuple[int, int]], *, max_bytes: int | None = None,
-            max_header: int | None = None) -> ImportResult:
-    """Check `source` against the model's layers and write it to `dest` in our diffusers format. Blocking."""
+def convert(source: Path, dest: Path, layers: dict[str, tuple[int, int]], *, max_bytes: int, max_header: int,
+            max_rank: int) -> ImportResult:
+    """Check `source` against the model's layers and write it to `dest` in our diffusers format. Blocking.
+
+    `max_bytes` caps the file (and the converted one), `max_header` its safetensors header; a LoRA whose
+    converted rank (its highest layer rank) exceeds `max_rank` is refused before any tensor is read."""
     import numpy as np
 
-    max_bytes = max_bytes or setting("LORA_MAX_MB") << 20
     if Path(source).stat().st_size > max_bytes:
         raise LoraImportError(f"The file is larger than the {max_bytes >> 20} MiB limit.")
-    with SafeTensors(source, max_header or setting("LORA_MAX_HEADER_KB") << 10) as st:
+    with SafeTensors(source, max_header) as st:
         fmt, planned = plan(st, layers)
         rank = max(layer.rank for layer in planned.values())
+        if rank > max_rank:
+            raise LoraImportError(f"Its rank is {rank}; this bot accepts LoRAs up to rank {max_rank} "
+                                  "(the LORA_MAX_RANK setting raises the limit).")
         # One (r, lora_alpha) for the file: lower ranks are zero-padded and other scales baked into lora_B.
         alpha = Counter(layer.alpha * rank / layer.rank for layer in planned.values()).most_common(1)[0][0]
         alpha = int(alpha) if float(alpha).is_integer() else alpha
@@ -292,9 +281,9 @@ def convert(source: Path, dest: Path, layers: dict[str, tuple[int, int]], *, max
     return ImportResult(fmt, rank, float(alpha), len(planned), size)
 
 
-def export_comfyui(source: Path, dest: Path) -> int:
+def export_comfyui(source: Path, dest: Path, *, max_header: int) -> int:
     """Our diffusers file as ai-toolkit/ComfyUI keys (`diffusion_model.*`, with `.alpha`). Blocking."""
-    with SafeTensors(source, setting("LORA_MAX_HEADER_KB") << 10) as st:
+    with SafeTensors(source, max_header) as st:
         _, planned = plan(st, None)
         entries = []
         for module, layer in planned.items():
@@ -305,9 +294,9 @@ def export_comfyui(source: Path, dest: Path) -> int:
         return write_safetensors(Path(dest), entries, {"format": "pt"})
 
 
-def describe(path: Path) -> dict:
+def describe(path: Path, *, max_header: int) -> dict:
     """rank, alpha, layers and format of a stored LoRA (header only, cheap). Blocking."""
-    with SafeTensors(path, setting("LORA_MAX_HEADER_KB") << 10) as st:
+    with SafeTensors(path, max_header) as st:
         meta = _adapter_metadata(st.metadata)
         downs = [info for key, info in st.tensors.items() if key.endswith("lora_A.weight")]
         return {"rank": meta.get("r", max((info.shape[0] for info in downs), default=0)), "alpha": meta.get("lora_alpha"),

@@ -12,6 +12,7 @@ from pathlib import Path
 from yarl import URL
 
 DEFAULT_MODEL = "Tongyi-MAI/Z-Image-Turbo"
+MAX_LORA_STACK = 8  # the worker keeps at most 8 adapters loaded
 
 
 class SettingsError(Exception):
@@ -48,6 +49,13 @@ class Settings:
     train_min_images: int = 10
     train_max_images: int = 500
     max_zip_bytes: int = 512 << 20
+    # The LoRA library (/lora import, /lora use, /imagine lora:).
+    lora_max_bytes: int = 1024 << 20
+    lora_max_header_bytes: int = 1024 << 10
+    lora_max_stack: int = 3
+    lora_default_scale: float = 0.8
+    lora_download_timeout: int = 300
+    lora_max_rank: int = 128  # the worker pads adapters to this rank to hot-swap them under torch.compile
     # The bot's small HTTP endpoint for files too big for Discord (signed, expiring links).
     http_host: str = "127.0.0.1"
     http_port: int = 8765
@@ -149,6 +157,7 @@ def load_settings(env: dict[str, str] | None = None, dotenv_path: str | None = "
         progress_interval=_float(env, "PROGRESS_INTERVAL", 1.0, minimum=0.0),
         log_level=log_level,
         **_training_settings(env),
+        **_lora_settings(env),
     )
 
 
@@ -182,4 +191,22 @@ def _training_settings(env: dict[str, str]) -> dict:
         "http_port": _int(env, "HTTP_PORT", 8765, minimum=0),
         "public_url": public_url,
         "link_ttl": _float(env, "LINK_TTL_HOURS", 168.0, minimum=0.01) * 3600,
+    }
+
+
+def _lora_settings(env: dict[str, str]) -> dict:
+    stack = _int(env, "LORA_MAX_STACK", 3, minimum=1)
+    if stack > MAX_LORA_STACK:
+        raise SettingsError(f"LORA_MAX_STACK must be at most {MAX_LORA_STACK} (the worker keeps at most "
+                            f"{MAX_LORA_STACK} adapters loaded), got {stack}")
+    scale = _float(env, "LORA_DEFAULT_SCALE", 0.8)
+    if not 0.0 <= scale <= 2.0:
+        raise SettingsError(f"LORA_DEFAULT_SCALE must be between 0.0 and 2.0, got {scale}")
+    return {
+        "lora_max_bytes": _int(env, "LORA_MAX_MB", 1024, minimum=1) << 20,
+        "lora_max_header_bytes": _int(env, "LORA_MAX_HEADER_KB", 1024, minimum=1) << 10,
+        "lora_max_stack": stack,
+        "lora_default_scale": scale,
+        "lora_download_timeout": _int(env, "LORA_DOWNLOAD_TIMEOUT", 300, minimum=1),
+        "lora_max_rank": _int(env, "LORA_MAX_RANK", 128, minimum=1),
     }

@@ -12,17 +12,26 @@ import numpy as np
 import pytest
 import torch
 
-from bot.lora_import import (
-    REAL_CONFIG,
-    LoraImportError,
-    SafeTensors,
-    convert,
-    describe,
-    expected_layers,
-    export_comfyui,
-    transformer_config,
-)
+from bot import lora_import
+from bot.lora_import import REAL_CONFIG, LoraImportError, SafeTensors, expected_layers, transformer_config
+from bot.settings import Settings
 from gpu.adapters import AdapterManager
+
+HEADER = Settings.lora_max_header_bytes
+LIMITS = {"max_bytes": Settings.lora_max_bytes, "max_header": HEADER, "max_rank": Settings.lora_max_rank}
+
+
+def convert(source: Path, dest: Path, layers: dict, **limits) -> lora_import.ImportResult:
+    """lora_import.convert with the default settings' limits, unless a test passes its own."""
+    return lora_import.convert(source, dest, layers, **{**LIMITS, **limits})
+
+
+def describe(path: Path) -> dict:
+    return lora_import.describe(path, max_header=HEADER)
+
+
+def export_comfyui(source: Path, dest: Path) -> int:
+    return lora_import.export_comfyui(source, dest, max_header=HEADER)
 
 TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "w1", "w2", "w3",
            *(f"{block}.adaLN_modulation.0" for block in ("layers.0", "layers.1", "noise_refiner.0"))]
@@ -273,6 +282,19 @@ def test_size_cap_and_overlapping_ranges(layers, tmp_path):
         convert(overlapping, tmp_path / "out.safetensors", layers)
 
 
+def test_a_rank_above_the_limit_is_refused(layers, tmp_path):
+    """LORA_MAX_RANK: the converted rank (the highest layer's; lower ones are padded to it) must fit."""
+    q, k = "diffusion_model.layers.0.attention.to_q", "diffusion_model.layers.0.attention.to_k"
+    path = save(tmp_path / "rank6.safetensors", {
+        f"{q}.lora_A.weight": torch.ones(2, 32), f"{q}.lora_B.weight": torch.ones(32, 2),
+        f"{k}.lora_A.weight": torch.ones(6, 32), f"{k}.lora_B.weight": torch.ones(32, 6)})
+    with pytest.raises(LoraImportError) as error:
+        convert(path, tmp_path / "out.safetensors", layers, max_rank=4)
+    assert str(error.value) == "Its rank is 6; this bot accepts LoRAs up to rank 4 (the LORA_MAX_RANK setting raises the limit)."
+    assert list(tmp_path.glob("*out.safetensors*")) == []
+    assert convert(path, tmp_path / "out.safetensors", layers, max_rank=6).rank == 6
+
+
 def test_a_header_length_that_looks_like_a_pickle_opcode_is_still_safetensors(original, layers, tmp_path):
     """A 640-byte header starts the file with 0x80 0x02, like pickle protocol 2: it must still import."""
     import safetensors.torch
@@ -299,7 +321,7 @@ def test_info_reads_the_sample_beside_a_trained_checkpoint(original, tmp_path):
     folder.mkdir()
     shutil.copy(original[0], folder / "pytorch_lora_weights.safetensors")
     (folder / "sample.png").write_bytes(b"\x89PNG fake")
-    details, sample = _read_details(str(folder / "pytorch_lora_weights.safetensors"))
+    details, sample = _read_details(str(folder / "pytorch_lora_weights.safetensors"), HEADER)
     assert (details["rank"], details["alpha"], details["layers"]) == (4, 8, 31) and details["size"] > 0
     assert sample == b"\x89PNG fake"
-    assert _read_details(None) == ({}, None)
+    assert _read_details(None, HEADER) == ({}, None)

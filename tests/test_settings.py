@@ -27,10 +27,35 @@ def test_defaults(tmp_path):
     ({"DISCORD_TOKEN": "t", "RATE_LIMIT_PERIOD": "soon"}, "RATE_LIMIT_PERIOD must be a number"),
     ({"DISCORD_TOKEN": "t", "WORKER_MODE": "cloud"}, "WORKER_MODE must be"),
     ({"DISCORD_TOKEN": "t", "DATABASE_URL": "zimage.db"}, "DATABASE_URL must be"),
+    ({"DISCORD_TOKEN": "t", "LORA_MAX_MB": "0"}, "LORA_MAX_MB must be at least 1"),
+    ({"DISCORD_TOKEN": "t", "LORA_MAX_MB": "1G"}, "LORA_MAX_MB must be a whole number"),
+    ({"DISCORD_TOKEN": "t", "LORA_MAX_HEADER_KB": "-5"}, "LORA_MAX_HEADER_KB must be at least 1"),
+    ({"DISCORD_TOKEN": "t", "LORA_MAX_STACK": "0"}, "LORA_MAX_STACK must be at least 1"),
+    ({"DISCORD_TOKEN": "t", "LORA_MAX_STACK": "9"}, r"LORA_MAX_STACK must be at most 8 \(the worker keeps"),
+    ({"DISCORD_TOKEN": "t", "LORA_DEFAULT_SCALE": "2.5"}, "LORA_DEFAULT_SCALE must be between 0.0 and 2.0, got 2.5"),
+    ({"DISCORD_TOKEN": "t", "LORA_DEFAULT_SCALE": "-0.1"}, "LORA_DEFAULT_SCALE must be"),
+    ({"DISCORD_TOKEN": "t", "LORA_DEFAULT_SCALE": "nan"}, "LORA_DEFAULT_SCALE must be between"),
+    ({"DISCORD_TOKEN": "t", "LORA_DEFAULT_SCALE": "strong"}, "LORA_DEFAULT_SCALE must be a number"),
+    ({"DISCORD_TOKEN": "t", "LORA_DOWNLOAD_TIMEOUT": "0"}, "LORA_DOWNLOAD_TIMEOUT must be at least 1"),
+    ({"DISCORD_TOKEN": "t", "LORA_MAX_RANK": "0"}, "LORA_MAX_RANK must be at least 1"),
+    ({"DISCORD_TOKEN": "t", "LORA_MAX_RANK": "128.5"}, "LORA_MAX_RANK must be a whole number"),
 ])
 def test_bad_values_name_the_setting(env, fragment):
     with pytest.raises(SettingsError, match=fragment):
         load_settings(env, dotenv_path=None)
+
+
+def test_lora_library_defaults_and_values(tmp_path):
+    base = {"DISCORD_TOKEN": "t", "DATA_DIR": str(tmp_path)}
+    settings = load_settings(base, dotenv_path=None)
+    assert (settings.lora_max_bytes, settings.lora_max_header_bytes) == (1024 << 20, 1024 << 10)
+    assert (settings.lora_max_stack, settings.lora_default_scale) == (3, 0.8)
+    assert (settings.lora_download_timeout, settings.lora_max_rank) == (300, 128)
+    settings = load_settings({**base, "LORA_MAX_MB": "2", "LORA_MAX_HEADER_KB": "3", "LORA_MAX_STACK": "8",
+                              "LORA_DEFAULT_SCALE": "2", "LORA_DOWNLOAD_TIMEOUT": "30", "LORA_MAX_RANK": "256"}, dotenv_path=None)
+    assert (settings.lora_max_bytes, settings.lora_max_header_bytes) == (2 << 20, 3 << 10)
+    assert (settings.lora_max_stack, settings.lora_default_scale) == (8, 2.0)
+    assert (settings.lora_download_timeout, settings.lora_max_rank) == (30, 256)
 
 
 def test_dotenv_file_is_read_and_environment_wins(tmp_path, monkeypatch):

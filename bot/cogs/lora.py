@@ -66,7 +66,7 @@ def remove_files(path: str | None, data_dir: Path, lora_id: int) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def export_files(lora: Lora, data_dir: Path) -> tuple[Path, Path]:
+def export_files(lora: Lora, data_dir: Path, max_header: int) -> tuple[Path, Path]:
     """Blocking: `<name>.safetensors` (ours, diffusers) and `<name>_comfyui.safetensors` in exports/<id>/."""
     folder = data_dir / "loras" / "exports" / str(lora.id)
     shutil.rmtree(folder, ignore_errors=True)
@@ -76,7 +76,7 @@ def export_files(lora: Lora, data_dir: Path) -> tuple[Path, Path]:
         os.link(lora.path, ours)  # no copy; survives the trainer pruning its checkpoint
     except OSError:
         shutil.copyfile(lora.path, ours)
-    lib.export_comfyui(ours, comfy)
+    lib.export_comfyui(ours, comfy, max_header=max_header)
     return ours, comfy
 
 
@@ -115,7 +115,7 @@ class LoraCog(commands.GroupCog, group_name="lora", group_description="Your LoRA
                            url="An https link to a .safetensors LoRA, for files over the upload limit")
     async def import_(self, interaction: discord.Interaction, name: app_commands.Range[str, 2, 32],
                       file: discord.Attachment | None = None, url: str | None = None) -> None:
-        name, max_bytes = name.strip().lower(), lib.setting("LORA_MAX_MB") << 20
+        name, max_bytes = name.strip().lower(), self.bot.settings.lora_max_bytes
         if not NAME.match(name):
             raise UserFacingError(NAME_RULES)
         if (file is None) == (url is None):
@@ -151,10 +151,11 @@ class LoraCog(commands.GroupCog, group_name="lora", group_description="Your LoRA
             if file is not None:
                 await save_attachment(file.url, incoming, max_bytes)
             else:
-                await download_zip(url, incoming, max_bytes=max_bytes, timeout=lib.setting("LORA_DOWNLOAD_TIMEOUT"))
+                await download_zip(url, incoming, max_bytes=max_bytes, timeout=settings.lora_download_timeout)
             layers = await asyncio.to_thread(lambda: lib.expected_layers(lib.transformer_config(settings.zimage_model,
                                                                                                 settings.data_dir)))
-            result = await asyncio.to_thread(lib.convert, incoming, folder / lib.LORA_FILE, layers, max_bytes=max_bytes)
+            result = await asyncio.to_thread(lib.convert, incoming, folder / lib.LORA_FILE, layers, max_bytes=max_bytes,
+                                             max_header=settings.lora_max_header_bytes, max_rank=settings.lora_max_rank)
             lora = await self.bot.loras.create(guild_id=interaction.guild_id, owner_id=interaction.user.id, name=name,
                                                rank=result.rank, job_id=None, path=str(folder / lib.LORA_FILE),
                                                source=result.format, origin=(file.filename if file else url)[:500])
@@ -193,7 +194,7 @@ class LoraCog(commands.GroupCog, group_name="lora", group_description="Your LoRA
     @app_commands.describe(name="One of your LoRAs or one shared here")
     async def info(self, interaction: discord.Interaction, name: str) -> None:
         lora = await self.usable(interaction, name)
-        details, sample = await asyncio.to_thread(_read_details, lora.path)
+        details, sample = await asyncio.to_thread(_read_details, lora.path, self.bot.settings.lora_max_header_bytes)
         lines = [f"**{lora.name}** — owner <@{lora.owner_id}>, {'shared in this server' if lora.shared else 'private'}",
                  f"rank {details.get('rank', lora.rank)}" + (f", alpha {details['alpha']:g}" if details.get("alpha") else "")
                  + (f", {details['layers']} layers, {details['size'] / 1e6:.1f} MB" if "size" in details else ""),
@@ -258,7 +259,8 @@ class LoraCog(commands.GroupCog, group_name="lora", group_description="Your LoRA
             raise UserFacingError("File links are not available on this bot.")
         await interaction.response.defer(ephemeral=True, thinking=True)
         try:
-            ours, comfy = await asyncio.to_thread(export_files, lora, self.bot.settings.data_dir)
+            ours, comfy = await asyncio.to_thread(export_files, lora, self.bot.settings.data_dir,
+                                                  self.bot.settings.lora_max_header_bytes)
         except (OSError, lib.LoraImportError) as exc:
             await interaction.edit_original_response(content=f"❌ Could not export `{lora.name}`: {exc}")
             return
@@ -279,9 +281,10 @@ class LoraCog(commands.GroupCog, group_name="lora", group_description="Your LoRA
         if lora is None:
             raise UserFacingError(f"You have no LoRA `{name}` here (a LoRA becomes usable at its first checkpoint). "
                                   "See `/lora list`.")
-        scale = lib.default_scale() if scale is None else scale
+        settings = self.bot.settings
+        scale = settings.lora_default_scale if scale is None else scale
         try:
-            await self.bot.loras.use(interaction.user.id, interaction.guild_id, lora.id, scale, lib.setting("LORA_MAX_STACK"))
+            await self.bot.loras.use(interaction.user.id, interaction.guild_id, lora.id, scale, settings.lora_max_stack)
         except StackFull as full:
             raise UserFacingError(f"You already stack {len(full.args[0])} LoRAs ({', '.join(full.args[0])}), the most "
                                   f"allowed at once. `/lora clear name` one of them first.") from None
@@ -312,12 +315,12 @@ class LoraCog(commands.GroupCog, group_name="lora", group_description="Your LoRA
         return [app_commands.Choice(name=lora.name, value=lora.name) for lora, _ in picked if current.lower() in lora.name]
 
 
-def _read_details(path: str | None) -> tuple[dict, bytes | None]:
+def _read_details(path: str | None, max_header: int) -> tuple[dict, bytes | None]:
     """Blocking: rank/alpha/layers/size from the file's header, and sample.png beside it (a /train checkpoint)."""
     if not path or not Path(path).is_file():
         return {}, None
     try:
-        details = {**lib.describe(Path(path)), "size": Path(path).stat().st_size}
+        details = {**lib.describe(Path(path), max_header=max_header), "size": Path(path).stat().st_size}
     except (OSError, lib.LoraImportError):
         details = {}
     sample = Path(path).parent / "sample.png"
