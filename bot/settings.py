@@ -55,7 +55,7 @@ class Settings:
     lora_max_stack: int = 3
     lora_default_scale: float = 0.8
     lora_download_timeout: int = 300
-    lora_max_rank: int = 128  # the worker pads adapters to this rank to hot-swap them under torch.compile
+    lora_max_rank: int = 64  # the worker pads adapters to this rank to hot-swap them under torch.compile
     # The bot's small HTTP endpoint for files too big for Discord (signed, expiring links).
     http_host: str = "127.0.0.1"
     http_port: int = 8765
@@ -199,6 +199,11 @@ def _lora_settings(env: dict[str, str]) -> dict:
     if stack > MAX_LORA_STACK:
         raise SettingsError(f"LORA_MAX_STACK must be at most {MAX_LORA_STACK} (the worker keeps at most "
                             f"{MAX_LORA_STACK} adapters loaded), got {stack}")
+    rank = _int(env, "LORA_MAX_RANK", 64, minimum=1)
+    train_rank = _int(env, "TRAIN_RANK", 64, minimum=1)
+    if train_rank > rank:
+        raise SettingsError(f"TRAIN_RANK ({train_rank}) is above LORA_MAX_RANK ({rank}): the worker could not "
+                            "use the trained LoRAs; raise LORA_MAX_RANK")
     scale = _float(env, "LORA_DEFAULT_SCALE", 0.8)
     if not 0.0 <= scale <= 2.0:
         raise SettingsError(f"LORA_DEFAULT_SCALE must be between 0.0 and 2.0, got {scale}")
@@ -208,5 +213,5 @@ def _lora_settings(env: dict[str, str]) -> dict:
         "lora_max_stack": stack,
         "lora_default_scale": scale,
         "lora_download_timeout": _int(env, "LORA_DOWNLOAD_TIMEOUT", 300, minimum=1),
-        "lora_max_rank": _int(env, "LORA_MAX_RANK", 128, minimum=1),
+        "lora_max_rank": rank,
     }

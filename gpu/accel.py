@@ -233,7 +233,7 @@ def _fp8_filter(module, fqn: str) -> bool:
     return (
         isinstance(module, torch.nn.Linear)
         and fqn.startswith(FP8_BLOCK_LISTS)
-        and fqn.endswith(FP8_LINEARS)
+        and fqn.removesuffix(".base_layer").endswith(FP8_LINEARS)  # .base_layer: wrapped by a LoRA hot-swap slot
         and module.in_features % 16 == 0
         and module.out_features % 16 == 0
     )

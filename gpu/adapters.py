@@ -24,18 +24,20 @@ remaining one (it could be the trainee). Hence the state is always set in full a
 deleting (:func:`apply_adapters`).
 
 With ``compile_repeated_blocks`` (ZIMAGE_COMPILE) every new adapter state (set of names, scales,
-enabled or not) compiles new graphs once (6-13 s for the full model, measured on H100/H200); after
-that, switching between states already seen costs nothing.
+enabled or not) would compile new graphs (6-13 s for the full model, measured on H100/H200), so a
+compiled worker uses :class:`gpu.hotswap.HotswapAdapters` instead (fixed slots, weights swapped in place);
+this manager serves the eager worker (CPU, ``ZIMAGE_COMPILE=off``, ``LORA_HOTSWAP=off``).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 import warnings
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,12 +47,51 @@ log = logging.getLogger(__name__)
 TRAINING_ADAPTER = "__training__"  # de-distillation LoRA, only during training steps
 TRAINEE_ADAPTER = "__trainee__"  # the LoRA being trained
 RESERVED_PREFIX = "__"
+MAX_STACK = 8  # LoRAs in one request, at most (the bot's LORA_MAX_STACK is capped to the same)
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # what save_lora_weights writes
 _NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # peft adapter names become ModuleDict keys: no dots
 
 
 class AdapterError(Exception):
     """A LoRA could not be used; the message can be shown to the user as it is."""
+
+
+class LoraSettingsError(ValueError):
+    """A LORA_* setting of the worker is malformed; the message names it."""
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """The worker's LoRA settings (the same environment variables the bot reads: README, Settings).
+
+    ``LORA_HOTSWAP`` = ``auto`` | ``on`` | ``off``: fixed adapter slots swapped in place (gpu/hotswap.py);
+    ``auto`` = on when the transformer is compiled. ``LORA_MAX_STACK`` slots of rank ``LORA_MAX_RANK``;
+    ``LORA_CACHE_MB``: user LoRAs kept in memory (least recently used dropped first)."""
+
+    hotswap: bool
+    max_stack: int = 3
+    max_rank: int = 64
+    cache_bytes: int = 2048 << 20
+
+    @classmethod
+    def from_env(cls, compiled: bool, environ: Mapping[str, str] | None = None) -> LoraSettings:
+        env = os.environ if environ is None else environ
+        mode = env.get("LORA_HOTSWAP", "").strip().lower() or "auto"
+        if mode not in ("auto", "on", "off"):
+            raise LoraSettingsError(f"LORA_HOTSWAP must be auto, on or off, not {mode!r}")
+
+        def whole(name: str, default: int, maximum: int) -> int:
+            raw = env.get(name, "").strip()
+            if not raw:
+                return default
+            if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+                raise LoraSettingsError(f"{name} must be a whole number from 1 to {maximum}, not {raw!r}")
+            return int(raw)
+
+        return cls(hotswap=mode == "on" or (mode == "auto" and compiled),
+                   max_stack=whole("LORA_MAX_STACK", cls.max_stack, MAX_STACK),
+                   max_rank=whole("LORA_MAX_RANK", cls.max_rank, 1024),
+                   cache_bytes=whole("LORA_CACHE_MB", 2048, 1 << 20) << 20)
 
 
 @dataclass(frozen=True)
@@ -108,12 +149,12 @@ def resolve_lora_file(path: str | Path) -> Path:
     return path
 
 
-def _signature(path: Path) -> tuple[int, int, int]:
+def file_signature(path: Path) -> tuple[int, int, int]:
     stat = path.stat()
     return stat.st_size, stat.st_mtime_ns, stat.st_ino
 
 
-def _check_request(adapters: Sequence[tuple[str, str, float]], max_loaded: int) -> None:
+def check_request(adapters: Sequence[tuple[str, str, float]], max_loaded: int) -> None:
     names = [name for name, _, _ in adapters]
     for name, _, scale in adapters:
         if not isinstance(name, str) or not _NAME_RE.match(name) or name.startswith(RESERVED_PREFIX):
@@ -127,16 +168,18 @@ def _check_request(adapters: Sequence[tuple[str, str, float]], max_loaded: int) 
 
 
 class AdapterManager:
-    """Loads user LoRAs into the shared transformer on demand (LRU of `max_loaded`) and activates them.
+    """Loads user LoRAs into the shared transformer on demand (LRU of `max_loaded` adapters and `max_bytes`
+    of files) and activates them. Used when the transformer is not compiled; compiled: gpu/hotswap.py.
 
     Not thread-safe: call it from the thread that runs the pipeline.
     """
 
-    def __init__(self, pipe, max_loaded: int = 8):
+    def __init__(self, pipe, max_loaded: int = 8, max_bytes: int | None = None):
         if max_loaded < 1:
             raise ValueError("max_loaded must be at least 1")
         self.pipe = pipe
         self.max_loaded = max_loaded
+        self.max_bytes = max_bytes  # LORA_CACHE_MB: the loaded adapters' files together (None: no byte bound)
         self.loads = 0  # disk loads so far: switching between loaded adapters does not add any
         self._loaded: OrderedDict[str, _Loaded] = OrderedDict()  # least recently used first
         self.active: list[tuple[str, float]] = []
@@ -151,7 +194,7 @@ class AdapterManager:
 
         A bad request (names, scales, count) raises AdapterError and changes nothing; a file that fails
         to load raises AdapterError and leaves the base model active."""
-        _check_request(adapters, self.max_loaded)
+        check_request(adapters, self.max_loaded)
         try:
             for name, path, _ in adapters:
                 self._ensure_loaded(name, path)
@@ -185,7 +228,7 @@ class AdapterManager:
             file = resolve_lora_file(path)
         except AdapterError as exc:
             raise AdapterError(f"LoRA {name!r}: {exc}") from exc
-        signature = _signature(file)
+        signature = file_signature(file)
         known = self._loaded.get(name)
         if known is not None and known.path == file and known.signature == signature:
             self._loaded.move_to_end(name)
@@ -204,13 +247,15 @@ class AdapterManager:
             if name in adapter_names(self.pipe.transformer):
                 with quiet_peft():
                     self.pipe.delete_adapters(name)
-            raise AdapterError(f"the LoRA {name!r} could not be loaded: {_describe(exc)}") from exc
+            raise AdapterError(f"the LoRA {name!r} could not be loaded: {describe_load_error(exc)}") from exc
         self.loads += 1
         log.info("loaded LoRA %s from %s", name, file)
 
     def _evict(self, keep: set[str]) -> None:
+        """Drop least recently used adapters until both bounds hold (the requested ones stay)."""
         for name in list(self._loaded):
-            if len(self._loaded) <= self.max_loaded:
+            nbytes = sum(loaded.signature[0] for loaded in self._loaded.values())
+            if len(self._loaded) <= self.max_loaded and (self.max_bytes is None or nbytes <= self.max_bytes):
                 return
             if name not in keep:
                 self._delete(name)
@@ -223,7 +268,7 @@ class AdapterManager:
             log.info("unloaded LoRA %s", name)
 
 
-def _describe(exc: Exception) -> str:
+def describe_load_error(exc: Exception) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if "size mismatch" in str(exc):
         return "it was made for another model (layer sizes differ)"

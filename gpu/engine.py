@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import accel
+from .adapters import LoraSettings
 from .protocol import GenerateParams
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,8 @@ class ImageEngine:
         self.tokenizer = None
         self.device = "cpu"
         self._prompt_cache: OrderedDict[str, list] = OrderedDict()
+        self._adapters = None  # gpu.adapters.AdapterManager or gpu.hotswap.HotswapAdapters
+        self.lora_settings = LoraSettings.from_env(compiled=False)
 
     def load(self, pipe=None) -> None:
         """Load the pipeline (or take `pipe`, already built: the benchmark injects one) and apply
@@ -63,6 +66,7 @@ class ImageEngine:
             self.device, dtype = "cpu", torch.float32
         started = time.perf_counter()
         settings = accel.AccelSettings.from_env(self.device, self.data_dir)  # bad settings fail before loading
+        self.lora_settings = LoraSettings.from_env(compiled=settings.compile)
         if pipe is None:
             from diffusers import ZImagePipeline
 
@@ -72,6 +76,11 @@ class ImageEngine:
         self.pipe.set_progress_bar_config(disable=True)
         if self.tokenizer is None:  # load_tokenizer() not called first (an injected pipe, the benchmark)
             self.tokenizer = self.pipe.tokenizer
+        if self.lora_settings.hotswap:  # the slots must exist before the transformer is compiled (and quantized)
+            from .hotswap import HotswapAdapters
+
+            self._adapters = HotswapAdapters(self.pipe, self.lora_settings.max_stack, self.lora_settings.max_rank,
+                                             self.lora_settings.cache_bytes)
         self.accel = accel.apply(self.pipe, settings)
         self.warm_up_timings: list[dict] = []
         log.info("loaded %s on %s in %.1f s", self.model_name, self.device, time.perf_counter() - started)
@@ -88,6 +97,31 @@ class ImageEngine:
                     GenerateParams(prompt=prompt, width=width, height=height, steps=steps, seeds=[0])))
             return
         self.generate(GenerateParams(prompt="warm-up", width=256, height=256, steps=1, seeds=[0]))
+
+    @property
+    def uses_adapters(self) -> bool:
+        """True once LoRAs are in play: then every generation sets the adapter state first."""
+        return self._adapters is not None
+
+    def adapters(self):
+        """The LoRA manager: hot-swap slots when compiled (gpu/hotswap.py), else peft adapters (gpu/adapters.py)."""
+        if self._adapters is None:  # created on first use: plain generation never imports peft
+            from .adapters import AdapterManager
+
+            self._adapters = AdapterManager(self.pipe, self.lora_settings.max_stack, self.lora_settings.cache_bytes)
+        return self._adapters
+
+    def warm_up_adapters(self) -> None:
+        """Compile the LoRA graph variants of the hot-swap slots (nothing to do without them)."""
+        from .hotswap import HotswapAdapters
+
+        if isinstance(self._adapters, HotswapAdapters) and self.accel.compiled:
+            started = time.perf_counter()
+            graphs_before = accel.compiled_graph_count()
+            self._adapters.warm_up(lambda: self.generate(GenerateParams(
+                prompt=accel.WARM_UP_PROMPTS[0], width=1024, height=1024, steps=1, seeds=[0])))
+            log.info("LoRA slot warm-up: %.1f s, %d graph(s) compiled", time.perf_counter() - started,
+                     accel.compiled_graph_count() - graphs_before)
 
     def load_tokenizer(self) -> None:
         """Just the tokenizer (seconds, not minutes): prompts can be checked while the pipeline loads."""

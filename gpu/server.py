@@ -35,7 +35,6 @@ class WorkerServer:
         self._ready = asyncio.Event()
         self._server: asyncio.AbstractServer | None = None
         self._training = None  # the TrainingSession in progress, if any
-        self._adapter_manager = None
 
     async def load_model(self, warm_up: bool) -> None:
         """Load (and warm) the pipeline on the GPU thread while the socket already answers."""
@@ -45,6 +44,12 @@ class WorkerServer:
             await loop.run_in_executor(self._gpu, self.engine.warm_up)
         self._ready.set()
         log.info("worker ready")
+        if warm_up:
+            # LoRA graph variants compile after "ready": a first request waits at most for this, nobody
+            # waits for it at start-up. Its failure is logged; a request would compile on its own.
+            warming = loop.run_in_executor(self._gpu, self.engine.warm_up_adapters)
+            warming.add_done_callback(lambda done: done.exception() and log.error(
+                "LoRA warm-up failed", exc_info=done.exception()))
 
     async def serve_forever(self) -> None:
         assert self._server is not None
@@ -166,19 +171,12 @@ class WorkerServer:
         if self._training is not None:
             self._training.suspend()
         try:
-            if params.loras or self._adapter_manager is not None:  # plain use never imports peft
-                self._adapters().activate([(lora["name"], lora["path"], lora["scale"]) for lora in params.loras])
+            if params.loras or self.engine.uses_adapters:  # plain use never imports peft
+                self.engine.adapters().activate([(lora["name"], lora["path"], lora["scale"]) for lora in params.loras])
             self.engine.generate(params, on_step, should_stop, on_image)
         finally:
             if self._training is not None:
                 self._training.resume()
-
-    def _adapters(self):
-        if self._adapter_manager is None:
-            from .adapters import AdapterManager
-
-            self._adapter_manager = AdapterManager(self.engine.pipe)
-        return self._adapter_manager
 
     async def _train(self, request_id: str, raw_params: dict, send) -> None:
         from .training_session import TrainingCancelled, TrainingSession

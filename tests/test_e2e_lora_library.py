@@ -14,7 +14,8 @@ from e2e_helpers import pixels, pngs, queued_job, wait_result
 
 pytestmark = pytest.mark.e2e
 
-ENV = {"RATE_LIMIT_COUNT": "100", "MAX_QUEUED_PER_USER": "5", "LORA_MAX_STACK": "2"}
+# LORA_HOTSWAP=on: the worker swaps LoRAs into fixed slots, as it does when compiled (CUDA).
+ENV = {"RATE_LIMIT_COUNT": "100", "MAX_QUEUED_PER_USER": "5", "LORA_MAX_STACK": "2", "LORA_HOTSWAP": "on"}
 
 
 def peft_state(tiny_models_dir, seed: int) -> dict:
@@ -130,6 +131,7 @@ async def test_import_privacy_share_and_stacking(fake, bot, lora_files):
     assert "1 member(s) stopped using it" in await say(fake, "lora unshare", {"name": "ink"})
     assert await names(fake, fake.bob) == [] and await image(fake, user=fake.bob) == base
     assert fake.spec_violations == []
+    assert "LoRA hot-swap: 2 slots of rank 64" in bot.log()  # the worker path above was the slotted one
 
 
 async def test_rename_info_export_and_delete(fake, bot, data_dir, lora_files):

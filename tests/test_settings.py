@@ -39,6 +39,7 @@ def test_defaults(tmp_path):
     ({"DISCORD_TOKEN": "t", "LORA_DOWNLOAD_TIMEOUT": "0"}, "LORA_DOWNLOAD_TIMEOUT must be at least 1"),
     ({"DISCORD_TOKEN": "t", "LORA_MAX_RANK": "0"}, "LORA_MAX_RANK must be at least 1"),
     ({"DISCORD_TOKEN": "t", "LORA_MAX_RANK": "128.5"}, "LORA_MAX_RANK must be a whole number"),
+    ({"DISCORD_TOKEN": "t", "LORA_MAX_RANK": "32"}, r"TRAIN_RANK \(64\) is above LORA_MAX_RANK \(32\)"),
 ])
 def test_bad_values_name_the_setting(env, fragment):
     with pytest.raises(SettingsError, match=fragment):
@@ -50,7 +51,7 @@ def test_lora_library_defaults_and_values(tmp_path):
     settings = load_settings(base, dotenv_path=None)
     assert (settings.lora_max_bytes, settings.lora_max_header_bytes) == (1024 << 20, 1024 << 10)
     assert (settings.lora_max_stack, settings.lora_default_scale) == (3, 0.8)
-    assert (settings.lora_download_timeout, settings.lora_max_rank) == (300, 128)
+    assert (settings.lora_download_timeout, settings.lora_max_rank) == (300, 64)
     settings = load_settings({**base, "LORA_MAX_MB": "2", "LORA_MAX_HEADER_KB": "3", "LORA_MAX_STACK": "8",
                               "LORA_DEFAULT_SCALE": "2", "LORA_DOWNLOAD_TIMEOUT": "30", "LORA_MAX_RANK": "256"}, dotenv_path=None)
     assert (settings.lora_max_bytes, settings.lora_max_header_bytes) == (2 << 20, 3 << 10)

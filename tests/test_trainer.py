@@ -276,3 +276,38 @@ def test_loss_curve_handles_empty_and_long_histories():
     assert Image.open(io.BytesIO(render_loss_curve([]))).format == "PNG"
     curve = render_loss_curve([1.0 / (1 + i) + 0.01 * (i % 7) for i in range(4000)] + [float("nan")])
     assert Image.open(io.BytesIO(curve)).size == (480, 240)
+
+
+def test_training_beside_hotswap_slots(tiny_models_dir, dataset, cache_file, reference_losses, tmp_path):
+    """A compiled worker's slots (gpu/hotswap.py) and a training run share the transformer: the run's losses
+    are those of a plain run, a slotted LoRA gives the same image during and after the run."""
+    from diffusers import ZImagePipeline
+
+    from gpu.hotswap import HotswapAdapters
+    from gpu.tiny import ensure_tiny_model
+
+    slotted = ZImagePipeline.from_pretrained(ensure_tiny_model(tiny_models_dir))
+    slotted.set_progress_bar_config(disable=True)
+    slots = HotswapAdapters(slotted, slots=2, rank=4)
+    base = generate(slotted)
+    trainer = LoraTrainer(slotted, dataset, fresh_output(tmp_path, cache_file, "out"), small_config(), "cpu", torch.float32)
+    trainer.prepare()
+    run(trainer, 2)
+    checkpoint = trainer.save_checkpoint()
+    images = []
+
+    def generate_between(trainer):
+        trainer.suspend()
+        slots.activate([("early", str(checkpoint.path), 0.8)])
+        images.append(generate(slotted))
+        slots.activate([])
+        assert np.array_equal(generate(slotted), base)
+        trainer.resume()
+
+    run(trainer, 4, between=generate_between)
+    assert trainer.losses == pytest.approx(reference_losses[:4], rel=1e-5)
+    trainer.close()
+    slots.activate([("early", str(checkpoint.path), 0.8)])
+    images.append(generate(slotted))
+    assert slots.loads == 1 and not np.array_equal(images[0], base)
+    assert all(np.array_equal(image, images[0]) for image in images)
