@@ -11,7 +11,7 @@ Settings (environment variables; all optional):
     ``transformer.compile_repeated_blocks(fullgraph=True)``: torch.compile of the one repeated
     ``ZImageTransformerBlock`` (regional compile; the 34 blocks share one compiled graph). The
     first start compiles (tens of seconds); with compile on, the warm-up generates one image in
-    every aspect bucket of the bot (``WARM_UP_SIZES``) at the real step count, with two prompt
+    every aspect bucket of the bot (``WARM_UP_SIZES``), one step each, with two prompt
     lengths, so the sequence length becomes a dynamic dimension before any user arrives and no
     request pays for a recompile.
 
@@ -35,13 +35,20 @@ Settings (environment variables; all optional):
     the FA3 package). Unset or empty leaves diffusers' default. An unknown name, or a backend
     whose package is missing, is logged as a warning and the default is kept.
 
-``ZIMAGE_QUANT`` = ``none`` | ``fp8`` (default ``none``)
+``ZIMAGE_QUANT`` = ``none`` | ``fp8`` | ``int8`` (default ``none``)
     ``fp8`` quantizes the transformer blocks' linear layers (attention q/k/v/out and the
     feed-forward w1/w2/w3) to float8 with dynamic per-row scales (torchao
     ``Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())``). Needs the ``torchao``
     package (``pip install torchao``, or the project's ``fp8`` extra) and a CUDA GPU of compute
     capability 8.9 or newer (Ada, Hopper, Blackwell); the worker refuses to start with one clear
     message otherwise. Slightly changes pixels; stores those weights in 8 bits instead of 16.
+    ``int8``: int8 weight-only on the same linears (any CUDA GPU; saves memory, not time).
+
+``ZIMAGE_VRAM`` = ``full`` | ``16gb`` (default ``full``)
+    ``16gb`` keeps the worker under 16 GiB of GPU memory (gpu/quantize.py): the transformer
+    blocks in fp8 (int8 weight-only below compute capability 8.9), the text encoder int8
+    weight-only, both quantized block by block while they move to the GPU, so the bf16 model is
+    never resident. Needs torchao and CUDA; LoRA training is refused (it needs the bf16 weights).
 
 Always on CUDA (no setting): the pipeline's PNG-bound output is converted to 8-bit on the GPU
 before it is copied to the host (the same arithmetic as diffusers' ``numpy_to_pil``, so the
@@ -58,6 +65,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import quantize
+
 log = logging.getLogger(__name__)
 
 # The bot's aspect buckets (bot/sizes.py), width x height. Every one is warmed up when compiled.
@@ -72,7 +81,9 @@ WARM_UP_SIZES: tuple[tuple[int, int], ...] = (
     (1344, 768),
     (768, 1344),
 )
-WARM_UP_STEPS = 8  # Z-Image-Turbo's step count
+# One step per bucket: a compiled graph does not depend on the step count (the benchmark counts the
+# graphs compiled during its timed 8-step runs: none), and 8 steps in each of 7 buckets cost ~5 s of start.
+WARM_UP_STEPS = 1
 # Two prompts whose token counts land in different multiples of 32 (the pipeline pads captions to
 # multiples of 32): seeing two caption lengths makes dynamo compile the caption dimension dynamic.
 WARM_UP_PROMPTS = (
@@ -85,9 +96,7 @@ WARM_UP_PROMPTS = (
 RECOMPILE_LIMIT = 64
 
 COMPILE_CHOICES = ("auto", "on", "off")
-QUANT_CHOICES = ("none", "fp8")
-FP8_LINEARS = ("to_q", "to_k", "to_v", "to_out.0", "w1", "w2", "w3")
-FP8_BLOCK_LISTS = ("layers.", "noise_refiner.", "context_refiner.")
+VRAM_CHOICES = ("full", "16gb")
 
 
 class AccelConfigError(ValueError):
@@ -101,6 +110,7 @@ class AccelSettings:
     quant: str
     cache_dir: Path
     compile_vae: bool = False
+    vram: str = "full"
 
     @classmethod
     def from_env(cls, device: str, data_dir: Path, environ: Mapping[str, str] | None = None) -> AccelSettings:
@@ -109,8 +119,14 @@ class AccelSettings:
         if compile_mode not in COMPILE_CHOICES:
             raise AccelConfigError(f"ZIMAGE_COMPILE must be one of {'|'.join(COMPILE_CHOICES)}, not {compile_mode!r}")
         quant = env.get("ZIMAGE_QUANT", "none").strip().lower() or "none"
-        if quant not in QUANT_CHOICES:
-            raise AccelConfigError(f"ZIMAGE_QUANT must be one of {'|'.join(QUANT_CHOICES)}, not {quant!r}")
+        if quant not in quantize.QUANT_CHOICES:
+            raise AccelConfigError(f"ZIMAGE_QUANT must be one of {'|'.join(quantize.QUANT_CHOICES)}, not {quant!r}")
+        vram = env.get("ZIMAGE_VRAM", "full").strip().lower() or "full"
+        if vram not in VRAM_CHOICES:
+            raise AccelConfigError(f"ZIMAGE_VRAM must be one of {'|'.join(VRAM_CHOICES)}, not {vram!r}")
+        if vram == "16gb" and (device != "cuda" or quant != "none"):
+            raise AccelConfigError("ZIMAGE_VRAM=16gb needs a CUDA GPU and chooses its own quantization: "
+                                   "leave ZIMAGE_QUANT unset")
         attention = env.get("ZIMAGE_ATTENTION", "").strip() or None
         cache = env.get("ZIMAGE_COMPILE_CACHE", "").strip()
         compile_vae = env.get("ZIMAGE_COMPILE_VAE", "off").strip().lower() or "off"
@@ -123,6 +139,7 @@ class AccelSettings:
             quant=quant,
             cache_dir=Path(cache) if cache else Path(data_dir) / "compile-cache",
             compile_vae=compile_vae == "on",
+            vram=vram,
         )
 
 
@@ -227,48 +244,17 @@ def gpu_postprocess(processor, image, output_type: str = "pil", do_denormalize=N
     return [Image.fromarray(frame) for frame in pixels]
 
 
-def _fp8_filter(module, fqn: str) -> bool:
-    import torch
-
-    return (
-        isinstance(module, torch.nn.Linear)
-        and fqn.startswith(FP8_BLOCK_LISTS)
-        and fqn.removesuffix(".base_layer").endswith(FP8_LINEARS)  # .base_layer: wrapped by a LoRA hot-swap slot
-        and module.in_features % 16 == 0
-        and module.out_features % 16 == 0
-    )
-
-
-def quantize_fp8(transformer) -> int:
-    """float8 dynamic-activation / float8 weight, per-row scales, on the blocks' big linears."""
-    import torch
-
-    try:
-        from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
-    except ImportError as exc:
-        raise AccelConfigError(
-            f"ZIMAGE_QUANT=fp8 needs the torchao package ({exc}); install it with `pip install torchao` "
-            "or set ZIMAGE_QUANT=none") from exc
-    if not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9):
-        raise AccelConfigError("ZIMAGE_QUANT=fp8 needs a CUDA GPU of compute capability 8.9 or newer "
-                               "(Ada, Hopper, Blackwell); set ZIMAGE_QUANT=none")
-    count = sum(1 for fqn, module in transformer.named_modules() if _fp8_filter(module, fqn))
-    # set_inductor_config=False: torchao's recommended inductor settings turn on coordinate-descent
-    # tuning, which multiplied the first compile time (about 250 s measured) for little gain.
-    config = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(), set_inductor_config=False)
-    quantize_(transformer, config, filter_fn=_fp8_filter)
-    return count
-
-
 def apply(pipe, settings: AccelSettings) -> AccelReport:
     """Apply the configured speed path to a loaded pipeline, in place. Compile itself is lazy."""
     started = time.perf_counter()
     report = AccelReport()
     transformer = pipe.transformer
-    if settings.quant == "fp8":
-        count = quantize_fp8(transformer)
-        report.quant = "fp8"
-        report.notes.append(f"fp8 on {count} linears")
+    if settings.quant != "none":
+        count = quantize.quantize_transformer(transformer, settings.quant, f"ZIMAGE_QUANT={settings.quant}")
+        report.quant = settings.quant
+        report.notes.append(f"{settings.quant} on {count} linears")
+    elif settings.vram == "16gb":
+        report.quant = "16gb"  # quantized while placed on the GPU (ImageEngine.load, gpu/quantize.py)
     if settings.attention:
         chosen = set_attention(transformer, settings.attention)
         if chosen:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import accel
+from . import accel, quantize
 from .adapters import LoraSettings
 from .protocol import GenerateParams
 
@@ -72,23 +72,29 @@ class ImageEngine:
 
             path = resolve_model_path(self.model_name, self.data_dir)
             pipe = ZImagePipeline.from_pretrained(path, dtype=dtype)
-        self.pipe = pipe.to(self.device)
+        self.pipe = pipe
         self.pipe.set_progress_bar_config(disable=True)
         if self.tokenizer is None:  # load_tokenizer() not called first (an injected pipe, the benchmark)
             self.tokenizer = self.pipe.tokenizer
-        if self.lora_settings.hotswap:  # the slots must exist before the transformer is compiled (and quantized)
-            from .hotswap import HotswapAdapters
-
-            self._adapters = HotswapAdapters(self.pipe, self.lora_settings.max_stack, self.lora_settings.max_rank,
-                                             self.lora_settings.cache_bytes)
+        # LoRA hot-swap slots must exist before the transformer is quantized and compiled.
+        if settings.vram == "16gb":  # never the whole bf16 model on the GPU: quantized block by block
+            self._add_lora_slots()
+            notes = quantize.place_16gb(self.pipe, self.device)
+            if self._adapters is not None:
+                self._adapters.follow_device()
+        else:
+            notes = []
+            self.pipe.to(self.device)
+            self._add_lora_slots()
         self.accel = accel.apply(self.pipe, settings)
+        self.accel.notes.extend(notes)
         self.warm_up_timings: list[dict] = []
         log.info("loaded %s on %s in %.1f s", self.model_name, self.device, time.perf_counter() - started)
 
     def warm_up(self) -> None:
         """Pay lazy initialisation (and, when compiled, every compile) before the first user.
 
-        Compiled: one image in every aspect bucket of the bot at the real step count, so no
+        Compiled: one image (one step) in every aspect bucket of the bot, so no
         request triggers a recompile. Not compiled (CPU, tests): one small generation."""
         report = getattr(self, "accel", None)
         if report is not None and (report.compiled or report.compiled_vae):
@@ -97,6 +103,13 @@ class ImageEngine:
                     GenerateParams(prompt=prompt, width=width, height=height, steps=steps, seeds=[0])))
             return
         self.generate(GenerateParams(prompt="warm-up", width=256, height=256, steps=1, seeds=[0]))
+
+    def _add_lora_slots(self) -> None:
+        if self.lora_settings.hotswap:
+            from .hotswap import HotswapAdapters
+
+            self._adapters = HotswapAdapters(self.pipe, self.lora_settings.max_stack, self.lora_settings.max_rank,
+                                             self.lora_settings.cache_bytes)
 
     @property
     def uses_adapters(self) -> bool:

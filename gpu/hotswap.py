@@ -99,6 +99,13 @@ class HotswapAdapters:
         self._set_active(0)
         log.info("LoRA hot-swap: %d slots of rank %d on %d linear layers", slots, rank, len(self._layers))
 
+    def follow_device(self) -> None:
+        """Put the scaling tensors where their layers went (they are plain attributes: .to() misses them)."""
+        for module in self._layers.values():
+            device = module.lora_A[self.names[0]].weight.device
+            for name in self.names:
+                module.scaling[name] = module.scaling[name].to(device)
+
     @property
     def cached(self) -> list[str]:
         """Names of the LoRAs held on the GPU, least recently used first."""

@@ -187,6 +187,11 @@ class WorkerServer:
             return
         await send("accepted", id=request_id)
         await self._ready.wait()
+        if self.engine.accel.quant != "none":
+            await send("error", id=request_id, code=protocol.ERROR_BAD_REQUEST,
+                       message=f"LoRA training needs the bf16 model; this worker runs quantized "
+                               f"({self.engine.accel.quant}: ZIMAGE_QUANT / ZIMAGE_VRAM)")
+            return
         started = time.perf_counter()
         session = None
         try:

@@ -51,6 +51,11 @@ def test_tiny_bench_prints_the_table_with_numbers(tmp_path):
     assert results["columns"]["ours"]["accel"]["compiled"] is False  # CPU: no compile by default
     assert results["warm_start"]["process_marks"]["first_image_s"] > 0
 
+    lora = results["lora"]  # on the CPU the engine is eager: peft adapters (AdapterManager), no slots
+    assert lora["manager"] == "AdapterManager" and lora["disk_reads"] == 3
+    assert set(lora["s_per_image"]) == {"base", "1 LoRA", "2 LoRAs", "3 LoRAs"} and lora["switch_s"]["count"] == 12
+    assert "### LoRA switching (the worker's engine, eager)" in table
+
     training = results["training"]["columns"]
     for column in ("stock", "ours"):
         assert training[column]["s_per_step"]["n"] == 3 and training[column]["s_per_step"]["median_s"] > 0
@@ -107,9 +112,14 @@ def test_accel_settings_from_env(tmp_path):
     assert AccelSettings.from_env("cuda", tmp_path, {"ZIMAGE_COMPILE": "off"}).compile is False
     assert AccelSettings.from_env("cpu", tmp_path, {"ZIMAGE_COMPILE": "on"}).compile is True
     assert AccelSettings.from_env("cpu", tmp_path, {"ZIMAGE_COMPILE_CACHE": "/x"}).cache_dir == Path("/x")
-    for bad in ({"ZIMAGE_COMPILE": "yes"}, {"ZIMAGE_QUANT": "int4"}, {"ZIMAGE_COMPILE_VAE": "auto"}):
+    assert AccelSettings.from_env("cuda", tmp_path, {"ZIMAGE_VRAM": "16GB"}).vram == "16gb"
+    assert AccelSettings.from_env("cuda", tmp_path, {"ZIMAGE_QUANT": "int8"}).quant == "int8"
+    for bad in ({"ZIMAGE_COMPILE": "yes"}, {"ZIMAGE_QUANT": "int4"}, {"ZIMAGE_COMPILE_VAE": "auto"},
+                {"ZIMAGE_VRAM": "8gb"}, {"ZIMAGE_VRAM": "16gb", "ZIMAGE_QUANT": "fp8"}):
         with pytest.raises(AccelConfigError):
             AccelSettings.from_env("cuda", tmp_path, bad)
+    with pytest.raises(AccelConfigError, match="ZIMAGE_VRAM=16gb needs a CUDA GPU"):
+        AccelSettings.from_env("cpu", tmp_path, {"ZIMAGE_VRAM": "16gb"})
 
 
 def test_unknown_attention_backend_keeps_the_default(caplog):
@@ -127,7 +137,7 @@ def test_fp8_without_torchao_fails_with_one_clear_message(monkeypatch):
 
     import pytest
 
-    from gpu.accel import AccelConfigError, quantize_fp8
+    from gpu.quantize import QuantizationError, quantize_transformer
 
     real_import = builtins.__import__
 
@@ -137,5 +147,5 @@ def test_fp8_without_torchao_fails_with_one_clear_message(monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_torchao)
-    with pytest.raises(AccelConfigError, match="ZIMAGE_QUANT=fp8 needs the torchao package"):
-        quantize_fp8(object())
+    with pytest.raises(QuantizationError, match="ZIMAGE_QUANT=fp8 needs the torchao package"):
+        quantize_transformer(object(), "fp8", "ZIMAGE_QUANT=fp8")

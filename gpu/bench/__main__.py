@@ -12,6 +12,7 @@ from pathlib import Path
 
 from . import __doc__ as PACKAGE_DOC
 from . import latency as lat
+from . import lora as lr
 from . import training as tr
 from .build import build_pipeline, environment_info
 from .children import phase_child, spawn_child
@@ -19,7 +20,7 @@ from .common import error_text, free_memory, log, timed
 from .inference import FULL, TINY, attention_microbench, make_queue, postprocess_microbench, profile_one, run_ours, run_stock
 from .report import render_report
 
-SECTIONS = ("inference", "training", "latency")
+SECTIONS = ("inference", "lora", "training", "latency")
 
 
 def engine_phases(pipe, engine, results: dict, tiny: bool, work_dir: Path, data_dir: Path, left, save) -> None:
@@ -152,6 +153,14 @@ def phase_main(args) -> dict:
             log(f"ours failed: {error_text(exc)}")
             results["columns"]["ours"] = {"error": error_text(exc)}
         save()
+        if "lora" in sections and engine is not None:
+            log("LoRA hot-swap on the worker's engine")
+            try:
+                results["lora"] = lr.run_section(engine, lr.TINY_LORA if tiny else lr.FULL_LORA, work_dir, left)
+            except Exception as exc:  # noqa: BLE001 - keep what was measured
+                log(f"LoRA section failed: {error_text(exc)}")
+                results["lora"] = {"error": error_text(exc)}
+            save()
 
     if sections & {"training", "latency"}:
         try:
@@ -208,6 +217,14 @@ def inference_children(args, pipe, cfg: dict, results: dict, data_dir: Path, lef
             log(f"ours with ZIMAGE_QUANT=fp8 (child process, cold cache in {fp8_dir})")
             results["columns"]["ours fp8"] = spawn_child(args, "ours", fp8_dir, {"ZIMAGE_QUANT": "fp8"}, left() - 5)
         save()
+    if args.vram16:
+        if left() < 150:
+            results["columns"]["ours 16gb"] = {"error": "skipped: out of time"}
+        else:
+            low_dir = Path(tempfile.mkdtemp(prefix="zimage-bench-16gb-"))
+            log(f"ours with ZIMAGE_VRAM=16gb (child process, pipeline handed over on the CPU, cold cache in {low_dir})")
+            results["columns"]["ours 16gb"] = spawn_child(args, "ours", low_dir, {"ZIMAGE_VRAM": "16gb"}, left() - 5)
+        save()
 
 
 def _sections(text: str) -> list[str]:
@@ -215,6 +232,8 @@ def _sections(text: str) -> list[str]:
     unknown = sorted(set(chosen) - set(SECTIONS))
     if unknown or not chosen:
         raise argparse.ArgumentTypeError(f"sections are a comma-separated subset of {','.join(SECTIONS)}")
+    if "lora" in chosen and "inference" not in chosen:
+        raise argparse.ArgumentTypeError("the lora section runs on the inference section's engine: add inference")
     return chosen
 
 
@@ -223,7 +242,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tiny", action="store_true", help="CPU smoke run on the tiny pipeline (automatic without CUDA)")
     parser.add_argument("--json", type=Path, help="also write every number to this JSON file")
     parser.add_argument("--sections", type=_sections, default=list(SECTIONS),
-                        help="comma-separated subset of inference,training,latency (default: all)")
+                        help="comma-separated subset of inference,lora,training,latency (default: all; lora needs inference)")
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="DATA_DIR for ours (its compile-cache/ is reused); default: a fresh temporary folder")
     parser.add_argument("--variant", action="append", metavar="KEY=VALUE",
@@ -232,6 +251,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--profile", action="store_true",
                         help="profile one image of stock and of ours (GPU kernel time by category)")
     parser.add_argument("--fp8", action="store_true", help="extra column: ours with ZIMAGE_QUANT=fp8 (needs torchao)")
+    parser.add_argument("--vram16", action="store_true",
+                        help="extra column: ours with ZIMAGE_VRAM=16gb, loaded from the CPU (needs torchao)")
     parser.add_argument("--deadline-s", type=float, default=560.0,
                         help="skip optional phases that would not fit in this many seconds")
     parser.add_argument("--phase", choices=["main", "warm-start", "ours"], default="main", help=argparse.SUPPRESS)

@@ -51,6 +51,16 @@ def peak_gib() -> float | None:
     return None
 
 
+def peak_reserved_gib() -> float | None:
+    """torch.cuda.max_memory_reserved (what the caching allocator held: the process's real need, minus
+    the CUDA context) since the last reset_peak(), in GiB (None on the CPU)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return round(torch.cuda.max_memory_reserved() / GIB, 2)
+    return None
+
+
 def free_memory() -> None:
     import gc
 

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from .. import accel
-from .common import log, peak_gib, reset_peak, sync, timed
+from .common import log, peak_gib, peak_reserved_gib, reset_peak, sync, timed
 
 # Timing prompt: ~100 characters, i.e. ~120 caption tokens with the byte-level bench tokenizer
 # (gpu/tiny.py), the caption length of the baseline measurements.
@@ -221,5 +221,6 @@ def run_ours(pipe, cfg: dict, queue, data_dir: Path, model_name: str) -> tuple[d
 
     result.update(measure(run_one, cfg, queue))
     result["peak_gib"] = peak_gib()
+    result["peak_reserved_gib"] = peak_reserved_gib()
     return result, run_one, engine
 

@@ -42,6 +42,7 @@ def render_inference(results: dict) -> str:
     row("compile + warm-up of all buckets, cold cache (s)", lambda c: c.get("warm_up_s"))
     row("graphs compiled in warm-up", lambda c: c.get("graphs_compiled_in_warm_up"))
     row("peak GPU memory (GiB)", lambda c: c.get("peak_gib"))
+    row("peak GPU memory reserved (GiB)", lambda c: c.get("peak_reserved_gib"))
     warm = results.get("warm_start")
     if warm is not None:
         lines.append("")
@@ -69,6 +70,28 @@ def render_inference(results: dict) -> str:
         lines.append("")
         lines.append("Attention alone, " + "x".join(map(str, micro["shape"])) + " bf16 (ms): " + ", ".join(
             f"{k[:-3]} {_fmt(v)}" for k, v in micro.items() if k.endswith("_ms")))
+    return "\n".join(lines)
+
+
+def render_lora(lora: dict) -> str:
+    if "error" in lora:
+        return f"### LoRA hot-swap\n\nerror: {lora['error']}"
+    size = "x".join(map(str, lora["config"]["size"]))
+    lines = [f"### LoRA switching (the worker's engine, {'compiled' if lora.get('compiled') else 'eager'})", "",
+             f"Manager: {lora['manager']}; LoRAs: " + ", ".join(
+                 f"{name} (rank {info['rank']}, {'/'.join(info['targets'])})" for name, info in lora["loras"].items()),
+             "", "| | s/image " + size + " |", "|---|---|"]
+    lines += [f"| {label} | {_fmt(value)} |" for label, value in lora["s_per_image"].items()]
+    switch = lora["switch_s"]
+    lines += ["", f"Slot warm-up: {lora['slot_warm_up_s']} s, {lora['graphs_in_slot_warm_up']} graph(s). "
+              f"First activation (read from disk): " + ", ".join(
+                  f"{k} {_fmt(v)} s" for k, v in lora["first_activation_s"].items()) + ". "
+              f"Switches between LoRAs on the GPU: median {_fmt(switch['median'] * 1000, 1)} ms, max "
+              f"{_fmt(switch['max'] * 1000, 1)} ms over {switch['count']}; graphs compiled while switching and "
+              f"generating: **{lora['graphs_compiled_while_switching']}**; disk reads: {lora['disk_reads']}."]
+    control = lora.get("control_peft")
+    if control:
+        lines.append(f"Control, the same LoRA as a plain peft adapter on the same compiled transformer: {control}")
     return "\n".join(lines)
 
 
@@ -187,6 +210,8 @@ def render_report(results: dict) -> str:
              f"| {info['date_utc']} | {info['mode']}"]
     if results.get("columns"):
         parts.append(render_inference(results))
+    if results.get("lora"):
+        parts.append(render_lora(results["lora"]))
     if results.get("training"):
         parts.append(render_training(results["training"]))
     if results.get("latency"):
