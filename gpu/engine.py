@@ -109,7 +109,7 @@ class ImageEngine:
             from .hotswap import HotswapAdapters
 
             self._adapters = HotswapAdapters(self.pipe, self.lora_settings.max_stack, self.lora_settings.max_rank,
-                                             self.lora_settings.cache_bytes)
+                                             self.lora_settings.cache_bytes, init_device=self.device)
 
     @property
     def uses_adapters(self) -> bool:
