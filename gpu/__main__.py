@@ -42,6 +42,10 @@ def exit_with_parent() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if os.environ.get("ZIMAGE_VRAM", "").strip().lower() == "16gb":  # before torch allocates anything
+        from .quantize import LOW_VRAM_ALLOC_CONF
+
+        os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", LOW_VRAM_ALLOC_CONF)
     if args.exit_with_parent:
         exit_with_parent()
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"),

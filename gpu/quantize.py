@@ -20,6 +20,11 @@ BLOCK_LISTS = ("layers.", "noise_refiner.", "context_refiner.")
 _SPLIT_PARAMS = 256 << 20
 
 
+# For ZIMAGE_VRAM=16gb (set by gpu/__main__.py before torch starts): blocks freed by the block-wise
+# placement are reused instead of fragmenting the cache.
+LOW_VRAM_ALLOC_CONF = "expandable_segments:True"
+
+
 class QuantizationError(ValueError):
     """The requested quantization cannot run here; the message says what to change."""
 
@@ -115,6 +120,7 @@ def place_16gb(pipe, device) -> list[str]:
     transformer = place_quantized(pipe.transformer, device, kind, block_linear_filter)
     encoder = place_quantized(pipe.text_encoder, device, "int8", any_linear_filter)
     pipe.to(device)  # the VAE and anything small left behind
+    torch.cuda.empty_cache()  # the bf16 blocks that were quantized: give their memory back
     gib = (torch.cuda.memory_allocated() - started) / 2**30
     notes = [f"16gb: {kind} on {transformer} transformer linears, int8 on {encoder} text-encoder linears, "
              f"{gib:.2f} GiB resident"]
