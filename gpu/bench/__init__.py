@@ -7,8 +7,10 @@ weights; nothing is downloaded or saved), then measures three sections (``--sect
 * ``inference``: stock ``pipe(prompt_embeds=..., guidance_scale=0, num_inference_steps=8)``, eager,
   vs ``gpu.engine.ImageEngine`` with that same pipeline injected into ``load()`` (the speed path of
   ``gpu/accel.py`` and the warm-up are exactly the worker's code); a second process started with a
-  populated compile cache (cold start to first image); optionally ``--variant KEY=VALUE``, ``--fp8``
-  and ``--profile`` (inference.py, children.py);
+  populated compile cache (cold start to first image); optionally ``--variant KEY=VALUE``, ``--fp8``,
+  ``--vram16`` (ZIMAGE_VRAM=16gb under a 16 GiB allocator cap) and ``--profile`` (inference.py, children.py);
+* ``lora``: LoRA switching on the inference section's engine: hot-swap slot warm-up, s/image with
+  1-3 stacked LoRAs, switch times and the graphs compiled meanwhile, a peft control (lora.py);
 * ``training``: LoRA training at 512 px, rank 64, batch 1: a plain peft loop vs gpu/trainer.py's
   ``LoraTrainer``, eager and on the worker's regionally compiled transformer (training.py);
 * ``latency``: /imagine latency at 1024x1024 when idle vs while training steps are interleaved on
