@@ -58,8 +58,20 @@ class ImagineService:
             picked = [(lora, self.bot.settings.lora_default_scale) for lora in usable if lora.name == override.strip().lower()]
             if not picked:
                 raise UserFacingError(f"You have no LoRA `{override}` here (yours, or one shared in this server).")
+        self._check_limits(picked)
         return [{"name": f"lora{lora.id}-s{lora.steps}-{hashlib.sha1(lora.path.encode()).hexdigest()[:8]}",
                  "path": lora.path, "scale": scale, "label": lora.name} for lora, scale in picked]
+
+    def _check_limits(self, picked: list) -> None:
+        """A stack picked before LORA_MAX_STACK or LORA_MAX_RANK were lowered: say so instead of failing in the worker."""
+        settings = self.bot.settings
+        if len(picked) > settings.lora_max_stack:
+            raise UserFacingError(f"You use {len(picked)} LoRAs; this bot now allows {settings.lora_max_stack} at once. "
+                                  "Drop some with `/lora clear`.")
+        for lora, _ in picked:
+            if lora.rank and lora.rank > settings.lora_max_rank:
+                raise UserFacingError(f"`{lora.name}` has rank {lora.rank}; this bot now accepts LoRAs up to rank "
+                                      f"{settings.lora_max_rank}. Stop using it with `/lora clear {lora.name}`.")
 
     async def clean_prompt(self, prompt: str) -> str:
         prompt = prompt.strip()

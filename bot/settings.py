@@ -13,6 +13,7 @@ from yarl import URL
 
 DEFAULT_MODEL = "Tongyi-MAI/Z-Image-Turbo"
 MAX_LORA_STACK = 8  # the worker keeps at most 8 adapters loaded
+MAX_LORA_RANK = 1024
 
 
 class SettingsError(Exception):
@@ -56,6 +57,8 @@ class Settings:
     lora_default_scale: float = 0.8
     lora_download_timeout: int = 300
     lora_max_rank: int = 64  # the worker pads adapters to this rank to hot-swap them under torch.compile
+    lora_cache_mb: int | None = None  # worker: memory for loaded LoRAs (None: its default, 2048; 256 with ZIMAGE_VRAM=16gb)
+    lora_hotswap: str = "auto"  # worker: auto | on | off
     # The bot's small HTTP endpoint for files too big for Discord (signed, expiring links).
     http_host: str = "127.0.0.1"
     http_port: int = 8765
@@ -200,6 +203,11 @@ def _lora_settings(env: dict[str, str]) -> dict:
         raise SettingsError(f"LORA_MAX_STACK must be at most {MAX_LORA_STACK} (the worker keeps at most "
                             f"{MAX_LORA_STACK} adapters loaded), got {stack}")
     rank = _int(env, "LORA_MAX_RANK", 64, minimum=1)
+    if rank > MAX_LORA_RANK:
+        raise SettingsError(f"LORA_MAX_RANK must be at most {MAX_LORA_RANK}, got {rank}")
+    hotswap = env.get("LORA_HOTSWAP", "").strip().lower() or "auto"
+    if hotswap not in ("auto", "on", "off"):
+        raise SettingsError(f"LORA_HOTSWAP must be auto, on or off, got {hotswap!r}")
     train_rank = _int(env, "TRAIN_RANK", 64, minimum=1)
     if train_rank > rank:
         raise SettingsError(f"TRAIN_RANK ({train_rank}) is above LORA_MAX_RANK ({rank}): the worker could not "
@@ -214,4 +222,8 @@ def _lora_settings(env: dict[str, str]) -> dict:
         "lora_default_scale": scale,
         "lora_download_timeout": _int(env, "LORA_DOWNLOAD_TIMEOUT", 300, minimum=1),
         "lora_max_rank": rank,
+        # Read by the worker (gpu/adapters.py LoraSettings, same variables); checked here too, so a typo
+        # stops the bot at start with one line instead of a worker that keeps failing to start.
+        "lora_cache_mb": _int(env, "LORA_CACHE_MB", None, minimum=1),
+        "lora_hotswap": hotswap,
     }

@@ -66,7 +66,8 @@ class LoraSettings:
 
     ``LORA_HOTSWAP`` = ``auto`` | ``on`` | ``off``: fixed adapter slots swapped in place (gpu/hotswap.py);
     ``auto`` = on when the transformer is compiled. ``LORA_MAX_STACK`` slots of rank ``LORA_MAX_RANK``;
-    ``LORA_CACHE_MB``: user LoRAs kept in memory (least recently used dropped first)."""
+    ``LORA_CACHE_MB``: user LoRAs kept in memory (least recently used dropped first; default 2048, 256 with
+    ``ZIMAGE_VRAM=16gb``). Parsed like bot/settings.py parses them, which checks them at the bot's start."""
 
     hotswap: bool
     max_stack: int = 3
@@ -74,7 +75,7 @@ class LoraSettings:
     cache_bytes: int = 2048 << 20
 
     @classmethod
-    def from_env(cls, compiled: bool, environ: Mapping[str, str] | None = None) -> LoraSettings:
+    def from_env(cls, compiled: bool, environ: Mapping[str, str] | None = None, low_vram: bool = False) -> LoraSettings:
         env = os.environ if environ is None else environ
         mode = env.get("LORA_HOTSWAP", "").strip().lower() or "auto"
         if mode not in ("auto", "on", "off"):
@@ -84,14 +85,18 @@ class LoraSettings:
             raw = env.get(name, "").strip()
             if not raw:
                 return default
-            if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+            try:
+                value = int(raw)
+            except ValueError:
+                value = 0
+            if not 1 <= value <= maximum:
                 raise LoraSettingsError(f"{name} must be a whole number from 1 to {maximum}, not {raw!r}")
-            return int(raw)
+            return value
 
         return cls(hotswap=mode == "on" or (mode == "auto" and compiled),
                    max_stack=whole("LORA_MAX_STACK", cls.max_stack, MAX_STACK),
                    max_rank=whole("LORA_MAX_RANK", cls.max_rank, 1024),
-                   cache_bytes=whole("LORA_CACHE_MB", 2048, 1 << 20) << 20)
+                   cache_bytes=whole("LORA_CACHE_MB", 256 if low_vram else 2048, 1 << 20) << 20)
 
 
 @dataclass(frozen=True)

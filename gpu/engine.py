@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import accel, quantize
-from .adapters import LoraSettings
+from .adapters import MAX_STACK, LoraSettings
 from .protocol import GenerateParams
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ class ImageEngine:
         self.device = "cpu"
         self._prompt_cache: OrderedDict[str, list] = OrderedDict()
         self._adapters = None  # gpu.adapters.AdapterManager or gpu.hotswap.HotswapAdapters
-        self.lora_settings = LoraSettings.from_env(compiled=False)
+        self.lora_settings = LoraSettings(hotswap=False)  # read from the environment in load()
 
     def load(self, pipe=None) -> None:
         """Load the pipeline (or take `pipe`, already built: the benchmark injects one) and apply
@@ -66,7 +66,7 @@ class ImageEngine:
             self.device, dtype = "cpu", torch.float32
         started = time.perf_counter()
         settings = accel.AccelSettings.from_env(self.device, self.data_dir)  # bad settings fail before loading
-        self.lora_settings = LoraSettings.from_env(compiled=settings.compile)
+        self.lora_settings = LoraSettings.from_env(compiled=settings.compile, low_vram=settings.vram == "16gb")
         if pipe is None:
             from diffusers import ZImagePipeline
 
@@ -121,7 +121,8 @@ class ImageEngine:
         if self._adapters is None:  # created on first use: plain generation never imports peft
             from .adapters import AdapterManager
 
-            self._adapters = AdapterManager(self.pipe, self.lora_settings.max_stack, self.lora_settings.cache_bytes)
+            # An LRU of up to MAX_STACK adapters (and LORA_CACHE_MB); the bot keeps requests to LORA_MAX_STACK.
+            self._adapters = AdapterManager(self.pipe, MAX_STACK, self.lora_settings.cache_bytes)
         return self._adapters
 
     def warm_up_adapters(self) -> None:

@@ -119,10 +119,10 @@ class HotswapAdapters:
         """Make exactly these (name, path, scale) LoRAs active; [] = the base model.
 
         A bad request or file raises AdapterError and leaves the base model active."""
-        check_request(adapters, len(self.names))
+        keep = {name for name, _, _ in adapters}
         try:
-            loras = [self._cached_lora(name, path) for name, path, _ in adapters]
-            self._evict(keep={name for name, _, _ in adapters})
+            check_request(adapters, len(self.names))
+            loras = [self._cached_lora(name, path, keep) for name, path, _ in adapters]
             for slot, ((name, _, scale), lora) in enumerate(zip(adapters, loras, strict=True)):
                 self._fill(slot, name, lora, float(scale))
             self._set_active(len(adapters))
@@ -147,12 +147,15 @@ class HotswapAdapters:
 
     def warm_up(self, generate: Callable[[], object]) -> None:
         """Compile the 1..slots graph variants now (empty slots: zero delta), then go back to the base model."""
-        for count in range(1, len(self.names) + 1):
-            for slot in range(count):
-                self._empty(slot)
-            self._set_active(count)
-            generate()
-        self._set_active(0)
+        try:
+            for count in range(1, len(self.names) + 1):
+                for slot in range(count):
+                    self._empty(slot)
+                self._set_active(count)
+                generate()
+        finally:
+            self.active = []
+            self._set_active(0)
 
     # -- slots -----------------------------------------------------------------------------------------------
 
@@ -176,6 +179,7 @@ class HotswapAdapters:
                     module.scaling[slot_name].fill_(weights[2] * scale if weights else 0.0)
                 self._in_slot[slot] = (name, lora.signature, scale)
             return
+        self._in_slot[slot] = None  # until the copy is complete: a failure halfway must not look like a hit
         for module_name, module in self._layers.items():
             weights = lora.layers.get(module_name)
             slot_a, slot_b = module.lora_A[slot_name].weight, module.lora_B[slot_name].weight
@@ -201,7 +205,7 @@ class HotswapAdapters:
 
     # -- the GPU cache of user LoRAs ---------------------------------------------------------------------------
 
-    def _cached_lora(self, name: str, path: str | Path) -> _CachedLora:
+    def _cached_lora(self, name: str, path: str | Path, keep: set[str]) -> _CachedLora:
         try:
             file = resolve_lora_file(path)
         except AdapterError as exc:
@@ -211,6 +215,7 @@ class HotswapAdapters:
         if cached is not None and cached.signature == signature:
             self._cache.move_to_end(name)
             return cached
+        self._evict(keep, room=file.stat().st_size)  # before reading: the cache never holds more than its budget
         try:
             lora = self._read(file, signature)
         except AdapterError as exc:
@@ -218,7 +223,8 @@ class HotswapAdapters:
         except Exception as exc:  # noqa: BLE001 - a damaged file: one clear line for the user
             log.warning("reading LoRA %s from %s failed: %r", name, file, exc)
             raise AdapterError(f"the LoRA {name!r} could not be loaded: {describe_load_error(exc)}") from exc
-        self._cache[name] = lora
+        self._cache.pop(name, None)
+        self._cache[name] = lora  # the most recently used
         self._in_slot = [None if held and held[0] == name else held for held in self._in_slot]
         self.loads += 1
         log.info("read LoRA %s from %s (%.1f MB on the GPU)", name, file, lora.nbytes / 2**20)
@@ -226,12 +232,13 @@ class HotswapAdapters:
 
     def _read(self, file: Path, signature: tuple) -> _CachedLora:
         """The file's LoRA weights per layer, checked against the slots, on the GPU in the pipeline's dtype."""
-        from peft.utils.other import get_pattern_key
-
         state, metadata = type(self.pipe).lora_state_dict(str(file), return_lora_metadata=True)
-        config = {key.removeprefix("transformer."): value for key, value in (metadata or {}).items()}
+        # As diffusers' own loader: only the transformer's metadata (our files are written that way).
+        config = {key.removeprefix("transformer."): value for key, value in (metadata or {}).items()
+                  if key.startswith("transformer.")}
         if config.get("use_dora"):
             raise AdapterError("DoRA adapters are not supported")
+        rank_pattern, alpha_pattern = config.get("rank_pattern") or {}, config.get("alpha_pattern") or {}
         pairs: dict[str, dict] = {}
         for key, tensor in state.items():
             module_name, _, kind = key.removeprefix("transformer.").rpartition(".lora_")
@@ -253,10 +260,8 @@ class HotswapAdapters:
             if rank > self.rank:
                 raise AdapterError(f"its rank {rank} is above the worker's LoRA slot rank {self.rank} "
                                    f"(LORA_MAX_RANK)")
-            r = config.get("rank_pattern", {}).get(get_pattern_key(config.get("rank_pattern", {}), module_name),
-                                                   config.get("r", rank))
-            alpha = config.get("alpha_pattern", {}).get(get_pattern_key(config.get("alpha_pattern", {}), module_name),
-                                                        config.get("lora_alpha", r))
+            r = _pattern_value(rank_pattern, module_name, config.get("r", rank))
+            alpha = _pattern_value(alpha_pattern, module_name, config.get("lora_alpha", r))
             scaling = float(alpha) / (math.sqrt(r) if config.get("use_rslora") else float(r))
             device, dtype = base.weight.device, module.lora_A[self.names[0]].weight.dtype
             lora_a, lora_b = lora_a.to(device, dtype), lora_b.to(device, dtype)
@@ -264,12 +269,21 @@ class HotswapAdapters:
             nbytes += lora_a.numel() * lora_a.element_size() + lora_b.numel() * lora_b.element_size()
         return _CachedLora(signature, layers, nbytes)
 
-    def _evict(self, keep: set[str]) -> None:
-        """Drop least recently used LoRAs until the cache fits its byte budget (the requested ones stay)."""
-        total = sum(lora.nbytes for lora in self._cache.values())
+    def _evict(self, keep: set[str], room: int = 0) -> None:
+        """Drop least recently used LoRAs until the cache plus `room` bytes fits its budget (requested ones stay)."""
+        total = sum(lora.nbytes for lora in self._cache.values()) + room
         for name in list(self._cache):
             if total <= self.cache_bytes:
                 return
             if name not in keep:
                 total -= self._cache.pop(name).nbytes
                 log.info("dropped LoRA %s from the GPU cache", name)
+
+
+def _pattern_value(patterns: dict, module_name: str, default):
+    """peft's rank_pattern / alpha_pattern, matched literally as a name or a dotted suffix: a pattern comes from
+    a user's file and is never compiled as a regular expression (bot/lora_import.py matches the same way)."""
+    for pattern, value in patterns.items():
+        if module_name == str(pattern) or module_name.endswith("." + str(pattern)):
+            return value
+    return default

@@ -32,6 +32,7 @@ class WorkerServer:
         self._gpu_lock = asyncio.Lock()
         self._cancelled: set[str] = set()
         self._busy_with: str | None = None
+        self._warming = False  # the LoRA slot warm-up after "ready"
         self._ready = asyncio.Event()
         self._server: asyncio.AbstractServer | None = None
         self._training = None  # the TrainingSession in progress, if any
@@ -47,9 +48,16 @@ class WorkerServer:
         if warm_up:
             # LoRA graph variants compile after "ready": a first request waits at most for this, nobody
             # waits for it at start-up. Its failure is logged; a request would compile on its own.
-            warming = loop.run_in_executor(self._gpu, self.engine.warm_up_adapters)
-            warming.add_done_callback(lambda done: done.exception() and log.error(
+            warming = loop.run_in_executor(self._gpu, self._warm_up_adapters)
+            warming.add_done_callback(lambda done: not done.cancelled() and done.exception() and log.error(
                 "LoRA warm-up failed", exc_info=done.exception()))
+
+    def _warm_up_adapters(self) -> None:
+        self._warming = True  # health says busy meanwhile
+        try:
+            self.engine.warm_up_adapters()
+        finally:
+            self._warming = False
 
     async def serve_forever(self) -> None:
         assert self._server is not None
@@ -104,7 +112,8 @@ class WorkerServer:
         request_id = frame.id
         try:
             if frame.op == "health":
-                await send("health", id=request_id, ok=True, ready=self._ready.is_set(), busy=self._busy_with is not None,
+                busy = self._busy_with is not None or self._warming
+                await send("health", id=request_id, ok=True, ready=self._ready.is_set(), busy=busy,
                            model=self.engine.model_name, device=self.engine.device, pid=os.getpid())
             elif frame.op == "count_tokens":
                 count = self.engine.count_tokens(str(frame.header.get("prompt", "")))

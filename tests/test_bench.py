@@ -16,7 +16,7 @@ def test_tiny_bench_prints_the_table_with_numbers(tmp_path):
     env.update(HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="", PYTHONUNBUFFERED="1")
     out = tmp_path / "bench.json"
     completed = subprocess.run(
-        [sys.executable, "-m", "gpu.bench", "--tiny", "--json", str(out), "--data-dir", str(tmp_path / "data")],
+        [sys.executable, "-m", "gpu.bench", "--tiny", "--json", str(out), "--data-dir", str(tmp_path / "data"), "--from-disk"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=180,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
@@ -49,7 +49,9 @@ def test_tiny_bench_prints_the_table_with_numbers(tmp_path):
         assert all(len(size["runs_s"]) == 3 and size["median_s"] > 0 for size in per_size.values())
         assert results["columns"][column]["queue"]["requests"] == 3
     assert results["columns"]["ours"]["accel"]["compiled"] is False  # CPU: no compile by default
-    assert results["warm_start"]["process_marks"]["first_image_s"] > 0
+    marks = results["warm_start"]["process_marks"]  # --from-disk: the saved pipeline, loaded as the worker loads
+    assert marks["from_pretrained"] is True and marks["first_image_s"] > marks["loaded_s"] > 0
+    assert results["saved_model"]["mib"] > 0
 
     lora = results["lora"]  # on the CPU the engine is eager: peft adapters (AdapterManager), no slots
     assert lora["manager"] == "AdapterManager" and lora["disk_reads"] == 3

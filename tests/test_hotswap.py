@@ -159,7 +159,36 @@ def test_worker_lora_settings():
                                                           "LORA_MAX_RANK": "128", "LORA_CACHE_MB": "512"})
     assert chosen == LoraSettings(True, 2, 128, 512 << 20)
     assert not LoraSettings.from_env(compiled=True, environ={"LORA_HOTSWAP": "off"}).hotswap
+    assert LoraSettings.from_env(compiled=True, environ={}, low_vram=True).cache_bytes == 256 << 20  # 16 GB profile
     for bad, name in (({"LORA_HOTSWAP": "yes"}, "LORA_HOTSWAP"), ({"LORA_MAX_STACK": "9"}, "LORA_MAX_STACK"),
                       ({"LORA_MAX_RANK": "0"}, "LORA_MAX_RANK"), ({"LORA_CACHE_MB": "lots"}, "LORA_CACHE_MB")):
         with pytest.raises(LoraSettingsError, match=name):
             LoraSettings.from_env(compiled=True, environ=bad)
+
+
+def test_lowered_limits_are_explained_before_the_worker_is_asked():
+    """A stack picked before LORA_MAX_STACK / LORA_MAX_RANK were lowered gets a clear reply, not a worker error."""
+    from types import SimpleNamespace
+
+    from bot.errors import UserFacingError
+    from bot.imagine import ImagineService
+    from bot.settings import load_settings
+
+    settings = load_settings({"DISCORD_TOKEN": "t", "LORA_MAX_STACK": "2", "LORA_MAX_RANK": "64"}, dotenv_path=None)
+    service = ImagineService(SimpleNamespace(settings=settings))
+    small, big = SimpleNamespace(name="ink", rank=16), SimpleNamespace(name="oil", rank=128)
+    service._check_limits([(small, 0.8), (small, 0.5)])
+    with pytest.raises(UserFacingError, match="allows 2 at once"):
+        service._check_limits([(small, 0.8)] * 3)
+    with pytest.raises(UserFacingError, match="`oil` has rank 128; .* up to rank 64. .*`/lora clear oil`"):
+        service._check_limits([(small, 0.8), (big, 0.8)])
+
+
+def test_rank_and_alpha_patterns_match_literally():
+    from gpu.hotswap import _pattern_value
+
+    patterns = {"to_q": 8, "layers.1.attention.to_k": 2, "w.*": 99}
+    assert _pattern_value(patterns, "layers.0.attention.to_q", 4) == 8
+    assert _pattern_value(patterns, "layers.1.attention.to_k", 4) == 2
+    assert _pattern_value(patterns, "layers.0.attention.to_k", 4) == 4
+    assert _pattern_value(patterns, "layers.0.feed_forward.w1", 4) == 4  # never a regular expression

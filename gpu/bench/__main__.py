@@ -205,8 +205,14 @@ def inference_children(args, pipe, cfg: dict, results: dict, data_dir: Path, lef
         save()
     del pipe
     free_memory()
-    log("warm start: a new process with the compile cache populated")
-    results["warm_start"] = spawn_child(args, "warm-start", data_dir, {}, left() - 15)
+    model_dir = None
+    if args.from_disk:
+        model_dir = Path(tempfile.mkdtemp(prefix="zimage-bench-model-"))
+        log(f"saving the random pipeline to {model_dir} (child process)")
+        results["saved_model"] = spawn_child(args, "save", data_dir, {}, left() - 60, model_dir=model_dir)
+        log(f"  {results['saved_model']}")
+    log("warm start: a new process with the compile cache populated" + (", loading from disk" if model_dir else ""))
+    results["warm_start"] = spawn_child(args, "warm-start", data_dir, {}, left() - 15, model_dir=model_dir)
     log(f"  {results['warm_start']}")
     save()
     if args.fp8:
@@ -255,7 +261,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="extra column: ours with ZIMAGE_VRAM=16gb, loaded from the CPU (needs torchao)")
     parser.add_argument("--deadline-s", type=float, default=560.0,
                         help="skip optional phases that would not fit in this many seconds")
-    parser.add_argument("--phase", choices=["main", "warm-start", "ours"], default="main", help=argparse.SUPPRESS)
+    parser.add_argument("--from-disk", action="store_true",
+                        help="warm start loads the random pipeline with from_pretrained from a saved folder (as the "
+                             "worker loads a model) instead of building it in the new process")
+    parser.add_argument("--phase", choices=["main", "warm-start", "ours", "save"], default="main", help=argparse.SUPPRESS)
+    parser.add_argument("--model-dir", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child-json", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--spawned-at", type=float, default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)

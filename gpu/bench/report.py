@@ -50,10 +50,12 @@ def render_inference(results: dict) -> str:
             lines.append(f"Cold start with a warm compile cache: error: {warm['error']}")
         else:
             marks = warm["process_marks"]
+            source = ("from_pretrained from disk + speed path" if marks.get("from_pretrained")
+                      else f"pipeline built {_fmt(marks.get('built_s'), 1)} s, loaded")
             lines.append(
                 f"Cold start with a warm compile cache (ours, new process): first image after "
                 f"{_fmt(marks.get('first_image_s'), 1)} s (imports {_fmt(marks.get('imports_s'), 1)} s, "
-                f"pipeline built {_fmt(marks.get('built_s'), 1)} s, loaded {_fmt(marks.get('loaded_s'), 1)} s, "
+                f"libraries {_fmt(marks.get('libraries_s'), 1)} s, {source} {_fmt(marks.get('loaded_s'), 1)} s, "
                 f"warm-up done {_fmt(marks.get('ready_s'), 1)} s; {warm.get('graphs_compiled')} graph(s) compiled)")
     for name, prof in (results.get("profile") or {}).items():
         lines.append("")
