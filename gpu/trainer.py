@@ -100,6 +100,7 @@ class LoraTrainer:
         self._training_state = None  # adapter-state signature after the last _configure_training
         self._saved_step = -1  # step of the newest checkpoint written or resumed from
         self._probe = None
+        self._checkpointing_on = False  # gradient checkpointing (configured, or turned on by an out-of-memory step)
         self._prepared = False
         self._closed = False
 
@@ -168,8 +169,14 @@ class LoraTrainer:
         self._saved.requires_grad = {param: param.requires_grad for param in self.transformer.parameters()}
         self._trainee_params = add_trainee(self.pipe, self.transformer, self.config, self.device)
         if self.config.gradient_checkpointing:
+            self._enable_checkpointing()
+
+    def _enable_checkpointing(self) -> None:
+        """Recompute activations in the backward pass: far less memory, slower steps. Undone by close()."""
+        if not self._checkpointing_on:
             self._saved.checkpointing = bool(self.transformer.gradient_checkpointing)
             self.transformer.enable_gradient_checkpointing()
+            self._checkpointing_on = True
 
     def _make_optimizer(self):
         import torch
@@ -223,8 +230,22 @@ class LoraTrainer:
         self._require_prepared()
         self._ensure_training_state()
         started = time.perf_counter()
-        loss = self._loss(self._step)
-        loss.backward()
+        try:
+            loss = self._forward_backward()
+        except torch.OutOfMemoryError:
+            if self._checkpointing_on:
+                raise
+            out_of_memory = True  # retried below, once the failed attempt's tensors are gone
+        else:
+            out_of_memory = False
+        if out_of_memory:
+            # Gradient checkpointing only when memory requires it: the first step that does not fit turns it
+            # on and runs again (same step, same noise: the loss is the one the step would have had).
+            self.optimizer.zero_grad(set_to_none=True)
+            _free_memory(self.device)
+            log.warning("out of GPU memory at step %d: gradient checkpointing on for the rest of the run", self._step + 1)
+            self._enable_checkpointing()
+            loss = self._forward_backward()
         value = float(loss.detach())
         if not math.isfinite(value):
             self.optimizer.zero_grad(set_to_none=True)
@@ -239,6 +260,11 @@ class LoraTrainer:
         self._losses.append(value)
         self._step_seconds.append(time.perf_counter() - started)
         return value
+
+    def _forward_backward(self):
+        loss = self._loss(self._step)
+        loss.backward()
+        return loss
 
     def _loss(self, step: int):
         import torch
@@ -344,8 +370,9 @@ class LoraTrainer:
         remove_trainer_adapters(self.pipe, self.transformer)
         for param, flag in self._saved.requires_grad.items():
             param.requires_grad_(flag)
-        if self.config.gradient_checkpointing and not self._saved.checkpointing:
+        if self._checkpointing_on and not self._saved.checkpointing:
             self.transformer.disable_gradient_checkpointing()
+        self._checkpointing_on = False
         if self._saved.text_encoder_device is not None:
             self.pipe.text_encoder.to(self._saved.text_encoder_device)
         self.optimizer = None

@@ -311,3 +311,23 @@ def test_training_beside_hotswap_slots(tiny_models_dir, dataset, cache_file, ref
     images.append(generate(slotted))
     assert slots.loads == 1 and not np.array_equal(images[0], base)
     assert all(np.array_equal(image, images[0]) for image in images)
+
+
+def test_out_of_memory_turns_gradient_checkpointing_on(pipe, dataset, cache_file, reference_losses, tmp_path):
+    """Checkpointing only when memory requires it: a step that runs out of memory is run again with it on."""
+    trainer = LoraTrainer(pipe, dataset, fresh_output(tmp_path, cache_file, "out"), small_config(), "cpu", torch.float32)
+    trainer.prepare()
+    real_loss, calls = trainer._loss, []
+
+    def loss_that_does_not_fit_once(step):
+        calls.append(step)
+        if len(calls) == 2:  # the second step, once
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_loss(step)
+
+    trainer._loss = loss_that_does_not_fit_once
+    run(trainer, 3)
+    assert calls == [0, 1, 1, 2] and pipe.transformer.gradient_checkpointing
+    assert trainer.losses == pytest.approx(reference_losses[:3], rel=1e-5)  # same step, same noise, same loss
+    trainer.close()
+    assert not pipe.transformer.gradient_checkpointing
