@@ -69,9 +69,9 @@ class ImagineService:
             raise UserFacingError(f"You use {len(picked)} LoRAs; this bot now allows {settings.lora_max_stack} at once. "
                                   "Drop some with `/lora clear`.")
         for lora, _ in picked:
-            if lora.rank and lora.rank > settings.lora_max_rank:
+            if lora.rank and lora.rank > settings.lora_slot_rank:
                 raise UserFacingError(f"`{lora.name}` has rank {lora.rank}; this bot now accepts LoRAs up to rank "
-                                      f"{settings.lora_max_rank}. Stop using it with `/lora clear {lora.name}`.")
+                                      f"{settings.lora_slot_rank}. Stop using it with `/lora clear {lora.name}`.")
 
     async def clean_prompt(self, prompt: str) -> str:
         prompt = prompt.strip()

@@ -78,6 +78,12 @@ class Settings:
         return self.data_dir / "training"
 
     @property
+    def lora_slot_rank(self) -> int:
+        """The rank of the compiled worker's LoRA slots: imports stop at LORA_MAX_RANK, trained LoRAs have
+        TRAIN_RANK (gpu/adapters.py LoraSettings takes the same maximum)."""
+        return max(self.lora_max_rank, self.train_rank)
+
+    @property
     def link_base(self) -> str:
         return (self.public_url or f"http://{self.http_host}:{self.http_port}").rstrip("/")
 
@@ -208,10 +214,6 @@ def _lora_settings(env: dict[str, str]) -> dict:
     hotswap = env.get("LORA_HOTSWAP", "").strip().lower() or "auto"
     if hotswap not in ("auto", "on", "off"):
         raise SettingsError(f"LORA_HOTSWAP must be auto, on or off, got {hotswap!r}")
-    train_rank = _int(env, "TRAIN_RANK", 64, minimum=1)
-    if train_rank > rank:
-        raise SettingsError(f"TRAIN_RANK ({train_rank}) is above LORA_MAX_RANK ({rank}): the worker could not "
-                            "use the trained LoRAs; raise LORA_MAX_RANK")
     scale = _float(env, "LORA_DEFAULT_SCALE", 0.8)
     if not 0.0 <= scale <= 2.0:
         raise SettingsError(f"LORA_DEFAULT_SCALE must be between 0.0 and 2.0, got {scale}")

@@ -95,7 +95,8 @@ class LoraSettings:
 
         return cls(hotswap=mode == "on" or (mode == "auto" and compiled),
                    max_stack=whole("LORA_MAX_STACK", cls.max_stack, MAX_STACK),
-                   max_rank=whole("LORA_MAX_RANK", cls.max_rank, 1024),
+                   # trained LoRAs have TRAIN_RANK, which may be above the import limit
+                   max_rank=max(whole("LORA_MAX_RANK", cls.max_rank, 1024), whole("TRAIN_RANK", 1, 1 << 20)),
                    cache_bytes=whole("LORA_CACHE_MB", 256 if low_vram else 2048, 1 << 20) << 20)
 
 

@@ -160,6 +160,7 @@ def test_worker_lora_settings():
     assert chosen == LoraSettings(True, 2, 128, 512 << 20)
     assert not LoraSettings.from_env(compiled=True, environ={"LORA_HOTSWAP": "off"}).hotswap
     assert LoraSettings.from_env(compiled=True, environ={}, low_vram=True).cache_bytes == 256 << 20  # 16 GB profile
+    assert LoraSettings.from_env(compiled=True, environ={"TRAIN_RANK": "128"}).max_rank == 128  # trained LoRAs fit
     for bad, name in (({"LORA_HOTSWAP": "yes"}, "LORA_HOTSWAP"), ({"LORA_MAX_STACK": "9"}, "LORA_MAX_STACK"),
                       ({"LORA_MAX_RANK": "0"}, "LORA_MAX_RANK"), ({"LORA_CACHE_MB": "lots"}, "LORA_CACHE_MB")):
         with pytest.raises(LoraSettingsError, match=name):
