@@ -119,9 +119,9 @@ class HotswapAdapters:
         """Make exactly these (name, path, scale) LoRAs active; [] = the base model.
 
         A bad request or file raises AdapterError and leaves the base model active."""
-        keep = {name for name, _, _ in adapters}
         try:
             check_request(adapters, len(self.names))
+            keep = {name for name, _, _ in adapters}
             loras = [self._cached_lora(name, path, keep) for name, path, _ in adapters]
             for slot, ((name, _, scale), lora) in enumerate(zip(adapters, loras, strict=True)):
                 self._fill(slot, name, lora, float(scale))
