@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -42,3 +43,20 @@ async def fake():
     await fake.start()
     yield fake
     await fake.stop()
+
+
+@pytest.fixture
+def ws(tmp_path):
+    """The intake tests' workspace (tests/intake_helpers.py): afterwards, nothing written outside job_dir."""
+    upload = tmp_path / "upload"
+    upload.mkdir()
+    job = tmp_path / "job"
+    space = SimpleNamespace(zip=upload / "photos.zip", job=job, tmp=tmp_path)
+    yield space
+    for path in tmp_path.rglob("*"):
+        if path.is_dir() and not path.is_symlink():
+            continue
+        assert path == space.zip or job in path.parents, f"written outside job_dir: {path}"
+    if job.exists():
+        assert not list(job.glob(".intake-*")), "staging folder left behind"
+    assert not Path("/abs.png").exists()
