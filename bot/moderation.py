@@ -43,13 +43,17 @@ class RequestRules:
     def __init__(self, moderation: ModerationStore):
         self.moderation = moderation
 
-    async def check(self, interaction: discord.Interaction, params: dict) -> GuildSettings:
-        guild_id = interaction.guild_id
-        settings = await self.moderation.settings(guild_id)
-        ban = await self.moderation.active_ban(guild_id, interaction.user.id)
+    async def check_not_banned(self, guild_id: int | None, user_id: int) -> None:
+        """Every request (/imagine, buttons, /train, /lora import) is refused to a banned member."""
+        ban = await self.moderation.active_ban(guild_id, user_id)
         if ban is not None:
             reason = f" Reason: {ban.reason}" if ban.reason else ""
             raise UserFacingError(f"You are banned from using this bot here {describe_expiry(ban.expires_at)}.{reason}")
+
+    async def check(self, interaction: discord.Interaction, params: dict) -> GuildSettings:
+        guild_id = interaction.guild_id
+        settings = await self.moderation.settings(guild_id)
+        await self.check_not_banned(guild_id, interaction.user.id)
         blocked = await self.moderation.blocked_match(guild_id, params["prompt"])
         if blocked is not None:
             if not (settings.allow_blocklisted_in_nsfw and channel_is_age_restricted(interaction)):

@@ -25,7 +25,6 @@ from .. import lora_import as lib
 from ..attachments import save_attachment
 from ..db.loras import StackFull
 from ..errors import UserFacingError
-from ..moderation import describe_expiry
 from ..permissions import is_moderator
 from ..training import DownloadError, download_zip
 from ..training.service import NAME
@@ -129,9 +128,7 @@ class LoraCog(commands.GroupCog, group_name="lora", group_description="Your LoRA
             raise UserFacingError(f"The file is {file.size >> 20} MiB; the limit is {max_bytes >> 20} MiB.")
         if await self.bot.loras.by_name(interaction.guild_id, name):
             raise UserFacingError(f"A LoRA named `{name}` already exists in this server; pick another name.")
-        ban = await self.bot.moderation.active_ban(interaction.guild_id, interaction.user.id)
-        if ban is not None:
-            raise UserFacingError(f"You are banned from using this bot here {describe_expiry(ban.expires_at)}.")
+        await self.bot.rules.check_not_banned(interaction.guild_id, interaction.user.id)
         await interaction.response.defer(ephemeral=True, thinking=True)
         try:
             lora, result = await self._import(interaction, name, file, url, max_bytes)

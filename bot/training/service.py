@@ -21,7 +21,6 @@ import discord
 from ..attachments import save_attachment
 from ..db.models import JobKind
 from ..errors import UserFacingError
-from ..moderation import describe_expiry
 from . import DownloadError, IntakeError, IntakeLimits, download_zip, prepare_dataset
 
 if TYPE_CHECKING:
@@ -48,9 +47,7 @@ class TrainService:
             raise UserFacingError(f"`{photos.filename}` is not a .zip file.")
         if await self.bot.loras.by_name(interaction.guild_id, name):
             raise UserFacingError(f"A LoRA named `{name}` already exists in this server; pick another name.")
-        ban = await self.bot.moderation.active_ban(interaction.guild_id, interaction.user.id)
-        if ban is not None:
-            raise UserFacingError(f"You are banned from using this bot here {describe_expiry(ban.expires_at)}.")
+        await self.bot.rules.check_not_banned(interaction.guild_id, interaction.user.id)
         guild = await self.bot.moderation.settings(interaction.guild_id)
         if guild.trainings_per_day:
             recent = await self.bot.store.count_recent(interaction.user.id, interaction.guild_id, JobKind.TRAIN,
