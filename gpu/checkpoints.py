@@ -28,7 +28,7 @@ LORA_FILE = "pytorch_lora_weights.safetensors"
 _CHECKPOINT_RE = re.compile(r"^step-(\d{6,})$")
 
 __all__ = ["LORA_FILE", "META_FILE", "STATE_FILE", "Checkpoint", "check_compatible", "checkpoint_dirs", "latest_state",
-           "list_checkpoints", "prune_checkpoints", "training_state", "write_checkpoint"]
+           "list_checkpoints", "prune_checkpoints", "restore_training_state", "training_state", "write_checkpoint"]
 
 
 @dataclass(frozen=True)
@@ -78,6 +78,20 @@ def training_state(transformer, trainee_params: list, optimizer, step: int, loss
         "rng_cpu": torch.get_rng_state(),
         "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
+
+
+def restore_training_state(transformer, optimizer, state: dict) -> None:
+    """The inverse of :func:`training_state` for the weights, optimizer and RNG (step and losses: the caller's)."""
+    import torch
+
+    params = dict(transformer.named_parameters())
+    with torch.no_grad():
+        for name, value in state["trainee"].items():
+            params[name].copy_(value)
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["rng_cpu"])
+    if state["rng_cuda"] and torch.cuda.is_available() and len(state["rng_cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["rng_cuda"])
 
 
 def write_checkpoint(output_dir: Path, step: int, config: TrainConfig, losses: list[float], step_seconds: list[float],

@@ -204,7 +204,8 @@ class WorkerServer:
         started = time.perf_counter()
         session = None
         try:
-            session = TrainingSession(self.engine.pipe, params, self.engine.device, self._gpu, self._encoder)
+            session = TrainingSession(self.engine.pipe, params, self.engine.device, self._gpu, self._encoder,
+                                      cuda_graphs=self.engine.accel.train_graphs)
             self._training = session
             await session.run(lambda op, **fields: send(op, id=request_id, **fields),
                               cancelled=lambda: request_id in self._cancelled)

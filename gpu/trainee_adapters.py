@@ -24,7 +24,7 @@ from .flow_matching import derived_seed
 from .train_config import TrainConfig, TrainerError
 
 __all__ = ["add_trainee", "adapter_signature", "find_trainee_layer", "remove_trainer_adapters", "set_training_state",
-           "training_adapter_file"]
+           "trainee_state_dict", "training_adapter_file", "write_trainee"]
 
 
 def training_adapter_file(spec: str) -> Path:
@@ -104,3 +104,18 @@ def remove_trainer_adapters(pipe, transformer) -> None:
         if adapter_names(transformer):
             apply_adapters(transformer, [], [])  # user LoRAs stay loaded, switched off
         remove_peft_if_empty(transformer)
+
+
+def trainee_state_dict(transformer, dtype) -> dict:
+    """The trainee's LoRA in diffusers/peft naming, in `dtype`, on the CPU."""
+    from peft.utils import get_peft_model_state_dict
+
+    state = get_peft_model_state_dict(transformer, adapter_name=TRAINEE_ADAPTER)
+    return {key: value.detach().to("cpu", dtype).contiguous() for key, value in state.items()}
+
+
+def write_trainee(pipe, transformer, dtype, folder: Path) -> None:
+    """The trainee as a diffusers LoRA file in `folder`, with its rank/alpha metadata (loaders need it)."""
+    metadata = transformer.peft_config[TRAINEE_ADAPTER].to_dict()
+    type(pipe).save_lora_weights(folder, transformer_lora_layers=trainee_state_dict(transformer, dtype),
+                                 transformer_lora_adapter_metadata=metadata)

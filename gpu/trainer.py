@@ -47,19 +47,23 @@ from .checkpoints import (
     latest_state,
     list_checkpoints,
     prune_checkpoints,
+    restore_training_state,
     training_state,
     write_checkpoint,
 )
 from .flow_matching import autocast, derived_seed, flow_matching_loss, sample_index
 from .loss_curve import render_loss_curve
 from .train_config import TIMESTEP_SAMPLING, TrainConfig, TrainerError
+from .train_graphs import TrainingGraphs, graphs_unsuitable
 from .trainee_adapters import (
     adapter_signature,
     add_trainee,
     find_trainee_layer,
     remove_trainer_adapters,
     set_training_state,
+    trainee_state_dict,
     training_adapter_file,
+    write_trainee,
 )
 from .training_data import DatasetError, Sample, encode_caption, load_or_build
 
@@ -77,7 +81,8 @@ class _SavedFlags:
 
 
 class LoraTrainer:
-    def __init__(self, pipe, dataset_dir: Path, output_dir: Path, config: TrainConfig, device=None, dtype=None):
+    def __init__(self, pipe, dataset_dir: Path, output_dir: Path, config: TrainConfig, device=None, dtype=None,
+                 graphs: TrainingGraphs | None = None):
         import torch
 
         self.pipe = pipe
@@ -101,6 +106,7 @@ class LoraTrainer:
         self._saved_step = -1  # step of the newest checkpoint written or resumed from
         self._probe = None
         self._checkpointing_on = False  # gradient checkpointing (configured, or turned on by an out-of-memory step)
+        self._graphs = graphs or TrainingGraphs([])  # CUDA graphs for training steps (gpu/train_graphs.py)
         self._prepared = False
         self._closed = False
 
@@ -125,6 +131,11 @@ class LoraTrainer:
         return self._step > 0 and at_boundary and self._saved_step != self._step
 
     @property
+    def uses_training_graphs(self) -> bool:
+        """Training steps run their own compiled blocks (CUDA graphs on the GPU: gpu/train_graphs.py)."""
+        return bool(self._graphs.blocks)
+
+    @property
     def has_training_adapter(self) -> bool:
         return self.config.training_adapter is not None
 
@@ -146,6 +157,10 @@ class LoraTrainer:
         self._latents = [sample.latent.to(self.device) for sample in self.samples]  # float32
         self._embeds = [sample.embeds.to(self.device, self.dtype) for sample in self.samples]
         self.encode_prompt(self._sample_prompt())  # while the text encoder is still on the accelerator
+        unsuitable = graphs_unsuitable(self._latents, self._embeds, self.config.gradient_checkpointing)
+        if self._graphs.blocks and unsuitable:
+            log.info("training without CUDA graphs: %s", unsuitable)
+            self._graphs = self._graphs.release()
         self._offload_text_encoder()
         try:
             self._add_adapters()
@@ -202,6 +217,7 @@ class LoraTrainer:
         """Trainee (+ training adapter) active; only the trainee's parameters take gradients."""
         set_training_state(self.transformer, self._trainee_params, self.has_training_adapter)
         self._training_state = self._adapter_signature()
+        self._graphs.enter()
 
     def _ensure_training_state(self) -> None:
         if self._training_state is None or self._adapter_signature() != self._training_state:
@@ -212,6 +228,7 @@ class LoraTrainer:
         self._require_prepared()
         apply_adapters(self.transformer, [], [])
         self._training_state = None
+        self._graphs.exit()  # generation's compiled blocks for what comes next
 
     def resume(self) -> None:
         self._require_prepared()
@@ -230,6 +247,7 @@ class LoraTrainer:
         self._require_prepared()
         self._ensure_training_state()
         started = time.perf_counter()
+        self._graphs.mark_step()
         try:
             loss = self._forward_backward()
         except torch.OutOfMemoryError:
@@ -242,6 +260,7 @@ class LoraTrainer:
             # Gradient checkpointing only when memory requires it: the first step that does not fit turns it
             # on and runs again (same step, same noise: the loss is the one the step would have had).
             self.optimizer.zero_grad(set_to_none=True)
+            self._graphs = self._graphs.release()  # graphs hold memory; checkpointing recomputes outside them
             _free_memory(self.device)
             log.warning("out of GPU memory at step %d: gradient checkpointing on for the rest of the run", self._step + 1)
             self._enable_checkpointing()
@@ -291,39 +310,25 @@ class LoraTrainer:
 
     def lora_state_dict(self) -> dict:
         """The trainee's LoRA in diffusers/peft naming, in the pipeline's dtype, on the CPU."""
-        from peft.utils import get_peft_model_state_dict
-
-        state = get_peft_model_state_dict(self.transformer, adapter_name=TRAINEE_ADAPTER)
-        return {key: value.detach().to("cpu", self.dtype).contiguous() for key, value in state.items()}
+        return trainee_state_dict(self.transformer, self.dtype)
 
     def _write_lora(self, folder: Path) -> None:
-        metadata = self.transformer.peft_config[TRAINEE_ADAPTER].to_dict()
-        type(self.pipe).save_lora_weights(folder, transformer_lora_layers=self.lora_state_dict(),
-                                          transformer_lora_adapter_metadata=metadata)
+        write_trainee(self.pipe, self.transformer, self.dtype, folder)
 
     def _checkpoint_state(self) -> dict:
         return training_state(self.transformer, self._trainee_params, self.optimizer, self._step, self._losses,
                               self._step_seconds, self.config)
 
     def _resume_from_checkpoint(self) -> None:
-        import torch
-
         found = latest_state(self.output_dir)
         if found is None:
             return
         folder, state = found
         check_compatible(state["config"], self.config)
-        params = dict(self.transformer.named_parameters())
-        with torch.no_grad():
-            for name, value in state["trainee"].items():
-                params[name].copy_(value)
-        self.optimizer.load_state_dict(state["optimizer"])
+        restore_training_state(self.transformer, self.optimizer, state)
         self._step = self._saved_step = int(state["step"])
         self._losses = [float(x) for x in state["losses"]]
         self._step_seconds = [float(x) for x in state["step_seconds"]]
-        torch.set_rng_state(state["rng_cpu"])
-        if state["rng_cuda"] and torch.cuda.is_available() and len(state["rng_cuda"]) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(state["rng_cuda"])
         log.info("resumed training from %s at step %d", folder, self._step)
 
     # -- sampling and reporting -------------------------------------------------------------------------------
@@ -347,6 +352,7 @@ class LoraTrainer:
         embeds = self.encode_prompt(prompt or self._sample_prompt())
         apply_adapters(self.transformer, [TRAINEE_ADAPTER], [1.0])
         self._training_state = None
+        self._graphs.exit()  # generation's compiled blocks for what comes next
         try:
             generator = torch.Generator("cpu").manual_seed(self.config.sample_seed)
             with torch.inference_mode():
@@ -367,6 +373,7 @@ class LoraTrainer:
         if self._closed:
             return
         self._closed = True
+        self._graphs = self._graphs.release()
         remove_trainer_adapters(self.pipe, self.transformer)
         for param, flag in self._saved.requires_grad.items():
             param.requires_grad_(flag)

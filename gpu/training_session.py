@@ -26,12 +26,15 @@ class TrainingCancelled(Exception):
 
 
 class TrainingSession:
-    def __init__(self, pipe, params: protocol.TrainParams, device: str, gpu: Executor, encoder: Executor):
+    def __init__(self, pipe, params: protocol.TrainParams, device: str, gpu: Executor, encoder: Executor,
+                 cuda_graphs: bool = False):
+        from .train_graphs import TrainingGraphs
         from .trainer import LoraTrainer, TrainConfig
 
         self.config = TrainConfig.from_json(params.config)
+        graphs = TrainingGraphs.for_transformer(pipe.transformer) if cuda_graphs else None  # ZIMAGE_TRAIN_GRAPHS
         self.trainer = LoraTrainer(pipe, Path(params.dataset_dir), Path(params.output_dir), self.config,
-                                   device, pipe.transformer.dtype)
+                                   device, pipe.transformer.dtype, graphs)
         self._gpu, self._encoder = gpu, encoder
 
     async def _on_gpu(self, function: Callable):

@@ -116,7 +116,13 @@ def test_accel_settings_from_env(tmp_path):
     assert AccelSettings.from_env("cpu", tmp_path, {"ZIMAGE_COMPILE_CACHE": "/x"}).cache_dir == Path("/x")
     assert AccelSettings.from_env("cuda", tmp_path, {"ZIMAGE_VRAM": "16GB"}).vram == "16gb"
     assert AccelSettings.from_env("cuda", tmp_path, {"ZIMAGE_QUANT": "int8"}).quant == "int8"
+    # CUDA graphs for training steps: on with compile on CUDA, never on the CPU or uncompiled, off on request
+    assert (cpu.train_graphs, cuda.train_graphs) == (False, True)
+    assert AccelSettings.from_env("cuda", tmp_path, {"ZIMAGE_TRAIN_GRAPHS": "off"}).train_graphs is False
+    assert AccelSettings.from_env("cuda", tmp_path, {"ZIMAGE_COMPILE": "off"}).train_graphs is False
+    assert AccelSettings.from_env("cpu", tmp_path, {"ZIMAGE_COMPILE": "on"}).train_graphs is False
     for bad in ({"ZIMAGE_COMPILE": "yes"}, {"ZIMAGE_QUANT": "int4"}, {"ZIMAGE_COMPILE_VAE": "auto"},
+                {"ZIMAGE_TRAIN_GRAPHS": "on"},
                 {"ZIMAGE_VRAM": "8gb"}, {"ZIMAGE_VRAM": "16gb", "ZIMAGE_QUANT": "fp8"}):
         with pytest.raises(AccelConfigError):
             AccelSettings.from_env("cuda", tmp_path, bad)

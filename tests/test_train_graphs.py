@@ -1,0 +1,164 @@
+"""Training's own compiled blocks (gpu/train_graphs.py) on the tiny pipeline, CPU.
+
+On the GPU, training's callables are cudagraph-mode compiles (``mode="reduce-overhead"``); CUDA graphs
+do not exist on the CPU, so here they are ``aot_eager`` compiles: a different dynamo backend from
+generation's ``eager`` one, as on the GPU. What is tested is what the trainer does with them: which
+callable each block runs when (training steps vs generation between steps, samples, after close), the
+same losses as without them, and no recompiles once both have run.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from gpu import accel
+from gpu.train_graphs import MAX_SHAPES, TrainingGraphs, distinct_shapes, graphs_unsuitable
+from gpu.trainer import LoraTrainer, TrainConfig
+
+TRAINING_OPTIONS = {"fullgraph": True, "backend": "aot_eager"}
+
+
+def config(**changes) -> TrainConfig:
+    values = dict(rank=4, alpha=4, resolution=64, steps=100, checkpoint_every=100, learning_rate=1e-3, sample_steps=2,
+                  sample_prompt="a red square")
+    values.update(changes)
+    return TrainConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """4 PNGs in two aspect buckets: two step shapes."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("graphs-dataset")
+    (root / "images").mkdir()
+    rng = np.random.default_rng(1)
+    entries = []
+    for index, (width, height) in enumerate(((64, 64), (96, 64), (64, 64), (96, 64))):
+        pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(root / "images" / f"{index}.png")
+        entries.append({"file": f"{index}.png", "caption": f"a photo {index}", "width": width, "height": height,
+                        "source_name": f"{index}.png"})
+    (root / "manifest.json").write_text(json.dumps(entries))
+    return root
+
+
+def compiled_pipe(tiny_models_dir):
+    """A fresh tiny pipeline whose blocks are compiled as the worker compiles them (eager backend)."""
+    from diffusers import ZImagePipeline
+
+    from gpu.tiny import ensure_tiny_model
+
+    pipe = ZImagePipeline.from_pretrained(ensure_tiny_model(tiny_models_dir))
+    pipe.set_progress_bar_config(disable=True)
+    pipe.transformer.compile_repeated_blocks(fullgraph=True, backend="eager")
+    return pipe
+
+
+def generate(pipe) -> np.ndarray:
+    embeds, _ = pipe.encode_prompt("a blue circle", device="cpu", do_classifier_free_guidance=False)
+    with torch.inference_mode():
+        return pipe(prompt_embeds=embeds, height=64, width=64, num_inference_steps=2, guidance_scale=0.0,
+                    generator=torch.Generator("cpu").manual_seed(3), output_type="np").images[0]
+
+
+def current_calls(pipe) -> list:
+    return [block._compiled_call_impl for block in TrainingGraphs.for_transformer(pipe.transformer).blocks]
+
+
+def test_only_compiled_blocks_get_training_graphs(tiny_models_dir):
+    from diffusers import ZImagePipeline
+
+    from gpu.tiny import ensure_tiny_model
+
+    plain = ZImagePipeline.from_pretrained(ensure_tiny_model(tiny_models_dir))
+    assert TrainingGraphs.for_transformer(plain.transformer) is None
+    pipe = compiled_pipe(tiny_models_dir)
+    try:
+        blocks = TrainingGraphs.for_transformer(pipe.transformer).blocks
+        expected = [m for m in pipe.transformer.modules() if type(m).__name__ == "ZImageTransformerBlock"]
+        assert blocks == expected and len(blocks) > 2  # main layers and both refiners
+    finally:
+        torch._dynamo.reset()
+
+
+def test_trainer_runs_training_graphs_only_for_steps(tiny_models_dir, dataset, tmp_path):
+    accel.raise_recompile_limit()
+    pipe = compiled_pipe(tiny_models_dir)
+    try:
+        generation = current_calls(pipe)
+        plain = LoraTrainer(pipe, dataset, tmp_path / "plain", config(), "cpu", torch.float32)
+        plain.prepare()
+        plain_losses = [plain.step() for _ in range(6)]
+        plain.close()
+        assert not plain.uses_training_graphs
+        compiled_for_plain = accel.compiled_graph_count()
+
+        graphs = TrainingGraphs.for_transformer(pipe.transformer, TRAINING_OPTIONS)
+        trainer = LoraTrainer(pipe, dataset, tmp_path / "graphs", config(), "cpu", torch.float32, graphs)
+        trainer.prepare()
+        assert trainer.uses_training_graphs
+        losses = [trainer.step() for _ in range(6)]
+        np.testing.assert_allclose(losses, plain_losses, rtol=1e-5)  # same run, other compiled code
+        assert accel.compiled_graph_count() > compiled_for_plain  # the steps ran training's own compile
+        training = current_calls(pipe)
+        assert not set(map(id, training)) & set(map(id, generation))
+
+        def generation_between_steps():
+            trainer.suspend()
+            assert current_calls(pipe) == generation
+            image = generate(pipe)
+            trainer.resume()
+            assert current_calls(pipe) == training
+            return image
+
+        def one_round():
+            generation_between_steps()
+            trainer.step()
+            trainer.sample()
+            assert current_calls(pipe) == training  # sampled with generation's blocks, then training's back
+            trainer.step()
+
+        one_round()
+        before = accel.compiled_graph_count()
+        one_round()
+        one_round()
+        assert accel.compiled_graph_count() == before  # both variants stay cached side by side
+        trainer.close()
+        assert current_calls(pipe) == generation
+        base = generate(pipe)
+        assert np.isfinite(base).all()
+    finally:
+        torch._dynamo.reset()
+
+
+def test_checkpointing_trains_without_training_graphs(tiny_models_dir, dataset, tmp_path):
+    pipe = compiled_pipe(tiny_models_dir)
+    try:
+        generation = current_calls(pipe)
+        graphs = TrainingGraphs.for_transformer(pipe.transformer, TRAINING_OPTIONS)
+        trainer = LoraTrainer(pipe, dataset, tmp_path / "ckpt", config(gradient_checkpointing=True), "cpu",
+                              torch.float32, graphs)
+        trainer.prepare()
+        assert not trainer.uses_training_graphs
+        assert np.isfinite(trainer.step())
+        assert current_calls(pipe) == generation
+        trainer.close()
+    finally:
+        torch._dynamo.reset()
+
+
+def test_graphs_unsuitable():
+    random.seed(0)
+    latents = [torch.zeros(16, 8, 8 + 2 * i) for i in range(MAX_SHAPES + 1)]
+    embeds = [torch.zeros(random.randint(1, 32), 4) for _ in latents]  # one caption bucket (32 tokens)
+    assert distinct_shapes(latents, embeds) == MAX_SHAPES + 1
+    assert "more than" in graphs_unsuitable(latents, embeds, checkpointing=False)
+    assert graphs_unsuitable(latents[:MAX_SHAPES], embeds[:MAX_SHAPES], checkpointing=False) is None
+    assert distinct_shapes([latents[0]] * 3, [torch.zeros(10, 4), torch.zeros(40, 4), torch.zeros(64, 4)]) == 2
+    assert "checkpointing" in graphs_unsuitable(latents[:1], embeds[:1], checkpointing=True)
