@@ -134,8 +134,15 @@ def apply_adapters(transformer, names: Sequence[str], weights: Sequence[float]) 
 
 
 def remove_peft_if_empty(transformer) -> None:
-    """Once no adapter is left, put the plain nn.Linear layers back (no LoRA wrappers at all)."""
-    if not adapter_names(transformer) and getattr(transformer, "_hf_peft_config_loaded", False):
+    """Once no adapter is left, put the plain nn.Linear layers back (no LoRA wrappers at all).
+
+    diffusers' delete_adapters leaves the empty wrappers in place (and resets the "peft loaded" flag this
+    function used to look at): unload_lora removes them whatever that flag says."""
+    if adapter_names(transformer):
+        return
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    if any(isinstance(module, BaseTunerLayer) for module in transformer.modules()):
         transformer.unload_lora()
 
 

@@ -93,6 +93,8 @@ def test_switching_scales_and_exact_base(pipe, loras):
     manager.activate([("a", str(loras["a"]), 1.0)])
     manager.unload_all()
     assert adapter_names(pipe.transformer) == [] and np.array_equal(generate(pipe), base)
+    # no empty LoRA wrappers left behind: the plain layers are back
+    assert type(pipe.transformer.layers[0].attention.to_q) is torch.nn.Linear
 
 
 def test_ai_toolkit_file_and_lru(pipe, loras):
