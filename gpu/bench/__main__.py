@@ -59,11 +59,20 @@ def engine_phases(pipe, engine, results: dict, tiny: bool, work_dir: Path, data_
             elif left() < 150:
                 column["ours_compiled"] = {"error": "skipped: out of time"}
             else:
-                log("training: ours on the worker's compiled transformer")
+                graphs = engine.accel.train_graphs
+                if graphs and left() > 300:  # the same run without CUDA graphs, as the baseline of their gain
+                    log("training: ours on the worker's compiled transformer, ZIMAGE_TRAIN_GRAPHS=off")
+                    try:
+                        column["ours_compiled_no_graphs"], _ = on_gpu(
+                            tr.run_ours_training, engine.pipe, dataset_dir, work_dir, tcfg, "ours-compiled-no-graphs")
+                    except Exception as exc:  # noqa: BLE001
+                        column["ours_compiled_no_graphs"] = {"error": error_text(exc)}
+                    save()
+                log(f"training: ours on the worker's compiled transformer (CUDA graphs: {graphs})")
                 try:
                     column["ours_compiled"], trainer = on_gpu(
                         tr.run_ours_training, engine.pipe, dataset_dir, work_dir, tcfg, "ours-compiled",
-                        keep=latency is not None)
+                        keep=latency is not None, graphs=graphs)
                 except Exception as exc:  # noqa: BLE001
                     log(f"ours (compiled) training failed: {error_text(exc)}")
                     column["ours_compiled"] = {"error": error_text(exc)}
@@ -75,7 +84,8 @@ def engine_phases(pipe, engine, results: dict, tiny: bool, work_dir: Path, data_
             return
         if trainer is None:
             log("latency: preparing a trainer")
-            trainer, facts = on_gpu(tr.start_trainer, engine.pipe, dataset_dir, work_dir, tcfg, "latency")
+            trainer, facts = on_gpu(tr.start_trainer, engine.pipe, dataset_dir, work_dir, tcfg, "latency",
+                                    engine.accel.train_graphs)
             latency["trainer_warm_up_s"] = round(sum(facts.pop("warm")), 2)
         log("latency: while a LoRA trains")
         budget = max(10.0, min(lcfg["training_budget_s"], left() - 45))
@@ -172,7 +182,8 @@ def phase_main(args) -> dict:
 
     if "training" in sections:
         columns, tcfg = results["training"]["columns"], results["training"]["config"]
-        results["training"]["target"] = {name: tr.assess(columns[name], tcfg) for name in ("ours", "ours_compiled")
+        results["training"]["target"] = {name: tr.assess(columns[name], tcfg) for name in
+                                         ("ours", "ours_compiled_no_graphs", "ours_compiled")
                                          if name in columns and "error" not in columns[name]}
     if "inference" in sections:
         inference_children(args, pipe, cfg, results, data_dir, left, save)

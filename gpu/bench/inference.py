@@ -194,6 +194,17 @@ def run_stock(pipe, cfg: dict, queue, tiny: bool) -> tuple[dict, object]:
     return result, run_one
 
 
+def _remove_lora_slots(transformer) -> None:
+    """The LoRA slots an earlier ImageEngine added to this pipe (a --variant column reuses the pipe)."""
+    from ..adapters import adapter_names, remove_peft_if_empty
+    from ..hotswap import SLOT_PREFIX
+
+    slots = [name for name in adapter_names(transformer) if name.startswith(SLOT_PREFIX)]
+    if slots:
+        transformer.delete_adapters(slots)
+        remove_peft_if_empty(transformer)
+
+
 def run_ours(pipe, cfg: dict, queue, data_dir: Path, model_name: str) -> tuple[dict, object, object]:
     """The worker's own path: ImageEngine.load(pipe) (accel applied) + warm_up + generate.
 
@@ -202,6 +213,7 @@ def run_ours(pipe, cfg: dict, queue, data_dir: Path, model_name: str) -> tuple[d
     from ..protocol import GenerateParams
 
     engine = ImageEngine(model_name, data_dir)
+    _remove_lora_slots(pipe.transformer)
     reset_peak()
     graphs_before = accel.compiled_graph_count()
     load_s = timed(lambda: engine.load(pipe=pipe))

@@ -103,6 +103,7 @@ def _column_title(name: str) -> str:
 
 
 TRAINING_TITLES = {"stock": "stock peft loop", "ours": "ours (LoraTrainer, eager)",
+                   "ours_compiled_no_graphs": "ours + regional compile, ZIMAGE_TRAIN_GRAPHS=off",
                    "ours_compiled": "ours + regional compile (worker default on CUDA)"}
 
 
@@ -142,6 +143,11 @@ def render_training(training: dict) -> str:
                                        f"{_fmt((c.get('s_per_step') or {}).get('max_s'))}", None),
         (f"projected minutes for {cfg['projected_steps']} steps", lambda c: c.get("projected_minutes"), "time"),
         ("peak GPU memory during the timed steps (GiB)", lambda c: c.get("peak_gib"), None),
+        ("peak reserved, warm-up / timed steps (GiB)", lambda c: f"{_fmt(c.get('peak_reserved_gib_prepare_and_warm_up'))}"
+                                                                f" / {_fmt(c.get('peak_reserved_gib'))}", None),
+        ("reserved before / after the run (GiB)", lambda c: f"{_fmt(c.get('reserved_gib_before'))} / "
+                                                            f"{_fmt(c.get('reserved_gib_after_close'))}", None),
+        ("CUDA graphs (ZIMAGE_TRAIN_GRAPHS)", lambda c: c.get("cuda_graphs"), None),
         ("warm-up before timing (s)", lambda c: c.get("warm_up_s"), None),
         ("graphs compiled in warm-up / during timing", lambda c: f"{c.get('graphs_compiled_in_warm_up', 0)} / "
                                                            f"{c.get('graphs_compiled_during_timing', 0)}", None),
@@ -159,7 +165,7 @@ def render_training(training: dict) -> str:
                      f"missed by {verdict['minutes'] - verdict['target_minutes']:.2f} min ({over:.0f} %)")
         memory = verdict.get("peak_gib")
         memory_text = "n/a" if memory is None else (
-            f"{memory} GiB, " + ("met" if verdict["memory_met"] else
+            f"{memory} GiB (allocated or reserved, the larger), " + ("met" if verdict["memory_met"] else
                                  f"missed by {memory - verdict['target_peak_gib']:.2f} GiB"))
         lines.append("")
         lines.append(f"Target ({verdict['target_minutes']:g} min for {cfg['projected_steps']} steps = "
