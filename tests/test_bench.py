@@ -157,3 +157,18 @@ def test_fp8_without_torchao_fails_with_one_clear_message(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_torchao)
     with pytest.raises(QuantizationError, match="ZIMAGE_QUANT=fp8 needs the torchao package"):
         quantize_transformer(object(), "fp8", "ZIMAGE_QUANT=fp8")
+
+
+def test_step_profile_reports_host_ops_and_gpu_busy_union():
+    import torch
+
+    from gpu.bench.step_profile import _busy_us, profile_steps
+
+    assert _busy_us([(0, 10), (5, 12), (20, 25), (21, 22)]) == 17  # overlaps counted once
+    assert _busy_us([]) == 0
+    a = torch.randn(64, 64)
+    result = profile_steps(lambda: a @ a, steps=2)
+    assert result["steps"] == 2 and result["wall_ms_per_step"] > 0
+    assert any(name.startswith("aten::mm") for name, _, _ in result["top_host_ops_ms_per_step"])
+    if not torch.cuda.is_available():
+        assert result["kernels_per_step"] == 0 and result["gpu_busy_ms_per_step"] == 0

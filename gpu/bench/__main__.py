@@ -23,7 +23,8 @@ from .report import render_report
 SECTIONS = ("inference", "lora", "training", "latency")
 
 
-def engine_phases(pipe, engine, results: dict, tiny: bool, work_dir: Path, data_dir: Path, left, save) -> None:
+def engine_phases(pipe, engine, results: dict, tiny: bool, work_dir: Path, data_dir: Path, left, save,
+                  profile: bool = False) -> None:
     """Idle latency, training on the worker's (compiled) transformer, then latency while that trainer runs."""
     tcfg = tr.TINY_TRAIN if tiny else tr.FULL_TRAIN
     lcfg = lat.TINY_LATENCY if tiny else lat.FULL_LATENCY
@@ -64,7 +65,8 @@ def engine_phases(pipe, engine, results: dict, tiny: bool, work_dir: Path, data_
                     log("training: ours on the worker's compiled transformer, ZIMAGE_TRAIN_GRAPHS=off")
                     try:
                         column["ours_compiled_no_graphs"], _ = on_gpu(
-                            tr.run_ours_training, engine.pipe, dataset_dir, work_dir, tcfg, "ours-compiled-no-graphs")
+                            tr.run_ours_training, engine.pipe, dataset_dir, work_dir, tcfg, "ours-compiled-no-graphs",
+                            profile=profile)
                     except Exception as exc:  # noqa: BLE001
                         column["ours_compiled_no_graphs"] = {"error": error_text(exc)}
                     save()
@@ -72,7 +74,7 @@ def engine_phases(pipe, engine, results: dict, tiny: bool, work_dir: Path, data_
                 try:
                     column["ours_compiled"], trainer = on_gpu(
                         tr.run_ours_training, engine.pipe, dataset_dir, work_dir, tcfg, "ours-compiled",
-                        keep=latency is not None, graphs=graphs)
+                        keep=latency is not None, graphs=graphs, profile=profile)
                 except Exception as exc:  # noqa: BLE001
                     log(f"ours (compiled) training failed: {error_text(exc)}")
                     column["ours_compiled"] = {"error": error_text(exc)}
@@ -174,7 +176,7 @@ def phase_main(args) -> dict:
 
     if sections & {"training", "latency"}:
         try:
-            engine_phases(pipe, engine, results, tiny, work_dir, data_dir, left, save)
+            engine_phases(pipe, engine, results, tiny, work_dir, data_dir, left, save, profile=args.profile)
         except Exception as exc:  # noqa: BLE001 - keep what was measured
             log(f"training/latency phases failed: {error_text(exc)}")
             results["engine_phases_error"] = error_text(exc)
@@ -262,7 +264,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="extra inference column: ours with this environment setting, e.g. "
                              "ZIMAGE_COMPILE_VAE=on (repeatable; same process, same compile cache)")
     parser.add_argument("--profile", action="store_true",
-                        help="profile one image of stock and of ours (GPU kernel time by category)")
+                        help="profile one image of stock and of ours (GPU kernel time by category) and three "
+                             "compiled training steps (GPU busy vs wall time)")
     parser.add_argument("--fp8", action="store_true", help="extra column: ours with ZIMAGE_QUANT=fp8 (needs torchao)")
     parser.add_argument("--vram16", action="store_true",
                         help="extra column: ours with ZIMAGE_VRAM=16gb, loaded from the CPU (needs torchao)")

@@ -174,10 +174,11 @@ def start_trainer(pipe, dataset_dir: Path, work_dir: Path, tcfg: dict, label: st
 
 
 def run_ours_training(pipe, dataset_dir: Path, work_dir: Path, tcfg: dict, label: str, keep: bool = False,
-                      graphs: bool = False):
+                      graphs: bool = False, profile: bool = False):
     """gpu/trainer.py's LoraTrainer on `pipe` as it is (compiled or not): (result, trainer or None).
 
-    With keep=True the prepared trainer is returned open (the latency phase reuses it); else closed."""
+    With keep=True the prepared trainer is returned open (the latency phase reuses it); else closed.
+    With profile=True three more steps run under torch.profiler (step_profile.py) after the timing."""
     import torch
 
     trainer, facts = start_trainer(pipe, dataset_dir, work_dir, tcfg, label, graphs)
@@ -198,6 +199,12 @@ def run_ours_training(pipe, dataset_dir: Path, work_dir: Path, tcfg: dict, label
             "text_encoder_device": str(pipe.text_encoder.device), "trainable_params": sum(p.numel() for p in params),
             "losses_finite": all(map(_finite, trainer.losses)), "compiled": _is_compiled(pipe.transformer),
         })
+        if profile:
+            from .step_profile import profile_steps
+
+            result["profile"] = profile_steps(trainer.step)
+            log(f"  profile: {result['profile']['wall_ms_per_step']} ms wall, GPU busy "
+                f"{result['profile']['gpu_busy_ms_per_step']} ms, {result['profile']['kernels_per_step']} kernels per step")
     except BaseException:
         trainer.close()
         free_memory()
