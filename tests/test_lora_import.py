@@ -16,6 +16,7 @@ from bot import lora_import
 from bot.lora_import import REAL_CONFIG, LoraImportError, SafeTensors, expected_layers, transformer_config
 from bot.settings import Settings
 from gpu.adapters import AdapterManager
+from tests.tiny_helpers import tiny_image
 
 HEADER = Settings.lora_max_header_bytes
 LIMITS = {"max_bytes": Settings.lora_max_bytes, "max_header": HEADER, "max_rank": Settings.lora_max_rank}
@@ -69,10 +70,7 @@ def pipe(tiny_models_dir):
 
 
 def generate(pipe) -> np.ndarray:
-    embeds, _ = pipe.encode_prompt("a green hill", device="cpu", do_classifier_free_guidance=False)
-    with torch.inference_mode():
-        return pipe(prompt_embeds=embeds, height=64, width=64, num_inference_steps=2, guidance_scale=0.0,
-                    generator=torch.Generator("cpu").manual_seed(3), output_type="np").images[0]
+    return tiny_image(pipe, "a green hill")
 
 
 def image_with(pipe, path: Path, counter=[0]) -> np.ndarray:  # noqa: B006 - a unique adapter name per call

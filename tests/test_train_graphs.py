@@ -19,6 +19,7 @@ import torch
 from gpu import accel
 from gpu.train_graphs import MAX_SHAPES, TrainingGraphs, distinct_shapes, graphs_unsuitable
 from gpu.trainer import LoraTrainer, TrainConfig
+from tests.tiny_helpers import tiny_image
 
 TRAINING_OPTIONS = {"fullgraph": True, "backend": "aot_eager"}
 
@@ -61,10 +62,7 @@ def compiled_pipe(tiny_models_dir):
 
 
 def generate(pipe) -> np.ndarray:
-    embeds, _ = pipe.encode_prompt("a blue circle", device="cpu", do_classifier_free_guidance=False)
-    with torch.inference_mode():
-        return pipe(prompt_embeds=embeds, height=64, width=64, num_inference_steps=2, guidance_scale=0.0,
-                    generator=torch.Generator("cpu").manual_seed(3), output_type="np").images[0]
+    return tiny_image(pipe, "a blue circle")
 
 
 def current_calls(pipe) -> list:
