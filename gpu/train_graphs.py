@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["MAX_SHAPES", "TrainingGraphs", "distinct_shapes", "graphs_unsuitable"]
 
-# Above this many distinct step shapes, recording (~10 s each) would eat what replay saves (~0.1 s a step).
+# Above this many distinct step shapes, recording (10-14 s each) would eat what replay saves (~0.1 s a step).
 MAX_SHAPES = 12
 CUDA_GRAPH_OPTIONS = {"fullgraph": True, "mode": "reduce-overhead"}
 # Training's compiled callables live on the block under this attribute ({options: callable}): made by the
@@ -115,11 +115,7 @@ class TrainingGraphs:
 
         The recorded graphs and their memory pool stay for the next training run of the process: torch
         frees cudagraph trees only together with every compiled graph (``torch._dynamo.reset``), and
-        generation's warmed-up graphs are worth more than the pool."""
+        generation's warmed-up graphs are worth more than the pool. (The trainer empties the allocator's
+        cache right after, for everything else the run freed.)"""
         self.exit()
-        if self.blocks and self.uses_cuda_graphs:
-            import torch
-
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()  # what the recordings allocated outside the pool
         return TrainingGraphs([])
