@@ -53,7 +53,8 @@ Settings (environment variables; all optional):
 ``ZIMAGE_TRAIN_GRAPHS`` = ``auto`` | ``off`` (default ``auto``)
     LoRA training steps replay CUDA graphs of the compiled blocks (gpu/train_graphs.py): a 512 px
     step is host-bound; measured on an H100, 0.188 -> 0.094 s per step. ``auto`` uses them whenever
-    the transformer is compiled on CUDA; each new image/caption shape costs ~10-20 s to record once.
+    the transformer is compiled on CUDA; each new image/caption shape costs ~10-14 s to record once,
+    and generation warms up again after the run (freeing the graphs discards every compiled graph).
 
 Always on CUDA (no setting): the pipeline's PNG-bound output is converted to 8-bit on the GPU
 before it is copied to the host (the same arithmetic as diffusers' ``numpy_to_pil``, so the

@@ -59,6 +59,18 @@ class WorkerServer:
         finally:
             self._warming = False
 
+    def _warm_up_again(self) -> None:
+        """After a training run whose CUDA graphs were freed together with every compiled graph: generation's
+        graphs re-trace now (from the compile cache), not in a user's request."""
+        self._warming = True
+        try:
+            self.engine.warm_up()
+            self.engine.warm_up_adapters()
+        except Exception:  # noqa: BLE001 - a request would compile on its own; the worker goes on
+            log.exception("warm-up after training failed")
+        finally:
+            self._warming = False
+
     async def serve_forever(self) -> None:
         assert self._server is not None
         async with self._server:
@@ -218,10 +230,14 @@ class WorkerServer:
         except Exception as exc:  # noqa: BLE001 - every failure must reach the bot as a reply
             await self._send_error(send, request_id, exc)
         finally:
-            self._training = None
             self._cancelled.discard(request_id)
             if session is not None:
+                # Closed on the GPU thread while still registered: a generation queued behind the last step
+                # still suspends the trainer, so it never runs with the training's adapters or CUDA graphs.
                 await session.close()
+            self._training = None
+            if session is not None and session.needs_warm_up:
+                await asyncio.get_running_loop().run_in_executor(self._gpu, self._warm_up_again)
 
     @staticmethod
     async def _send_error(send, request_id: str, exc: Exception) -> None:

@@ -17,7 +17,8 @@ Costs: each new input shape (aspect bucket x caption length, padded to 32 tokens
 ~10-20 s for the 34 blocks' forward and backward graphs (a shape is recorded on its second step).
 A dataset with more shapes than ``MAX_SHAPES`` trains without graphs (the recordings would cost more
 than they save), as do runs with gradient checkpointing (configured, or after an out-of-memory step).
-The recorded graphs and their memory pool stay for the next training run (see :meth:`release`).
+At the end of training the graphs and their memory pool are freed, which costs generation a re-trace
+of its graphs from the on-disk compile cache (:meth:`release`; the worker re-warms right away).
 
 ``ZIMAGE_TRAIN_GRAPHS`` = ``auto`` | ``off`` (gpu/accel.py) turns it off; ``auto`` uses it whenever
 the transformer is compiled on CUDA.
@@ -35,9 +36,6 @@ __all__ = ["MAX_SHAPES", "TrainingGraphs", "distinct_shapes", "graphs_unsuitable
 # Above this many distinct step shapes, recording (10-14 s each) would eat what replay saves (~0.1 s a step).
 MAX_SHAPES = 12
 CUDA_GRAPH_OPTIONS = {"fullgraph": True, "mode": "reduce-overhead"}
-# Training's compiled callables live on the block under this attribute ({options: callable}): made by the
-# first training run of the process, reused by the next ones.
-_TRAINING_CALLS = "_zimage_training_calls"
 
 
 def distinct_shapes(latents, embeds, multiple: int = 32) -> int:
@@ -64,8 +62,10 @@ class TrainingGraphs:
     def __init__(self, blocks: list, options: dict | None = None):
         self.blocks = blocks
         self._options = dict(CUDA_GRAPH_OPTIONS if options is None else options)
+        self._training: dict = {}  # block -> training's compiled callable (made by the first enter())
         self._generation: dict = {}  # block -> the callable it had before enter()
         self.active = False
+        self.reset_compiled_code = False  # release() discarded every compiled graph: generation must re-warm
 
     @classmethod
     def for_transformer(cls, transformer, options: dict | None = None) -> TrainingGraphs | None:
@@ -85,13 +85,11 @@ class TrainingGraphs:
 
         if self.active or not self.blocks:
             return
-        key = repr(sorted(self._options.items()))
         for block in self.blocks:
-            compiled = block.__dict__.setdefault(_TRAINING_CALLS, {})
-            if key not in compiled:
-                compiled[key] = torch.compile(block._call_impl, **self._options)
+            if block not in self._training:
+                self._training[block] = torch.compile(block._call_impl, **self._options)
             self._generation[block] = block._compiled_call_impl
-            block._compiled_call_impl = compiled[key]
+            block._compiled_call_impl = self._training[block]
         self.active = True
 
     def mark_step(self) -> None:
@@ -111,11 +109,22 @@ class TrainingGraphs:
         self.active = False
 
     def release(self) -> TrainingGraphs:
-        """exit() at the end of training (or when giving up on graphs); returns ``TrainingGraphs([])`` to use now.
+        """exit() and free the recorded graphs (end of training, or an out-of-memory step).
 
-        The recorded graphs and their memory pool stay for the next training run of the process: torch
-        frees cudagraph trees only together with every compiled graph (``torch._dynamo.reset``), and
-        generation's warmed-up graphs are worth more than the pool. (The trainer empties the allocator's
-        cache right after, for everything else the run freed.)"""
+        Returns the ``TrainingGraphs([])`` to use from now on. CUDA graphs keep a private memory pool (a
+        step's activations) for as long as their compiled code lives, and torch frees it only together
+        with every compiled graph of the process (``torch._dynamo.reset``); on a 24 GB card that pool
+        would not leave room for the next 1024x1024 image. So the reset happens here, and the returned
+        object's ``reset_compiled_code`` tells the worker to warm generation up again (its graphs re-trace
+        from the on-disk compile cache)."""
+        if not self.blocks:
+            return self
         self.exit()
-        return TrainingGraphs([])
+        released = TrainingGraphs([])
+        if self.uses_cuda_graphs and self._training:
+            import torch
+
+            torch._dynamo.reset()
+            released.reset_compiled_code = True
+        self._training = {}
+        return released

@@ -23,8 +23,8 @@ from .adapters import (
 from .flow_matching import derived_seed
 from .train_config import TrainConfig, TrainerError
 
-__all__ = ["add_trainee", "adapter_signature", "find_trainee_layer", "remove_trainer_adapters", "set_training_state",
-           "trainee_state_dict", "training_adapter_file", "write_trainee"]
+__all__ = ["add_trainee", "adapter_signature", "find_trainee_layer", "make_optimizer", "remove_trainer_adapters",
+           "set_training_state", "trainee_state_dict", "training_adapter_file", "write_trainee"]
 
 
 def training_adapter_file(spec: str) -> Path:
@@ -119,3 +119,18 @@ def write_trainee(pipe, transformer, dtype, folder: Path) -> None:
     metadata = transformer.peft_config[TRAINEE_ADAPTER].to_dict()
     type(pipe).save_lora_weights(folder, transformer_lora_layers=trainee_state_dict(transformer, dtype),
                                  transformer_lora_adapter_metadata=metadata)
+
+
+def make_optimizer(params: list, config: TrainConfig, device):
+    """AdamW for the trainee: 8-bit (bitsandbytes) on CUDA when installed, else torch's (fused on CUDA)."""
+    import torch
+
+    if device.type == "cuda":
+        try:
+            import bitsandbytes
+
+            return bitsandbytes.optim.AdamW8bit(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+        except ImportError:
+            pass
+    return torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay,
+                             fused=device.type == "cuda")

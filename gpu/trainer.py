@@ -59,6 +59,7 @@ from .trainee_adapters import (
     adapter_signature,
     add_trainee,
     find_trainee_layer,
+    make_optimizer,
     remove_trainer_adapters,
     set_training_state,
     trainee_state_dict,
@@ -136,6 +137,15 @@ class LoraTrainer:
         return bool(self._graphs.blocks)
 
     @property
+    def needs_warm_up(self) -> bool:
+        """Freeing the CUDA graphs discarded every compiled graph: generation should warm up again."""
+        return self._graphs.reset_compiled_code
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
     def has_training_adapter(self) -> bool:
         return self.config.training_adapter is not None
 
@@ -164,7 +174,7 @@ class LoraTrainer:
         self._offload_text_encoder()
         try:
             self._add_adapters()
-            self.optimizer = self._make_optimizer()
+            self.optimizer = make_optimizer(self._trainee_params, self.config, self.device)
             self._resume_from_checkpoint()
         except Exception:
             self.close()
@@ -192,20 +202,6 @@ class LoraTrainer:
             self._saved.checkpointing = bool(self.transformer.gradient_checkpointing)
             self.transformer.enable_gradient_checkpointing()
             self._checkpointing_on = True
-
-    def _make_optimizer(self):
-        import torch
-
-        cfg = self.config
-        if self.device.type == "cuda":
-            try:
-                import bitsandbytes
-
-                return bitsandbytes.optim.AdamW8bit(self._trainee_params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-            except ImportError:
-                pass
-        return torch.optim.AdamW(self._trainee_params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
-                                 fused=self.device.type == "cuda")
 
     # -- adapter state ----------------------------------------------------------------------------------------
 
@@ -260,7 +256,7 @@ class LoraTrainer:
             # Gradient checkpointing only when memory requires it: the first step that does not fit turns it
             # on and runs again (same step, same noise: the loss is the one the step would have had).
             self.optimizer.zero_grad(set_to_none=True)
-            self._graphs = self._graphs.release()  # graphs hold memory; checkpointing recomputes outside them
+            self._graphs = self._graphs.release()  # frees their memory pool; checkpointing runs without graphs
             _free_memory(self.device)
             log.warning("out of GPU memory at step %d: gradient checkpointing on for the rest of the run", self._step + 1)
             self._enable_checkpointing()

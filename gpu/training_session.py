@@ -75,11 +75,20 @@ class TrainingSession:
     async def close(self) -> None:
         await self._on_gpu(self.trainer.close)
 
+    @property
+    def needs_warm_up(self) -> bool:
+        """Closing freed the training's CUDA graphs and with them every compiled graph (gpu/train_graphs.py)."""
+        return self.trainer.needs_warm_up
+
+    # Around a generation on the GPU thread. A generation queued behind close() finds the trainer closed:
+    # the base model is already clean then.
     def suspend(self) -> None:
-        self.trainer.suspend()
+        if not self.trainer.closed:
+            self.trainer.suspend()
 
     def resume(self) -> None:
-        self.trainer.resume()
+        if not self.trainer.closed:
+            self.trainer.resume()
 
 
 def _write_files(folder: Path, sample_png: bytes, loss_png: bytes) -> None:

@@ -118,8 +118,14 @@ def test_trainer_runs_training_graphs_only_for_steps(tiny_models_dir, dataset, t
         def one_round():
             generation_between_steps()
             trainer.step()
-            trainer.sample()
-            assert current_calls(pipe) == training  # sampled with generation's blocks, then training's back
+            seen_in_sample = []
+            hook = pipe.transformer.register_forward_pre_hook(lambda *_: seen_in_sample.append(current_calls(pipe)))
+            try:
+                trainer.sample()
+            finally:
+                hook.remove()
+            assert seen_in_sample and all(calls == generation for calls in seen_in_sample)  # generation's blocks
+            assert current_calls(pipe) == training  # and training's back after the sample
             trainer.step()
 
         one_round()
@@ -129,8 +135,74 @@ def test_trainer_runs_training_graphs_only_for_steps(tiny_models_dir, dataset, t
         assert accel.compiled_graph_count() == before  # both variants stay cached side by side
         trainer.close()
         assert current_calls(pipe) == generation
+        assert not trainer.needs_warm_up  # no CUDA graphs on the CPU: nothing was reset
         base = generate(pipe)
         assert np.isfinite(base).all()
+    finally:
+        torch._dynamo.reset()
+
+
+def test_out_of_memory_drops_training_graphs(tiny_models_dir, dataset, tmp_path):
+    """An out-of-memory step frees the graphs and runs again with gradient checkpointing on generation's blocks."""
+    pipe = compiled_pipe(tiny_models_dir)
+    try:
+        generation = current_calls(pipe)
+        graphs = TrainingGraphs.for_transformer(pipe.transformer, TRAINING_OPTIONS)
+        trainer = LoraTrainer(pipe, dataset, tmp_path / "oom", config(), "cpu", torch.float32, graphs)
+        trainer.prepare()
+        trainer.step()
+        real_loss, calls = trainer._loss, []
+
+        def loss_that_does_not_fit_once(step):
+            calls.append(current_calls(pipe))
+            if len(calls) == 1:
+                raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+            return real_loss(step)
+
+        trainer._loss = loss_that_does_not_fit_once
+        assert np.isfinite(trainer.step())
+        assert calls[0] != generation and calls[1] == generation  # the retry ran without training's graphs
+        assert not trainer.uses_training_graphs and pipe.transformer.gradient_checkpointing
+        trainer.step()
+        trainer.close()
+        assert current_calls(pipe) == generation and not pipe.transformer.gradient_checkpointing
+    finally:
+        torch._dynamo.reset()
+
+
+def test_many_shapes_or_checkpointing_train_without_graphs(tiny_models_dir, dataset, tmp_path, monkeypatch):
+    pipe = compiled_pipe(tiny_models_dir)
+    try:
+        generation = current_calls(pipe)
+        monkeypatch.setattr("gpu.train_graphs.MAX_SHAPES", 1)  # the dataset has two shapes
+        graphs = TrainingGraphs.for_transformer(pipe.transformer, TRAINING_OPTIONS)
+        trainer = LoraTrainer(pipe, dataset, tmp_path / "shapes", config(), "cpu", torch.float32, graphs)
+        trainer.prepare()
+        assert not trainer.uses_training_graphs
+        assert np.isfinite(trainer.step()) and current_calls(pipe) == generation
+        trainer.close()
+    finally:
+        torch._dynamo.reset()
+
+
+def test_generation_after_close_leaves_the_closed_trainer_alone(tiny_models_dir, dataset, tmp_path):
+    """The worker closes a session on the GPU thread while a generation may be queued behind it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gpu.protocol import TrainParams
+    from gpu.training_session import TrainingSession
+
+    pipe = compiled_pipe(tiny_models_dir)
+    try:
+        with ThreadPoolExecutor(1) as gpu:
+            session = TrainingSession(pipe, TrainParams(str(dataset), str(tmp_path / "session"), config().to_json()),
+                                      "cpu", gpu, gpu)
+            session.trainer.prepare()
+            session.trainer.close()
+            session.suspend()  # what _generate_on_gpu does around a generation: no error, nothing changed
+            assert np.isfinite(generate(pipe)).all()
+            session.resume()
+            assert not session.needs_warm_up
     finally:
         torch._dynamo.reset()
 
