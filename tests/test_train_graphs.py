@@ -232,3 +232,28 @@ def test_graphs_unsuitable():
     assert graphs_unsuitable(latents[:MAX_SHAPES], embeds[:MAX_SHAPES], checkpointing=False) is None
     assert distinct_shapes([latents[0]] * 3, [torch.zeros(10, 4), torch.zeros(40, 4), torch.zeros(64, 4)]) == 2
     assert "checkpointing" in graphs_unsuitable(latents[:1], embeds[:1], checkpointing=True)
+
+
+def test_releasing_cuda_graphs_resets_compiled_code_and_generation_recovers(tiny_models_dir, dataset, tmp_path,
+                                                                            monkeypatch):
+    """With CUDA graphs, the end of training discards every compiled graph (their memory pool goes only that
+    way): generation's blocks must re-trace and give the same pixels, and the trainer asks for a warm-up."""
+    monkeypatch.setattr(TrainingGraphs, "uses_cuda_graphs", property(lambda self: True))  # the GPU's path
+    pipe = compiled_pipe(tiny_models_dir)
+    try:
+        before = generate(pipe)
+        generation = current_calls(pipe)
+        graphs = TrainingGraphs.for_transformer(pipe.transformer, TRAINING_OPTIONS)
+        trainer = LoraTrainer(pipe, dataset, tmp_path / "reset", config(), "cpu", torch.float32, graphs)
+        trainer.prepare()
+        trainer.step()
+        trainer.step()
+        assert not trainer.needs_warm_up
+        trainer.close()
+        assert trainer.needs_warm_up and current_calls(pipe) == generation
+        graphs_before = accel.compiled_graph_count()
+        after = generate(pipe)
+        assert accel.compiled_graph_count() > graphs_before  # generation's graphs were traced again
+        np.testing.assert_array_equal(after, before)
+    finally:
+        torch._dynamo.reset()
