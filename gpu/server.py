@@ -231,11 +231,13 @@ class WorkerServer:
             await self._send_error(send, request_id, exc)
         finally:
             self._cancelled.discard(request_id)
-            if session is not None:
-                # Closed on the GPU thread while still registered: a generation queued behind the last step
-                # still suspends the trainer, so it never runs with the training's adapters or CUDA graphs.
-                await session.close()
-            self._training = None
+            try:
+                if session is not None:
+                    # Closed on the GPU thread while still registered: a generation queued behind the last step
+                    # still suspends the trainer, so it never runs with the training's adapters or CUDA graphs.
+                    await session.close()
+            finally:
+                self._training = None
             if session is not None and session.needs_warm_up:
                 await asyncio.get_running_loop().run_in_executor(self._gpu, self._warm_up_again)
 
