@@ -61,166 +61,155 @@ def compiled_pipe(tiny_models_dir):
     return pipe
 
 
+@pytest.fixture
+def pipe(tiny_models_dir):
+    accel.raise_recompile_limit()
+    yield compiled_pipe(tiny_models_dir)
+    torch._dynamo.reset()
+
+
 def generate(pipe) -> np.ndarray:
     return tiny_image(pipe, "a blue circle")
+
+
+def graph_trainer(pipe, dataset, output, **changes) -> LoraTrainer:
+    """A trainer with training's own compiled blocks (aot_eager standing in for CUDA graphs)."""
+    graphs = TrainingGraphs.for_transformer(pipe.transformer, TRAINING_OPTIONS)
+    return LoraTrainer(pipe, dataset, output, config(**changes), "cpu", torch.float32, graphs)
 
 
 def current_calls(pipe) -> list:
     return [block._compiled_call_impl for block in TrainingGraphs.for_transformer(pipe.transformer).blocks]
 
 
-def test_only_compiled_blocks_get_training_graphs(tiny_models_dir):
+def test_only_compiled_blocks_get_training_graphs(tiny_models_dir, pipe):
     from diffusers import ZImagePipeline
 
     from gpu.tiny import ensure_tiny_model
 
     plain = ZImagePipeline.from_pretrained(ensure_tiny_model(tiny_models_dir))
     assert TrainingGraphs.for_transformer(plain.transformer) is None
-    pipe = compiled_pipe(tiny_models_dir)
-    try:
-        blocks = TrainingGraphs.for_transformer(pipe.transformer).blocks
-        expected = [m for m in pipe.transformer.modules() if type(m).__name__ == "ZImageTransformerBlock"]
-        assert blocks == expected and len(blocks) > 2  # main layers and both refiners
-    finally:
-        torch._dynamo.reset()
+    blocks = TrainingGraphs.for_transformer(pipe.transformer).blocks
+    expected = [m for m in pipe.transformer.modules() if type(m).__name__ == "ZImageTransformerBlock"]
+    assert blocks == expected and len(blocks) > 2  # main layers and both refiners
 
 
-def test_trainer_runs_training_graphs_only_for_steps(tiny_models_dir, dataset, tmp_path):
-    accel.raise_recompile_limit()
-    pipe = compiled_pipe(tiny_models_dir)
-    try:
-        generation = current_calls(pipe)
-        plain = LoraTrainer(pipe, dataset, tmp_path / "plain", config(), "cpu", torch.float32)
-        plain.prepare()
-        plain_losses = [plain.step() for _ in range(6)]
-        plain.close()
-        assert not plain.uses_training_graphs
-        compiled_for_plain = accel.compiled_graph_count()
+def test_trainer_runs_training_graphs_only_for_steps(pipe, dataset, tmp_path):
+    generation = current_calls(pipe)
+    plain = LoraTrainer(pipe, dataset, tmp_path / "plain", config(), "cpu", torch.float32)
+    plain.prepare()
+    plain_losses = [plain.step() for _ in range(6)]
+    plain.close()
+    assert not plain.uses_training_graphs
+    compiled_for_plain = accel.compiled_graph_count()
 
-        graphs = TrainingGraphs.for_transformer(pipe.transformer, TRAINING_OPTIONS)
-        trainer = LoraTrainer(pipe, dataset, tmp_path / "graphs", config(), "cpu", torch.float32, graphs)
-        trainer.prepare()
-        assert trainer.uses_training_graphs
-        losses = [trainer.step() for _ in range(6)]
-        np.testing.assert_allclose(losses, plain_losses, rtol=1e-5)  # same run, other compiled code
-        assert accel.compiled_graph_count() > compiled_for_plain  # the steps ran training's own compile
-        training = current_calls(pipe)
-        assert not set(map(id, training)) & set(map(id, generation))
+    trainer = graph_trainer(pipe, dataset, tmp_path / "graphs")
+    trainer.prepare()
+    assert trainer.uses_training_graphs
+    losses = [trainer.step() for _ in range(6)]
+    np.testing.assert_allclose(losses, plain_losses, rtol=1e-5)  # same run, other compiled code
+    assert accel.compiled_graph_count() > compiled_for_plain  # the steps ran training's own compile
+    training = current_calls(pipe)
+    assert not set(map(id, training)) & set(map(id, generation))
 
-        def generation_between_steps():
-            trainer.suspend()
-            assert current_calls(pipe) == generation
-            image = generate(pipe)
-            trainer.resume()
-            assert current_calls(pipe) == training
-            return image
-
-        def one_round():
-            generation_between_steps()
-            trainer.step()
-            seen_in_sample = []
-            hook = pipe.transformer.register_forward_pre_hook(lambda *_: seen_in_sample.append(current_calls(pipe)))
-            try:
-                trainer.sample()
-            finally:
-                hook.remove()
-            assert seen_in_sample and all(calls == generation for calls in seen_in_sample)  # generation's blocks
-            assert current_calls(pipe) == training  # and training's back after the sample
-            trainer.step()
-
-        one_round()
-        before = accel.compiled_graph_count()
-        one_round()
-        one_round()
-        assert accel.compiled_graph_count() == before  # both variants stay cached side by side
-        trainer.close()
+    def one_round():
+        trainer.suspend()  # a generation between two steps, as the worker brackets it
         assert current_calls(pipe) == generation
-        assert not trainer.needs_warm_up  # no CUDA graphs on the CPU: nothing was reset
-        base = generate(pipe)
-        assert np.isfinite(base).all()
-    finally:
-        torch._dynamo.reset()
+        generate(pipe)
+        trainer.resume()
+        assert current_calls(pipe) == training
+        trainer.step()
+        seen_in_sample = []
+        hook = pipe.transformer.register_forward_pre_hook(lambda *_: seen_in_sample.append(current_calls(pipe)))
+        try:
+            trainer.sample()
+        finally:
+            hook.remove()
+        assert seen_in_sample and all(calls == generation for calls in seen_in_sample)  # generation's blocks
+        assert current_calls(pipe) == training  # and training's back after the sample
+        trainer.step()
+
+    one_round()
+    before = accel.compiled_graph_count()
+    one_round()
+    one_round()
+    assert accel.compiled_graph_count() == before  # both variants stay cached side by side
+    trainer.close()
+    assert current_calls(pipe) == generation
+    assert not trainer.needs_warm_up  # no CUDA graphs on the CPU: nothing was reset
+    assert np.isfinite(generate(pipe)).all()
 
 
-def test_out_of_memory_drops_training_graphs(tiny_models_dir, dataset, tmp_path):
+def test_out_of_memory_drops_training_graphs(pipe, dataset, tmp_path):
     """An out-of-memory step frees the graphs and runs again with gradient checkpointing on generation's blocks."""
-    pipe = compiled_pipe(tiny_models_dir)
-    try:
-        generation = current_calls(pipe)
-        graphs = TrainingGraphs.for_transformer(pipe.transformer, TRAINING_OPTIONS)
-        trainer = LoraTrainer(pipe, dataset, tmp_path / "oom", config(), "cpu", torch.float32, graphs)
-        trainer.prepare()
-        trainer.step()
-        real_loss, calls = trainer._loss, []
+    generation = current_calls(pipe)
+    trainer = graph_trainer(pipe, dataset, tmp_path / "oom")
+    trainer.prepare()
+    trainer.step()
+    real_loss, calls = trainer._loss, []
 
-        def loss_that_does_not_fit_once(step):
-            calls.append(current_calls(pipe))
-            if len(calls) == 1:
-                raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-            return real_loss(step)
+    def loss_that_does_not_fit_once(step):
+        calls.append(current_calls(pipe))
+        if len(calls) == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_loss(step)
 
-        trainer._loss = loss_that_does_not_fit_once
-        assert np.isfinite(trainer.step())
-        assert calls[0] != generation and calls[1] == generation  # the retry ran without training's graphs
-        assert not trainer.uses_training_graphs and pipe.transformer.gradient_checkpointing
-        trainer.step()
-        trainer.close()
-        assert current_calls(pipe) == generation and not pipe.transformer.gradient_checkpointing
-    finally:
-        torch._dynamo.reset()
+    trainer._loss = loss_that_does_not_fit_once
+    assert np.isfinite(trainer.step())
+    assert calls[0] != generation and calls[1] == generation  # the retry ran without training's graphs
+    assert not trainer.uses_training_graphs and pipe.transformer.gradient_checkpointing
+    trainer.step()
+    trainer.close()
+    assert current_calls(pipe) == generation and not pipe.transformer.gradient_checkpointing
 
 
-def test_many_shapes_or_checkpointing_train_without_graphs(tiny_models_dir, dataset, tmp_path, monkeypatch):
-    pipe = compiled_pipe(tiny_models_dir)
-    try:
-        generation = current_calls(pipe)
+@pytest.mark.parametrize("reason", ["shapes", "checkpointing"])
+def test_many_shapes_or_checkpointing_train_without_graphs(pipe, dataset, tmp_path, monkeypatch, reason):
+    generation = current_calls(pipe)
+    if reason == "shapes":
         monkeypatch.setattr("gpu.train_graphs.MAX_SHAPES", 1)  # the dataset has two shapes
-        graphs = TrainingGraphs.for_transformer(pipe.transformer, TRAINING_OPTIONS)
-        trainer = LoraTrainer(pipe, dataset, tmp_path / "shapes", config(), "cpu", torch.float32, graphs)
-        trainer.prepare()
-        assert not trainer.uses_training_graphs
-        assert np.isfinite(trainer.step()) and current_calls(pipe) == generation
-        trainer.close()
-    finally:
-        torch._dynamo.reset()
+    trainer = graph_trainer(pipe, dataset, tmp_path / reason, gradient_checkpointing=reason == "checkpointing")
+    trainer.prepare()
+    assert not trainer.uses_training_graphs
+    assert np.isfinite(trainer.step()) and current_calls(pipe) == generation
+    trainer.close()
 
 
-def test_generation_after_close_leaves_the_closed_trainer_alone(tiny_models_dir, dataset, tmp_path):
+def test_generation_after_close_leaves_the_closed_trainer_alone(pipe, dataset, tmp_path):
     """The worker closes a session on the GPU thread while a generation may be queued behind it."""
     from concurrent.futures import ThreadPoolExecutor
 
     from gpu.protocol import TrainParams
     from gpu.training_session import TrainingSession
 
-    pipe = compiled_pipe(tiny_models_dir)
-    try:
-        with ThreadPoolExecutor(1) as gpu:
-            session = TrainingSession(pipe, TrainParams(str(dataset), str(tmp_path / "session"), config().to_json()),
-                                      "cpu", gpu, gpu)
-            session.trainer.prepare()
-            session.trainer.close()
-            session.suspend()  # what _generate_on_gpu does around a generation: no error, nothing changed
-            assert np.isfinite(generate(pipe)).all()
-            session.resume()
-            assert not session.needs_warm_up
-    finally:
-        torch._dynamo.reset()
+    with ThreadPoolExecutor(1) as gpu:
+        params = TrainParams(str(dataset), str(tmp_path / "session"), config().to_json())
+        session = TrainingSession(pipe, params, "cpu", gpu, gpu)
+        session.trainer.prepare()
+        session.trainer.close()
+        session.suspend()  # what _generate_on_gpu does around a generation: no error, nothing changed
+        assert np.isfinite(generate(pipe)).all()
+        session.resume()
+        assert not session.needs_warm_up
 
 
-def test_checkpointing_trains_without_training_graphs(tiny_models_dir, dataset, tmp_path):
-    pipe = compiled_pipe(tiny_models_dir)
-    try:
-        generation = current_calls(pipe)
-        graphs = TrainingGraphs.for_transformer(pipe.transformer, TRAINING_OPTIONS)
-        trainer = LoraTrainer(pipe, dataset, tmp_path / "ckpt", config(gradient_checkpointing=True), "cpu",
-                              torch.float32, graphs)
-        trainer.prepare()
-        assert not trainer.uses_training_graphs
-        assert np.isfinite(trainer.step())
-        assert current_calls(pipe) == generation
-        trainer.close()
-    finally:
-        torch._dynamo.reset()
+def test_releasing_cuda_graphs_resets_compiled_code_and_generation_recovers(pipe, dataset, tmp_path, monkeypatch):
+    """With CUDA graphs, the end of training discards every compiled graph (their memory pool goes only that
+    way): generation's blocks must re-trace and give the same pixels, and the trainer asks for a warm-up."""
+    monkeypatch.setattr(TrainingGraphs, "uses_cuda_graphs", property(lambda self: True))  # the GPU's path
+    before = generate(pipe)
+    generation = current_calls(pipe)
+    trainer = graph_trainer(pipe, dataset, tmp_path / "reset")
+    trainer.prepare()
+    trainer.step()
+    trainer.step()
+    assert not trainer.needs_warm_up
+    trainer.close()
+    assert trainer.needs_warm_up and current_calls(pipe) == generation
+    graphs_before = accel.compiled_graph_count()
+    after = generate(pipe)
+    assert accel.compiled_graph_count() > graphs_before  # generation's graphs were traced again
+    np.testing.assert_array_equal(after, before)
 
 
 def test_graphs_unsuitable():
@@ -232,28 +221,3 @@ def test_graphs_unsuitable():
     assert graphs_unsuitable(latents[:MAX_SHAPES], embeds[:MAX_SHAPES], checkpointing=False) is None
     assert distinct_shapes([latents[0]] * 3, [torch.zeros(10, 4), torch.zeros(40, 4), torch.zeros(64, 4)]) == 2
     assert "checkpointing" in graphs_unsuitable(latents[:1], embeds[:1], checkpointing=True)
-
-
-def test_releasing_cuda_graphs_resets_compiled_code_and_generation_recovers(tiny_models_dir, dataset, tmp_path,
-                                                                            monkeypatch):
-    """With CUDA graphs, the end of training discards every compiled graph (their memory pool goes only that
-    way): generation's blocks must re-trace and give the same pixels, and the trainer asks for a warm-up."""
-    monkeypatch.setattr(TrainingGraphs, "uses_cuda_graphs", property(lambda self: True))  # the GPU's path
-    pipe = compiled_pipe(tiny_models_dir)
-    try:
-        before = generate(pipe)
-        generation = current_calls(pipe)
-        graphs = TrainingGraphs.for_transformer(pipe.transformer, TRAINING_OPTIONS)
-        trainer = LoraTrainer(pipe, dataset, tmp_path / "reset", config(), "cpu", torch.float32, graphs)
-        trainer.prepare()
-        trainer.step()
-        trainer.step()
-        assert not trainer.needs_warm_up
-        trainer.close()
-        assert trainer.needs_warm_up and current_calls(pipe) == generation
-        graphs_before = accel.compiled_graph_count()
-        after = generate(pipe)
-        assert accel.compiled_graph_count() > graphs_before  # generation's graphs were traced again
-        np.testing.assert_array_equal(after, before)
-    finally:
-        torch._dynamo.reset()
