@@ -48,28 +48,22 @@ class WorkerServer:
         if warm_up:
             # LoRA graph variants compile after "ready": a first request waits at most for this, nobody
             # waits for it at start-up. Its failure is logged; a request would compile on its own.
-            warming = loop.run_in_executor(self._gpu, self._warm_up_adapters)
-            warming.add_done_callback(lambda done: not done.cancelled() and done.exception() and log.error(
-                "LoRA warm-up failed", exc_info=done.exception()))
+            self._warm_up_in_background("LoRA warm-up", self.engine.warm_up_adapters)
 
-    def _warm_up_adapters(self) -> None:
-        self._warming = True  # health says busy meanwhile
-        try:
-            self.engine.warm_up_adapters()
-        finally:
-            self._warming = False
+    def _warm_up_in_background(self, what: str, *steps) -> None:
+        """Run warm-up steps on the GPU thread after "ready" (health says busy meanwhile); failures are logged."""
 
-    def _warm_up_again(self) -> None:
-        """After a training run whose CUDA graphs were freed together with every compiled graph: generation's
-        graphs re-trace now (from the compile cache), not in a user's request."""
-        self._warming = True
-        try:
-            self.engine.warm_up()
-            self.engine.warm_up_adapters()
-        except Exception:  # noqa: BLE001 - a request would compile on its own; the worker goes on
-            log.exception("warm-up after training failed")
-        finally:
-            self._warming = False
+        def run() -> None:
+            self._warming = True
+            try:
+                for step in steps:
+                    step()
+            finally:
+                self._warming = False
+
+        warming = asyncio.get_running_loop().run_in_executor(self._gpu, run)
+        warming.add_done_callback(lambda done: not done.cancelled() and done.exception() and log.error(
+            "%s failed", what, exc_info=done.exception()))
 
     async def serve_forever(self) -> None:
         assert self._server is not None
@@ -239,7 +233,10 @@ class WorkerServer:
             finally:
                 self._training = None
             if session is not None and session.needs_warm_up:
-                await asyncio.get_running_loop().run_in_executor(self._gpu, self._warm_up_again)
+                # The run freed its CUDA graphs together with every compiled graph (gpu/train_graphs.py):
+                # generation's graphs re-trace now, from the compile cache, not in a user's request.
+                self._warm_up_in_background("warm-up after training", self.engine.warm_up,
+                                            self.engine.warm_up_adapters)
 
     @staticmethod
     async def _send_error(send, request_id: str, exc: Exception) -> None:
