@@ -113,6 +113,12 @@ KERNEL_CATEGORIES = (  # first match wins: inductor names kernels after the ops 
 )
 
 
+def kernel_category(name: str, default: str = "other") -> str:
+    """The KERNEL_CATEGORIES label of a CUDA kernel's name."""
+    lowered = name.lower()
+    return next((label for label, keys in KERNEL_CATEGORIES if any(key in lowered for key in keys)), default)
+
+
 def profile_one(run_one, cfg: dict) -> dict:
     """GPU kernel time of one image at the first timing size, by category, plus the top kernels."""
     import torch
@@ -130,9 +136,7 @@ def profile_one(run_one, cfg: dict) -> dict:
             kernels.append((event.key, device_us / 1000.0, event.count))
     categories: dict[str, float] = {}
     for name, ms, _ in kernels:
-        lowered = name.lower()
-        label = next((cat for cat, keys in KERNEL_CATEGORIES if any(k in lowered for k in keys)),
-                     "other (eager elementwise)")
+        label = kernel_category(name, "other (eager elementwise)")
         categories[label] = categories.get(label, 0.0) + ms
     total = sum(ms for _, ms, _ in kernels)
     kernels.sort(key=lambda item: -item[1])

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 
-from .inference import KERNEL_CATEGORIES
+from .inference import kernel_category
 
 
 def _busy_us(spans: list[tuple[float, float]]) -> float:
@@ -45,8 +45,7 @@ def profile_steps(step, steps: int = 3) -> dict:
     by_name: dict[str, list] = {}
     for event in kernels:
         ms = (event.time_range.end - event.time_range.start) / 1000.0
-        lowered = event.name.lower()
-        label = next((cat for cat, keys in KERNEL_CATEGORIES if any(k in lowered for k in keys)), "other")
+        label = kernel_category(event.name)
         categories[label] = categories.get(label, 0.0) + ms
         entry = by_name.setdefault(event.name[:120], [0.0, 0])
         entry[0] += ms
