@@ -115,18 +115,23 @@ def test_ai_toolkit_file_and_lru(pipe, loras):
     assert np.array_equal(generate(pipe), base)
 
 
-def test_reloads_a_replaced_file(pipe, loras, tiny_models_dir, tmp_path):
+def images_before_and_after_replacing(manager, pipe, tiny_models_dir, source: Path, folder: Path):
+    """Activate a copy of `source` as "mine", replace its file with another LoRA, activate again: both images."""
     import shutil
 
-    folder = tmp_path / "mine"
-    shutil.copytree(loras["a"], folder)
-    manager = AdapterManager(pipe)
+    shutil.copytree(source, folder)
     manager.activate([("mine", str(folder), 1.0)])
     first = generate(pipe)
     shutil.rmtree(folder)
     make_lora(tiny_models_dir, folder, seed=9)
     manager.activate([("mine", str(folder), 1.0)])
-    assert manager.loads == 2 and not np.array_equal(generate(pipe), first)
+    return first, generate(pipe)
+
+
+def test_reloads_a_replaced_file(pipe, loras, tiny_models_dir, tmp_path):
+    manager = AdapterManager(pipe)
+    first, second = images_before_and_after_replacing(manager, pipe, tiny_models_dir, loras["a"], tmp_path / "mine")
+    assert manager.loads == 2 and not np.array_equal(second, first)
 
 
 def test_errors_are_clear_and_leave_the_base_model(pipe, loras, tmp_path):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_adapters import generate, make_lora
+from test_adapters import generate, images_before_and_after_replacing, make_lora
 
 from gpu import accel
 from gpu.adapters import AdapterError, AdapterManager
@@ -73,8 +73,6 @@ def test_same_pixels_as_peft_adapters_and_no_disk_reads(tiny_models_dir, loras, 
 
 
 def test_cache_is_bounded_in_bytes_and_replaced_files_are_read_again(tiny_models_dir, loras, tmp_path):
-    import shutil
-
     pipe = fresh_pipe(tiny_models_dir)
     one = HotswapAdapters(pipe, slots=2, rank=4)
     one.activate([("a", loras["a"], 1.0)])
@@ -85,14 +83,8 @@ def test_cache_is_bounded_in_bytes_and_replaced_files_are_read_again(tiny_models
     one.activate([("a", loras["a"], 1.0), ("b", loras["b"], 1.0)])  # both requested: both stay for now
     assert set(one.cached) == {"a", "b"} and one.loads == 3
 
-    folder = tmp_path / "mine"
-    shutil.copytree(loras["a"], folder)
-    one.activate([("mine", str(folder), 1.0)])
-    first = generate(pipe)
-    shutil.rmtree(folder)
-    make_lora(tiny_models_dir, folder, seed=9)
-    one.activate([("mine", str(folder), 1.0)])
-    assert one.loads == 5 and not np.array_equal(generate(pipe), first)
+    first, second = images_before_and_after_replacing(one, pipe, tiny_models_dir, loras["a"], tmp_path / "mine")
+    assert one.loads == 5 and not np.array_equal(second, first)
 
 
 def test_errors_are_clear_and_leave_the_base_model(tiny_models_dir, loras, tmp_path):
