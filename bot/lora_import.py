@@ -20,9 +20,10 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from zimage_protocol.constants import tiny_model_dir_name
+
 from .safetensors_io import DTYPE_SIZES, LoraImportError, SafeTensors, decode, encode, write_safetensors
 
-LORA_FILE = "pytorch_lora_weights.safetensors"
 META_KEY = "lora_adapter_metadata"
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle")
 # The real Z-Image-Turbo transformer (used when no config.json of the model is on disk).
@@ -42,9 +43,7 @@ def transformer_config(model: str, data_dir: Path) -> dict:
     """ZIMAGE_MODEL's transformer config: tiny, a local folder, the HF cache, else the known real one."""
     path = None
     if model == "tiny":
-        from gpu.tiny import TINY_VERSION
-
-        path = data_dir / "models" / f"tiny-v{TINY_VERSION}" / "transformer" / "config.json"
+        path = data_dir / "models" / tiny_model_dir_name() / "transformer" / "config.json"
     elif Path(model).is_dir():
         path = Path(model) / "transformer" / "config.json"
     else:

@@ -11,7 +11,9 @@ import threading
 import time
 from pathlib import Path
 
-from .engine import DEFAULT_MODEL, ImageEngine
+from zimage_protocol.constants import DEFAULT_MODEL
+
+from .engine import ImageEngine
 from .server import WorkerServer, socket_is_live
 
 
