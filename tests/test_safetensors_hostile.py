@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bot.lora_import import REAL_CONFIG, LoraImportError, expected_layers
+from bot import lora_import
+from bot.lora_import import META_KEY, REAL_CONFIG, LoraImportError, expected_layers
 from bot.safetensors_io import SafeTensors
 
 MAX_HEADER = 1 << 20
@@ -126,3 +127,84 @@ def test_brackets_inside_strings_do_not_count_as_nesting(tmp_path):
     with SafeTensors(path, MAX_HEADER) as st:
         assert st.metadata["note"] == note
         assert st.tensors[f"transformer.{Q}.lora_A.weight"].shape == (4, 32)
+
+
+# -- 2. alpha tensors are checked on the header --------------------------------------------------------------
+
+@pytest.mark.parametrize("alpha", [np.zeros(1 << 20), np.zeros((2, 2)), np.zeros((1, 1))])
+def test_an_alpha_that_is_not_one_number_is_refused_without_reading_it(alpha, tmp_path, monkeypatch):
+    reads = []
+    original_read = SafeTensors.read
+    monkeypatch.setattr(SafeTensors, "read", lambda self, key: reads.append(key) or original_read(self, key))
+    path = tensors_file(tmp_path / "alpha.safetensors", lora("diffusion_model.", alpha))
+    message = refused(lora_import.convert, path, tmp_path / "out.safetensors", LAYERS, **LIMITS)
+    assert "must be one positive number" in message
+    assert f"diffusion_model.{Q}.alpha" not in reads
+
+
+@pytest.mark.parametrize("alpha", [np.float32(8.0), np.array([8.0])])
+def test_a_scalar_alpha_of_shape_empty_or_one_is_used(alpha, tmp_path):
+    path = tensors_file(tmp_path / "alpha.safetensors", lora("diffusion_model.", alpha))
+    assert lora_import.convert(path, tmp_path / "out.safetensors", LAYERS, **LIMITS).alpha == 8.0
+
+
+# -- 3. the converters: a result or a LoraImportError ---------------------------------------------------------
+
+def peft(**config) -> dict:
+    return {"format": "pt", META_KEY: json.dumps({"r": 4, "lora_alpha": 4, **config})}
+
+
+@pytest.mark.parametrize("metadata", [
+    peft(lora_alpha=10 ** 400),
+    peft(lora_alpha=1e400),
+    peft(lora_alpha=-8),
+    peft(lora_alpha=0),
+    peft(lora_alpha=True),
+    peft(lora_alpha=[8]),
+    peft(lora_alpha="nan"),
+    peft(lora_alpha=1e9),
+    peft(alpha_pattern={Q: 10 ** 400}),
+    peft(alpha_pattern={f"p{i}": 1 for i in range(20_000)}),
+    {META_KEY: "[1, 2]"},
+    {META_KEY: "7"},
+    {META_KEY: "{" * 10_000},
+    {META_KEY: '{"a":' * 10_000 + "1" + "}" * 10_000},
+    {META_KEY: "not json"},
+])
+def test_bad_adapter_metadata_is_refused(metadata, tmp_path):
+    path = tensors_file(tmp_path / "meta.safetensors", lora(), metadata)
+    refused(lora_import.convert, path, tmp_path / "out.safetensors", LAYERS, **LIMITS)
+    refused(lora_import.export_comfyui, path, tmp_path / "comfy.safetensors", max_header=MAX_HEADER)
+    assert not list(tmp_path.glob("*out*")) and not list(tmp_path.glob("*comfy*"))
+
+
+@pytest.mark.parametrize("config", [
+    {"r": "4"}, {"r": -1}, {"r": 0}, {"r": 10 ** 400}, {"r": 4.5}, {"r": True}, {"r": [4]},
+    {"lora_alpha": 10 ** 400}, {"lora_alpha": -1}, {"lora_alpha": {"a": 1}},
+])
+def test_describe_refuses_bad_rank_or_alpha(config, tmp_path):
+    path = tensors_file(tmp_path / "meta.safetensors", lora(), {META_KEY: json.dumps(config)})
+    refused(lora_import.describe, path, max_header=MAX_HEADER)
+
+
+def test_describe_reads_a_good_header(tmp_path):
+    path = tensors_file(tmp_path / "ok.safetensors", lora(), peft(r=4, lora_alpha=8))
+    assert lora_import.describe(path, max_header=MAX_HEADER) == {"rank": 4, "alpha": 8, "layers": 1, "format": None}
+
+
+def test_a_scale_that_overflows_float16_when_baked_in_is_refused(tmp_path):
+    """Mixed alphas are baked into lora_B; values pushed past the dtype's range are refused, not stored as inf."""
+    k = "layers.0.attention.to_k"
+    tensors = {f"diffusion_model.{Q}.lora_A.weight": np.ones((4, 32)), f"diffusion_model.{Q}.lora_B.weight": np.ones((32, 4)),
+               f"diffusion_model.{Q}.alpha": np.float32(1.0),
+               f"diffusion_model.{k}.lora_A.weight": np.ones((4, 32)), f"diffusion_model.{k}.lora_B.weight": np.ones((32, 4)),
+               f"diffusion_model.{k}.alpha": np.float32(1.0), "diffusion_model.layers.0.attention.to_v.alpha": np.float32(9000.0),
+               "diffusion_model.layers.0.attention.to_v.lora_A.weight": np.ones((4, 32)),
+               "diffusion_model.layers.0.attention.to_v.lora_B.weight": np.full((32, 4), 60000.0)}
+    header, data = {}, b""
+    for key, value in tensors.items():  # all F16, so the baked-in scale overflows
+        raw = np.ascontiguousarray(value, "<f2").tobytes()
+        header[key] = {"dtype": "F16", "shape": list(np.shape(value)), "data_offsets": [len(data), len(data) + len(raw)]}
+        data += raw
+    path = raw_file(tmp_path / "f16.safetensors", header, data)
+    assert "overflow" in refused(lora_import.convert, path, tmp_path / "out.safetensors", LAYERS, **LIMITS)
