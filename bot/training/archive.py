@@ -77,6 +77,8 @@ def check_entries(infos: list[zipfile.ZipInfo], limits: IntakeLimits, archive_si
         raise IntakeError("The archive's files overlap each other (a zip bomb); it was refused.")
     total = 0
     for info in infos:
+        if not info.filename:  # a zero-length name (or one cut at a NUL byte): nothing sane can hold it
+            raise IntakeError("The archive has a file without a name: it is damaged.")
         shown = display_name(info.filename)
         parts = info.filename.replace("\\", "/").split("/")
         if info.filename.startswith(("/", "\\")) or re.match(r"[A-Za-z]:", info.filename):

@@ -312,7 +312,12 @@ def _clean_caption(text: str) -> str:
 
 
 def _natural_key(name: str) -> list:
-    return [int(part) if part.isdigit() else part.casefold() for part in re.split(r"(\d+)", name)]
+    """img2 before img10. The odd parts of the split are the digit runs: compared by value as (length
+    without leading zeros, digits), never through int(), which refuses '²' (isdigit but not a decimal)
+    and runs of over 4300 digits. Every key alternates str and tuple, so any two keys compare."""
+    parts = re.split(r"(\d+)", name)
+    return [(len(part.lstrip("0")), part.lstrip("0"), part) if index % 2 else part.casefold()
+            for index, part in enumerate(parts)]
 
 
 def _count(n: int, singular: str, plural: str) -> str:
