@@ -17,8 +17,7 @@ import discord
 import pytest
 import pytest_asyncio
 
-from tests.fake_discord import FakeDiscord, Interaction
-from tests.fake_discord.ratelimits import BucketSpec, RateLimits
+from tests.fake_discord import BucketSpec, FakeDiscord, Interaction, RateLimits
 
 RATE_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset", "X-RateLimit-Reset-After",
                 "X-RateLimit-Bucket")

@@ -180,6 +180,9 @@ class FakeDiscord(WorldMixin, InteractionsMixin):
             lines += [f"  {v[:500]}" for v in self.spec_violations]
         if self.unhandled:
             lines.append(f"unhandled routes: {self.unhandled}")
+        if self.rate_limits.enabled:
+            stats = self.ratelimiter.stats()
+            lines.append(f"rate limits: 429s={stats['429']} emptied={stats['emptied']} stalls={stats['stalls']}")
         return "\n".join(lines)
 
     # -- state queries ----------------------------------------------------------
