@@ -1,6 +1,6 @@
 """LoRA adapters for generation: load once, switch cheaply, never touch the trainer's adapters.
 
-Contract with gpu/trainer.py (both run on the worker's single GPU thread):
+Contract with gpu/training/trainer.py (both run on the worker's single GPU thread):
 
 * Every LoRA lives as a named peft adapter on the one shared ``pipe.transformer``; there is never a
   second copy of the base weights.

@@ -244,7 +244,7 @@ class WorkerServer:
                 self._training.resume()
 
     async def _train(self, request: TrainRequest, send: Callable[[Message], Awaitable[None]]) -> None:
-        from .training_session import TrainingSession
+        from .training.session import TrainingSession
 
         request_id = request.id
         if self._training is not None:
@@ -280,7 +280,7 @@ class WorkerServer:
             finally:
                 self._training = None
             if session is not None and session.needs_warm_up:
-                # The run freed its CUDA graphs together with every compiled graph (gpu/train_graphs.py):
+                # The run freed its CUDA graphs together with every compiled graph (gpu/training/graphs.py):
                 # generation's graphs re-trace now, from the compile cache, not in a user's request.
                 self._warm_up_in_background("warm-up after training", self.engine.warm_up,
                                             self.engine.warm_up_adapters)

@@ -2,7 +2,7 @@
 
 ``TRAINEE_ADAPTER`` is the LoRA being trained, ``TRAINING_ADAPTER`` the optional de-distillation LoRA
 active during training steps only (names and the contract with generation: gpu/adapters.py). These
-functions hold no state: gpu/trainer.py's ``LoraTrainer`` keeps the trainee's parameters and decides
+functions hold no state: gpu/training/trainer.py's ``LoraTrainer`` keeps the trainee's parameters and decides
 when the state must be set again. Kept apart from the trainer so its peft handling reads in one place.
 """
 
@@ -20,8 +20,8 @@ from .adapters import (
     remove_peft_if_empty,
     resolve_lora_file,
 )
-from .flow_matching import derived_seed
-from .train_config import TrainConfig, TrainerError
+from .training.config import TrainConfig, TrainerError
+from .training.flow_matching import derived_seed
 
 __all__ = ["add_trainee", "adapter_signature", "find_trainee_layer", "make_optimizer", "remove_trainer_adapters",
            "set_training_state", "trainee_state_dict", "training_adapter_file", "write_trainee"]

@@ -13,8 +13,11 @@ import pytest
 import torch
 
 from gpu.adapters import TRAINEE_ADAPTER, TRAINING_ADAPTER, AdapterManager, adapter_names
-from gpu.trainer import LoraTrainer, TrainConfig, TrainerError, list_checkpoints, render_loss_curve
-from gpu.training_data import DatasetError, make_buckets, pick_bucket
+from gpu.training.checkpoints import list_checkpoints
+from gpu.training.config import TrainConfig, TrainerError
+from gpu.training.data import DatasetError, make_buckets, pick_bucket
+from gpu.training.loss_curve import render_loss_curve
+from gpu.training.trainer import LoraTrainer
 
 STEPS = 12
 SIZES = [(64, 64), (96, 64), (64, 96), (128, 64), (80, 80), (64, 128)]  # mixed aspect ratios

@@ -2,7 +2,7 @@
 
 The worker runs everything on a single-thread executor. A TrainingSession submits one training
 step at a time and submits the next only when the previous one is done, so a generation submitted
-meanwhile runs after the step in progress (gpu/training_session.py). ``_generate_on_gpu`` calls
+meanwhile runs after the step in progress (gpu/training/session.py). ``_generate_on_gpu`` calls
 ``trainer.suspend()`` before the generation and ``trainer.resume()`` after it. Here a driver thread
 plays the TrainingSession, the main thread plays the bot: it submits a generation every
 ``interval_s`` (+- ``jitter_s``, seeded; never sooner than half an interval after the previous one

@@ -1,7 +1,7 @@
 """Where a training step's time goes: GPU busy time against wall time, kernels by category, host ops.
 
 A step whose GPU is busy for much less than its wall time is bound by the host (launch overhead),
-which is what made CUDA graphs the answer for training (gpu/train_graphs.py); one whose GPU is busy
+which is what made CUDA graphs the answer for training (gpu/training/graphs.py); one whose GPU is busy
 throughout can only get faster by doing less GPU work.
 """
 

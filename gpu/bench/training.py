@@ -1,7 +1,7 @@
-"""LoRA training: a plain peft loop (the baseline) vs gpu/trainer.py's LoraTrainer, eager and compiled.
+"""LoRA training: a plain peft loop (the baseline) vs gpu/training/trainer.py's LoraTrainer, eager and compiled.
 
 Both train on the same synthetic dataset (random images written in the manifest format that
-gpu/training_data.py reads), batch 1, at the same rank, alpha and target modules. Seconds per step
+gpu/training/data.py reads), batch 1, at the same rank, alpha and target modules. Seconds per step
 are the median of ``timed_steps`` steps after one epoch of warm-up steps (every image seen once,
 so a compiled transformer has met every caption length before the timing starts); peak memory is
 ``torch.cuda.max_memory_allocated`` over the timed steps, after ``reset_peak_memory_stats``.
@@ -52,7 +52,7 @@ def write_dataset(root: Path, count: int, size: int, seed: int = 0) -> Path:
 
 
 def train_config(tcfg: dict):
-    from ..trainer import TrainConfig
+    from ..training.config import TrainConfig
 
     return TrainConfig(rank=tcfg["rank"], alpha=tcfg["alpha"], resolution=tcfg["resolution"], steps=10**6,
                        checkpoint_every=10**6, keep_checkpoints=1, learning_rate=LEARNING_RATE,
@@ -76,7 +76,7 @@ def run_stock_training(pipe, dataset_dir: Path, work_dir: Path, tcfg: dict) -> d
     from peft import LoraConfig
 
     from ..adapters import remove_peft_if_empty
-    from ..training_data import load_or_build
+    from ..training.data import load_or_build
 
     transformer = pipe.transformer
     device, dtype = transformer.device, transformer.dtype
@@ -143,11 +143,11 @@ def start_trainer(pipe, dataset_dir: Path, work_dir: Path, tcfg: dict, label: st
     """A prepared LoraTrainer after its warm-up steps: (trainer, facts about the warm-up).
 
     Warm-up: one epoch (every image, so a compiled transformer has met every caption length); with CUDA
-    graphs (`graphs`: ZIMAGE_TRAIN_GRAPHS, gpu/train_graphs.py) two, since a shape is recorded on its second step."""
+    graphs (`graphs`: ZIMAGE_TRAIN_GRAPHS, gpu/training/graphs.py) two, since a shape is recorded on its second step."""
     import torch
 
-    from ..train_graphs import TrainingGraphs
-    from ..trainer import LoraTrainer
+    from ..training.graphs import TrainingGraphs
+    from ..training.trainer import LoraTrainer
 
     output = work_dir / label
     output.mkdir(parents=True, exist_ok=True)
@@ -175,7 +175,7 @@ def start_trainer(pipe, dataset_dir: Path, work_dir: Path, tcfg: dict, label: st
 
 def run_ours_training(pipe, dataset_dir: Path, work_dir: Path, tcfg: dict, label: str, keep: bool = False,
                       graphs: bool = False, profile: bool = False):
-    """gpu/trainer.py's LoraTrainer on `pipe` as it is (compiled or not): (result, trainer or None).
+    """gpu/training/trainer.py's LoraTrainer on `pipe` as it is (compiled or not): (result, trainer or None).
 
     With keep=True the prepared trainer is returned open (the latency phase reuses it); else closed.
     With profile=True three more steps run under torch.profiler (step_profile.py) after the timing."""

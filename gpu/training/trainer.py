@@ -19,13 +19,13 @@ Contract with generation (gpu/adapters.py; everything runs on the worker's one G
 * The loop is the caller's: ``prepare()`` once, then ``step()`` until ``done``, ``save_checkpoint()``
   when ``checkpoint_due``, ``sample()`` when wanted, ``close()`` at the end (or on cancel).
 
-Training is flow matching (gpu/flow_matching.py); the data order and the noise of step k derive from
+Training is flow matching (gpu/training/flow_matching.py); the data order and the noise of step k derive from
 (seed, k) alone, so a resumed run repeats exactly what an uninterrupted run would have done.
 
 This module is the stateful trainer (setup, adapter state, optimizer step, sampling, teardown); its
-parts live beside it: gpu/train_config.py (``TrainConfig``, ``TrainerError``), gpu/trainee_adapters.py
-(peft handling), gpu/checkpoints.py (the checkpoint folders), gpu/flow_matching.py (the objective),
-gpu/loss_curve.py (the loss PNG). Their public names are re-exported here (``from gpu.trainer import``).
+parts live beside it in gpu/training/: config.py (``TrainConfig``, ``TrainerError``), checkpoints.py (the
+checkpoint folders), flow_matching.py (the objective), loss_curve.py (the loss PNG), data.py (the dataset
+cache), graphs.py (CUDA graphs); the trainee's peft handling is gpu/trainee_adapters.py.
 """
 
 from __future__ import annotations
@@ -37,25 +37,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .adapters import TRAINEE_ADAPTER, TRAINING_ADAPTER, adapter_names, apply_adapters
-from .checkpoints import (
-    LORA_FILE,
-    META_FILE,
-    STATE_FILE,
-    Checkpoint,
-    check_compatible,
-    latest_state,
-    list_checkpoints,
-    prune_checkpoints,
-    restore_training_state,
-    training_state,
-    write_checkpoint,
-)
-from .flow_matching import autocast, derived_seed, flow_matching_loss, sample_index
-from .loss_curve import render_loss_curve
-from .train_config import TIMESTEP_SAMPLING, TrainConfig, TrainerError
-from .train_graphs import TrainingGraphs, graphs_unsuitable
-from .trainee_adapters import (
+from ..adapters import TRAINEE_ADAPTER, adapter_names, apply_adapters
+from ..trainee_adapters import (
     adapter_signature,
     add_trainee,
     find_trainee_layer,
@@ -66,12 +49,22 @@ from .trainee_adapters import (
     training_adapter_file,
     write_trainee,
 )
-from .training_data import DatasetError, Sample, encode_caption, load_or_build
+from .checkpoints import (
+    Checkpoint,
+    check_compatible,
+    latest_state,
+    prune_checkpoints,
+    restore_training_state,
+    training_state,
+    write_checkpoint,
+)
+from .config import TrainConfig, TrainerError
+from .data import Sample, encode_caption, load_or_build
+from .flow_matching import autocast, derived_seed, flow_matching_loss, sample_index
+from .graphs import TrainingGraphs, graphs_unsuitable
+from .loss_curve import render_loss_curve
 
 log = logging.getLogger(__name__)
-
-__all__ = ["LORA_FILE", "META_FILE", "STATE_FILE", "TIMESTEP_SAMPLING", "TRAINEE_ADAPTER", "TRAINING_ADAPTER", "Checkpoint",
-           "DatasetError", "LoraTrainer", "TrainConfig", "TrainerError", "list_checkpoints", "render_loss_curve"]
 
 
 @dataclass
@@ -107,7 +100,7 @@ class LoraTrainer:
         self._saved_step = -1  # step of the newest checkpoint written or resumed from
         self._probe = None
         self._checkpointing_on = False  # gradient checkpointing (configured, or turned on by an out-of-memory step)
-        self._graphs = graphs or TrainingGraphs([])  # CUDA graphs for training steps (gpu/train_graphs.py)
+        self._graphs = graphs or TrainingGraphs([])  # CUDA graphs for training steps (gpu/training/graphs.py)
         self._prepared = False
         self._closed = False
 
@@ -133,7 +126,7 @@ class LoraTrainer:
 
     @property
     def uses_training_graphs(self) -> bool:
-        """Training steps run their own compiled blocks (CUDA graphs on the GPU: gpu/train_graphs.py)."""
+        """Training steps run their own compiled blocks (CUDA graphs on the GPU: gpu/training/graphs.py)."""
         return bool(self._graphs.blocks)
 
     @property

@@ -1,4 +1,4 @@
-"""Training data for gpu/trainer.py: manifest, aspect buckets, and the latent/text-embedding cache.
+"""Training data for gpu/training/trainer.py: manifest, aspect buckets, and the latent/text-embedding cache.
 
 The dataset folder holds ``manifest.json`` (a list of ``{file, caption, width, height, source_name}``)
 and the images in ``images/``. Each image is resized to cover its aspect bucket and centre-cropped,

@@ -18,7 +18,7 @@ from pathlib import Path
 from zimage_protocol.errors import Cancelled
 from zimage_protocol.messages import CheckpointReady, Message, TrainParams, TrainProgress
 
-from .png import encode_png
+from ..png import encode_png
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +30,9 @@ class TrainingCancelled(Cancelled):
 class TrainingSession:
     def __init__(self, pipe, params: TrainParams, device: str, gpu: Executor, encoder: Executor,
                  cuda_graphs: bool = False):
-        from .train_graphs import TrainingGraphs
-        from .trainer import LoraTrainer, TrainConfig
+        from .config import TrainConfig
+        from .graphs import TrainingGraphs
+        from .trainer import LoraTrainer
 
         self.config = TrainConfig.from_json(params.config)
         graphs = TrainingGraphs.for_transformer(pipe.transformer) if cuda_graphs else None  # ZIMAGE_TRAIN_GRAPHS
@@ -80,7 +81,7 @@ class TrainingSession:
 
     @property
     def needs_warm_up(self) -> bool:
-        """Closing freed the training's CUDA graphs and with them every compiled graph (gpu/train_graphs.py)."""
+        """Closing freed the training's CUDA graphs and with them every compiled graph (gpu/training/graphs.py)."""
         return self.trainer.needs_warm_up
 
     # Around a generation on the GPU thread. A generation queued behind close() finds the trainer closed:
