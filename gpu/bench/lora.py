@@ -103,7 +103,7 @@ def run_section(engine, cfg: dict, work_dir: Path, left) -> dict:
 
 def _control(engine, path: str, image) -> dict:
     """What hot-swap avoids: the LoRA as a plain peft adapter on the same compiled transformer."""
-    from ..adapters import AdapterManager
+    from ..lora.peft import AdapterManager
 
     manager = AdapterManager(engine.pipe)
     graphs = accel.compiled_graph_count()

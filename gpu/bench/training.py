@@ -75,7 +75,7 @@ def run_stock_training(pipe, dataset_dir: Path, work_dir: Path, tcfg: dict) -> d
     import torch.nn.functional as F
     from peft import LoraConfig
 
-    from ..adapters import remove_peft_if_empty
+    from ..lora.common import remove_peft_if_empty
     from ..training.data import load_or_build
 
     transformer = pipe.transformer

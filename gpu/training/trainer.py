@@ -4,15 +4,15 @@ The trainer adds a peft LoRA named ``TRAINEE_ADAPTER`` ("__trainee__") to the sh
 ``pipe.transformer`` (no second copy of the base weights) and, when configured, loads a
 de-distillation LoRA as ``TRAINING_ADAPTER`` ("__training__"), active during training steps only.
 
-Contract with generation (gpu/adapters.py; everything runs on the worker's one GPU thread):
+Contract with generation (gpu/lora/common.py; everything runs on the worker's one GPU thread):
 
 * ``step()`` sets the adapter state it needs (trainee + training adapter on, every other adapter
   off, only the trainee trainable) whenever the state is not the one it left, so a generation may run
   between two steps. Bracket it with ``suspend()`` (base model clean: all adapters off) and
-  ``resume()`` (training state back); then call ``AdapterManager.activate(loras)`` for the
+  ``resume()`` (training state back); then call the LoRA backend's ``activate(loras)`` for the
   generation itself, which never enables, evicts or deletes the trainer's adapters.
   ``activate([])`` and ``suspend()`` both give pixels bit-identical to the base model in eager mode
-  (with regional compile: equal up to rounding, see gpu/adapters.py).
+  (with regional compile: equal up to rounding, see gpu/lora/common.py).
 * While training on CUDA the text encoder lives on the CPU (training uses cached embeddings): encode
   prompts with ``pipe.encode_prompt(prompt, device=pipe.text_encoder.device)`` and move the
   embeddings to the GPU, or use :meth:`LoraTrainer.encode_prompt`. ``close()`` moves it back.
@@ -25,7 +25,7 @@ Training is flow matching (gpu/training/flow_matching.py); the data order and th
 This module is the stateful trainer (setup, adapter state, optimizer step, sampling, teardown); its
 parts live beside it in gpu/training/: config.py (``TrainConfig``, ``TrainerError``), checkpoints.py (the
 checkpoint folders), flow_matching.py (the objective), loss_curve.py (the loss PNG), data.py (the dataset
-cache), graphs.py (CUDA graphs); the trainee's peft handling is gpu/trainee_adapters.py.
+cache), graphs.py (CUDA graphs); the trainee's peft handling is gpu/lora/trainee.py.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..adapters import TRAINEE_ADAPTER, adapter_names, apply_adapters
-from ..trainee_adapters import (
+from ..lora.common import TRAINEE_ADAPTER, adapter_names, apply_adapters
+from ..lora.trainee import (
     adapter_signature,
     add_trainee,
     find_trainee_layer,

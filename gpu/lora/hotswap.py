@@ -1,7 +1,7 @@
 """LoRA hot-swap for the compiled transformer: fixed adapter slots, weights copied in place.
 
 Why this exists: with ``compile_repeated_blocks`` (ZIMAGE_COMPILE), peft's usual way of switching LoRAs
-(:class:`gpu.adapters.AdapterManager`: a named adapter per LoRA, ``set_adapters`` with float weights)
+(:class:`gpu.lora.peft.AdapterManager`: a named adapter per LoRA, ``set_adapters`` with float weights)
 changes what dynamo guards on — the adapter names in every layer, the Python float scalings — so each
 new LoRA, stack or scale recompiles the blocks (5-13 s on the full model). Here, before the transformer
 is compiled, every linear layer gets ``slots`` adapters of rank ``rank`` (zero delta), and their
@@ -17,7 +17,7 @@ variants; the worker runs it right after it reports ready, so no user waits for 
 
 User LoRAs stay on the GPU, in the pipeline's dtype, in an LRU bounded in bytes (LORA_CACHE_MB):
 switching between them neither reads the disk nor recompiles. Same contract with the trainer as
-:mod:`gpu.adapters` (the trainer's ``__`` adapters are never touched; the state is set in full before
+:mod:`gpu.lora.common` (the trainer's ``__`` adapters are never touched; the state is set in full before
 every generation). Not thread-safe: call it from the thread that runs the pipeline.
 """
 
@@ -30,11 +30,19 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .adapters import AdapterError, check_request, describe_load_error, file_signature, quiet_peft, resolve_lora_file
+from .common import (
+    SLOT_PREFIX,
+    AdapterError,
+    AdapterSpec,
+    check_request,
+    describe_load_error,
+    file_signature,
+    quiet_peft,
+    resolve_lora_file,
+)
 
 log = logging.getLogger(__name__)
 
-SLOT_PREFIX = "__slot"  # reserved names (gpu/adapters.py): never a user LoRA, never the trainer's
 DEFAULT_RANK = 64
 DEFAULT_CACHE_MB = 2048
 
@@ -115,7 +123,7 @@ class HotswapAdapters:
         """Names of the LoRAs held on the GPU, least recently used first."""
         return list(self._cache)
 
-    def activate(self, adapters: Sequence[tuple[str, str | Path, float]]) -> None:
+    def activate(self, adapters: Sequence[AdapterSpec]) -> None:
         """Make exactly these (name, path, scale) LoRAs active; [] = the base model.
 
         A bad request or file raises AdapterError and leaves the base model active."""
