@@ -1,7 +1,7 @@
 """The warm Z-Image pipeline: load once, then generate image after image with progress.
 
-Everything here is synchronous and runs on the worker's single GPU thread; gpu/server.py
-owns the socket and the event loop.
+Everything here is synchronous and runs on the worker's single GPU thread; gpu/scheduler.py
+decides what runs there and when, gpu/server.py owns the socket.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""/imagine latency while a LoRA trains, the way gpu/server.py interleaves the two on one GPU thread.
+"""/imagine latency while a LoRA trains, the way gpu/scheduler.py interleaves the two on one GPU thread.
 
 The worker runs everything on a single-thread executor. A TrainingSession submits one training
 step at a time and submits the next only when the previous one is done, so a generation submitted
@@ -59,7 +59,7 @@ def load_engine(pipe, data_dir, lcfg: dict):
 
 
 def gpu_thread() -> ThreadPoolExecutor:
-    """The worker's GPU thread (server.WorkerServer._gpu). Everything that touches the model runs on it:
+    """The worker's GPU thread (scheduler.GpuScheduler._gpu). Everything that touches the model runs on it:
     torch keeps dynamo/inductor settings per thread, and the worker applies them on this thread."""
     return ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpu")
 
@@ -81,7 +81,7 @@ def measure_latency(gpu: ThreadPoolExecutor, engine, trainer, lcfg: dict, prompt
     step_seconds: list[float] = []
     failures: list[str] = []
 
-    def job(prompt: str, seed: int) -> tuple[float, float, float]:  # server._generate_on_gpu
+    def job(prompt: str, seed: int) -> tuple[float, float, float]:  # scheduler._generate_on_gpu
         started = time.perf_counter()
         if trainer is not None:
             trainer.suspend()

@@ -2,8 +2,9 @@
 
 Every training step is its own call on the single GPU thread. Generation requests queue on the
 same thread, so they run *between* steps: a waiting /imagine never waits for a whole training
-run, only for the step in progress. Before such a generation the server calls
-``trainer.suspend()`` (trainee and training adapters off) and ``trainer.resume()`` after it.
+run, only for the step in progress. Before such a generation the scheduler (gpu/scheduler.py) calls
+``suspend()`` (trainee and training adapters off) and ``resume()`` after it. Only the scheduler
+drives a session: it starts one run at a time and lets the next in once this one is closed.
 """
 
 from __future__ import annotations
