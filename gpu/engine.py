@@ -12,6 +12,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from zimage_protocol.constants import MAX_LORA_STACK, MAX_SEQUENCE_LENGTH
 from zimage_protocol.errors import Cancelled
@@ -20,6 +21,9 @@ from zimage_protocol.messages import GenerateParams
 from . import accel, quantize
 from .lora.backend import AdapterBackend
 from .lora.common import LoraSettings
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +38,7 @@ class GenerationCancelled(Cancelled):
 class GeneratedImage:
     index: int
     seed: int
-    image: object  # PIL.Image.Image
+    image: Image.Image
 
 
 def resolve_model_path(model: str, data_dir: Path) -> str:
@@ -50,8 +54,10 @@ class ImageEngine:
     def __init__(self, model: str, data_dir: Path):
         self.model_name = model
         self.data_dir = data_dir
-        self.pipe = None
-        self.tokenizer = None
+        # diffusers' ZImagePipeline and transformers' tokenizer, once loaded. Any: both libraries type
+        # their call results as unions (output or tuple, fast or slow tokenizer) this code never meets.
+        self.pipe: Any = None
+        self.tokenizer: Any = None
         self.device = "cpu"
         self._prompt_cache: OrderedDict[str, list] = OrderedDict()
         self._adapters: AdapterBackend | None = None  # chosen by _new_adapters()

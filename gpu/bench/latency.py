@@ -17,13 +17,14 @@ import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from .. import accel
 from .common import error_text, log, peak_gib, reset_peak, stats, sync
 
-FULL_LATENCY = {"size": (1024, 1024), "steps": 8, "interval_s": 2.0, "jitter_s": 0.5, "idle_requests": 5,
+FULL_LATENCY: dict[str, Any] = {"size": (1024, 1024), "steps": 8, "interval_s": 2.0, "jitter_s": 0.5, "idle_requests": 5,
                 "training_requests": 6, "min_requests": 3, "training_budget_s": 120.0, "target_ratio": 2.0}
-TINY_LATENCY = {"size": (64, 64), "steps": 2, "interval_s": 0.25, "jitter_s": 0.05, "idle_requests": 3,
+TINY_LATENCY: dict[str, Any] = {"size": (64, 64), "steps": 2, "interval_s": 0.25, "jitter_s": 0.05, "idle_requests": 3,
                 "training_requests": 3, "min_requests": 3, "training_budget_s": 30.0, "target_ratio": 2.0}
 _PROMPT_SUBJECTS = ("a lighthouse on a cliff", "a bowl of ramen", "a fox in the snow", "a robot gardener",
                     "a street market at dusk", "a glass teapot", "an astronaut on a beach", "a koi pond",

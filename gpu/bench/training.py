@@ -13,14 +13,15 @@ import json
 import random
 import shutil
 from pathlib import Path
+from typing import Any
 
 from .. import accel
 from .common import GIB, error_text, free_memory, log, peak_gib, peak_reserved_gib, reset_peak, stats, timed
 
 TARGET_MODULES = ("to_q", "to_k", "to_v", "to_out.0", "w1", "w2", "w3")
-FULL_TRAIN = {"resolution": 512, "rank": 64, "alpha": 64, "images": 8, "timed_steps": 20,
+FULL_TRAIN: dict[str, Any] = {"resolution": 512, "rank": 64, "alpha": 64, "images": 8, "timed_steps": 20,
               "projected_steps": 4000, "target_minutes": 8.0, "target_peak_gib": 24.0}
-TINY_TRAIN = {"resolution": 64, "rank": 4, "alpha": 4, "images": 4, "timed_steps": 3,
+TINY_TRAIN: dict[str, Any] = {"resolution": 64, "rank": 4, "alpha": 4, "images": 4, "timed_steps": 3,
               "projected_steps": 4000, "target_minutes": 8.0, "target_peak_gib": 24.0}
 LEARNING_RATE, WEIGHT_DECAY, MAX_GRAD_NORM = 2e-4, 1e-4, 1.0  # the trainer's defaults, for both loops
 _SUBJECTS = ("sks dog", "a ceramic teapot", "an old lighthouse", "a red bicycle", "a bowl of ramen",
@@ -91,7 +92,7 @@ def run_stock_training(pipe, dataset_dir: Path, work_dir: Path, tcfg: dict) -> d
     for param in params:
         param.requires_grad_(True)
     optimizer = torch.optim.AdamW(params, lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY)
-    held = {"optimizer": optimizer, "params": params}  # dropped before the adapter is deleted
+    held: dict[str, Any] = {"optimizer": optimizer, "params": params}  # dropped before the adapter is deleted
     generator = torch.Generator().manual_seed(0)
     losses: list[float] = []
 
@@ -123,7 +124,7 @@ def run_stock_training(pipe, dataset_dir: Path, work_dir: Path, tcfg: dict) -> d
         })
     finally:
         held.clear()
-        optimizer = params = None
+        del optimizer, params
         transformer.delete_adapters("stock")
         remove_peft_if_empty(transformer)  # plain nn.Linear layers back, as before the loop
         for param, flag in flags.items():
@@ -169,7 +170,7 @@ def start_trainer(pipe, dataset_dir: Path, work_dir: Path, tcfg: dict, label: st
     facts = {"prepare_s": round(prepare_s, 2), "warm": warm, "cuda_graphs": trainer.uses_training_graphs,
              "graphs_compiled_in_warm_up": accel.compiled_graph_count() - graphs_before,
              "peak_gib_prepare_and_warm_up": peak_gib(), "peak_reserved_gib_prepare_and_warm_up": peak_reserved_gib(),
-             "reserved_gib_before": round(reserved_before, 2) if cuda else None}
+             "reserved_gib_before": round(reserved_before, 2) if reserved_before is not None else None}
     return trainer, facts
 
 
@@ -238,8 +239,8 @@ def assess(column: dict, tcfg: dict) -> dict | None:
            "target_peak_gib": tcfg["target_peak_gib"]}
     # The stricter of what tensors used (allocated) and what the process held (reserved, warm-up included:
     # CUDA graphs are recorded there and keep their memory pool).
-    peaks = [column.get(key) for key in ("peak_gib", "peak_reserved_gib", "peak_reserved_gib_prepare_and_warm_up")]
-    peaks = [value for value in peaks if value is not None]
+    peaks = [value for key in ("peak_gib", "peak_reserved_gib", "peak_reserved_gib_prepare_and_warm_up")
+             if (value := column.get(key)) is not None]
     if peaks:
         out.update({"peak_gib": max(peaks), "memory_met": max(peaks) <= tcfg["target_peak_gib"]})
     return out

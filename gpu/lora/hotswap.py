@@ -29,6 +29,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 from .common import (
     SLOT_PREFIX,
@@ -40,6 +41,9 @@ from .common import (
     quiet_peft,
     resolve_lora_file,
 )
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +60,11 @@ class _CachedLora:
 
 def slot_names(slots: int) -> list[str]:
     return [f"{SLOT_PREFIX}{index}__" for index in range(slots)]
+
+
+def _weight(adapters: torch.nn.ModuleDict, slot_name: str) -> torch.Tensor:
+    """One slot's ``lora_A`` or ``lora_B`` weight (the slot is an nn.Linear; ModuleDict is typed loosely)."""
+    return cast("torch.Tensor", adapters[slot_name].weight)
 
 
 def _linear_names(transformer) -> list[str]:
@@ -103,7 +112,7 @@ class HotswapAdapters:
                 for name in self.names:
                     module.lora_A[name].to(dtype)
                     module.lora_B[name].to(dtype)
-                    torch.nn.init.zeros_(module.lora_A[name].weight)  # zero A: an empty slot is exactly zero
+                    torch.nn.init.zeros_(_weight(module.lora_A, name))  # zero A: an empty slot is exactly zero
         prepare_model_for_compiled_hotswap(transformer, target_rank=rank)  # scalings become tensors
         for module in self._layers.values():
             for name in self.names:
@@ -190,7 +199,7 @@ class HotswapAdapters:
         self._in_slot[slot] = None  # until the copy is complete: a failure halfway must not look like a hit
         for module_name, module in self._layers.items():
             weights = lora.layers.get(module_name)
-            slot_a, slot_b = module.lora_A[slot_name].weight, module.lora_B[slot_name].weight
+            slot_a, slot_b = _weight(module.lora_A, slot_name), _weight(module.lora_B, slot_name)
             if weights is None:
                 slot_a.data.zero_()  # zero A (not just the scale): stale weights times 0 could be inf * 0
                 module.scaling[slot_name].fill_(0.0)
@@ -207,7 +216,7 @@ class HotswapAdapters:
     def _empty(self, slot: int) -> None:
         slot_name = self.names[slot]
         for module in self._layers.values():
-            module.lora_A[slot_name].weight.data.zero_()
+            _weight(module.lora_A, slot_name).data.zero_()
             module.scaling[slot_name].fill_(0.0)
         self._in_slot[slot] = None
 

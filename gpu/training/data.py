@@ -16,9 +16,13 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from zimage_protocol import ErrorCode, UserError
 from zimage_protocol.constants import MAX_SEQUENCE_LENGTH
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +42,8 @@ class Sample:
     caption: str
     width: int  # bucket size in pixels
     height: int
-    latent: object  # torch.Tensor [16, height/8, width/8], normalised like the pipeline's latents
-    embeds: object  # torch.Tensor [tokens, hidden], the caption's text-encoder states
+    latent: torch.Tensor  # [16, height/8, width/8], normalised like the pipeline's latents
+    embeds: torch.Tensor  # [tokens, hidden], the caption's text-encoder states
 
 
 def bucket_step(resolution: int) -> int:

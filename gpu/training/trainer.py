@@ -36,6 +36,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..lora.common import TRAINEE_ADAPTER, adapter_names, apply_adapters
 from ..lora.trainee import (
@@ -64,6 +65,9 @@ from .flow_matching import autocast, derived_seed, flow_matching_loss, sample_in
 from .graphs import TrainingGraphs, graphs_unsuitable
 from .loss_curve import render_loss_curve
 
+if TYPE_CHECKING:
+    import torch
+
 log = logging.getLogger(__name__)
 
 
@@ -86,7 +90,7 @@ class LoraTrainer:
         self.config = config
         self.device = torch.device(device) if device is not None else self.transformer.device
         self.dtype = dtype if dtype is not None else self.transformer.dtype
-        self.optimizer = None
+        self.optimizer: torch.optim.Optimizer | None = None
         self.samples: list[Sample] = []
         self._latents: list = []
         self._embeds: list = []
@@ -96,7 +100,7 @@ class LoraTrainer:
         self._step_seconds: list[float] = []
         self._saved = _SavedFlags()
         self._prompt_cache: dict = {}
-        self._training_state = None  # adapter-state signature after the last _configure_training
+        self._training_state: tuple | None = None  # adapter-state signature after the last _configure_training
         self._saved_step = -1  # step of the newest checkpoint written or resumed from
         self._probe = None
         self._checkpointing_on = False  # gradient checkpointing (configured, or turned on by an out-of-memory step)
@@ -153,7 +157,7 @@ class LoraTrainer:
         self.config.validate()
         if TRAINEE_ADAPTER in adapter_names(self.transformer):
             raise TrainerError("another training is already running on this model")
-        if self.has_training_adapter:
+        if self.config.training_adapter is not None:
             training_adapter_file(self.config.training_adapter)  # fail before minutes of encoding, not after
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.samples = load_or_build(self.pipe, self.dataset_dir, self.output_dir / "cache.pt", self.config.resolution)
@@ -234,6 +238,8 @@ class LoraTrainer:
         import torch
 
         self._require_prepared()
+        optimizer = self.optimizer
+        assert optimizer is not None  # made by prepare(), dropped only by close()
         self._ensure_training_state()
         started = time.perf_counter()
         self._graphs.mark_step()
@@ -248,7 +254,7 @@ class LoraTrainer:
         if out_of_memory:
             # Gradient checkpointing only when memory requires it: the first step that does not fit turns it
             # on and runs again (same step, same noise: the loss is the one the step would have had).
-            self.optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad(set_to_none=True)
             self._graphs = self._graphs.release()  # frees their memory pool; checkpointing runs without graphs
             _free_memory(self.device)
             log.warning("out of GPU memory at step %d: gradient checkpointing on for the rest of the run", self._step + 1)
@@ -256,12 +262,12 @@ class LoraTrainer:
             loss = self._forward_backward()
         value = float(loss.detach())
         if not math.isfinite(value):
-            self.optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad(set_to_none=True)
             raise TrainerError(f"the loss became {value} at step {self._step + 1}; try a lower learning rate")
         if self.config.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(self._trainee_params, self.config.max_grad_norm)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self._step += 1
