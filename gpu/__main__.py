@@ -14,6 +14,7 @@ from pathlib import Path
 from zimage_protocol.constants import DEFAULT_MODEL
 
 from .engine import ImageEngine
+from .scheduler import GpuScheduler
 from .server import WorkerServer, socket_is_live
 
 
@@ -73,10 +74,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def serve(engine: ImageEngine, socket_path: Path, warm_up: bool) -> int:
-    server = WorkerServer(engine, socket_path)
+    scheduler = GpuScheduler(engine)
+    server = WorkerServer(scheduler, socket_path)
     await server.listen()
     try:
-        await server.load_model(warm_up)
+        await scheduler.load(warm_up)
     except Exception as exc:  # noqa: BLE001 - one line for the operator; the supervisor restarts us
         print(f"cannot load model {engine.model_name!r}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 3

@@ -51,7 +51,7 @@ Settings (environment variables; all optional):
     never resident. Needs torchao and CUDA; LoRA training is refused (it needs the bf16 weights).
 
 ``ZIMAGE_TRAIN_GRAPHS`` = ``auto`` | ``off`` (default ``auto``)
-    LoRA training steps replay CUDA graphs of the compiled blocks (gpu/train_graphs.py): a 512 px
+    LoRA training steps replay CUDA graphs of the compiled blocks (gpu/training/graphs.py): a 512 px
     step is host-bound; measured on an H100, 0.188 -> 0.094 s per step. ``auto`` uses them whenever
     the transformer is compiled on CUDA; each new image/caption shape costs ~10-14 s to record once,
     and generation warms up again after the run (freeing the graphs discards every compiled graph).
@@ -163,7 +163,7 @@ class AccelReport:
     gpu_postprocess: bool = False
     attention: str = "default"
     quant: str = "none"
-    train_graphs: bool = False  # LoRA training replays CUDA graphs (gpu/train_graphs.py)
+    train_graphs: bool = False  # LoRA training replays CUDA graphs (gpu/training/graphs.py)
     cache_dir: str | None = None
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)

@@ -1,7 +1,7 @@
 """The warm Z-Image pipeline: load once, then generate image after image with progress.
 
-Everything here is synchronous and runs on the worker's single GPU thread; gpu/server.py
-owns the socket and the event loop.
+Everything here is synchronous and runs on the worker's single GPU thread; gpu/scheduler.py
+decides what runs there and when, gpu/server.py owns the socket.
 """
 
 from __future__ import annotations
@@ -12,13 +12,18 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from zimage_protocol.constants import MAX_LORA_STACK, MAX_SEQUENCE_LENGTH
 from zimage_protocol.errors import Cancelled
 from zimage_protocol.messages import GenerateParams
 
 from . import accel, quantize
-from .adapters import LoraSettings
+from .lora.backend import AdapterBackend
+from .lora.common import LoraSettings
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +38,7 @@ class GenerationCancelled(Cancelled):
 class GeneratedImage:
     index: int
     seed: int
-    image: object  # PIL.Image.Image
+    image: Image.Image
 
 
 def resolve_model_path(model: str, data_dir: Path) -> str:
@@ -49,11 +54,13 @@ class ImageEngine:
     def __init__(self, model: str, data_dir: Path):
         self.model_name = model
         self.data_dir = data_dir
-        self.pipe = None
-        self.tokenizer = None
+        # diffusers' ZImagePipeline and transformers' tokenizer, once loaded. Any: both libraries type
+        # their call results as unions (output or tuple, fast or slow tokenizer) this code never meets.
+        self.pipe: Any = None
+        self.tokenizer: Any = None
         self.device = "cpu"
         self._prompt_cache: OrderedDict[str, list] = OrderedDict()
-        self._adapters = None  # gpu.adapters.AdapterManager or gpu.hotswap.HotswapAdapters
+        self._adapters: AdapterBackend | None = None  # chosen by _new_adapters()
         self.lora_settings = LoraSettings(hotswap=False)  # read from the environment in load()
 
     def load(self, pipe=None) -> None:
@@ -106,36 +113,42 @@ class ImageEngine:
         self.generate(GenerateParams(prompt="warm-up", width=256, height=256, steps=1, seeds=[0]))
 
     def _add_lora_slots(self) -> None:
-        if self.lora_settings.hotswap:
-            from .hotswap import HotswapAdapters
+        if self.lora_settings.hotswap:  # the slots must exist before the transformer is quantized and compiled
+            self._adapters = self._new_adapters()
 
-            self._adapters = HotswapAdapters(self.pipe, self.lora_settings.max_stack, self.lora_settings.max_rank,
-                                             self.lora_settings.cache_bytes, init_device=self.device)
+    def _new_adapters(self) -> AdapterBackend:
+        """The one place the LoRA implementation is chosen: hot-swap slots when LORA_HOTSWAP resolves on (by
+        default: when compiled, gpu/lora/hotswap.py), else a peft adapter per LoRA (gpu/lora/peft.py)."""
+        if self.lora_settings.hotswap:
+            from .lora.hotswap import HotswapAdapters
+
+            return HotswapAdapters(self.pipe, self.lora_settings.max_stack, self.lora_settings.max_rank,
+                                   self.lora_settings.cache_bytes, init_device=self.device)
+        from .lora.peft import AdapterManager
+
+        # An LRU of up to MAX_LORA_STACK adapters (and LORA_CACHE_MB); the bot keeps requests to LORA_MAX_STACK.
+        return AdapterManager(self.pipe, MAX_LORA_STACK, self.lora_settings.cache_bytes)
 
     @property
     def uses_adapters(self) -> bool:
         """True once LoRAs are in play: then every generation sets the adapter state first."""
         return self._adapters is not None
 
-    def adapters(self):
-        """The LoRA manager: hot-swap slots when compiled (gpu/hotswap.py), else peft adapters (gpu/adapters.py)."""
-        if self._adapters is None:  # created on first use: plain generation never imports peft
-            from .adapters import AdapterManager
-
-            # An LRU of up to MAX_LORA_STACK adapters (and LORA_CACHE_MB); the bot keeps requests to LORA_MAX_STACK.
-            self._adapters = AdapterManager(self.pipe, MAX_LORA_STACK, self.lora_settings.cache_bytes)
+    def adapters(self) -> AdapterBackend:
+        """The LoRA backend (:meth:`_new_adapters`); peft's is created on first use: plain generation never imports peft."""
+        if self._adapters is None:
+            self._adapters = self._new_adapters()
         return self._adapters
 
     def warm_up_adapters(self) -> None:
-        """Compile the LoRA graph variants of the hot-swap slots (nothing to do without them)."""
-        from .hotswap import HotswapAdapters
-
-        if isinstance(self._adapters, HotswapAdapters) and self.accel.compiled:
+        """Compile the LoRA graph variants ahead when the transformer is compiled (the hot-swap slots have some;
+        peft's adapters none: every new state would compile anyway)."""
+        if self._adapters is not None and self.accel.compiled:
             started = time.perf_counter()
             graphs_before = accel.compiled_graph_count()
             self._adapters.warm_up(lambda: self.generate(GenerateParams(
                 prompt=accel.WARM_UP_PROMPTS[0], width=1024, height=1024, steps=1, seeds=[0])))
-            log.info("LoRA slot warm-up: %.1f s, %d graph(s) compiled", time.perf_counter() - started,
+            log.info("LoRA warm-up: %.1f s, %d graph(s) compiled", time.perf_counter() - started,
                      accel.compiled_graph_count() - graphs_before)
 
     def load_tokenizer(self) -> None:

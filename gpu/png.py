@@ -18,6 +18,7 @@ def encode_png(image: Image.Image, metadata: dict[str, object]) -> bytes:
 
 
 def read_png_text(data: bytes) -> dict[str, str]:
-    with Image.open(io.BytesIO(data)) as image:
+    with Image.open(io.BytesIO(data), formats=["PNG"]) as image:
+        assert isinstance(image, PngImagePlugin.PngImageFile)  # the only format asked for
         image.load()
         return {key: str(value) for key, value in image.text.items()}

@@ -1,8 +1,8 @@
-"""The worker's socket server: one GPU thread, many short-lived requests.
+"""The worker's socket transport: accept clients, check their protocol version, decode, dispatch, reply.
 
-Generation runs on a single executor thread (the GPU does one job at a time); the event loop
-stays free to answer health checks, token counts and cancels while an image is being made.
-PNG encoding runs on a second thread so image k+1 starts on the GPU while image k is encoded.
+Each request runs as its own task, so a cancel or a health check is read while a generation runs.
+What runs on the GPU, and when, is gpu/scheduler.py's; this module only turns requests into its calls
+and their outcomes into replies. :func:`error_reply` is the one place an exception becomes an Error.
 """
 
 from __future__ import annotations
@@ -11,10 +11,7 @@ import asyncio
 import logging
 import os
 import socket
-import threading
-import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from zimage_protocol.constants import MAX_SEQUENCE_LENGTH
@@ -26,7 +23,6 @@ from zimage_protocol.messages import (
     CountTokens,
     Done,
     Error,
-    GenerateParams,
     Health,
     HealthReport,
     Hello,
@@ -40,55 +36,21 @@ from zimage_protocol.messages import (
     hello_mismatch,
 )
 
-from .engine import GeneratedImage, ImageEngine
-from .png import encode_png
+from .scheduler import GpuScheduler
 
 log = logging.getLogger(__name__)
 
 HELLO_TIMEOUT = 10.0  # a client says its protocol version first
 
+Send = Callable[[Message], Awaitable[None]]
+
 
 class WorkerServer:
-    def __init__(self, engine: ImageEngine, socket_path: Path):
-        self.engine = engine
+    def __init__(self, scheduler: GpuScheduler, socket_path: Path):
+        self.scheduler = scheduler
+        self.engine = scheduler.engine
         self.socket_path = socket_path
-        self._gpu = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpu")
-        self._encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="png")
-        self._gpu_lock = asyncio.Lock()
-        self._cancelled: set[str] = set()
-        self._busy_with: str | None = None
-        self._warming = False  # the LoRA slot warm-up after "ready"
-        self._ready = asyncio.Event()
         self._server: asyncio.AbstractServer | None = None
-        self._training = None  # the TrainingSession in progress, if any
-
-    async def load_model(self, warm_up: bool) -> None:
-        """Load (and warm) the pipeline on the GPU thread while the socket already answers."""
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._gpu, self.engine.load)
-        if warm_up:
-            await loop.run_in_executor(self._gpu, self.engine.warm_up)
-        self._ready.set()
-        log.info("worker ready")
-        if warm_up:
-            # LoRA graph variants compile after "ready": a first request waits at most for this, nobody
-            # waits for it at start-up. Its failure is logged; a request would compile on its own.
-            self._warm_up_in_background("LoRA warm-up", self.engine.warm_up_adapters)
-
-    def _warm_up_in_background(self, what: str, *steps) -> None:
-        """Run warm-up steps on the GPU thread after "ready" (health says busy meanwhile); failures are logged."""
-
-        def run() -> None:
-            self._warming = True
-            try:
-                for step in steps:
-                    step()
-            finally:
-                self._warming = False
-
-        warming = asyncio.get_running_loop().run_in_executor(self._gpu, run)
-        warming.add_done_callback(lambda done: not done.cancelled() and done.exception() and log.error(
-            "%s failed", what, exc_info=done.exception()))
 
     async def serve_forever(self) -> None:
         assert self._server is not None
@@ -119,10 +81,10 @@ class WorkerServer:
                 writer.write(message.encode())
                 await writer.drain()
 
-        tasks: set[asyncio.Task] = set()
+        tasks: set[asyncio.Task[None]] = set()
         try:
             await send(Hello(version=PROTOCOL_VERSION, model=self.engine.model_name, device=self.engine.device,
-                             pid=os.getpid(), ready=self._ready.is_set()))
+                             pid=os.getpid(), ready=self.scheduler.ready))
             if not await self._accept_hello(reader, send):
                 return
             while True:
@@ -153,7 +115,7 @@ class WorkerServer:
             writer.close()
 
     @staticmethod
-    async def _accept_hello(reader: asyncio.StreamReader, send: Callable[[Message], Awaitable[None]]) -> bool:
+    async def _accept_hello(reader: asyncio.StreamReader, send: Send) -> bool:
         """The client's first frame is its Hello; another version is refused with a message both sides log."""
         try:
             hello = decode(await asyncio.wait_for(read_frame(reader), HELLO_TIMEOUT))
@@ -167,128 +129,49 @@ class WorkerServer:
         await send(Error(id=None, code=ErrorCode.VERSION_MISMATCH, message=mismatch))
         return False
 
-    async def _handle(self, message: Message, send: Callable[[Message], Awaitable[None]]) -> None:
+    async def _handle(self, message: Message, send: Send) -> None:
         match message:
             case Health(id=request_id):
-                busy = self._busy_with is not None or self._warming
-                await send(HealthReport(id=request_id, ready=self._ready.is_set(), busy=busy,
+                await send(HealthReport(id=request_id, ready=self.scheduler.ready, busy=self.scheduler.busy,
                                         model=self.engine.model_name, device=self.engine.device, pid=os.getpid()))
             case CountTokens(id=request_id, prompt=prompt):
                 await send(TokenCount(id=request_id, count=self.engine.count_tokens(prompt), limit=MAX_SEQUENCE_LENGTH))
             case Cancel(id=request_id):
-                self._cancelled.add(request_id)
+                self.scheduler.cancel(request_id)
             case ImagineRequest():
                 await self._generate(message, send)
-            case TrainRequest():
-                await self._train(message, send)
+            case TrainRequest(id=request_id, params=params):
+                # The scheduler says Accepted itself: only once the run holds the trainer (else: busy).
+                await self._until_done(request_id, self.scheduler.train(request_id, params, send), send)
             case _:
                 await send(Error(id=getattr(message, "id", None), code=ErrorCode.BAD_REQUEST,
                                  message=f"a worker does not take {message.op.value!r}"))
 
-    async def _generate(self, request: ImagineRequest, send: Callable[[Message], Awaitable[None]]) -> None:
+    async def _generate(self, request: ImagineRequest, send: Send) -> None:
         request_id, params = request.id, request.params
         if self.engine.count_tokens(params.prompt) > MAX_SEQUENCE_LENGTH:
             await send(Error(id=request_id, code=ErrorCode.PROMPT_TOO_LONG,
                              message=f"the prompt is longer than {MAX_SEQUENCE_LENGTH} tokens"))
             return
         await send(Accepted(id=request_id))
-        await self._ready.wait()
-        loop = asyncio.get_running_loop()
-        stop = threading.Event()
-        pending_sends: list[Future] = []
 
-        def on_step(step: int, total: int) -> None:
-            pending_sends.append(asyncio.run_coroutine_threadsafe(
-                send(Progress(id=request_id, step=step, total=total)), loop))
+        async def on_step(step: int, total: int) -> None:
+            await send(Progress(id=request_id, step=step, total=total))
 
-        def on_image(result: GeneratedImage) -> None:
-            metadata = {
-                "prompt": params.prompt, "seed": result.seed, "width": params.width,
-                "height": params.height, "steps": params.steps, "model": self.engine.model_name,
-                "guidance_scale": params.guidance_scale,
-            }
-            encoded = self._encoder.submit(encode_png, result.image, metadata)
-            pending_sends.append(asyncio.run_coroutine_threadsafe(
-                self._send_image(send, request_id, result, encoded), loop))
+        async def on_image(index: int, seed: int, png: bytes) -> None:
+            await send(ImageReady(id=request_id, index=index, seed=seed, png=png))
 
-        def should_stop() -> bool:
-            return stop.is_set() or request_id in self._cancelled
-
-        started = time.perf_counter()
-        async with self._gpu_lock:
-            self._busy_with = request_id
-            try:
-                await loop.run_in_executor(
-                    self._gpu, lambda: self._generate_on_gpu(params, on_step, should_stop, on_image))
-                await asyncio.gather(*map(asyncio.wrap_future, pending_sends))
-                await send(Done(id=request_id, seconds=round(time.perf_counter() - started, 3)))
-            except asyncio.CancelledError:
-                stop.set()  # the client hung up; let the GPU thread stop at its next step
-                raise
-            except Exception as exc:  # noqa: BLE001 - every failure must reach the bot as a reply
-                await send(error_reply(request_id, exc))
-            finally:
-                self._busy_with = None
-                self._cancelled.discard(request_id)
-
-    def _generate_on_gpu(self, params: GenerateParams, on_step, should_stop, on_image) -> None:
-        """On the GPU thread: the requested adapters only (a training run's adapters set aside)."""
-        if self._training is not None:
-            self._training.suspend()
-        try:
-            if params.loras or self.engine.uses_adapters:  # plain use never imports peft
-                self.engine.adapters().activate([(lora.name, lora.path, lora.scale) for lora in params.loras])
-            self.engine.generate(params, on_step, should_stop, on_image)
-        finally:
-            if self._training is not None:
-                self._training.resume()
-
-    async def _train(self, request: TrainRequest, send: Callable[[Message], Awaitable[None]]) -> None:
-        from .training_session import TrainingSession
-
-        request_id = request.id
-        if self._training is not None:
-            await send(Error(id=request_id, code=ErrorCode.BUSY, message="a LoRA is already training"))
-            return
-        await send(Accepted(id=request_id))
-        await self._ready.wait()
-        if self.engine.accel.quant != "none":
-            await send(Error(id=request_id, code=ErrorCode.UNSUPPORTED,
-                             message=f"LoRA training needs the bf16 model; this worker runs quantized "
-                                     f"({self.engine.accel.quant}: ZIMAGE_QUANT / ZIMAGE_VRAM)"))
-            return
-        started = time.perf_counter()
-        session = None
-        try:
-            session = TrainingSession(self.engine.pipe, request.params, self.engine.device, self._gpu, self._encoder,
-                                      cuda_graphs=self.engine.accel.train_graphs)
-            self._training = session
-            await session.run(request_id, send, cancelled=lambda: request_id in self._cancelled)
-            await send(Done(id=request_id, seconds=round(time.perf_counter() - started, 3)))
-        except asyncio.CancelledError:
-            self._cancelled.add(request_id)
-            raise
-        except Exception as exc:  # noqa: BLE001 - every failure must reach the bot as a reply
-            await send(error_reply(request_id, exc))
-        finally:
-            self._cancelled.discard(request_id)
-            try:
-                if session is not None:
-                    # Closed on the GPU thread while still registered: a generation queued behind the last step
-                    # still suspends the trainer, so it never runs with the training's adapters or CUDA graphs.
-                    await session.close()
-            finally:
-                self._training = None
-            if session is not None and session.needs_warm_up:
-                # The run freed its CUDA graphs together with every compiled graph (gpu/train_graphs.py):
-                # generation's graphs re-trace now, from the compile cache, not in a user's request.
-                self._warm_up_in_background("warm-up after training", self.engine.warm_up,
-                                            self.engine.warm_up_adapters)
+        await self._until_done(request_id, self.scheduler.generate(request_id, params, on_step, on_image), send)
 
     @staticmethod
-    async def _send_image(send, request_id: str, result: GeneratedImage, encoded: Future) -> None:
-        png = await asyncio.wrap_future(encoded)
-        await send(ImageReady(id=request_id, index=result.index, seed=result.seed, png=png))
+    async def _until_done(request_id: str, work: Awaitable[float], send: Send) -> None:
+        """Done with the seconds `work` reports, or the Error its exception maps to."""
+        try:
+            seconds = await work
+        except Exception as exc:  # noqa: BLE001 - every failure must reach the bot as a reply
+            await send(error_reply(request_id, exc))
+            return
+        await send(Done(id=request_id, seconds=round(seconds, 3)))
 
 
 def error_reply(request_id: str, exc: BaseException) -> Error:

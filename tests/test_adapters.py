@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from gpu.adapters import TRAINING_ADAPTER, AdapterError, AdapterManager, adapter_names
+from gpu.lora.common import TRAINING_ADAPTER, AdapterError, adapter_names
+from gpu.lora.peft import AdapterManager
 
 
 @pytest.fixture

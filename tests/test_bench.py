@@ -72,7 +72,7 @@ def test_tiny_bench_prints_the_table_with_numbers(tmp_path):
 
 def test_synthetic_dataset_reads_back_through_the_trainers_manifest_reader(tmp_path):
     from gpu.bench.training import write_dataset
-    from gpu.training_data import read_manifest
+    from gpu.training.data import read_manifest
 
     entries = read_manifest(write_dataset(tmp_path / "ds", 3, 32))
     assert [entry["file"] for entry in entries] == ["images/0001.png", "images/0002.png", "images/0003.png"]

@@ -1,4 +1,4 @@
-"""LoRA hot-swap slots (gpu/hotswap.py) on the tiny pipeline: same pixels as peft's own adapters, no disk
+"""LoRA hot-swap slots (gpu/lora/hotswap.py) on the tiny pipeline: same pixels as peft's own adapters, no disk
 reads when switching, a byte-bounded cache, clear errors, and — compiled — no recompilation on a switch."""
 
 from __future__ import annotations
@@ -9,8 +9,9 @@ import torch
 from test_adapters import generate, images_before_and_after_replacing, make_lora
 
 from gpu import accel
-from gpu.adapters import AdapterError, AdapterManager
-from gpu.hotswap import HotswapAdapters
+from gpu.lora.common import AdapterError
+from gpu.lora.hotswap import HotswapAdapters
+from gpu.lora.peft import AdapterManager
 
 
 def fresh_pipe(tiny_models_dir):
@@ -143,7 +144,7 @@ def test_compiled_switching(tiny_models_dir, loras, manager):
 
 
 def test_worker_lora_settings():
-    from gpu.adapters import LoraSettings
+    from gpu.lora.common import LoraSettings
     from zimage_protocol.settings import SettingsError
 
     assert LoraSettings.from_env(compiled=True, environ={}) == LoraSettings(True, 3, 64, 2048 << 20)
@@ -179,7 +180,7 @@ def test_lowered_limits_are_explained_before_the_worker_is_asked():
 
 
 def test_rank_and_alpha_patterns_match_literally():
-    from gpu.hotswap import _pattern_value
+    from gpu.lora.hotswap import _pattern_value
 
     patterns = {"to_q": 8, "layers.1.attention.to_k": 2, "w.*": 99}
     assert _pattern_value(patterns, "layers.0.attention.to_q", 4) == 8

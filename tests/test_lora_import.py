@@ -15,7 +15,7 @@ import torch
 from bot import lora_import
 from bot.lora_import import REAL_CONFIG, LoraImportError, SafeTensors, expected_layers, transformer_config
 from bot.settings import Settings
-from gpu.adapters import AdapterManager
+from gpu.lora.peft import AdapterManager
 from tests.tiny_helpers import tiny_image
 
 HEADER = Settings.lora_max_header_bytes

@@ -9,7 +9,7 @@ from gpu import quantize
 
 
 def test_block_linear_filter_finds_the_same_layers_behind_lora_slots():
-    from gpu.hotswap import HotswapAdapters
+    from gpu.lora.hotswap import HotswapAdapters
     from gpu.tiny import build_tiny_pipeline
 
     pipe = build_tiny_pipeline()

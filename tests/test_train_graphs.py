@@ -1,4 +1,4 @@
-"""Training's own compiled blocks (gpu/train_graphs.py) on the tiny pipeline, CPU.
+"""Training's own compiled blocks (gpu/training/graphs.py) on the tiny pipeline, CPU.
 
 On the GPU, training's callables are cudagraph-mode compiles (``mode="reduce-overhead"``); CUDA graphs
 do not exist on the CPU, so here they are ``aot_eager`` compiles: a different dynamo backend from
@@ -17,8 +17,9 @@ import pytest
 import torch
 
 from gpu import accel
-from gpu.train_graphs import MAX_SHAPES, TrainingGraphs, distinct_shapes, graphs_unsuitable
-from gpu.trainer import LoraTrainer, TrainConfig
+from gpu.training.config import TrainConfig
+from gpu.training.graphs import MAX_SHAPES, TrainingGraphs, distinct_shapes, graphs_unsuitable
+from gpu.training.trainer import LoraTrainer
 from tests.tiny_helpers import tiny_image
 
 TRAINING_OPTIONS = {"fullgraph": True, "backend": "aot_eager"}
@@ -167,7 +168,7 @@ def test_out_of_memory_drops_training_graphs(pipe, dataset, tmp_path):
 def test_many_shapes_or_checkpointing_train_without_graphs(pipe, dataset, tmp_path, monkeypatch, reason):
     generation = current_calls(pipe)
     if reason == "shapes":
-        monkeypatch.setattr("gpu.train_graphs.MAX_SHAPES", 1)  # the dataset has two shapes
+        monkeypatch.setattr("gpu.training.graphs.MAX_SHAPES", 1)  # the dataset has two shapes
     trainer = graph_trainer(pipe, dataset, tmp_path / reason, gradient_checkpointing=reason == "checkpointing")
     trainer.prepare()
     assert not trainer.uses_training_graphs
@@ -179,7 +180,7 @@ def test_generation_after_close_leaves_the_closed_trainer_alone(pipe, dataset, t
     """The worker closes a session on the GPU thread while a generation may be queued behind it."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from gpu.training_session import TrainingSession
+    from gpu.training.session import TrainingSession
     from zimage_protocol.messages import TrainParams
 
     with ThreadPoolExecutor(1) as gpu:

@@ -12,9 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from gpu.adapters import TRAINEE_ADAPTER, TRAINING_ADAPTER, AdapterManager, adapter_names
-from gpu.trainer import LoraTrainer, TrainConfig, TrainerError, list_checkpoints, render_loss_curve
-from gpu.training_data import DatasetError, make_buckets, pick_bucket
+from gpu.lora.common import TRAINEE_ADAPTER, TRAINING_ADAPTER, adapter_names
+from gpu.lora.peft import AdapterManager
+from gpu.training.checkpoints import list_checkpoints
+from gpu.training.config import TrainConfig, TrainerError
+from gpu.training.data import DatasetError, make_buckets, pick_bucket
+from gpu.training.loss_curve import render_loss_curve
+from gpu.training.trainer import LoraTrainer
 
 STEPS = 12
 SIZES = [(64, 64), (96, 64), (64, 96), (128, 64), (80, 80), (64, 128)]  # mixed aspect ratios
@@ -279,11 +283,11 @@ def test_loss_curve_handles_empty_and_long_histories():
 
 
 def test_training_beside_hotswap_slots(tiny_models_dir, dataset, cache_file, reference_losses, tmp_path):
-    """A compiled worker's slots (gpu/hotswap.py) and a training run share the transformer: the run's losses
+    """A compiled worker's slots (gpu/lora/hotswap.py) and a training run share the transformer: the run's losses
     are those of a plain run, a slotted LoRA gives the same image during and after the run."""
     from diffusers import ZImagePipeline
 
-    from gpu.hotswap import HotswapAdapters
+    from gpu.lora.hotswap import HotswapAdapters
     from gpu.tiny import ensure_tiny_model
 
     slotted = ZImagePipeline.from_pretrained(ensure_tiny_model(tiny_models_dir))

@@ -282,7 +282,7 @@ MESSAGES: dict[str, type[Message]] = {cls.op.value: cls for cls in (
     Hello, Health, HealthReport, CountTokens, TokenCount, ImagineRequest, TrainRequest, Cancel, Accepted, Progress,
     ImageReady, TrainProgress, CheckpointReady, Done, Error)}
 
-_SCALARS: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
+_SCALARS: dict[str, tuple[type[Any], ...]] = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
 
 
 def decode(frame: Frame) -> Message:

@@ -11,10 +11,10 @@ weights; nothing is downloaded or saved), then measures three sections (``--sect
   ``--vram16`` (ZIMAGE_VRAM=16gb under a 16 GiB allocator cap) and ``--profile`` (inference.py, children.py);
 * ``lora``: LoRA switching on the inference section's engine: hot-swap slot warm-up, s/image with
   1-3 stacked LoRAs, switch times and the graphs compiled meanwhile, a peft control (lora.py);
-* ``training``: LoRA training at 512 px, rank 64, batch 1: a plain peft loop vs gpu/trainer.py's
+* ``training``: LoRA training at 512 px, rank 64, batch 1: a plain peft loop vs gpu/training/trainer.py's
   ``LoraTrainer``, eager and on the worker's regionally compiled transformer (training.py);
 * ``latency``: /imagine latency at 1024x1024 when idle vs while training steps are interleaved on
-  the one GPU thread the way gpu/server.py does (latency.py).
+  the one GPU thread the way gpu/scheduler.py does (latency.py).
 
 Prints markdown tables (report.py; JSON with ``--json PATH``). ``--tiny`` (automatic without CUDA)
 runs the same code on the CPU with gpu/tiny.py's pipeline at small sizes, for CI.

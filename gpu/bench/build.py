@@ -33,7 +33,8 @@ def build_full_pipeline(device: str = "cuda", scale: float = 0.5, transformer_la
             )
             text_encoder = Qwen3Model(Qwen3Config(
                 vocab_size=151936, hidden_size=2560, intermediate_size=9728, num_hidden_layers=text_layers,
-                num_attention_heads=32, num_key_value_heads=8, head_dim=128, rope_theta=1e6,
+                num_attention_heads=32, num_key_value_heads=8, head_dim=128,
+                rope_parameters={"rope_type": "default", "rope_theta": 1e6},
                 max_position_embeddings=40960, rms_norm_eps=1e-6, tie_word_embeddings=True,
             ))
             vae = AutoencoderKL(
@@ -45,8 +46,9 @@ def build_full_pipeline(device: str = "cuda", scale: float = 0.5, transformer_la
             )
     finally:
         torch.set_default_dtype(previous_dtype)
+    modules: tuple[torch.nn.Module, ...] = (transformer, text_encoder, vae)
     with torch.no_grad():
-        for module in (transformer, text_encoder, vae):
+        for module in modules:
             if any(p.dtype != torch.bfloat16 for p in module.parameters()):
                 module.to(dtype=torch.bfloat16)
             module.eval()

@@ -200,8 +200,7 @@ def run_stock(pipe, cfg: dict, queue, tiny: bool) -> tuple[dict, object]:
 
 def _remove_lora_slots(transformer) -> None:
     """The LoRA slots an earlier ImageEngine added to this pipe (a --variant column reuses the pipe)."""
-    from ..adapters import adapter_names, remove_peft_if_empty
-    from ..hotswap import SLOT_PREFIX
+    from ..lora.common import SLOT_PREFIX, adapter_names, remove_peft_if_empty
 
     slots = [name for name in adapter_names(transformer) if name.startswith(SLOT_PREFIX)]
     if slots:

@@ -1,8 +1,8 @@
-"""/imagine latency while a LoRA trains, the way gpu/server.py interleaves the two on one GPU thread.
+"""/imagine latency while a LoRA trains, the way gpu/scheduler.py interleaves the two on one GPU thread.
 
 The worker runs everything on a single-thread executor. A TrainingSession submits one training
 step at a time and submits the next only when the previous one is done, so a generation submitted
-meanwhile runs after the step in progress (gpu/training_session.py). ``_generate_on_gpu`` calls
+meanwhile runs after the step in progress (gpu/training/session.py). ``_generate_on_gpu`` calls
 ``trainer.suspend()`` before the generation and ``trainer.resume()`` after it. Here a driver thread
 plays the TrainingSession, the main thread plays the bot: it submits a generation every
 ``interval_s`` (+- ``jitter_s``, seeded; never sooner than half an interval after the previous one
@@ -17,13 +17,14 @@ import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from .. import accel
 from .common import error_text, log, peak_gib, reset_peak, stats, sync
 
-FULL_LATENCY = {"size": (1024, 1024), "steps": 8, "interval_s": 2.0, "jitter_s": 0.5, "idle_requests": 5,
+FULL_LATENCY: dict[str, Any] = {"size": (1024, 1024), "steps": 8, "interval_s": 2.0, "jitter_s": 0.5, "idle_requests": 5,
                 "training_requests": 6, "min_requests": 3, "training_budget_s": 120.0, "target_ratio": 2.0}
-TINY_LATENCY = {"size": (64, 64), "steps": 2, "interval_s": 0.25, "jitter_s": 0.05, "idle_requests": 3,
+TINY_LATENCY: dict[str, Any] = {"size": (64, 64), "steps": 2, "interval_s": 0.25, "jitter_s": 0.05, "idle_requests": 3,
                 "training_requests": 3, "min_requests": 3, "training_budget_s": 30.0, "target_ratio": 2.0}
 _PROMPT_SUBJECTS = ("a lighthouse on a cliff", "a bowl of ramen", "a fox in the snow", "a robot gardener",
                     "a street market at dusk", "a glass teapot", "an astronaut on a beach", "a koi pond",
@@ -59,7 +60,7 @@ def load_engine(pipe, data_dir, lcfg: dict):
 
 
 def gpu_thread() -> ThreadPoolExecutor:
-    """The worker's GPU thread (server.WorkerServer._gpu). Everything that touches the model runs on it:
+    """The worker's GPU thread (scheduler.GpuScheduler._gpu). Everything that touches the model runs on it:
     torch keeps dynamo/inductor settings per thread, and the worker applies them on this thread."""
     return ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpu")
 
@@ -81,7 +82,7 @@ def measure_latency(gpu: ThreadPoolExecutor, engine, trainer, lcfg: dict, prompt
     step_seconds: list[float] = []
     failures: list[str] = []
 
-    def job(prompt: str, seed: int) -> tuple[float, float, float]:  # server._generate_on_gpu
+    def job(prompt: str, seed: int) -> tuple[float, float, float]:  # scheduler._generate_on_gpu
         started = time.perf_counter()
         if trainer is not None:
             trainer.suspend()

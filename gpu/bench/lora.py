@@ -103,7 +103,7 @@ def run_section(engine, cfg: dict, work_dir: Path, left) -> dict:
 
 def _control(engine, path: str, image) -> dict:
     """What hot-swap avoids: the LoRA as a plain peft adapter on the same compiled transformer."""
-    from ..adapters import AdapterManager
+    from ..lora.peft import AdapterManager
 
     manager = AdapterManager(engine.pipe)
     graphs = accel.compiled_graph_count()
@@ -114,8 +114,8 @@ def _control(engine, path: str, image) -> dict:
         first = time.perf_counter() - started
         manager.activate([("control", path, 0.5)])  # a new scale: a new float in the guards
         second = timed(image)
-        out = {"first_image_s": round(first, 2), "image_after_scale_change_s": round(second, 2),
-               "graphs_compiled": accel.compiled_graph_count() - graphs}
+        out: dict[str, object] = {"first_image_s": round(first, 2), "image_after_scale_change_s": round(second, 2),
+                                  "graphs_compiled": accel.compiled_graph_count() - graphs}
     except Exception as exc:  # noqa: BLE001 - the control is context, not the result
         out = {"error": error_text(exc)}
     finally:

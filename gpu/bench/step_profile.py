@@ -1,7 +1,7 @@
 """Where a training step's time goes: GPU busy time against wall time, kernels by category, host ops.
 
 A step whose GPU is busy for much less than its wall time is bound by the host (launch overhead),
-which is what made CUDA graphs the answer for training (gpu/train_graphs.py); one whose GPU is busy
+which is what made CUDA graphs the answer for training (gpu/training/graphs.py); one whose GPU is busy
 throughout can only get faster by doing less GPU work.
 """
 
@@ -14,15 +14,15 @@ from .inference import kernel_category
 
 def _busy_us(spans: list[tuple[float, float]]) -> float:
     """Length of the union of [start, end) intervals (kernels overlap on several streams)."""
-    busy, start, end = 0.0, None, None
+    busy, current = 0.0, None  # current: the (start, end) being merged
     for span_start, span_end in sorted(spans):
-        if end is None or span_start > end:
-            if end is not None:
-                busy += end - start
-            start, end = span_start, span_end
+        if current is None or span_start > current[1]:
+            if current is not None:
+                busy += current[1] - current[0]
+            current = (span_start, span_end)
         else:
-            end = max(end, span_end)
-    return busy + (end - start if end is not None else 0.0)
+            current = (current[0], max(current[1], span_end))
+    return busy + (current[1] - current[0] if current is not None else 0.0)
 
 
 def profile_steps(step, steps: int = 3) -> dict:

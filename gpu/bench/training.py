@@ -1,7 +1,7 @@
-"""LoRA training: a plain peft loop (the baseline) vs gpu/trainer.py's LoraTrainer, eager and compiled.
+"""LoRA training: a plain peft loop (the baseline) vs gpu/training/trainer.py's LoraTrainer, eager and compiled.
 
 Both train on the same synthetic dataset (random images written in the manifest format that
-gpu/training_data.py reads), batch 1, at the same rank, alpha and target modules. Seconds per step
+gpu/training/data.py reads), batch 1, at the same rank, alpha and target modules. Seconds per step
 are the median of ``timed_steps`` steps after one epoch of warm-up steps (every image seen once,
 so a compiled transformer has met every caption length before the timing starts); peak memory is
 ``torch.cuda.max_memory_allocated`` over the timed steps, after ``reset_peak_memory_stats``.
@@ -13,14 +13,15 @@ import json
 import random
 import shutil
 from pathlib import Path
+from typing import Any
 
 from .. import accel
 from .common import GIB, error_text, free_memory, log, peak_gib, peak_reserved_gib, reset_peak, stats, timed
 
 TARGET_MODULES = ("to_q", "to_k", "to_v", "to_out.0", "w1", "w2", "w3")
-FULL_TRAIN = {"resolution": 512, "rank": 64, "alpha": 64, "images": 8, "timed_steps": 20,
+FULL_TRAIN: dict[str, Any] = {"resolution": 512, "rank": 64, "alpha": 64, "images": 8, "timed_steps": 20,
               "projected_steps": 4000, "target_minutes": 8.0, "target_peak_gib": 24.0}
-TINY_TRAIN = {"resolution": 64, "rank": 4, "alpha": 4, "images": 4, "timed_steps": 3,
+TINY_TRAIN: dict[str, Any] = {"resolution": 64, "rank": 4, "alpha": 4, "images": 4, "timed_steps": 3,
               "projected_steps": 4000, "target_minutes": 8.0, "target_peak_gib": 24.0}
 LEARNING_RATE, WEIGHT_DECAY, MAX_GRAD_NORM = 2e-4, 1e-4, 1.0  # the trainer's defaults, for both loops
 _SUBJECTS = ("sks dog", "a ceramic teapot", "an old lighthouse", "a red bicycle", "a bowl of ramen",
@@ -52,7 +53,7 @@ def write_dataset(root: Path, count: int, size: int, seed: int = 0) -> Path:
 
 
 def train_config(tcfg: dict):
-    from ..trainer import TrainConfig
+    from ..training.config import TrainConfig
 
     return TrainConfig(rank=tcfg["rank"], alpha=tcfg["alpha"], resolution=tcfg["resolution"], steps=10**6,
                        checkpoint_every=10**6, keep_checkpoints=1, learning_rate=LEARNING_RATE,
@@ -75,8 +76,8 @@ def run_stock_training(pipe, dataset_dir: Path, work_dir: Path, tcfg: dict) -> d
     import torch.nn.functional as F
     from peft import LoraConfig
 
-    from ..adapters import remove_peft_if_empty
-    from ..training_data import load_or_build
+    from ..lora.common import remove_peft_if_empty
+    from ..training.data import load_or_build
 
     transformer = pipe.transformer
     device, dtype = transformer.device, transformer.dtype
@@ -91,7 +92,7 @@ def run_stock_training(pipe, dataset_dir: Path, work_dir: Path, tcfg: dict) -> d
     for param in params:
         param.requires_grad_(True)
     optimizer = torch.optim.AdamW(params, lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY)
-    held = {"optimizer": optimizer, "params": params}  # dropped before the adapter is deleted
+    held: dict[str, Any] = {"optimizer": optimizer, "params": params}  # dropped before the adapter is deleted
     generator = torch.Generator().manual_seed(0)
     losses: list[float] = []
 
@@ -123,7 +124,7 @@ def run_stock_training(pipe, dataset_dir: Path, work_dir: Path, tcfg: dict) -> d
         })
     finally:
         held.clear()
-        optimizer = params = None
+        del optimizer, params
         transformer.delete_adapters("stock")
         remove_peft_if_empty(transformer)  # plain nn.Linear layers back, as before the loop
         for param, flag in flags.items():
@@ -143,11 +144,11 @@ def start_trainer(pipe, dataset_dir: Path, work_dir: Path, tcfg: dict, label: st
     """A prepared LoraTrainer after its warm-up steps: (trainer, facts about the warm-up).
 
     Warm-up: one epoch (every image, so a compiled transformer has met every caption length); with CUDA
-    graphs (`graphs`: ZIMAGE_TRAIN_GRAPHS, gpu/train_graphs.py) two, since a shape is recorded on its second step."""
+    graphs (`graphs`: ZIMAGE_TRAIN_GRAPHS, gpu/training/graphs.py) two, since a shape is recorded on its second step."""
     import torch
 
-    from ..train_graphs import TrainingGraphs
-    from ..trainer import LoraTrainer
+    from ..training.graphs import TrainingGraphs
+    from ..training.trainer import LoraTrainer
 
     output = work_dir / label
     output.mkdir(parents=True, exist_ok=True)
@@ -169,13 +170,13 @@ def start_trainer(pipe, dataset_dir: Path, work_dir: Path, tcfg: dict, label: st
     facts = {"prepare_s": round(prepare_s, 2), "warm": warm, "cuda_graphs": trainer.uses_training_graphs,
              "graphs_compiled_in_warm_up": accel.compiled_graph_count() - graphs_before,
              "peak_gib_prepare_and_warm_up": peak_gib(), "peak_reserved_gib_prepare_and_warm_up": peak_reserved_gib(),
-             "reserved_gib_before": round(reserved_before, 2) if cuda else None}
+             "reserved_gib_before": round(reserved_before, 2) if reserved_before is not None else None}
     return trainer, facts
 
 
 def run_ours_training(pipe, dataset_dir: Path, work_dir: Path, tcfg: dict, label: str, keep: bool = False,
                       graphs: bool = False, profile: bool = False):
-    """gpu/trainer.py's LoraTrainer on `pipe` as it is (compiled or not): (result, trainer or None).
+    """gpu/training/trainer.py's LoraTrainer on `pipe` as it is (compiled or not): (result, trainer or None).
 
     With keep=True the prepared trainer is returned open (the latency phase reuses it); else closed.
     With profile=True three more steps run under torch.profiler (step_profile.py) after the timing."""
@@ -238,8 +239,8 @@ def assess(column: dict, tcfg: dict) -> dict | None:
            "target_peak_gib": tcfg["target_peak_gib"]}
     # The stricter of what tensors used (allocated) and what the process held (reserved, warm-up included:
     # CUDA graphs are recorded there and keep their memory pool).
-    peaks = [column.get(key) for key in ("peak_gib", "peak_reserved_gib", "peak_reserved_gib_prepare_and_warm_up")]
-    peaks = [value for value in peaks if value is not None]
+    peaks = [value for key in ("peak_gib", "peak_reserved_gib", "peak_reserved_gib_prepare_and_warm_up")
+             if (value := column.get(key)) is not None]
     if peaks:
         out.update({"peak_gib": max(peaks), "memory_met": max(peaks) <= tcfg["target_peak_gib"]})
     return out

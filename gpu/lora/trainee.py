@@ -1,8 +1,8 @@
 """The trainer's adapters on the shared transformer: adding, switching to training state, removing.
 
 ``TRAINEE_ADAPTER`` is the LoRA being trained, ``TRAINING_ADAPTER`` the optional de-distillation LoRA
-active during training steps only (names and the contract with generation: gpu/adapters.py). These
-functions hold no state: gpu/trainer.py's ``LoraTrainer`` keeps the trainee's parameters and decides
+active during training steps only (names and the contract with generation: gpu/lora/common.py). These
+functions hold no state: gpu/training/trainer.py's ``LoraTrainer`` keeps the trainee's parameters and decides
 when the state must be set again. Kept apart from the trainer so its peft handling reads in one place.
 """
 
@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .adapters import (
+from ..training.config import TrainConfig, TrainerError
+from ..training.flow_matching import derived_seed
+from .common import (
     TRAINEE_ADAPTER,
     TRAINING_ADAPTER,
     AdapterError,
@@ -20,15 +22,13 @@ from .adapters import (
     remove_peft_if_empty,
     resolve_lora_file,
 )
-from .flow_matching import derived_seed
-from .train_config import TrainConfig, TrainerError
 
 __all__ = ["add_trainee", "adapter_signature", "find_trainee_layer", "make_optimizer", "remove_trainer_adapters",
            "set_training_state", "trainee_state_dict", "training_adapter_file", "write_trainee"]
 
 
 def training_adapter_file(spec: str) -> Path:
-    """The de-distillation LoRA's file (a path or a name gpu/adapters.py resolves); TrainerError if missing."""
+    """The de-distillation LoRA's file (a path or a name gpu/lora/common.py resolves); TrainerError if missing."""
     try:
         return resolve_lora_file(spec)
     except AdapterError as exc:

@@ -4,7 +4,7 @@ Flow matching as the pipeline samples it: ``x_t = (1 - s) x0 + s eps``, the tran
 ``1 - s`` and predicts ``x0 - eps`` (the pipeline negates the output before the Euler step
 ``x += (s_next - s) * (eps - x0)``). The image of step k and its noise derive from (seed, k) alone,
 never from a running generator, so a resumed run repeats exactly what an uninterrupted run would
-have done. Kept apart from gpu/trainer.py, which owns the adapters, the optimizer and the loop.
+have done. Kept apart from gpu/training/trainer.py, which owns the adapters, the optimizer and the loop.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Settings of a LoRA training run (``TrainConfig``) and the trainer's user-facing error.
 
-Kept apart from gpu/trainer.py because the settings travel without torch: they are validated and
+Kept apart from gpu/training/trainer.py because the settings travel without torch: they are validated and
 read from JSON (a job's parameters, a checkpoint's ``checkpoint.json``) long before a model is loaded.
 """
 

@@ -4,28 +4,28 @@ The trainer adds a peft LoRA named ``TRAINEE_ADAPTER`` ("__trainee__") to the sh
 ``pipe.transformer`` (no second copy of the base weights) and, when configured, loads a
 de-distillation LoRA as ``TRAINING_ADAPTER`` ("__training__"), active during training steps only.
 
-Contract with generation (gpu/adapters.py; everything runs on the worker's one GPU thread):
+Contract with generation (gpu/lora/common.py; everything runs on the worker's one GPU thread):
 
 * ``step()`` sets the adapter state it needs (trainee + training adapter on, every other adapter
   off, only the trainee trainable) whenever the state is not the one it left, so a generation may run
   between two steps. Bracket it with ``suspend()`` (base model clean: all adapters off) and
-  ``resume()`` (training state back); then call ``AdapterManager.activate(loras)`` for the
+  ``resume()`` (training state back); then call the LoRA backend's ``activate(loras)`` for the
   generation itself, which never enables, evicts or deletes the trainer's adapters.
   ``activate([])`` and ``suspend()`` both give pixels bit-identical to the base model in eager mode
-  (with regional compile: equal up to rounding, see gpu/adapters.py).
+  (with regional compile: equal up to rounding, see gpu/lora/common.py).
 * While training on CUDA the text encoder lives on the CPU (training uses cached embeddings): encode
   prompts with ``pipe.encode_prompt(prompt, device=pipe.text_encoder.device)`` and move the
   embeddings to the GPU, or use :meth:`LoraTrainer.encode_prompt`. ``close()`` moves it back.
 * The loop is the caller's: ``prepare()`` once, then ``step()`` until ``done``, ``save_checkpoint()``
   when ``checkpoint_due``, ``sample()`` when wanted, ``close()`` at the end (or on cancel).
 
-Training is flow matching (gpu/flow_matching.py); the data order and the noise of step k derive from
+Training is flow matching (gpu/training/flow_matching.py); the data order and the noise of step k derive from
 (seed, k) alone, so a resumed run repeats exactly what an uninterrupted run would have done.
 
 This module is the stateful trainer (setup, adapter state, optimizer step, sampling, teardown); its
-parts live beside it: gpu/train_config.py (``TrainConfig``, ``TrainerError``), gpu/trainee_adapters.py
-(peft handling), gpu/checkpoints.py (the checkpoint folders), gpu/flow_matching.py (the objective),
-gpu/loss_curve.py (the loss PNG). Their public names are re-exported here (``from gpu.trainer import``).
+parts live beside it in gpu/training/: config.py (``TrainConfig``, ``TrainerError``), checkpoints.py (the
+checkpoint folders), flow_matching.py (the objective), loss_curve.py (the loss PNG), data.py (the dataset
+cache), graphs.py (CUDA graphs); the trainee's peft handling is gpu/lora/trainee.py.
 """
 
 from __future__ import annotations
@@ -36,26 +36,10 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .adapters import TRAINEE_ADAPTER, TRAINING_ADAPTER, adapter_names, apply_adapters
-from .checkpoints import (
-    LORA_FILE,
-    META_FILE,
-    STATE_FILE,
-    Checkpoint,
-    check_compatible,
-    latest_state,
-    list_checkpoints,
-    prune_checkpoints,
-    restore_training_state,
-    training_state,
-    write_checkpoint,
-)
-from .flow_matching import autocast, derived_seed, flow_matching_loss, sample_index
-from .loss_curve import render_loss_curve
-from .train_config import TIMESTEP_SAMPLING, TrainConfig, TrainerError
-from .train_graphs import TrainingGraphs, graphs_unsuitable
-from .trainee_adapters import (
+from ..lora.common import TRAINEE_ADAPTER, adapter_names, apply_adapters
+from ..lora.trainee import (
     adapter_signature,
     add_trainee,
     find_trainee_layer,
@@ -66,12 +50,25 @@ from .trainee_adapters import (
     training_adapter_file,
     write_trainee,
 )
-from .training_data import DatasetError, Sample, encode_caption, load_or_build
+from .checkpoints import (
+    Checkpoint,
+    check_compatible,
+    latest_state,
+    prune_checkpoints,
+    restore_training_state,
+    training_state,
+    write_checkpoint,
+)
+from .config import TrainConfig, TrainerError
+from .data import Sample, encode_caption, load_or_build
+from .flow_matching import autocast, derived_seed, flow_matching_loss, sample_index
+from .graphs import TrainingGraphs, graphs_unsuitable
+from .loss_curve import render_loss_curve
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
-
-__all__ = ["LORA_FILE", "META_FILE", "STATE_FILE", "TIMESTEP_SAMPLING", "TRAINEE_ADAPTER", "TRAINING_ADAPTER", "Checkpoint",
-           "DatasetError", "LoraTrainer", "TrainConfig", "TrainerError", "list_checkpoints", "render_loss_curve"]
 
 
 @dataclass
@@ -93,7 +90,7 @@ class LoraTrainer:
         self.config = config
         self.device = torch.device(device) if device is not None else self.transformer.device
         self.dtype = dtype if dtype is not None else self.transformer.dtype
-        self.optimizer = None
+        self.optimizer: torch.optim.Optimizer | None = None
         self.samples: list[Sample] = []
         self._latents: list = []
         self._embeds: list = []
@@ -103,11 +100,11 @@ class LoraTrainer:
         self._step_seconds: list[float] = []
         self._saved = _SavedFlags()
         self._prompt_cache: dict = {}
-        self._training_state = None  # adapter-state signature after the last _configure_training
+        self._training_state: tuple | None = None  # adapter-state signature after the last _configure_training
         self._saved_step = -1  # step of the newest checkpoint written or resumed from
         self._probe = None
         self._checkpointing_on = False  # gradient checkpointing (configured, or turned on by an out-of-memory step)
-        self._graphs = graphs or TrainingGraphs([])  # CUDA graphs for training steps (gpu/train_graphs.py)
+        self._graphs = graphs or TrainingGraphs([])  # CUDA graphs for training steps (gpu/training/graphs.py)
         self._prepared = False
         self._closed = False
 
@@ -133,7 +130,7 @@ class LoraTrainer:
 
     @property
     def uses_training_graphs(self) -> bool:
-        """Training steps run their own compiled blocks (CUDA graphs on the GPU: gpu/train_graphs.py)."""
+        """Training steps run their own compiled blocks (CUDA graphs on the GPU: gpu/training/graphs.py)."""
         return bool(self._graphs.blocks)
 
     @property
@@ -160,7 +157,7 @@ class LoraTrainer:
         self.config.validate()
         if TRAINEE_ADAPTER in adapter_names(self.transformer):
             raise TrainerError("another training is already running on this model")
-        if self.has_training_adapter:
+        if self.config.training_adapter is not None:
             training_adapter_file(self.config.training_adapter)  # fail before minutes of encoding, not after
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.samples = load_or_build(self.pipe, self.dataset_dir, self.output_dir / "cache.pt", self.config.resolution)
@@ -241,6 +238,8 @@ class LoraTrainer:
         import torch
 
         self._require_prepared()
+        optimizer = self.optimizer
+        assert optimizer is not None  # made by prepare(), dropped only by close()
         self._ensure_training_state()
         started = time.perf_counter()
         self._graphs.mark_step()
@@ -255,7 +254,7 @@ class LoraTrainer:
         if out_of_memory:
             # Gradient checkpointing only when memory requires it: the first step that does not fit turns it
             # on and runs again (same step, same noise: the loss is the one the step would have had).
-            self.optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad(set_to_none=True)
             self._graphs = self._graphs.release()  # frees their memory pool; checkpointing runs without graphs
             _free_memory(self.device)
             log.warning("out of GPU memory at step %d: gradient checkpointing on for the rest of the run", self._step + 1)
@@ -263,12 +262,12 @@ class LoraTrainer:
             loss = self._forward_backward()
         value = float(loss.detach())
         if not math.isfinite(value):
-            self.optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad(set_to_none=True)
             raise TrainerError(f"the loss became {value} at step {self._step + 1}; try a lower learning rate")
         if self.config.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(self._trainee_params, self.config.max_grad_norm)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self._step += 1

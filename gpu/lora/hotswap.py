@@ -1,7 +1,7 @@
 """LoRA hot-swap for the compiled transformer: fixed adapter slots, weights copied in place.
 
 Why this exists: with ``compile_repeated_blocks`` (ZIMAGE_COMPILE), peft's usual way of switching LoRAs
-(:class:`gpu.adapters.AdapterManager`: a named adapter per LoRA, ``set_adapters`` with float weights)
+(:class:`gpu.lora.peft.AdapterManager`: a named adapter per LoRA, ``set_adapters`` with float weights)
 changes what dynamo guards on — the adapter names in every layer, the Python float scalings — so each
 new LoRA, stack or scale recompiles the blocks (5-13 s on the full model). Here, before the transformer
 is compiled, every linear layer gets ``slots`` adapters of rank ``rank`` (zero delta), and their
@@ -17,7 +17,7 @@ variants; the worker runs it right after it reports ready, so no user waits for 
 
 User LoRAs stay on the GPU, in the pipeline's dtype, in an LRU bounded in bytes (LORA_CACHE_MB):
 switching between them neither reads the disk nor recompiles. Same contract with the trainer as
-:mod:`gpu.adapters` (the trainer's ``__`` adapters are never touched; the state is set in full before
+:mod:`gpu.lora.common` (the trainer's ``__`` adapters are never touched; the state is set in full before
 every generation). Not thread-safe: call it from the thread that runs the pipeline.
 """
 
@@ -29,12 +29,24 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
-from .adapters import AdapterError, check_request, describe_load_error, file_signature, quiet_peft, resolve_lora_file
+from .common import (
+    SLOT_PREFIX,
+    AdapterError,
+    AdapterSpec,
+    check_request,
+    describe_load_error,
+    file_signature,
+    quiet_peft,
+    resolve_lora_file,
+)
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
-SLOT_PREFIX = "__slot"  # reserved names (gpu/adapters.py): never a user LoRA, never the trainer's
 DEFAULT_RANK = 64
 DEFAULT_CACHE_MB = 2048
 
@@ -48,6 +60,11 @@ class _CachedLora:
 
 def slot_names(slots: int) -> list[str]:
     return [f"{SLOT_PREFIX}{index}__" for index in range(slots)]
+
+
+def _weight(adapters: torch.nn.ModuleDict, slot_name: str) -> torch.Tensor:
+    """One slot's ``lora_A`` or ``lora_B`` weight (the slot is an nn.Linear; ModuleDict is typed loosely)."""
+    return cast("torch.Tensor", adapters[slot_name].weight)
 
 
 def _linear_names(transformer) -> list[str]:
@@ -95,7 +112,7 @@ class HotswapAdapters:
                 for name in self.names:
                     module.lora_A[name].to(dtype)
                     module.lora_B[name].to(dtype)
-                    torch.nn.init.zeros_(module.lora_A[name].weight)  # zero A: an empty slot is exactly zero
+                    torch.nn.init.zeros_(_weight(module.lora_A, name))  # zero A: an empty slot is exactly zero
         prepare_model_for_compiled_hotswap(transformer, target_rank=rank)  # scalings become tensors
         for module in self._layers.values():
             for name in self.names:
@@ -115,7 +132,7 @@ class HotswapAdapters:
         """Names of the LoRAs held on the GPU, least recently used first."""
         return list(self._cache)
 
-    def activate(self, adapters: Sequence[tuple[str, str | Path, float]]) -> None:
+    def activate(self, adapters: Sequence[AdapterSpec]) -> None:
         """Make exactly these (name, path, scale) LoRAs active; [] = the base model.
 
         A bad request or file raises AdapterError and leaves the base model active."""
@@ -182,7 +199,7 @@ class HotswapAdapters:
         self._in_slot[slot] = None  # until the copy is complete: a failure halfway must not look like a hit
         for module_name, module in self._layers.items():
             weights = lora.layers.get(module_name)
-            slot_a, slot_b = module.lora_A[slot_name].weight, module.lora_B[slot_name].weight
+            slot_a, slot_b = _weight(module.lora_A, slot_name), _weight(module.lora_B, slot_name)
             if weights is None:
                 slot_a.data.zero_()  # zero A (not just the scale): stale weights times 0 could be inf * 0
                 module.scaling[slot_name].fill_(0.0)
@@ -199,7 +216,7 @@ class HotswapAdapters:
     def _empty(self, slot: int) -> None:
         slot_name = self.names[slot]
         for module in self._layers.values():
-            module.lora_A[slot_name].weight.data.zero_()
+            _weight(module.lora_A, slot_name).data.zero_()
             module.scaling[slot_name].fill_(0.0)
         self._in_slot[slot] = None
 

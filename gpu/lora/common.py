@@ -1,15 +1,16 @@
-"""LoRA adapters for generation: load once, switch cheaply, never touch the trainer's adapters.
+"""What every LoRA implementation of the worker shares: names, settings, errors, files, the adapter state.
 
-Contract with gpu/trainer.py (both run on the worker's single GPU thread):
+The rules all of gpu/lora/ keeps (everything runs on the worker's single GPU thread):
 
 * Every LoRA lives as a named peft adapter on the one shared ``pipe.transformer``; there is never a
   second copy of the base weights.
-* The names starting with ``__`` belong to the trainer: ``TRAINEE_ADAPTER`` (the LoRA being trained)
-  and ``TRAINING_ADAPTER`` (an optional de-distillation LoRA active only during training steps).
-  :class:`AdapterManager` never enables, evicts or deletes them, and refuses user names starting
-  with ``__``.
+* The names starting with ``__`` are reserved: ``TRAINEE_ADAPTER`` (the LoRA being trained) and
+  ``TRAINING_ADAPTER`` (an optional de-distillation LoRA active only during training steps) belong to
+  the trainer (gpu/lora/trainee.py), ``SLOT_PREFIX`` to the hot-swap slots (gpu/lora/hotswap.py).
+  A generation backend never enables, evicts or deletes the trainer's adapters, and refuses user
+  names starting with ``__`` (:func:`check_request`).
 * Whoever runs the transformer sets the complete adapter state first and relies on nothing left
-  behind: :meth:`AdapterManager.activate` before every generation (``activate([])`` = the plain base
+  behind: the backend's ``activate`` before every generation (``activate([])`` = the plain base
   model, bit-identical to a pipeline that never saw a LoRA in eager mode; with the worker's regional
   compile the graph with (disabled) LoRA wrappers differs by rounding, at most 2/255 per pixel
   measured on an H100), ``LoraTrainer.step()`` before every
@@ -22,11 +23,6 @@ Three peft/diffusers behaviours this module works around (peft 0.21, diffusers 0
 ``disable_lora`` (layers stay disabled); deleting the active adapter silently activates another
 remaining one (it could be the trainee). Hence the state is always set in full after loading or
 deleting (:func:`apply_adapters`).
-
-With ``compile_repeated_blocks`` (ZIMAGE_COMPILE) every new adapter state (set of names, scales,
-enabled or not) would compile new graphs (6-13 s for the full model, measured on H100/H200), so a
-compiled worker uses :class:`gpu.hotswap.HotswapAdapters` instead (fixed slots, weights swapped in place);
-this manager serves the eager worker (CPU, ``ZIMAGE_COMPILE=off``, ``LORA_HOTSWAP=off``).
 """
 
 from __future__ import annotations
@@ -36,8 +32,7 @@ import math
 import os
 import re
 import warnings
-from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +45,7 @@ log = logging.getLogger(__name__)
 
 TRAINING_ADAPTER = "__training__"  # de-distillation LoRA, only during training steps
 TRAINEE_ADAPTER = "__trainee__"  # the LoRA being trained
+SLOT_PREFIX = "__slot"  # the hot-swap slots: never a user LoRA, never the trainer's
 RESERVED_PREFIX = "__"
 _NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # peft adapter names become ModuleDict keys: no dots
 
@@ -65,7 +61,7 @@ class LoraSettings:
     """The worker's LoRA settings, resolved for this worker from the variables the bot reads too
     (zimage_protocol.settings.LoraLimits: one parser for both processes).
 
-    ``hotswap``: fixed adapter slots swapped in place (gpu/hotswap.py), on by default when the transformer
+    ``hotswap``: fixed adapter slots swapped in place (gpu/lora/hotswap.py), on by default when the transformer
     is compiled; ``max_stack`` slots of rank ``max_rank`` (LORA_MAX_RANK, or TRAIN_RANK if higher);
     ``cache_bytes``: user LoRAs kept in memory (least recently used dropped first)."""
 
@@ -81,14 +77,12 @@ class LoraSettings:
                    cache_bytes=limits.cache_bytes(low_vram))
 
 
-@dataclass(frozen=True)
-class _Loaded:
-    path: Path
-    signature: tuple[int, int, int]  # (size, mtime_ns, inode): a replaced file is loaded again
+# One LoRA of a request: (name, file or folder, scale).
+AdapterSpec = tuple[str, str | Path, float]
 
 
 @contextmanager
-def quiet_peft():
+def quiet_peft() -> Iterator[None]:
     """peft warns on every second adapter and on deleting an active one; both are expected here."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*peft_config.*")
@@ -148,7 +142,7 @@ def file_signature(path: Path) -> tuple[int, int, int]:
     return stat.st_size, stat.st_mtime_ns, stat.st_ino
 
 
-def check_request(adapters: Sequence[tuple[str, str, float]], max_loaded: int) -> None:
+def check_request(adapters: Sequence[AdapterSpec], max_loaded: int) -> None:
     names = [name for name, _, _ in adapters]
     for name, _, scale in adapters:
         if not isinstance(name, str) or not _NAME_RE.match(name) or name.startswith(RESERVED_PREFIX):
@@ -159,107 +153,6 @@ def check_request(adapters: Sequence[tuple[str, str, float]], max_loaded: int) -
         raise AdapterError("the same LoRA is listed twice")
     if len(names) > max_loaded:
         raise AdapterError(f"at most {max_loaded} LoRAs at once")
-
-
-class AdapterManager:
-    """Loads user LoRAs into the shared transformer on demand (LRU of `max_loaded` adapters and `max_bytes`
-    of files) and activates them. Used when the transformer is not compiled; compiled: gpu/hotswap.py.
-
-    Not thread-safe: call it from the thread that runs the pipeline.
-    """
-
-    def __init__(self, pipe, max_loaded: int = 8, max_bytes: int | None = None):
-        if max_loaded < 1:
-            raise ValueError("max_loaded must be at least 1")
-        self.pipe = pipe
-        self.max_loaded = max_loaded
-        self.max_bytes = max_bytes  # LORA_CACHE_MB: the loaded adapters' files together (None: no byte bound)
-        self.loads = 0  # disk loads so far: switching between loaded adapters does not add any
-        self._loaded: OrderedDict[str, _Loaded] = OrderedDict()  # least recently used first
-        self.active: list[tuple[str, float]] = []
-
-    @property
-    def loaded(self) -> list[str]:
-        """Names held in memory, least recently used first."""
-        return list(self._loaded)
-
-    def activate(self, adapters: Sequence[tuple[str, str | Path, float]]) -> None:
-        """Make exactly these (name, path, scale) adapters active; [] = plain base model.
-
-        A bad request (names, scales, count) raises AdapterError and changes nothing; a file that fails
-        to load raises AdapterError and leaves the base model active."""
-        check_request(adapters, self.max_loaded)
-        try:
-            for name, path, _ in adapters:
-                self._ensure_loaded(name, path)
-            self._evict(keep={name for name, _, _ in adapters})
-            apply_adapters(self.pipe.transformer, [name for name, _, _ in adapters], [scale for _, _, scale in adapters])
-        except Exception:
-            self._apply_base()
-            raise
-        self.active = [(name, float(scale)) for name, _, scale in adapters]
-
-    def unload(self, name: str) -> None:
-        """Forget one adapter (e.g. its file was deleted). The base model is active afterwards."""
-        if name in self._loaded:
-            self._delete(name)
-        self._apply_base()
-        remove_peft_if_empty(self.pipe.transformer)
-
-    def unload_all(self) -> None:
-        """Forget every user adapter (the trainer's stay). The base model is active afterwards."""
-        for name in list(self._loaded):
-            self._delete(name)
-        self._apply_base()
-        remove_peft_if_empty(self.pipe.transformer)
-
-    def _apply_base(self) -> None:
-        self.active = []
-        apply_adapters(self.pipe.transformer, [], [])
-
-    def _ensure_loaded(self, name: str, path: str | Path) -> None:
-        try:
-            file = resolve_lora_file(path)
-        except AdapterError as exc:
-            raise AdapterError(f"LoRA {name!r}: {exc}") from exc
-        signature = file_signature(file)
-        known = self._loaded.get(name)
-        if known is not None and known.path == file and known.signature == signature:
-            self._loaded.move_to_end(name)
-            return
-        if known is not None or name in adapter_names(self.pipe.transformer):
-            self._delete(name)  # same name, other file (or a leftover): load it afresh
-        self._load(name, file)
-        self._loaded[name] = _Loaded(file, signature)
-
-    def _load(self, name: str, file: Path) -> None:
-        try:
-            with quiet_peft():
-                self.pipe.load_lora_weights(str(file), adapter_name=name)
-        except Exception as exc:
-            log.warning("loading LoRA %s from %s failed: %r", name, file, exc)
-            if name in adapter_names(self.pipe.transformer):
-                with quiet_peft():
-                    self.pipe.delete_adapters(name)
-            raise AdapterError(f"the LoRA {name!r} could not be loaded: {describe_load_error(exc)}") from exc
-        self.loads += 1
-        log.info("loaded LoRA %s from %s", name, file)
-
-    def _evict(self, keep: set[str]) -> None:
-        """Drop least recently used adapters until both bounds hold (the requested ones stay)."""
-        for name in list(self._loaded):
-            nbytes = sum(loaded.signature[0] for loaded in self._loaded.values())
-            if len(self._loaded) <= self.max_loaded and (self.max_bytes is None or nbytes <= self.max_bytes):
-                return
-            if name not in keep:
-                self._delete(name)
-
-    def _delete(self, name: str) -> None:
-        self._loaded.pop(name, None)
-        if name in adapter_names(self.pipe.transformer):
-            with quiet_peft():
-                self.pipe.delete_adapters(name)
-            log.info("unloaded LoRA %s", name)
 
 
 def describe_load_error(exc: Exception) -> str:

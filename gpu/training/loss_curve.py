@@ -1,7 +1,7 @@
 """The loss curve PNG posted with each checkpoint: pure Pillow, no torch.
 
-Separate from gpu/trainer.py because it is reporting, not training: it runs on the encoder thread
-(gpu/training_session.py) and is tested on its own.
+Separate from gpu/training/trainer.py because it is reporting, not training: it runs on the encoder thread
+(gpu/training/session.py) and is tested on its own.
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 
 Every training step is its own call on the single GPU thread. Generation requests queue on the
 same thread, so they run *between* steps: a waiting /imagine never waits for a whole training
-run, only for the step in progress. Before such a generation the server calls
-``trainer.suspend()`` (trainee and training adapters off) and ``trainer.resume()`` after it.
+run, only for the step in progress. Before such a generation the scheduler (gpu/scheduler.py) calls
+``suspend()`` (trainee and training adapters off) and ``resume()`` after it. Only the scheduler
+drives a session: it starts one run at a time and lets the next in once this one is closed.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 from zimage_protocol.errors import Cancelled
 from zimage_protocol.messages import CheckpointReady, Message, TrainParams, TrainProgress
 
-from .png import encode_png
+from ..png import encode_png
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +31,9 @@ class TrainingCancelled(Cancelled):
 class TrainingSession:
     def __init__(self, pipe, params: TrainParams, device: str, gpu: Executor, encoder: Executor,
                  cuda_graphs: bool = False):
-        from .train_graphs import TrainingGraphs
-        from .trainer import LoraTrainer, TrainConfig
+        from .config import TrainConfig
+        from .graphs import TrainingGraphs
+        from .trainer import LoraTrainer
 
         self.config = TrainConfig.from_json(params.config)
         graphs = TrainingGraphs.for_transformer(pipe.transformer) if cuda_graphs else None  # ZIMAGE_TRAIN_GRAPHS
@@ -80,7 +82,7 @@ class TrainingSession:
 
     @property
     def needs_warm_up(self) -> bool:
-        """Closing freed the training's CUDA graphs and with them every compiled graph (gpu/train_graphs.py)."""
+        """Closing freed the training's CUDA graphs and with them every compiled graph (gpu/training/graphs.py)."""
         return self.trainer.needs_warm_up
 
     # Around a generation on the GPU thread. A generation queued behind close() finds the trainer closed:

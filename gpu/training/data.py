@@ -1,4 +1,4 @@
-"""Training data for gpu/trainer.py: manifest, aspect buckets, and the latent/text-embedding cache.
+"""Training data for gpu/training/trainer.py: manifest, aspect buckets, and the latent/text-embedding cache.
 
 The dataset folder holds ``manifest.json`` (a list of ``{file, caption, width, height, source_name}``)
 and the images in ``images/``. Each image is resized to cover its aspect bucket and centre-cropped,
@@ -16,9 +16,13 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from zimage_protocol import ErrorCode, UserError
 from zimage_protocol.constants import MAX_SEQUENCE_LENGTH
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +42,8 @@ class Sample:
     caption: str
     width: int  # bucket size in pixels
     height: int
-    latent: object  # torch.Tensor [16, height/8, width/8], normalised like the pipeline's latents
-    embeds: object  # torch.Tensor [tokens, hidden], the caption's text-encoder states
+    latent: torch.Tensor  # [16, height/8, width/8], normalised like the pipeline's latents
+    embeds: torch.Tensor  # [tokens, hidden], the caption's text-encoder states
 
 
 def bucket_step(resolution: int) -> int:

@@ -5,8 +5,8 @@ Each checkpoint is ``output_dir/checkpoints/step-NNNNNN/`` holding the LoRA in d
 step since the previous checkpoint, config) and, for the newest only, ``training_state.pt`` (trainee
 weights, optimizer, RNG: what an exact resume needs). A folder is written as ``step-NNNNNN.tmp`` and
 renamed when complete, so ``list_checkpoints`` never sees half a checkpoint. Kept apart from
-gpu/trainer.py so that the on-disk format lives in one place, readable without a model (the bot lists
-checkpoints; gpu/trainer.py only decides when to save and what to restore).
+gpu/training/trainer.py so that the on-disk format lives in one place, readable without a model (the bot lists
+checkpoints; gpu/training/trainer.py only decides when to save and what to restore).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 
 from zimage_protocol.constants import LORA_FILE
 
-from .train_config import TrainConfig, TrainerError
+from .config import TrainConfig, TrainerError
 
 STATE_FILE = "training_state.pt"
 META_FILE = "checkpoint.json"

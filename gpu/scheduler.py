@@ -1,0 +1,215 @@
+"""What runs on the worker's GPU, and when: one GPU thread shared by generation, training and warm-ups.
+
+Everything that touches the model runs on a single executor thread: the GPU does one thing at a time,
+and torch keeps dynamo/inductor settings per thread. The event loop never waits on it, so the socket
+(gpu/server.py) keeps answering health checks, token counts and cancels while an image is made.
+
+- Generations run one at a time (the GPU lock). PNG encoding runs on a second thread, so image k+1
+  starts on the GPU while image k is encoded.
+- At most one LoRA training runs. Its session submits one step at a time, so a generation queued
+  meanwhile runs after the step in progress, with the training's adapters set aside
+  (``TrainingSession.suspend()`` / ``resume()`` around it). A new run is refused with
+  ``ErrorCode.BUSY`` from the moment one is asked for until its session is closed.
+- Warm-ups after "ready" (the LoRA graph variants at start, generation's graphs again after a
+  training freed them) run in the background: health reports busy meanwhile.
+- A cancel is a flag per request id, read by the generation's step callback and between training steps.
+
+The server calls :meth:`GpuScheduler.generate`, :meth:`GpuScheduler.train`, :meth:`GpuScheduler.cancel`
+and reads :attr:`GpuScheduler.ready` / :attr:`GpuScheduler.busy`; what goes wrong is raised to it, and
+it turns exceptions into Error replies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from zimage_protocol.errors import ErrorCode, UserError
+from zimage_protocol.messages import Accepted, GenerateParams, Message, TrainParams
+
+from .engine import GeneratedImage, ImageEngine
+from .png import encode_png
+from .training.session import TrainingSession
+
+log = logging.getLogger(__name__)
+
+OnStep = Callable[[int, int], Coroutine[Any, Any, None]]  # (step, total) of a generation
+OnImage = Callable[[int, int, bytes], Coroutine[Any, Any, None]]  # (index, seed, png) of a generated image
+Emit = Callable[[Message], Awaitable[None]]  # a training run's messages, to its client
+
+
+class GpuScheduler:
+    """The GPU thread of one worker and the state of what runs on it. Use it from the event loop's thread."""
+
+    def __init__(self, engine: ImageEngine):
+        self.engine = engine
+        self._gpu = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpu")
+        self._encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="png")
+        self._gpu_lock = asyncio.Lock()
+        self._ready = asyncio.Event()
+        self._cancelled: set[str] = set()
+        self._busy_with: str | None = None  # the generation on the GPU
+        self._warming = False  # a background warm-up on the GPU
+        self._training_id: str | None = None  # the run holding the trainer, from its request until its session is closed
+        self._session: TrainingSession | None = None  # that run's session, once it exists
+        self._closing: set[asyncio.Task[None]] = set()  # sessions being closed (a reference keeps the task alive)
+
+    @property
+    def ready(self) -> bool:
+        """The model is loaded (and warmed up, if asked): generations run from now on."""
+        return self._ready.is_set()
+
+    @property
+    def busy(self) -> bool:
+        """A generation or a warm-up is on the GPU (a training alone is not: generations run between its steps)."""
+        return self._busy_with is not None or self._warming
+
+    def cancel(self, request_id: str) -> None:
+        """Stop that generation at its next step, or that training before its next step."""
+        self._cancelled.add(request_id)
+
+    async def load(self, warm_up: bool) -> None:
+        """Load (and warm) the pipeline on the GPU thread; the socket may already answer meanwhile."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._gpu, self.engine.load)
+        if warm_up:
+            await loop.run_in_executor(self._gpu, self.engine.warm_up)
+        self._ready.set()
+        log.info("worker ready")
+        if warm_up:
+            # LoRA graph variants compile after "ready": a first request waits at most for this, nobody
+            # waits for it at start-up. Its failure is logged; a request would compile on its own.
+            self._warm_up_in_background("LoRA warm-up", self.engine.warm_up_adapters)
+
+    def _warm_up_in_background(self, what: str, *steps: Callable[[], None]) -> None:
+        """Run warm-up steps on the GPU thread after "ready" (health says busy meanwhile); failures are logged."""
+
+        def run() -> None:
+            self._warming = True
+            try:
+                for step in steps:
+                    step()
+            finally:
+                self._warming = False
+
+        warming = asyncio.get_running_loop().run_in_executor(self._gpu, run)
+        warming.add_done_callback(lambda done: _log_failure(what, done))
+
+    # -- generation -------------------------------------------------------------------------------------------
+
+    async def generate(self, request_id: str, params: GenerateParams, on_step: OnStep, on_image: OnImage) -> float:
+        """Make the request's images once the model is ready and the GPU is free (between training steps).
+
+        ``on_step`` and ``on_image`` run on the event loop; all of them have completed when this returns.
+        Returns the seconds from the model being ready to the last image delivered, the wait for the GPU
+        included (what the reply reports). Raises what the engine raises (``Cancelled`` after a cancel)."""
+        await self._ready.wait()
+        loop = asyncio.get_running_loop()
+        stop = threading.Event()
+        pending: list[Future[None]] = []
+
+        def step_done(step: int, total: int) -> None:
+            pending.append(asyncio.run_coroutine_threadsafe(on_step(step, total), loop))
+
+        def image_done(result: GeneratedImage) -> None:
+            metadata = {
+                "prompt": params.prompt, "seed": result.seed, "width": params.width,
+                "height": params.height, "steps": params.steps, "model": self.engine.model_name,
+                "guidance_scale": params.guidance_scale,
+            }
+            encoded = self._encoder.submit(encode_png, result.image, metadata)
+            pending.append(asyncio.run_coroutine_threadsafe(_deliver(on_image, result, encoded), loop))
+
+        def should_stop() -> bool:
+            return stop.is_set() or request_id in self._cancelled
+
+        started = time.perf_counter()
+        async with self._gpu_lock:
+            self._busy_with = request_id
+            try:
+                await loop.run_in_executor(
+                    self._gpu, lambda: self._generate_on_gpu(params, step_done, should_stop, image_done))
+                await asyncio.gather(*map(asyncio.wrap_future, pending))
+            except asyncio.CancelledError:
+                stop.set()  # the client hung up; let the GPU thread stop at its next step
+                raise
+            finally:
+                self._busy_with = None
+                self._cancelled.discard(request_id)
+        return time.perf_counter() - started
+
+    def _generate_on_gpu(self, params: GenerateParams, on_step: Callable[[int, int], None],
+                         should_stop: Callable[[], bool], on_image: Callable[[GeneratedImage], None]) -> None:
+        """On the GPU thread: the requested adapters only (a training run's adapters set aside)."""
+        if self._session is not None:
+            self._session.suspend()
+        try:
+            if params.loras or self.engine.uses_adapters:  # plain use never imports peft
+                self.engine.adapters().activate([(lora.name, lora.path, lora.scale) for lora in params.loras])
+            self.engine.generate(params, on_step, should_stop, on_image)
+        finally:
+            if self._session is not None:
+                self._session.resume()
+
+    # -- training ---------------------------------------------------------------------------------------------
+
+    async def train(self, request_id: str, params: TrainParams, emit: Emit) -> float:
+        """One LoRA training run: ``Accepted``, then its progress and checkpoints, all through ``emit``.
+
+        Refused with ``ErrorCode.BUSY`` (before ``Accepted``) while another run holds the trainer, which it
+        does until its session is closed; that close runs after this returns, on the GPU thread, so the
+        reply does not wait for it. Returns the seconds the run took once the model was ready."""
+        if self._training_id is not None:
+            raise UserError("a LoRA is already training", ErrorCode.BUSY)
+        self._training_id = request_id
+        session: TrainingSession | None = None
+        try:
+            await emit(Accepted(id=request_id))
+            await self._ready.wait()
+            if self.engine.accel.quant != "none":
+                raise UserError(f"LoRA training needs the bf16 model; this worker runs quantized "
+                                f"({self.engine.accel.quant}: ZIMAGE_QUANT / ZIMAGE_VRAM)", ErrorCode.UNSUPPORTED)
+            started = time.perf_counter()
+            session = TrainingSession(self.engine.pipe, params, self.engine.device, self._gpu, self._encoder,
+                                      cuda_graphs=self.engine.accel.train_graphs)
+            self._session = session
+            await session.run(request_id, emit, cancelled=lambda: request_id in self._cancelled)
+            return time.perf_counter() - started
+        finally:
+            self._cancelled.discard(request_id)
+            if session is None:
+                self._training_id = None
+            else:
+                closing = asyncio.create_task(self._close(session))
+                self._closing.add(closing)
+                closing.add_done_callback(self._closing.discard)
+                closing.add_done_callback(lambda done: _log_failure("closing the training session", done))
+
+    async def _close(self, session: TrainingSession) -> None:
+        """Close the run's session, then let the next run in."""
+        try:
+            # Closed on the GPU thread while still registered: a generation queued behind the last step still
+            # suspends the trainer, so it never runs with the training's adapters or CUDA graphs.
+            await session.close()
+        finally:
+            self._session = None
+            self._training_id = None
+        if session.needs_warm_up:
+            # The run freed its CUDA graphs together with every compiled graph (gpu/training/graphs.py):
+            # generation's graphs re-trace now, from the compile cache, not in a user's request.
+            self._warm_up_in_background("warm-up after training", self.engine.warm_up, self.engine.warm_up_adapters)
+
+
+async def _deliver(on_image: OnImage, result: GeneratedImage, encoded: Future[bytes]) -> None:
+    png = await asyncio.wrap_future(encoded)
+    await on_image(result.index, result.seed, png)
+
+
+def _log_failure(what: str, done: asyncio.Future[Any]) -> None:
+    if not done.cancelled() and done.exception() is not None:
+        log.error("%s failed", what, exc_info=done.exception())
