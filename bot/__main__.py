@@ -36,7 +36,12 @@ async def run(settings: Settings) -> int:
     return 0
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["check"]:
+        from .check import main as check
+
+        return check(argv[1:])
     try:
         settings = load_settings()
     except SettingsError as exc:
