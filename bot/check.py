@@ -100,7 +100,8 @@ def check_database(settings: Settings) -> Check:
         with engine.connect() as connection:
             current = set(MigrationContext.configure(connection).get_current_heads())
     except Exception as exc:  # noqa: BLE001 - the driver's own words, on one line
-        return Check(False, "database", f"cannot connect to {shown}: {one_line(exc)}")
+        reason = getattr(exc, "orig", None) or exc  # the driver's words, without SQLAlchemy's help link
+        return Check(False, "database", f"cannot connect to {shown}: {one_line(reason)}")
     finally:
         engine.dispose()
     known = {revision.revision for revision in script.walk_revisions()}

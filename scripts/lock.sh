@@ -12,15 +12,15 @@ pip=("$scratch/venv/bin/python" -m pip)
 "${pip[@]}" install -q --upgrade pip
 # torch first: a bare `torch` requirement would pick the newest release (and on PyPI a multi-GB CUDA build).
 "${pip[@]}" install -q "torch==${TORCH_VERSION:-2.13.0}"
-# Every extra, so the Docker image (fp8, cuda) installs pinned versions too.
-"${pip[@]}" install -q -e ".[test,fp8,cuda]"
+# Every extra, so the Docker image (fp8, cuda, postgres) installs pinned versions too.
+"${pip[@]}" install -q -e ".[test,fp8,cuda,postgres]"
 {
   cat <<'HEADER'
 # Every package zimage-bot and its tests install, at the exact version (pip constraints, not requirements):
 #   pip install -c requirements.lock -e ".[test]"
 # Refresh with `bash scripts/lock.sh` (README, "Troubleshooting"); tests/test_lock.py checks it against pyproject.toml.
 # torch carries no local label (+cpu, +cu128): the CUDA build of the same version satisfies the pin too.
-# torchao (extra fp8) and bitsandbytes (extra cuda) are resolved against this torch; the CPU tests do not import them.
+# torchao (extra fp8), bitsandbytes (extra cuda) and psycopg (extra postgres): resolved here, not imported by the CPU tests.
 HEADER
   # --all keeps setuptools (torch requires it); pip itself and the project are not dependencies.
   "${pip[@]}" freeze --all --exclude pip --exclude-editable | sed -E 's/\+[[:alnum:].]+$//'
