@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gpu import model_files, profiles
+from gpu.startup_errors import one_line
 
 from .settings import DEFAULT_MODEL, Settings, SettingsError, load_settings
 
@@ -99,7 +100,7 @@ def check_database(settings: Settings) -> Check:
     try:
         with engine.connect() as connection:
             current = set(MigrationContext.configure(connection).get_current_heads())
-    except Exception as exc:  # noqa: BLE001 - the driver's own words, on one line
+    except Exception as exc:  # noqa: BLE001 - any driver's error, told on one line
         reason = getattr(exc, "orig", None) or exc  # the driver's words, without SQLAlchemy's help link
         return Check(False, "database", f"cannot connect to {shown}: {one_line(reason)}")
     finally:
@@ -237,11 +238,6 @@ def check_external_worker(socket_path: Path) -> Check:
         return Check(True, "worker", f"WORKER_MODE=external: a worker answers on {socket_path}")
     return Check(False, "worker", f"WORKER_MODE=external: nothing answers on {socket_path}; start the worker "
                                   f"(python -m gpu --socket {socket_path}) and check it with `python -m bot check --worker`")
-
-
-def one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def _guarded(name: str, run: Callable[[], Check | list[Check]]) -> list[Check]:
