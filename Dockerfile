@@ -29,7 +29,7 @@ WORKDIR /app
 COPY requirements.lock pyproject.toml ./
 # torch alone first: the biggest layer (several GB with CUDA).
 RUN pip install -c requirements.lock torch ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}
-# The dependencies and the extras a GPU host uses (fp8: torchao; cuda: bitsandbytes; postgres: psycopg),
+# The dependencies and the extras a GPU host uses (fp8: torchao; cuda: bitsandbytes; postgres: asyncpg),
 # read from pyproject.toml, at the lock's versions. The project itself is not installed: it runs from
 # /app, where bot/db/migrate.py finds migrations/ beside the code.
 RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \

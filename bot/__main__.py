@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import stat
 import sys
+from pathlib import Path
 
 import discord
 import yarl
@@ -13,6 +16,19 @@ import yarl
 from .db.migrate import upgrade_to_head
 from .settings import Settings, SettingsError, load_settings
 from .startup_errors import ExitCode, database_line, explain
+
+
+def make_private(data_dir: Path) -> None:
+    """Everything the bot (and the worker it spawns, which inherits the umask) writes is owner-only: the
+    database, members' training photos and zips, outputs, LoRAs, the link-signing key. DATA_DIR itself
+    is made 0700, also when it already existed with wider permissions (files written before this
+    version keep their modes, but are unreachable inside it)."""
+    os.umask(0o077)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if stat.S_IMODE(data_dir.stat().st_mode) & 0o077:
+        logging.getLogger(__name__).warning("DATA_DIR %s was readable by other users: made it owner-only (0700)",
+                                            data_dir)
+        data_dir.chmod(0o700)
 
 
 def point_discord_at(settings: Settings) -> None:
@@ -56,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         return ExitCode.CONFIG
     logging.basicConfig(level=settings.log_level, format="%(asctime)s bot %(levelname)s %(name)s: %(message)s")
     logging.getLogger("discord").setLevel(max(logging.INFO, logging.getLevelName(settings.log_level)))
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    make_private(settings.data_dir)
     try:
         upgrade_to_head(settings.sync_database_url)
     except Exception as exc:  # noqa: BLE001 - one line for the operator, not a traceback

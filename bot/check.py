@@ -9,6 +9,7 @@ machine or container of a worker run with WORKER_MODE=external.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import binascii
 import os
@@ -22,8 +23,9 @@ from pathlib import Path
 
 from gpu import model_files, profiles
 from gpu.startup_errors import one_line
+from zimage_protocol.constants import DEFAULT_MODEL, TINY_MODEL, tiny_model_dir_name
 
-from .settings import DEFAULT_MODEL, Settings, SettingsError, load_settings
+from .settings import Settings, SettingsError, load_settings
 
 MIN_FREE_GIB = 5.0  # images, LoRAs (~0.3 GB each at rank 64), KEEP_CHECKPOINTS checkpoints per training, the compile cache
 WORKER_IMPORT_TIMEOUT = 180.0
@@ -79,15 +81,12 @@ def check_token(token: str) -> Check:
 
 def check_database(settings: Settings) -> Check:
     """Reachable, and at which migration. Behind head is fine: the bot migrates at every start."""
-    from alembic.runtime.migration import MigrationContext
     from alembic.script import ScriptDirectory
-    from sqlalchemy import create_engine
     from sqlalchemy.engine import make_url
-    from sqlalchemy.pool import NullPool
 
     from .db.migrate import alembic_config
 
-    url = make_url(settings.sync_database_url)
+    url = make_url(settings.database_url)
     shown = url.render_as_string(hide_password=True)
     if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).exists():
         folder = Path(url.database).parent
@@ -96,15 +95,11 @@ def check_database(settings: Settings) -> Check:
         return Check(True, "database", f"{url.database} does not exist yet: created and migrated at the first start")
     script = ScriptDirectory.from_config(alembic_config(settings.sync_database_url))
     heads = set(script.get_heads())
-    engine = create_engine(url, poolclass=NullPool)
     try:
-        with engine.connect() as connection:
-            current = set(MigrationContext.configure(connection).get_current_heads())
+        current = asyncio.run(_current_revisions(settings.database_url))
     except Exception as exc:  # noqa: BLE001 - any driver's error, told on one line
         reason = getattr(exc, "orig", None) or exc  # the driver's words, without SQLAlchemy's help link
         return Check(False, "database", f"cannot connect to {shown}: {one_line(reason)}")
-    finally:
-        engine.dispose()
     known = {revision.revision for revision in script.walk_revisions()}
     if current == heads:
         return Check(True, "database", f"{shown} reachable, migrated to head ({', '.join(sorted(heads))})")
@@ -113,6 +108,22 @@ def check_database(settings: Settings) -> Check:
                                         "version does not know (migrated by a newer version?)")
     return Check(True, "database", f"{shown} reachable, at {', '.join(sorted(current)) or 'no revision'}: "
                                    f"`python -m bot` migrates it to {', '.join(sorted(heads))} at start")
+
+
+async def _current_revisions(database_url: str) -> set[str]:
+    """The database's Alembic revisions, read through the bot's own async driver, as the bot connects."""
+    from alembic.runtime.migration import MigrationContext
+    from sqlalchemy.ext.asyncio import create_async_engine
+    from sqlalchemy.pool import NullPool
+
+    # asyncpg waits 60 s for an unreachable server by default; a check should answer sooner.
+    connect_args = {"timeout": 10} if database_url.startswith("postgresql+asyncpg") else {}
+    engine = create_async_engine(database_url, poolclass=NullPool, connect_args=connect_args)
+    try:
+        async with engine.connect() as connection:
+            return set(await connection.run_sync(lambda sync: MigrationContext.configure(sync).get_current_heads()))
+    finally:
+        await engine.dispose()
 
 
 def _existing_parent(path: Path) -> Path:
@@ -136,7 +147,7 @@ def check_gpu(model: str, env: dict[str, str]) -> list[Check]:
 
     build = f"torch {torch.__version__}" + (f", CUDA {torch.version.cuda}" if torch.version.cuda else ", no CUDA build")
     if not torch.cuda.is_available():
-        if model == "tiny":
+        if model == TINY_MODEL:
             return [Check(True, "GPU", f"none ({build}): the tiny model runs on the CPU")]
         return [Check(False, "GPU", f"no CUDA GPU found ({build}): {model} needs one (README, \"With a GPU\"); "
                                     "ZIMAGE_MODEL=tiny tries the bot on the CPU")]
@@ -179,10 +190,8 @@ def _importable(module: str) -> bool:
 
 def check_model(model: str, data_dir: Path, hub_offline: bool) -> Check:
     """The model's files: the tiny model, a local folder, or a hub id in the Hugging Face cache."""
-    if model == "tiny":
-        from gpu.tiny import TINY_VERSION
-
-        folder = data_dir / "models" / f"tiny-v{TINY_VERSION}"
+    if model == TINY_MODEL:
+        folder = data_dir / "models" / tiny_model_dir_name()
         if (folder / "model_index.json").is_file():
             return Check(True, "model", f"tiny, in {folder}")
         return Check(True, "model", f"tiny: built offline in {folder} at the first start (seconds)")

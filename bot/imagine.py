@@ -65,13 +65,13 @@ class ImagineService:
     def _check_limits(self, picked: list) -> None:
         """A stack picked before LORA_MAX_STACK or LORA_MAX_RANK were lowered: say so instead of failing in the worker."""
         settings = self.bot.settings
-        if len(picked) > settings.lora_max_stack:
-            raise UserFacingError(f"You use {len(picked)} LoRAs; this bot now allows {settings.lora_max_stack} at once. "
+        if len(picked) > settings.lora.max_stack:
+            raise UserFacingError(f"You use {len(picked)} LoRAs; this bot now allows {settings.lora.max_stack} at once. "
                                   "Drop some with `/lora clear`.")
         for lora, _ in picked:
-            if lora.rank and lora.rank > settings.lora_slot_rank:
+            if lora.rank and lora.rank > settings.lora.slot_rank:
                 raise UserFacingError(f"`{lora.name}` has rank {lora.rank}; this bot now accepts LoRAs up to rank "
-                                      f"{settings.lora_slot_rank}. Stop using it with `/lora clear {lora.name}`.")
+                                      f"{settings.lora.slot_rank}. Stop using it with `/lora clear {lora.name}`.")
 
     async def clean_prompt(self, prompt: str) -> str:
         prompt = prompt.strip()

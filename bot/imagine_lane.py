@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import discord
 
-from gpu import protocol
+from zimage_protocol.messages import Done, GenerateParams, ImageReady, Progress
 
 from . import render
 from .db.models import Job, JobStatus
@@ -38,22 +38,22 @@ class ImagineLane:
 
     async def _generate(self, job: Job) -> tuple[dict[int, tuple[int, bytes]], float]:
         """Stream the job through the worker; returns {index: (seed, png)} and GPU seconds."""
-        params = protocol.GenerateParams.from_json(job.params)
+        params = GenerateParams.from_json(job.params)
         images: dict[int, tuple[int, bytes]] = {}
         seconds = 0.0
         last_edit = 0.0
-        async for frame in self.worker.generate(self.runner.request_id(job), params):
-            if frame.op == "progress":
-                now = time.monotonic()
-                step, total = frame.header["step"], frame.header["total"]
-                # Discord rate-limits edits: at most one per interval, but always show the last step.
-                if now - last_edit >= self.settings.progress_interval or step == total:
-                    last_edit = now
-                    await self.delivery.edit_status(job, render.progress_text(job, step, total))
-            elif frame.op == "image":
-                images[frame.header["index"]] = (frame.header["seed"], frame.blob)
-            elif frame.op == "done":
-                seconds = float(frame.header.get("seconds", 0.0))
+        async for message in self.worker.generate(self.runner.request_id(job), params):
+            match message:
+                case Progress(step=step, total=total):
+                    now = time.monotonic()
+                    # Discord rate-limits edits: at most one per interval, but always show the last step.
+                    if now - last_edit >= self.settings.progress_interval or step == total:
+                        last_edit = now
+                        await self.delivery.edit_status(job, render.progress_text(job, step, total))
+                case ImageReady(index=index, seed=seed, png=png):
+                    images[index] = (seed, png)
+                case Done(seconds=done_seconds):
+                    seconds = done_seconds
         return images, seconds
 
     def _save_images(self, job: Job, images: dict[int, tuple[int, bytes]], seconds: float) -> dict:
@@ -66,7 +66,7 @@ class ImagineLane:
             path = folder / f"zimage_{job.id}_{index + 1}_{seed}.png"
             path.write_bytes(png)
             files.append(path.name)
-        return {"files": files, "seconds": seconds, "model": self.worker.hello.get("model")}
+        return {"files": files, "seconds": seconds, "model": self.worker.model_name}
 
     async def deliver(self, job: Job) -> None:
         folder = self.settings.outputs_dir / str(job.id)

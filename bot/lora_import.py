@@ -20,9 +20,10 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from .safetensors_io import DTYPE_SIZES, LoraImportError, SafeTensors, decode, encode, write_safetensors
+from zimage_protocol.constants import tiny_model_dir_name
 
-LORA_FILE = "pytorch_lora_weights.safetensors"
+from .safetensors_io import DTYPE_SIZES, LoraImportError, SafeTensors, decode, encode, loads_bounded, write_safetensors
+
 META_KEY = "lora_adapter_metadata"
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle")
 # The real Z-Image-Turbo transformer (used when no config.json of the model is on disk).
@@ -34,6 +35,13 @@ _SUFFIXES = {".lora_A.weight": "down", ".lora_down.weight": "down", ".lora_A.def
 _UNSUPPORTED = re.compile(r"hada_|lokr_|dora_scale|lora_magnitude|lora_mid|\.diff(_b)?$|lora_[AB]\.bias|lora_(up|down)\.bias")
 _PREFIXES = (("model.diffusion_model.", "comfyui"), ("diffusion_model.", "comfyui"), ("transformer.", "diffusers"),
              ("base_model.model.", "peft"))
+# Numbers read from a file are checked against these before use. Real LoRAs have alpha <= 2 x rank and
+# rank <= a few hundred; a larger alpha is a broken or hostile file, and its scale baked into F16 weights
+# would overflow. The rank bound is only a sanity bound (LORA_MAX_RANK is the real limit, in convert).
+MAX_ALPHA = 10_000.0
+MAX_RANK = 1 << 16
+MAX_ALPHA_PATTERNS = 1024  # each layer is matched against every pattern: keep that product small
+_METADATA_DEPTH = 4  # peft's config: {"alpha_pattern": {...}, "target_modules": [...]}: 2 levels; some slack
 
 
 # -- the model's layers ----------------------------------------------------------------------------------------
@@ -42,9 +50,7 @@ def transformer_config(model: str, data_dir: Path) -> dict:
     """ZIMAGE_MODEL's transformer config: tiny, a local folder, the HF cache, else the known real one."""
     path = None
     if model == "tiny":
-        from gpu.tiny import TINY_VERSION
-
-        path = data_dir / "models" / f"tiny-v{TINY_VERSION}" / "transformer" / "config.json"
+        path = data_dir / "models" / tiny_model_dir_name() / "transformer" / "config.json"
     elif Path(model).is_dir():
         path = Path(model) / "transformer" / "config.json"
     else:
@@ -114,11 +120,29 @@ class ImportResult:
 
 def _adapter_metadata(metadata: dict[str, str]) -> dict:
     try:
-        raw = json.loads(metadata.get(META_KEY) or "{}")
+        raw = loads_bounded(metadata.get(META_KEY) or "{}", _METADATA_DEPTH)
     except ValueError:
-        raise LoraImportError("The LoRA's adapter metadata is not valid JSON.") from None
+        raise LoraImportError("The LoRA's adapter metadata is not valid JSON (or nests too deep).") from None
+    if not isinstance(raw, dict):
+        raise LoraImportError("The LoRA's adapter metadata is not a JSON object.")
     prefixed = {k.removeprefix("transformer."): v for k, v in raw.items() if k.startswith("transformer.")}
-    return prefixed or raw
+    meta = prefixed or raw
+    patterns = meta.get("alpha_pattern")
+    if isinstance(patterns, dict) and len(patterns) > MAX_ALPHA_PATTERNS:
+        raise LoraImportError(f"The adapter metadata has {len(patterns):,} alpha patterns; at most "
+                              f"{MAX_ALPHA_PATTERNS:,} are accepted.")
+    return meta
+
+
+def _alpha_number(value: object) -> float | None:
+    """A usable lora_alpha (finite, > 0, <= MAX_ALPHA) as a float, or None. No exception for any input."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    try:
+        number = float(value)  # an int of 400 digits raises OverflowError; "nan" and "1e999" parse
+    except (ValueError, OverflowError):
+        return None
+    return number if math.isfinite(number) and 0 < number <= MAX_ALPHA else None
 
 
 def _alpha_for(meta: dict, module: str, rank: int) -> float:
@@ -130,12 +154,12 @@ def _alpha_for(meta: dict, module: str, rank: int) -> float:
     alpha = meta.get("lora_alpha", rank)
     patterns = meta.get("alpha_pattern") if isinstance(meta.get("alpha_pattern"), dict) else {}
     alpha = next((v for p, v in patterns.items() if module == p or module.endswith("." + str(p))), alpha)
-    try:
-        value = float(alpha) * (rank ** 0.5 if meta.get("use_rslora") else 1.0)
-    except (TypeError, ValueError):
-        value = float("nan")
-    if not math.isfinite(value) or value <= 0:
-        raise LoraImportError(f"The adapter metadata gives the layer `{module}` an invalid lora_alpha ({alpha!r}).")
+    value = _alpha_number(alpha)
+    if value is not None and meta.get("use_rslora"):
+        value = _alpha_number(value * rank ** 0.5)
+    if value is None:
+        raise LoraImportError(f"The adapter metadata gives the layer `{module}` an invalid lora_alpha "
+                              f"(it must be a number above 0 and at most {MAX_ALPHA:g}).")
     return value
 
 
@@ -197,11 +221,7 @@ def plan(st: SafeTensors, layers: dict[str, tuple[int, int]] | None) -> tuple[st
                                   f"[{rows if rows is not None else 'out'}, {rank}].")
         alpha = _alpha_for(meta, module, rank)
         if "alpha" in slot:
-            info = st.tensors[slot["alpha"]]
-            values = decode(info.dtype, st.read(slot["alpha"]), info.shape).reshape(-1)
-            if values.size != 1 or not math.isfinite(float(values[0])) or float(values[0]) <= 0:
-                raise LoraImportError(f"`{slot['alpha']}` must be one positive number.")
-            alpha = float(values[0])
+            alpha = _alpha_tensor(st, slot["alpha"])
         parts = [(module[: -len("qkv")] + name, (i * out, (i + 1) * out)) for i, name in enumerate(("to_q", "to_k", "to_v"))
                  ] if fused else [(module, None)]
         for target, rows in parts:
@@ -209,6 +229,18 @@ def plan(st: SafeTensors, layers: dict[str, tuple[int, int]] | None) -> tuple[st
                 raise LoraImportError(f"`{slot['down']}` repeats the layer `{target}`.")
             planned[target] = _Layer(slot["down"], slot["up"], alpha, rank, rows)
     return formats.most_common(1)[0][0], planned
+
+
+def _alpha_tensor(st: SafeTensors, key: str) -> float:
+    """A `.alpha` tensor's one number. Its shape is checked on the header first: only () or (1,) is read
+    (the parser has already checked that the byte range is exactly one itemsize), never a big tensor."""
+    info = st.tensors[key]
+    value = None
+    if info.shape in ((), (1,)):
+        value = _alpha_number(float(decode(info.dtype, st.read(key), info.shape).reshape(-1)[0]))
+    if value is None:
+        raise LoraImportError(f"`{key}` must be one positive number (at most {MAX_ALPHA:g}).")
+    return value
 
 
 def _tensor(st: SafeTensors, key: str, rows: tuple[int, int] | None = None) -> tuple[str, tuple, bytes]:
@@ -262,8 +294,12 @@ def convert(source: Path, dest: Path, layers: dict[str, tuple[int, int]], *, max
                 if layer.rank == rank and layer.alpha * rank == alpha * layer.rank:
                     return data
                 padded = np.zeros((shape[0], rank), np.float32)
-                padded[:, : layer.rank] = decode(dtype, data, shape) * (layer.alpha * rank / (alpha * layer.rank))
-                return encode(dtype, padded)
+                with np.errstate(over="ignore"):  # overflow is checked just below, in the stored dtype
+                    padded[:, : layer.rank] = decode(dtype, data, shape) * (layer.alpha * rank / (alpha * layer.rank))
+                    stored = encode(dtype, padded)
+                if not np.isfinite(decode(dtype, stored, padded.shape)).all():
+                    raise LoraImportError(f"`{layer.up}`: scaled to the file's common alpha, its values overflow {dtype}.")
+                return stored
 
             down_info, up_info = st.tensors[layer.down], st.tensors[layer.up]
             out = (layer.rows[1] - layer.rows[0]) if layer.rows else up_info.shape[0]
@@ -299,5 +335,11 @@ def describe(path: Path, *, max_header: int) -> dict:
     with SafeTensors(path, max_header) as st:
         meta = _adapter_metadata(st.metadata)
         downs = [info for key, info in st.tensors.items() if key.endswith("lora_A.weight")]
-        return {"rank": meta.get("r", max((info.shape[0] for info in downs), default=0)), "alpha": meta.get("lora_alpha"),
-                "layers": len(downs), "format": st.metadata.get("zimage_bot.source_format")}
+        rank, alpha = meta.get("r"), meta.get("lora_alpha")
+        if rank is None:
+            rank = max((info.shape[0] if info.shape else 0 for info in downs), default=0)
+        elif type(rank) is not int or not 1 <= rank <= MAX_RANK:
+            raise LoraImportError("The LoRA's adapter metadata gives an invalid rank.")
+        if alpha is not None and _alpha_number(alpha) is None:
+            raise LoraImportError("The LoRA's adapter metadata gives an invalid lora_alpha.")
+        return {"rank": rank, "alpha": alpha, "layers": len(downs), "format": st.metadata.get("zimage_bot.source_format")}

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import discord
 
+from zimage_protocol.messages import CheckpointReady, TrainProgress
+
 from .db.models import Job, JobKind, JobStatus
 
 EMBED_COLOUR = discord.Colour.from_rgb(88, 101, 242)
@@ -82,16 +84,16 @@ def duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def training_text(job: Job, progress: dict | None) -> str:
+def training_text(job: Job, progress: TrainProgress | None) -> str:
     name = job.params["name"]
     if progress is None:
         return f"🧠 Job #{job.id}: training LoRA `{name}` is starting (caching latents and captions)…"
-    step, total = progress["step"], progress["total"]
-    eta = duration((total - step) * progress["seconds_per_step"])
+    step, total = progress.step, progress.total
+    eta = duration((total - step) * progress.seconds_per_step)
     filled = round(PROGRESS_BAR_WIDTH * step / max(total, 1))
     bar = "█" * filled + "░" * (PROGRESS_BAR_WIDTH - filled)
-    return (f"🧠 Job #{job.id}: training LoRA `{name}` step {step}/{total} `{bar}` loss {progress['loss']:.4f}, "
-            f"{progress['seconds_per_step']:.2f} s/step, ETA {eta}")
+    return (f"🧠 Job #{job.id}: training LoRA `{name}` step {step}/{total} `{bar}` loss {progress.loss:.4f}, "
+            f"{progress.seconds_per_step:.2f} s/step, ETA {eta}")
 
 
 def training_done_text(job: Job) -> str:
@@ -99,11 +101,11 @@ def training_done_text(job: Job) -> str:
             f"Use it with `/lora use name:{job.params['name']}`.")
 
 
-def checkpoint_text(job: Job, checkpoint: dict, link: str | None) -> str:
-    step, total = checkpoint["step"], checkpoint["total"]
-    eta = duration((total - step) * checkpoint["seconds_per_step"])
+def checkpoint_text(job: Job, checkpoint: CheckpointReady, link: str | None) -> str:
+    step, total = checkpoint.step, checkpoint.total
+    eta = duration((total - step) * checkpoint.seconds_per_step)
     lines = [f"<@{job.user_id}> 📦 Job #{job.id}: checkpoint of `{job.params['name']}` at step {step}/{total}: "
-             f"loss {checkpoint['loss']:.4f}, {checkpoint['seconds_per_step']:.2f} s/step, ETA {eta}"]
+             f"loss {checkpoint.loss:.4f}, {checkpoint.seconds_per_step:.2f} s/step, ETA {eta}"]
     if link:
         lines.append(f"The LoRA file is too big for Discord: [download it]({link}) (the link expires).")
     return "\n".join(lines)

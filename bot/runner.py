@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from gpu import protocol
+from zimage_protocol.errors import ErrorCode
 
 from . import render
 from .db.jobs import JobStore
@@ -20,7 +20,7 @@ from .db.loras import LoraStore
 from .db.models import Job, JobKind, JobStatus
 from .db.moderation import ModerationStore
 from .delivery import Delivery
-from .errors import WORKER_CRASHED_MESSAGE, worker_error_message
+from .errors import worker_crashed_message, worker_error_message
 from .imagine_lane import ImagineLane
 from .settings import Settings
 from .training.lane import TrainingLane
@@ -114,7 +114,7 @@ class JobRunner:
         try:
             await self.lanes[job.kind].run(job)
         except WorkerError as exc:
-            if exc.code == protocol.ERROR_CANCELLED:
+            if exc.code == ErrorCode.CANCELLED:
                 await self.store.finish(job.id, JobStatus.CANCELLED)
                 await self.delivery.edit_status(job, render.cancelled_text(job), view=None)
             else:
@@ -124,7 +124,7 @@ class JobRunner:
                 log.warning("job %s: %s; retrying", job.id, exc)
                 await self.store.requeue(job.id, error=str(exc))
             else:
-                await self.fail(job, WORKER_CRASHED_MESSAGE)
+                await self.fail(job, worker_crashed_message(job.kind, job.attempts))
         finally:
             self.current.pop(job.kind, None)
 

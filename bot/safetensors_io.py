@@ -1,10 +1,15 @@
 """Safetensors without torch (and without executing anything): a checked reader and a writer.
 
-The bot reads member-supplied LoRA files with this. The 8-byte little-endian header length is read
-and capped before the JSON header; every entry's dtype, shape and byte range are checked (ranges
-contiguous, covering the file exactly: a truncated or padded file is refused); PyTorch pickles are
-recognised by their first bytes and refused. Tensors are read one at a time (`read`), so a large file
-never sits in memory. `decode`/`encode` convert F16/BF16/F32/F64 bytes to and from float32 numpy arrays.
+The bot reads member-supplied LoRA files with this, so the header is treated as hostile. The 8-byte
+little-endian header length is read and capped before the JSON header; the JSON's nesting depth is
+checked on the raw text before it is parsed (deep nesting costs recursion and memory); then every
+entry is checked for type and range BEFORE any arithmetic on it: the tensor count, each name, the
+dtype (a str in the known set), the number of dimensions and each dimension's size, the byte range
+(ints inside the file), and only then shape x itemsize against the byte range. The ranges must be
+contiguous and cover the file exactly (a truncated or padded file is refused); PyTorch pickles are
+recognised by their first bytes and refused. Every refusal is a LoraImportError with a short message.
+Tensors are read one at a time (`read`), so a large file never sits in memory. `decode`/`encode`
+convert F16/BF16/F32/F64 bytes to and from float32 numpy arrays.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,9 +26,58 @@ from pathlib import Path
 DTYPE_SIZES = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8}
 _NUMPY = {"F16": "<f2", "F32": "<f4", "F64": "<f8"}
 
+# Caps far above any real LoRA of this model (~280 layers x down/up/alpha, 2-D weights, names < 100
+# characters) that keep every later step cheap: with <= 4 dimensions of <= 2**32 the shape's product
+# is small-integer arithmetic, however the file lies.
+MAX_TENSORS = 4096
+MAX_DIMS = 4
+MAX_DIM = 1 << 32
+MAX_NAME = 256
+MAX_OFFSET = 1 << 48  # a byte offset; past the file's end it is reported as truncation, below
+# A safetensors header nests 3 deep: {name: {"shape": [..]}}; metadata is {str: str}.
+HEADER_DEPTH = 3
+
+# A JSON string literal (escapes included), written so that the regex runs in linear time.
+_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+_BRACKETS = re.compile(r"[\[\]{}]")
+
 
 class LoraImportError(Exception):
     """The file cannot be imported; the message names the problem and can be shown as it is."""
+
+
+def loads_bounded(text: str, max_depth: int) -> object:
+    """json.loads for hostile text: refuses nesting deeper than `max_depth`, NaN/Infinity and repeated keys.
+
+    Raises ValueError. The depth is measured on the text (string contents skipped) before parsing, so
+    a megabyte of "[" costs one linear scan instead of a RecursionError or a million nested lists."""
+    depth = 0
+    for bracket in _BRACKETS.findall(_STRING.sub("", text)):
+        depth += 1 if bracket in "[{" else -1
+        if depth > max_depth:
+            raise ValueError(f"nested deeper than {max_depth} levels")
+
+    def constant(name: str) -> None:
+        raise ValueError(f"{name} is not a number")
+
+    def unique(pairs: list[tuple[str, object]]) -> dict:
+        result = dict(pairs)
+        if len(result) != len(pairs):
+            raise ValueError("a key is repeated")
+        return result
+
+    try:
+        return json.loads(text, parse_constant=constant, object_pairs_hook=unique)
+    except RecursionError:  # unreachable after the depth scan; kept so no input can escape as one
+        raise ValueError("nested too deep") from None
+
+
+def _is_int(value: object, low: int, high: int) -> bool:
+    return type(value) is int and low <= value <= high  # not bool: JSON true is no size
+
+
+def _plain_name(name: str) -> bool:
+    return len(name) <= MAX_NAME and name.isascii() and name.isprintable() and "`" not in name
 
 
 @dataclass(frozen=True)
@@ -59,37 +114,55 @@ class SafeTensors:
         self.handle.seek(8)
         raw = self.handle.read(length)
         try:
-            header = json.loads(raw.decode("utf-8")) if raw.lstrip()[:1] == b"{" else None
-        except (UnicodeDecodeError, ValueError):
+            header = loads_bounded(raw.decode("utf-8"), HEADER_DEPTH) if raw.lstrip()[:1] == b"{" else None
+        except ValueError:  # UnicodeDecodeError is a ValueError too
             header = None
         if not isinstance(header, dict):
-            raise LoraImportError("This is not a safetensors file (its header is not a JSON object).")
+            raise LoraImportError("This is not a safetensors file (its header is not a JSON object, or it is "
+                                  "malformed or nested too deep).")
         metadata = header.pop("__metadata__", None) or {}
         if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
-            raise LoraImportError("The safetensors metadata is malformed.")
-        tensors, base, spans = {}, 8 + length, []
-        for key, entry in header.items():
-            try:
-                dtype, shape, (begin, end) = entry["dtype"], tuple(entry["shape"]), entry["data_offsets"]
-                assert all(isinstance(n, int) and n >= 0 for n in (*shape, begin, end))
-            except (KeyError, TypeError, ValueError, AssertionError):
-                raise LoraImportError(f"The header entry for `{key}` is malformed.") from None
-            if dtype not in DTYPE_SIZES:
-                raise LoraImportError(f"`{key}` is stored as {dtype}; only F16, BF16, F32 and F64 are accepted.")
-            if end - begin != DTYPE_SIZES[dtype] * math.prod(shape):
-                raise LoraImportError(f"`{key}`: its byte range does not match its shape {list(shape)}.")
-            tensors[key] = TensorInfo(dtype, shape, base + begin, base + end)
-            spans.append((begin, end))
-        position = 0
-        for begin, end in sorted(spans):
-            if begin != position:
+            raise LoraImportError("The safetensors metadata is malformed (it must map names to strings).")
+        if len(header) > MAX_TENSORS:
+            raise LoraImportError(f"The file holds {len(header):,} tensors; the limit is {MAX_TENSORS:,}.")
+        base = 8 + length
+        tensors = {key: self._entry(key, entry, base) for key, entry in header.items()}
+        position = base
+        for info in sorted(tensors.values(), key=lambda info: (info.start, info.end)):
+            if info.start != position:
                 raise LoraImportError("The tensors' byte ranges overlap or leave gaps: the file is damaged.")
-            position = end
-        if base + position > size:
-            raise LoraImportError(f"The file is truncated: {base + position - size:,} bytes are missing.")
-        if base + position < size:
+            position = info.end
+        if position > size:
+            raise LoraImportError(f"The file is truncated: {position - size:,} bytes are missing.")
+        if position < size:
             raise LoraImportError("The file has extra bytes after its tensors: it is damaged.")
         return tensors, metadata
+
+    @staticmethod
+    def _entry(key: str, entry: object, base: int) -> TensorInfo:
+        """One header entry, checked field by field before any arithmetic on it."""
+        if not _plain_name(key):
+            raise LoraImportError(f"The file has a tensor name that is not a plain ASCII name of at most {MAX_NAME} "
+                                  "characters.")
+        malformed = LoraImportError(f"The header entry for `{key}` is malformed.")
+        if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+            raise malformed
+        dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+        if not isinstance(dtype, str) or not isinstance(shape, list) or not isinstance(offsets, list):
+            raise malformed
+        if dtype not in DTYPE_SIZES:
+            shown = dtype if len(dtype) <= 16 and _plain_name(dtype) else "an unknown type"
+            raise LoraImportError(f"`{key}` is stored as {shown}; only F16, BF16, F32 and F64 are accepted.")
+        if len(shape) > MAX_DIMS:
+            raise LoraImportError(f"`{key}` has {len(shape):,} dimensions; at most {MAX_DIMS} are accepted.")
+        if not all(_is_int(n, 0, MAX_DIM) for n in shape):
+            raise malformed
+        if len(offsets) != 2 or not all(_is_int(n, 0, MAX_OFFSET) for n in offsets) or offsets[0] > offsets[1]:
+            raise malformed
+        begin, end = offsets
+        if end - begin != DTYPE_SIZES[dtype] * math.prod(shape):
+            raise LoraImportError(f"`{key}`: its byte range does not match its shape {shape}.")
+        return TensorInfo(dtype, tuple(shape), base + begin, base + end)
 
     def read(self, key: str) -> bytes:
         info = self.tensors[key]

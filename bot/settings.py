@@ -11,13 +11,17 @@ from pathlib import Path
 
 from yarl import URL
 
-DEFAULT_MODEL = "Tongyi-MAI/Z-Image-Turbo"
-MAX_LORA_STACK = 8  # the worker keeps at most 8 adapters loaded
-MAX_LORA_RANK = 1024
+from zimage_protocol.constants import DEFAULT_MODEL
+from zimage_protocol.settings import (
+    LoraLimits,
+    SettingsError,
+    read_choice,
+    read_float,
+    read_int,
+    read_optional_int,
+)
 
-
-class SettingsError(Exception):
-    """A setting is missing or malformed; the message names it and says what is expected."""
+__all__ = ["Settings", "SettingsError", "load_settings"]
 
 
 @dataclass(frozen=True)
@@ -53,12 +57,10 @@ class Settings:
     # The LoRA library (/lora import, /lora use, /imagine lora:).
     lora_max_bytes: int = 1024 << 20
     lora_max_header_bytes: int = 1024 << 10
-    lora_max_stack: int = 3
     lora_default_scale: float = 0.8
     lora_download_timeout: int = 300
-    lora_max_rank: int = 64  # the worker pads adapters to this rank to hot-swap them under torch.compile
-    lora_cache_mb: int | None = None  # worker: memory for loaded LoRAs (None: its default, 2048; 256 with ZIMAGE_VRAM=16gb)
-    lora_hotswap: str = "auto"  # worker: auto | on | off
+    # LORA_MAX_STACK / LORA_MAX_RANK / LORA_CACHE_MB / LORA_HOTSWAP: read by the worker too, one parser for both
+    lora: LoraLimits = LoraLimits()
     # The bot's small HTTP endpoint for files too big for Discord (signed, expiring links).
     http_host: str = "127.0.0.1"
     http_port: int = 8765
@@ -78,12 +80,6 @@ class Settings:
         return self.data_dir / "training"
 
     @property
-    def lora_slot_rank(self) -> int:
-        """The rank of the compiled worker's LoRA slots: imports stop at LORA_MAX_RANK, trained LoRAs have
-        TRAIN_RANK (gpu/adapters.py LoraSettings takes the same maximum)."""
-        return max(self.lora_max_rank, self.train_rank)
-
-    @property
     def link_base(self) -> str:
         return (self.public_url or f"http://{self.http_host}:{self.http_port}").rstrip("/")
 
@@ -91,32 +87,6 @@ class Settings:
     def sync_database_url(self) -> str:
         """The same database through a synchronous driver (Alembic runs synchronously)."""
         return self.database_url.replace("+aiosqlite", "")
-
-
-def _int(env: dict[str, str], name: str, default: int | None, minimum: int = 0) -> int | None:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SettingsError(f"{name} must be a whole number, got {raw!r}") from None
-    if value < minimum:
-        raise SettingsError(f"{name} must be at least {minimum}, got {value}")
-    return value
-
-
-def _float(env: dict[str, str], name: str, default: float, minimum: float = 0.0) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
-    if value < minimum:
-        raise SettingsError(f"{name} must be at least {minimum}, got {value}")
-    return value
 
 
 def _url(env: dict[str, str], name: str, default: str, schemes: tuple[str, ...]) -> str:
@@ -142,28 +112,26 @@ def load_settings(env: dict[str, str] | None = None, dotenv_path: str | None = "
     database_url = env.get("DATABASE_URL", "").strip() or f"sqlite+aiosqlite:///{data_dir / 'zimage.db'}"
     if "://" not in database_url:
         raise SettingsError(f"DATABASE_URL must be a SQLAlchemy URL such as sqlite+aiosqlite:///path, got {database_url!r}")
-    worker_mode = env.get("WORKER_MODE", "").strip() or "spawn"
-    if worker_mode not in ("spawn", "external"):
-        raise SettingsError(f"WORKER_MODE must be 'spawn' or 'external', got {worker_mode!r}")
     socket = env.get("WORKER_SOCKET", "").strip()
     log_level = (env.get("LOG_LEVEL", "").strip() or "INFO").upper()
     if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise SettingsError(f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {log_level!r}")
+    d = Settings  # every default is written once, on the dataclass
     return Settings(
         discord_token=token,
-        discord_api_base=_url(env, "DISCORD_API_BASE", Settings.discord_api_base, ("http", "https")).rstrip("/"),
-        discord_gateway_url=_url(env, "DISCORD_GATEWAY_URL", Settings.discord_gateway_url, ("ws", "wss")),
-        dev_guild_id=_int(env, "DEV_GUILD_ID", None, minimum=1),
+        discord_api_base=_url(env, "DISCORD_API_BASE", d.discord_api_base, ("http", "https")).rstrip("/"),
+        discord_gateway_url=_url(env, "DISCORD_GATEWAY_URL", d.discord_gateway_url, ("ws", "wss")),
+        dev_guild_id=read_optional_int(env, "DEV_GUILD_ID", minimum=1),
         data_dir=data_dir,
         database_url=database_url,
         zimage_model=env.get("ZIMAGE_MODEL", "").strip() or DEFAULT_MODEL,
-        worker_mode=worker_mode,
+        worker_mode=read_choice(env, "WORKER_MODE", d.worker_mode, ("spawn", "external")),
         worker_socket=Path(socket).expanduser().resolve() if socket else None,
-        max_queued_per_user=_int(env, "MAX_QUEUED_PER_USER", 3, minimum=1),
-        rate_limit_count=_int(env, "RATE_LIMIT_COUNT", 5, minimum=1),
-        rate_limit_period=_float(env, "RATE_LIMIT_PERIOD", 60.0, minimum=0.1),
-        max_attempts=_int(env, "JOB_MAX_ATTEMPTS", 2, minimum=1),
-        progress_interval=_float(env, "PROGRESS_INTERVAL", 1.0, minimum=0.0),
+        max_queued_per_user=read_int(env, "MAX_QUEUED_PER_USER", d.max_queued_per_user, minimum=1),
+        rate_limit_count=read_int(env, "RATE_LIMIT_COUNT", d.rate_limit_count, minimum=1),
+        rate_limit_period=read_float(env, "RATE_LIMIT_PERIOD", d.rate_limit_period, minimum=0.1),
+        max_attempts=read_int(env, "JOB_MAX_ATTEMPTS", d.max_attempts, minimum=1),
+        progress_interval=read_float(env, "PROGRESS_INTERVAL", d.progress_interval, minimum=0.0),
         log_level=log_level,
         **_training_settings(env),
         **_lora_settings(env),
@@ -171,61 +139,42 @@ def load_settings(env: dict[str, str] | None = None, dotenv_path: str | None = "
 
 
 def _training_settings(env: dict[str, str]) -> dict:
-    timesteps = env.get("TRAIN_TIMESTEPS", "").strip() or "sigmoid"
-    if timesteps not in ("sigmoid", "shift", "uniform"):
-        raise SettingsError(f"TRAIN_TIMESTEPS must be sigmoid, shift or uniform, got {timesteps!r}")
+    d = Settings
     adapter = env.get("TRAINING_ADAPTER", "").strip()
     if adapter and not Path(adapter).expanduser().exists():
         raise SettingsError(f"TRAINING_ADAPTER points at {adapter!r}, which does not exist")
-    resolution = _int(env, "TRAIN_RESOLUTION", 512, minimum=64)
+    resolution = read_int(env, "TRAIN_RESOLUTION", d.train_resolution, minimum=64)
     if resolution % 16:
         raise SettingsError(f"TRAIN_RESOLUTION must be a multiple of 16, got {resolution}")
     public_url = env.get("PUBLIC_URL", "").strip()
     if public_url:
         _url(env, "PUBLIC_URL", public_url, ("http", "https"))
     return {
-        "train_steps": _int(env, "TRAIN_STEPS", 4000, minimum=1),
-        "train_rank": _int(env, "TRAIN_RANK", 64, minimum=1),
-        "train_learning_rate": _float(env, "TRAIN_LEARNING_RATE", 2e-4, minimum=1e-8),
-        "train_weight_decay": _float(env, "TRAIN_WEIGHT_DECAY", 1e-4),
+        "train_steps": read_int(env, "TRAIN_STEPS", d.train_steps, minimum=1),
+        "train_rank": read_int(env, "TRAIN_RANK", d.train_rank, minimum=1),
+        "train_learning_rate": read_float(env, "TRAIN_LEARNING_RATE", d.train_learning_rate, minimum=1e-8),
+        "train_weight_decay": read_float(env, "TRAIN_WEIGHT_DECAY", d.train_weight_decay),
         "train_resolution": resolution,
-        "train_timesteps": timesteps,
-        "checkpoint_every": _int(env, "CHECKPOINT_EVERY", 250, minimum=1),
-        "keep_checkpoints": _int(env, "KEEP_CHECKPOINTS", 7, minimum=1),
+        "train_timesteps": read_choice(env, "TRAIN_TIMESTEPS", d.train_timesteps, ("sigmoid", "shift", "uniform")),
+        "checkpoint_every": read_int(env, "CHECKPOINT_EVERY", d.checkpoint_every, minimum=1),
+        "keep_checkpoints": read_int(env, "KEEP_CHECKPOINTS", d.keep_checkpoints, minimum=1),
         "training_adapter": Path(adapter).expanduser().resolve() if adapter else None,
-        "train_min_images": _int(env, "TRAIN_MIN_IMAGES", 10, minimum=1),
-        "train_max_images": _int(env, "TRAIN_MAX_IMAGES", 500, minimum=1),
-        "max_zip_bytes": _int(env, "MAX_ZIP_MB", 512, minimum=1) << 20,
-        "http_host": env.get("HTTP_HOST", "").strip() or "127.0.0.1",
-        "http_port": _int(env, "HTTP_PORT", 8765, minimum=0),
+        "train_min_images": read_int(env, "TRAIN_MIN_IMAGES", d.train_min_images, minimum=1),
+        "train_max_images": read_int(env, "TRAIN_MAX_IMAGES", d.train_max_images, minimum=1),
+        "max_zip_bytes": read_int(env, "MAX_ZIP_MB", d.max_zip_bytes >> 20, minimum=1) << 20,
+        "http_host": env.get("HTTP_HOST", "").strip() or d.http_host,
+        "http_port": read_int(env, "HTTP_PORT", d.http_port, minimum=0),
         "public_url": public_url,
-        "link_ttl": _float(env, "LINK_TTL_HOURS", 168.0, minimum=0.01) * 3600,
+        "link_ttl": read_float(env, "LINK_TTL_HOURS", d.link_ttl / 3600, minimum=0.01) * 3600,
     }
 
 
 def _lora_settings(env: dict[str, str]) -> dict:
-    stack = _int(env, "LORA_MAX_STACK", 3, minimum=1)
-    if stack > MAX_LORA_STACK:
-        raise SettingsError(f"LORA_MAX_STACK must be at most {MAX_LORA_STACK} (the worker keeps at most "
-                            f"{MAX_LORA_STACK} adapters loaded), got {stack}")
-    rank = _int(env, "LORA_MAX_RANK", 64, minimum=1)
-    if rank > MAX_LORA_RANK:
-        raise SettingsError(f"LORA_MAX_RANK must be at most {MAX_LORA_RANK}, got {rank}")
-    hotswap = env.get("LORA_HOTSWAP", "").strip().lower() or "auto"
-    if hotswap not in ("auto", "on", "off"):
-        raise SettingsError(f"LORA_HOTSWAP must be auto, on or off, got {hotswap!r}")
-    scale = _float(env, "LORA_DEFAULT_SCALE", 0.8)
-    if not 0.0 <= scale <= 2.0:
-        raise SettingsError(f"LORA_DEFAULT_SCALE must be between 0.0 and 2.0, got {scale}")
+    d = Settings
     return {
-        "lora_max_bytes": _int(env, "LORA_MAX_MB", 1024, minimum=1) << 20,
-        "lora_max_header_bytes": _int(env, "LORA_MAX_HEADER_KB", 1024, minimum=1) << 10,
-        "lora_max_stack": stack,
-        "lora_default_scale": scale,
-        "lora_download_timeout": _int(env, "LORA_DOWNLOAD_TIMEOUT", 300, minimum=1),
-        "lora_max_rank": rank,
-        # Read by the worker (gpu/adapters.py LoraSettings, same variables); checked here too, so a typo
-        # stops the bot at start with one line instead of a worker that keeps failing to start.
-        "lora_cache_mb": _int(env, "LORA_CACHE_MB", None, minimum=1),
-        "lora_hotswap": hotswap,
+        "lora_max_bytes": read_int(env, "LORA_MAX_MB", d.lora_max_bytes >> 20, minimum=1) << 20,
+        "lora_max_header_bytes": read_int(env, "LORA_MAX_HEADER_KB", d.lora_max_header_bytes >> 10, minimum=1) << 10,
+        "lora_default_scale": read_float(env, "LORA_DEFAULT_SCALE", d.lora_default_scale, minimum=0.0, maximum=2.0),
+        "lora_download_timeout": read_int(env, "LORA_DOWNLOAD_TIMEOUT", d.lora_download_timeout, minimum=1),
+        "lora": LoraLimits.from_env(env),
     }

@@ -11,7 +11,9 @@ import threading
 import time
 from pathlib import Path
 
-from .engine import DEFAULT_MODEL, ImageEngine
+from zimage_protocol.constants import DEFAULT_MODEL
+
+from .engine import ImageEngine
 from .server import WorkerServer, socket_is_live
 from .startup_errors import WorkerExit, explain_load_error
 
@@ -52,7 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"),
                         format="%(asctime)s worker %(levelname)s %(name)s: %(message)s")
     socket_path = args.socket or args.data_dir / "worker.sock"
-    args.data_dir.mkdir(parents=True, exist_ok=True)
+    # Owner-only files (checkpoints, LoRAs, caches), as in the bot (bot/__main__.py make_private); a
+    # worker spawned by the bot inherits this umask, an external one sets it here.
+    os.umask(0o077)
+    args.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     if socket_is_live(socket_path):
         print(f"another worker already serves {socket_path}", file=sys.stderr)
         return WorkerExit.SOCKET

@@ -42,32 +42,32 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from zimage_protocol import ErrorCode, UserError
+from zimage_protocol.constants import LORA_FILE
+from zimage_protocol.settings import LoraLimits
+
 log = logging.getLogger(__name__)
 
 TRAINING_ADAPTER = "__training__"  # de-distillation LoRA, only during training steps
 TRAINEE_ADAPTER = "__trainee__"  # the LoRA being trained
 RESERVED_PREFIX = "__"
-MAX_STACK = 8  # LoRAs in one request, at most (the bot's LORA_MAX_STACK is capped to the same)
-LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # what save_lora_weights writes
 _NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # peft adapter names become ModuleDict keys: no dots
 
 
-class AdapterError(Exception):
+class AdapterError(UserError):
     """A LoRA could not be used; the message can be shown to the user as it is."""
 
-
-class LoraSettingsError(ValueError):
-    """A LORA_* setting of the worker is malformed; the message names it."""
+    code = ErrorCode.LORA
 
 
 @dataclass(frozen=True)
 class LoraSettings:
-    """The worker's LoRA settings (the same environment variables the bot reads: README, Settings).
+    """The worker's LoRA settings, resolved for this worker from the variables the bot reads too
+    (zimage_protocol.settings.LoraLimits: one parser for both processes).
 
-    ``LORA_HOTSWAP`` = ``auto`` | ``on`` | ``off``: fixed adapter slots swapped in place (gpu/hotswap.py);
-    ``auto`` = on when the transformer is compiled. ``LORA_MAX_STACK`` slots of rank ``LORA_MAX_RANK``;
-    ``LORA_CACHE_MB``: user LoRAs kept in memory (least recently used dropped first; default 2048, 256 with
-    ``ZIMAGE_VRAM=16gb``). Parsed like bot/settings.py parses them, which checks them at the bot's start."""
+    ``hotswap``: fixed adapter slots swapped in place (gpu/hotswap.py), on by default when the transformer
+    is compiled; ``max_stack`` slots of rank ``max_rank`` (LORA_MAX_RANK, or TRAIN_RANK if higher);
+    ``cache_bytes``: user LoRAs kept in memory (least recently used dropped first)."""
 
     hotswap: bool
     max_stack: int = 3
@@ -76,28 +76,9 @@ class LoraSettings:
 
     @classmethod
     def from_env(cls, compiled: bool, environ: Mapping[str, str] | None = None, low_vram: bool = False) -> LoraSettings:
-        env = os.environ if environ is None else environ
-        mode = env.get("LORA_HOTSWAP", "").strip().lower() or "auto"
-        if mode not in ("auto", "on", "off"):
-            raise LoraSettingsError(f"LORA_HOTSWAP must be auto, on or off, not {mode!r}")
-
-        def whole(name: str, default: int, maximum: int) -> int:
-            raw = env.get(name, "").strip()
-            if not raw:
-                return default
-            try:
-                value = int(raw)
-            except ValueError:
-                value = 0
-            if not 1 <= value <= maximum:
-                raise LoraSettingsError(f"{name} must be a whole number from 1 to {maximum}, not {raw!r}")
-            return value
-
-        return cls(hotswap=mode == "on" or (mode == "auto" and compiled),
-                   max_stack=whole("LORA_MAX_STACK", cls.max_stack, MAX_STACK),
-                   # trained LoRAs have TRAIN_RANK, which may be above the import limit
-                   max_rank=max(whole("LORA_MAX_RANK", cls.max_rank, 1024), whole("TRAIN_RANK", 1, 1 << 20)),
-                   cache_bytes=whole("LORA_CACHE_MB", 256 if low_vram else 2048, 1 << 20) << 20)
+        limits = LoraLimits.from_env(os.environ if environ is None else environ)
+        return cls(hotswap=limits.hotswap_enabled(compiled), max_stack=limits.max_stack, max_rank=limits.slot_rank,
+                   cache_bytes=limits.cache_bytes(low_vram))
 
 
 @dataclass(frozen=True)
@@ -150,7 +131,7 @@ def resolve_lora_file(path: str | Path) -> Path:
     """A LoRA file, or the diffusers file inside a folder. Never a hub id: that would go online."""
     path = Path(path)
     if path.is_dir():
-        preferred = path / LORA_WEIGHT_NAME
+        preferred = path / LORA_FILE
         if preferred.is_file():
             return preferred
         candidates = sorted(path.glob("*.safetensors"))

@@ -20,11 +20,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from zimage_protocol.constants import LORA_FILE
+
 from .train_config import TrainConfig, TrainerError
 
 STATE_FILE = "training_state.pt"
 META_FILE = "checkpoint.json"
-LORA_FILE = "pytorch_lora_weights.safetensors"
 _CHECKPOINT_RE = re.compile(r"^step-(\d{6,})$")
 
 __all__ = ["LORA_FILE", "META_FILE", "STATE_FILE", "Checkpoint", "check_compatible", "checkpoint_dirs", "latest_state",

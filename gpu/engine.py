@@ -13,18 +13,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from zimage_protocol.constants import MAX_LORA_STACK, MAX_SEQUENCE_LENGTH
+from zimage_protocol.errors import Cancelled
+from zimage_protocol.messages import GenerateParams
+
 from . import accel, quantize
-from .adapters import MAX_STACK, LoraSettings
-from .protocol import GenerateParams
+from .adapters import LoraSettings
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "Tongyi-MAI/Z-Image-Turbo"
-MAX_SEQUENCE_LENGTH = 512  # the pipeline pads/truncates prompts to this many tokens
 PROMPT_CACHE_SIZE = 64
 
 
-class GenerationCancelled(Exception):
+class GenerationCancelled(Cancelled):
     """Raised from the step callback to stop the denoising loop at once."""
 
 
@@ -121,8 +122,8 @@ class ImageEngine:
         if self._adapters is None:  # created on first use: plain generation never imports peft
             from .adapters import AdapterManager
 
-            # An LRU of up to MAX_STACK adapters (and LORA_CACHE_MB); the bot keeps requests to LORA_MAX_STACK.
-            self._adapters = AdapterManager(self.pipe, MAX_STACK, self.lora_settings.cache_bytes)
+            # An LRU of up to MAX_LORA_STACK adapters (and LORA_CACHE_MB); the bot keeps requests to LORA_MAX_STACK.
+            self._adapters = AdapterManager(self.pipe, MAX_LORA_STACK, self.lora_settings.cache_bytes)
         return self._adapters
 
     def warm_up_adapters(self) -> None:

@@ -13,14 +13,39 @@ import os
 import socket
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from . import protocol
-from .engine import MAX_SEQUENCE_LENGTH, GeneratedImage, GenerationCancelled, ImageEngine
+from zimage_protocol.constants import MAX_SEQUENCE_LENGTH
+from zimage_protocol.errors import ErrorCode, ProtocolError, UserError
+from zimage_protocol.frames import PROTOCOL_VERSION, FrameTooLarge, read_frame
+from zimage_protocol.messages import (
+    Accepted,
+    Cancel,
+    CountTokens,
+    Done,
+    Error,
+    GenerateParams,
+    Health,
+    HealthReport,
+    Hello,
+    ImageReady,
+    ImagineRequest,
+    Message,
+    Progress,
+    TokenCount,
+    TrainRequest,
+    decode,
+    hello_mismatch,
+)
+
+from .engine import GeneratedImage, ImageEngine
 from .png import encode_png
 
 log = logging.getLogger(__name__)
+
+HELLO_TIMEOUT = 10.0  # a client says its protocol version first
 
 
 class WorkerServer:
@@ -89,24 +114,37 @@ class WorkerServer:
     async def _serve_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         send_lock = asyncio.Lock()
 
-        async def send(op: str, blob: bytes = b"", **fields) -> None:
+        async def send(message: Message) -> None:
             async with send_lock:
-                writer.write(protocol.encode_frame(op, blob, **fields))
+                writer.write(message.encode())
                 await writer.drain()
 
         tasks: set[asyncio.Task] = set()
         try:
-            await send("hello", version=protocol.PROTOCOL_VERSION, model=self.engine.model_name,
-                       device=self.engine.device, pid=os.getpid(), ready=self._ready.is_set())
+            await send(Hello(version=PROTOCOL_VERSION, model=self.engine.model_name, device=self.engine.device,
+                             pid=os.getpid(), ready=self._ready.is_set()))
+            if not await self._accept_hello(reader, send):
+                return
             while True:
-                frame = await protocol.read_frame(reader)
+                try:
+                    frame = await read_frame(reader)
+                except FrameTooLarge:
+                    raise  # its body was not read: the stream is out of step, the connection ends
+                except ProtocolError as exc:  # a header that is not JSON: refused, the next frame is read
+                    await send(Error(id=None, code=ErrorCode.BAD_REQUEST, message=str(exc)[:500]))
+                    continue
+                try:
+                    message = decode(frame)
+                except ProtocolError as exc:  # one bad request is refused; the connection goes on
+                    await send(Error(id=frame.id, code=ErrorCode.BAD_REQUEST, message=str(exc)[:500]))
+                    continue
                 # Each request runs as its own task so a cancel is read while a generate runs.
-                task = asyncio.create_task(self._handle(frame, send))
+                task = asyncio.create_task(self._handle(message, send))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
-        except protocol.ProtocolError as exc:
+        except ProtocolError as exc:
             log.warning("dropping client: %s", exc)
         finally:
             # The bot went away: cancel whatever it asked for, nobody will read the result.
@@ -114,42 +152,54 @@ class WorkerServer:
                 task.cancel()
             writer.close()
 
-    async def _handle(self, frame: protocol.Frame, send) -> None:
-        request_id = frame.id
+    @staticmethod
+    async def _accept_hello(reader: asyncio.StreamReader, send: Callable[[Message], Awaitable[None]]) -> bool:
+        """The client's first frame is its Hello; another version is refused with a message both sides log."""
         try:
-            if frame.op == "health":
-                busy = self._busy_with is not None or self._warming
-                await send("health", id=request_id, ok=True, ready=self._ready.is_set(), busy=busy,
-                           model=self.engine.model_name, device=self.engine.device, pid=os.getpid())
-            elif frame.op == "count_tokens":
-                count = self.engine.count_tokens(str(frame.header.get("prompt", "")))
-                await send("tokens", id=request_id, count=count, limit=MAX_SEQUENCE_LENGTH)
-            elif frame.op == "cancel":
-                self._cancelled.add(str(request_id))
-            elif frame.op == "generate":
-                await self._generate(request_id, frame.header.get("params") or {}, send)
-            elif frame.op == "train":
-                await self._train(request_id, frame.header.get("params") or {}, send)
-            else:
-                await send("error", id=request_id, code=protocol.ERROR_BAD_REQUEST, message=f"unknown op {frame.op!r}")
-        except protocol.ProtocolError as exc:
-            await send("error", id=request_id, code=protocol.ERROR_BAD_REQUEST, message=str(exc))
+            hello = decode(await asyncio.wait_for(read_frame(reader), HELLO_TIMEOUT))
+        except (TimeoutError, ProtocolError):
+            hello = None
+        version = hello.version if isinstance(hello, Hello) else "1 or unknown"
+        mismatch = hello_mismatch(version)
+        if mismatch is None:
+            return True
+        log.error("refusing a client: %s", mismatch)
+        await send(Error(id=None, code=ErrorCode.VERSION_MISMATCH, message=mismatch))
+        return False
 
-    async def _generate(self, request_id: str, raw_params: dict, send) -> None:
-        params = protocol.GenerateParams.from_json(raw_params)
+    async def _handle(self, message: Message, send: Callable[[Message], Awaitable[None]]) -> None:
+        match message:
+            case Health(id=request_id):
+                busy = self._busy_with is not None or self._warming
+                await send(HealthReport(id=request_id, ready=self._ready.is_set(), busy=busy,
+                                        model=self.engine.model_name, device=self.engine.device, pid=os.getpid()))
+            case CountTokens(id=request_id, prompt=prompt):
+                await send(TokenCount(id=request_id, count=self.engine.count_tokens(prompt), limit=MAX_SEQUENCE_LENGTH))
+            case Cancel(id=request_id):
+                self._cancelled.add(request_id)
+            case ImagineRequest():
+                await self._generate(message, send)
+            case TrainRequest():
+                await self._train(message, send)
+            case _:
+                await send(Error(id=getattr(message, "id", None), code=ErrorCode.BAD_REQUEST,
+                                 message=f"a worker does not take {message.op.value!r}"))
+
+    async def _generate(self, request: ImagineRequest, send: Callable[[Message], Awaitable[None]]) -> None:
+        request_id, params = request.id, request.params
         if self.engine.count_tokens(params.prompt) > MAX_SEQUENCE_LENGTH:
-            await send("error", id=request_id, code=protocol.ERROR_PROMPT_TOO_LONG,
-                       message=f"the prompt is longer than {MAX_SEQUENCE_LENGTH} tokens")
+            await send(Error(id=request_id, code=ErrorCode.PROMPT_TOO_LONG,
+                             message=f"the prompt is longer than {MAX_SEQUENCE_LENGTH} tokens"))
             return
-        await send("accepted", id=request_id)
+        await send(Accepted(id=request_id))
         await self._ready.wait()
         loop = asyncio.get_running_loop()
         stop = threading.Event()
-        pending_sends: list[asyncio.Future] = []
+        pending_sends: list[Future] = []
 
         def on_step(step: int, total: int) -> None:
             pending_sends.append(asyncio.run_coroutine_threadsafe(
-                send("progress", id=request_id, step=step, total=total), loop))
+                send(Progress(id=request_id, step=step, total=total)), loop))
 
         def on_image(result: GeneratedImage) -> None:
             metadata = {
@@ -171,58 +221,55 @@ class WorkerServer:
                 await loop.run_in_executor(
                     self._gpu, lambda: self._generate_on_gpu(params, on_step, should_stop, on_image))
                 await asyncio.gather(*map(asyncio.wrap_future, pending_sends))
-                await send("done", id=request_id, seconds=round(time.perf_counter() - started, 3))
+                await send(Done(id=request_id, seconds=round(time.perf_counter() - started, 3)))
             except asyncio.CancelledError:
                 stop.set()  # the client hung up; let the GPU thread stop at its next step
                 raise
             except Exception as exc:  # noqa: BLE001 - every failure must reach the bot as a reply
-                await self._send_error(send, request_id, exc)
+                await send(error_reply(request_id, exc))
             finally:
                 self._busy_with = None
                 self._cancelled.discard(request_id)
 
-    def _generate_on_gpu(self, params: protocol.GenerateParams, on_step, should_stop, on_image) -> None:
+    def _generate_on_gpu(self, params: GenerateParams, on_step, should_stop, on_image) -> None:
         """On the GPU thread: the requested adapters only (a training run's adapters set aside)."""
         if self._training is not None:
             self._training.suspend()
         try:
             if params.loras or self.engine.uses_adapters:  # plain use never imports peft
-                self.engine.adapters().activate([(lora["name"], lora["path"], lora["scale"]) for lora in params.loras])
+                self.engine.adapters().activate([(lora.name, lora.path, lora.scale) for lora in params.loras])
             self.engine.generate(params, on_step, should_stop, on_image)
         finally:
             if self._training is not None:
                 self._training.resume()
 
-    async def _train(self, request_id: str, raw_params: dict, send) -> None:
-        from .training_session import TrainingCancelled, TrainingSession
+    async def _train(self, request: TrainRequest, send: Callable[[Message], Awaitable[None]]) -> None:
+        from .training_session import TrainingSession
 
-        params = protocol.TrainParams.from_json(raw_params)
+        request_id = request.id
         if self._training is not None:
-            await send("error", id=request_id, code=protocol.ERROR_BUSY, message="a LoRA is already training")
+            await send(Error(id=request_id, code=ErrorCode.BUSY, message="a LoRA is already training"))
             return
-        await send("accepted", id=request_id)
+        await send(Accepted(id=request_id))
         await self._ready.wait()
         if self.engine.accel.quant != "none":
-            await send("error", id=request_id, code=protocol.ERROR_BAD_REQUEST,
-                       message=f"LoRA training needs the bf16 model; this worker runs quantized "
-                               f"({self.engine.accel.quant}: ZIMAGE_QUANT / ZIMAGE_VRAM)")
+            await send(Error(id=request_id, code=ErrorCode.UNSUPPORTED,
+                             message=f"LoRA training needs the bf16 model; this worker runs quantized "
+                                     f"({self.engine.accel.quant}: ZIMAGE_QUANT / ZIMAGE_VRAM)"))
             return
         started = time.perf_counter()
         session = None
         try:
-            session = TrainingSession(self.engine.pipe, params, self.engine.device, self._gpu, self._encoder,
+            session = TrainingSession(self.engine.pipe, request.params, self.engine.device, self._gpu, self._encoder,
                                       cuda_graphs=self.engine.accel.train_graphs)
             self._training = session
-            await session.run(lambda op, **fields: send(op, id=request_id, **fields),
-                              cancelled=lambda: request_id in self._cancelled)
-            await send("done", id=request_id, seconds=round(time.perf_counter() - started, 3))
-        except TrainingCancelled:
-            await send("error", id=request_id, code=protocol.ERROR_CANCELLED, message="cancelled")
+            await session.run(request_id, send, cancelled=lambda: request_id in self._cancelled)
+            await send(Done(id=request_id, seconds=round(time.perf_counter() - started, 3)))
         except asyncio.CancelledError:
             self._cancelled.add(request_id)
             raise
         except Exception as exc:  # noqa: BLE001 - every failure must reach the bot as a reply
-            await self._send_error(send, request_id, exc)
+            await send(error_reply(request_id, exc))
         finally:
             self._cancelled.discard(request_id)
             try:
@@ -239,24 +286,28 @@ class WorkerServer:
                                             self.engine.warm_up_adapters)
 
     @staticmethod
-    async def _send_error(send, request_id: str, exc: Exception) -> None:
-        """Map an exception to a protocol error code: the one place the worker does so."""
-        if isinstance(exc, GenerationCancelled):
-            await send("error", id=request_id, code=protocol.ERROR_CANCELLED, message="cancelled")
-            return
-        if "AdapterError" in type(exc).__name__:
-            code = protocol.ERROR_BAD_REQUEST
-        elif "out of memory" in str(exc).lower():
-            code = protocol.ERROR_OUT_OF_MEMORY
-        else:
-            code = protocol.ERROR_INTERNAL
-            log.error("request %s failed", request_id, exc_info=exc)
-        await send("error", id=request_id, code=code, message=f"{type(exc).__name__}: {exc}"[:500])
-
-    @staticmethod
-    async def _send_image(send, request_id: str, result: GeneratedImage, encoded) -> None:
+    async def _send_image(send, request_id: str, result: GeneratedImage, encoded: Future) -> None:
         png = await asyncio.wrap_future(encoded)
-        await send("image", png, id=request_id, index=result.index, seed=result.seed)
+        await send(ImageReady(id=request_id, index=result.index, seed=result.seed, png=png))
+
+
+def error_reply(request_id: str, exc: BaseException) -> Error:
+    """Map an exception to an Error reply by its type: the one place the worker does so.
+
+    A UserError's message is meant for users and goes as it is; anything else is internal (or out of
+    memory) and only its type and message travel, for the bot's log."""
+    if isinstance(exc, UserError):
+        return Error(id=request_id, code=exc.code, message=str(exc)[:500])
+    if _is_out_of_memory(exc):
+        return Error(id=request_id, code=ErrorCode.OUT_OF_MEMORY, message=str(exc)[:500])
+    log.error("request %s failed", request_id, exc_info=exc)
+    return Error(id=request_id, code=ErrorCode.INTERNAL, message=f"{type(exc).__name__}: {exc}"[:500])
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    import torch  # already loaded in a worker; not imported by the protocol tests
+
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
 def socket_is_live(path: Path) -> bool:

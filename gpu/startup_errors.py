@@ -13,6 +13,8 @@ import sys
 from collections.abc import Iterator
 from enum import IntEnum
 
+from zimage_protocol.constants import DEFAULT_MODEL
+
 
 class WorkerExit(IntEnum):
     SOCKET = 2  # the socket is served by another worker, or cannot be bound
@@ -21,7 +23,7 @@ class WorkerExit(IntEnum):
     OUT_OF_MEMORY = 5  # out of GPU (or host) memory while loading
 
 
-DEFAULT_MODEL_SIZE = {"Tongyi-MAI/Z-Image-Turbo": "~20 GB"}
+DEFAULT_MODEL_SIZE = {DEFAULT_MODEL: "~20 GB"}
 
 
 def _download_hint(model: str) -> str:

@@ -13,10 +13,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from zimage_protocol.constants import tiny_model_dir_name
+
 log = logging.getLogger(__name__)
 
 # Bumped whenever the tiny architecture changes, so an old saved copy is rebuilt.
-TINY_VERSION = "1"
 
 # Qwen-style chat template; the pipeline calls apply_chat_template(..., enable_thinking=True).
 CHAT_TEMPLATE = (
@@ -120,7 +121,7 @@ def build_tiny_pipeline():
 
 def ensure_tiny_model(models_dir: Path) -> Path:
     """Build and save the tiny pipeline once; return the folder to load it from."""
-    target = models_dir / f"tiny-v{TINY_VERSION}"
+    target = models_dir / tiny_model_dir_name()
     if (target / "model_index.json").exists():
         return target
     models_dir.mkdir(parents=True, exist_ok=True)

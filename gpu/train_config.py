@@ -9,13 +9,17 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields
 
+from zimage_protocol import ErrorCode, UserError
+
 TIMESTEP_SAMPLING = ("sigmoid", "shift", "uniform")
 
 __all__ = ["TIMESTEP_SAMPLING", "TrainConfig", "TrainerError"]
 
 
-class TrainerError(Exception):
+class TrainerError(UserError):
     """Training cannot go on; the message can be shown to the user."""
+
+    code = ErrorCode.TRAINING
 
 
 @dataclass

@@ -17,15 +17,19 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from zimage_protocol import ErrorCode, UserError
+from zimage_protocol.constants import MAX_SEQUENCE_LENGTH
+
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
 MAX_ASPECT = 2.0  # widest bucket: 2:1 (and 1:2)
-MAX_SEQUENCE_LENGTH = 512  # the pipeline's prompt limit
 
 
-class DatasetError(Exception):
+class DatasetError(UserError):
     """The dataset cannot be used; the message can be shown to the user."""
+
+    code = ErrorCode.TRAINING
 
 
 @dataclass(frozen=True)

@@ -15,18 +15,20 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from pathlib import Path
 
-from . import protocol
+from zimage_protocol.errors import Cancelled
+from zimage_protocol.messages import CheckpointReady, Message, TrainParams, TrainProgress
+
 from .png import encode_png
 
 log = logging.getLogger(__name__)
 
 
-class TrainingCancelled(Exception):
+class TrainingCancelled(Cancelled):
     pass
 
 
 class TrainingSession:
-    def __init__(self, pipe, params: protocol.TrainParams, device: str, gpu: Executor, encoder: Executor,
+    def __init__(self, pipe, params: TrainParams, device: str, gpu: Executor, encoder: Executor,
                  cuda_graphs: bool = False):
         from .train_graphs import TrainingGraphs
         from .trainer import LoraTrainer, TrainConfig
@@ -40,7 +42,7 @@ class TrainingSession:
     async def _on_gpu(self, function: Callable):
         return await asyncio.get_running_loop().run_in_executor(self._gpu, function)
 
-    async def run(self, send: Callable[..., Awaitable[None]], cancelled: Callable[[], bool]) -> None:
+    async def run(self, request_id: str, send: Callable[[Message], Awaitable[None]], cancelled: Callable[[], bool]) -> None:
         """Train to the configured step count, sending progress and checkpoints; resumes if it can."""
         await self._on_gpu(self.trainer.prepare)
         total = self.config.steps
@@ -53,12 +55,12 @@ class TrainingSession:
             recent = (recent + [time.perf_counter() - started])[-20:]
             seconds_per_step = sum(recent) / len(recent)
             step = self.trainer.step_count
-            await send("train_progress", step=step, total=total, loss=round(float(loss), 6),
-                       seconds_per_step=round(seconds_per_step, 4))
+            await send(TrainProgress(id=request_id, step=step, total=total, loss=round(float(loss), 6),
+                                     seconds_per_step=round(seconds_per_step, 4)))
             if step % self.config.checkpoint_every == 0 or step == total:
-                await self._checkpoint(send, total)
+                await send(await self._checkpoint(request_id, total))
 
-    async def _checkpoint(self, send, total: int) -> None:
+    async def _checkpoint(self, request_id: str, total: int) -> CheckpointReady:
         checkpoint = await self._on_gpu(self.trainer.save_checkpoint)
         sample = await self._on_gpu(self.trainer.sample)
         folder = Path(checkpoint.path)
@@ -68,9 +70,10 @@ class TrainingSession:
         sample_png = await loop.run_in_executor(self._encoder, encode_png, sample, metadata)
         loss_png = await loop.run_in_executor(self._encoder, self.trainer.loss_curve_png)
         await loop.run_in_executor(self._encoder, _write_files, folder, sample_png, loss_png)
-        await send("checkpoint", step=checkpoint.step, total=total, loss=round(float(checkpoint.loss), 6),
-                   seconds_per_step=round(float(checkpoint.seconds_per_step), 4), lora_file=str(checkpoint.lora_file),
-                   sample_png=str(folder / "sample.png"), loss_png=str(folder / "loss.png"))
+        return CheckpointReady(id=request_id, step=checkpoint.step, total=total, loss=round(float(checkpoint.loss), 6),
+                               seconds_per_step=round(float(checkpoint.seconds_per_step), 4),
+                               lora_file=str(checkpoint.lora_file), sample_png=str(folder / "sample.png"),
+                               loss_png=str(folder / "loss.png"))
 
     async def close(self) -> None:
         await self._on_gpu(self.trainer.close)

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
 import shutil
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from databases import BACKENDS, migrated_database
 
 from bot import check
 from bot.db.migrate import upgrade_to_head
 from bot.settings import load_settings
+from bot_process import free_port
 from gpu import model_files, profiles
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,16 +90,35 @@ def test_a_complete_and_an_incomplete_pipeline_folder(tiny_models_dir, tmp_path)
     assert model_files.pipeline_status(tmp_path).problem.startswith("no model_index.json")
 
 
-def test_database_at_head_and_at_an_unknown_revision(tmp_path):
+def test_a_database_not_created_yet(tmp_path):
     settings = load_settings({"DISCORD_TOKEN": TOKEN, "DATA_DIR": str(tmp_path)}, dotenv_path=None)
-    assert "does not exist yet" in check.check_database(settings).detail and not (tmp_path / "zimage.db").exists()
-    upgrade_to_head(settings.sync_database_url)
     result = check.check_database(settings)
-    assert result.ok and "migrated to head" in result.detail
-    with sqlite3.connect(tmp_path / "zimage.db") as db:
-        db.execute("UPDATE alembic_version SET version_num = 'f00d'")
+    assert result.ok and "does not exist yet" in result.detail and not (tmp_path / "zimage.db").exists()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_database_at_head_and_at_an_unknown_revision(backend, tmp_path):
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    async with migrated_database(backend, tmp_path) as url:
+        settings = load_settings({"DISCORD_TOKEN": TOKEN, "DATA_DIR": str(tmp_path), "DATABASE_URL": url}, dotenv_path=None)
+        result = await asyncio.to_thread(check.check_database, settings)
+        assert result.ok and "reachable, migrated to head" in result.detail, result.line()
+        engine = create_async_engine(url)
+        async with engine.begin() as connection:
+            await connection.execute(text("UPDATE alembic_version SET version_num = 'f00d'"))
+        await engine.dispose()
+        result = await asyncio.to_thread(check.check_database, settings)
+        assert not result.ok and "at revision f00d, which this version does not know" in result.detail
+
+
+def test_an_unreachable_database(tmp_path):
+    url = f"postgresql+asyncpg://zimage:secret@127.0.0.1:{free_port()}/zimage"
+    settings = load_settings({"DISCORD_TOKEN": TOKEN, "DATA_DIR": str(tmp_path), "DATABASE_URL": url}, dotenv_path=None)
     result = check.check_database(settings)
-    assert not result.ok and "at revision f00d, which this version does not know" in result.detail
+    assert not result.ok and result.detail.startswith(f"cannot connect to {url.replace('secret', '***')}: ")
+    assert "secret" not in result.line() and "\n" not in result.line()
 
 
 def test_too_little_disk(tmp_path):

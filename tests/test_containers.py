@@ -54,8 +54,8 @@ def test_only_the_worker_gets_the_gpu_and_postgres_is_optional():
     assert services["postgres"]["profiles"] == ["postgres"] and "profiles" not in services["bot"]
     assert services["bot"]["depends_on"]["postgres"]["required"] is False
     env = services["postgres"]["environment"]
-    example = re.search(r"DATABASE_URL=(postgresql\+psycopg://\S+)", (ROOT / "docker-compose.yml").read_text()).group(1)
-    assert example == f"postgresql+psycopg://{env['POSTGRES_USER']}:zimage@postgres/{env['POSTGRES_DB']}"
+    example = re.search(r"DATABASE_URL=(postgresql\+asyncpg://\S+)", (ROOT / "docker-compose.yml").read_text()).group(1)
+    assert example == f"postgresql+asyncpg://{env['POSTGRES_USER']}:zimage@postgres/{env['POSTGRES_DB']}"
 
 
 def test_the_image_installs_the_locked_versions_as_a_user():
@@ -69,7 +69,7 @@ def test_the_image_installs_the_locked_versions_as_a_user():
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     requirements = [Requirement(line) for line in done.stdout.splitlines()]
     pins = read_lock()
-    assert {"torch", "torchao", "bitsandbytes", "psycopg"} <= {canonicalize_name(r.name) for r in requirements}
+    assert {"torch", "torchao", "bitsandbytes", "asyncpg"} <= {canonicalize_name(r.name) for r in requirements}
     assert all(r.specifier.contains(pins[canonicalize_name(r.name)], prereleases=True) for r in requirements)
 
 

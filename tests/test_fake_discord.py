@@ -217,8 +217,11 @@ async def test_attachment_edit_semantics_and_cdn(env):
     assert [a.content_type for a in added.attachments] == ["application/zip", "text/plain"]
     replaced = await added.edit(content="text only", attachments=[])
     assert replaced.attachments == [] and fake.messages[sent.id].edits == 3
+    assert len(fake.edit_times(sent.id)) == 3
 
     reply = await sent.reply("a reply")
+    # five messages in the channel's 5-per-5-s bucket: discord.py read Remaining 0 and waited by itself
+    assert fake.ratelimiter.emptied["channel_messages"] == 1 and not fake.sent_429
     assert fake.messages[reply.id].referenced_message_id == sent.id and reply.type == discord.MessageType.reply
     with pytest.raises(discord.HTTPException) as info:
         await channel.send(file=discord.File(io.BytesIO(b"x" * (fake.attachment_size_limit + 1)), "big.bin"))
@@ -333,6 +336,7 @@ async def test_rate_limits_are_retried(env):
 
     sent = await bot.get_channel(fake.channel_id).send("after a 429")  # HTTPClient, not the webhook adapter
     assert channel_rule.hits == 1 and fake.messages[sent.id].content == "after a 429"
+    assert fake.sent_429 == {"injected": 3}  # the buckets themselves never had to answer 429
 
     fake.inject_error("POST", r"^/channels/\d+/messages$", 403, 50013, "Missing Permissions")
     with pytest.raises(discord.Forbidden) as info:

@@ -143,7 +143,8 @@ def test_compiled_switching(tiny_models_dir, loras, manager):
 
 
 def test_worker_lora_settings():
-    from gpu.adapters import LoraSettings, LoraSettingsError
+    from gpu.adapters import LoraSettings
+    from zimage_protocol.settings import SettingsError
 
     assert LoraSettings.from_env(compiled=True, environ={}) == LoraSettings(True, 3, 64, 2048 << 20)
     assert not LoraSettings.from_env(compiled=False, environ={}).hotswap
@@ -155,7 +156,7 @@ def test_worker_lora_settings():
     assert LoraSettings.from_env(compiled=True, environ={"TRAIN_RANK": "128"}).max_rank == 128  # trained LoRAs fit
     for bad, name in (({"LORA_HOTSWAP": "yes"}, "LORA_HOTSWAP"), ({"LORA_MAX_STACK": "9"}, "LORA_MAX_STACK"),
                       ({"LORA_MAX_RANK": "0"}, "LORA_MAX_RANK"), ({"LORA_CACHE_MB": "lots"}, "LORA_CACHE_MB")):
-        with pytest.raises(LoraSettingsError, match=name):
+        with pytest.raises(SettingsError, match=name):
             LoraSettings.from_env(compiled=True, environ=bad)
 
 

@@ -19,7 +19,7 @@ from gpu.adapters import AdapterManager
 from tests.tiny_helpers import tiny_image
 
 HEADER = Settings.lora_max_header_bytes
-LIMITS = {"max_bytes": Settings.lora_max_bytes, "max_header": HEADER, "max_rank": Settings.lora_max_rank}
+LIMITS = {"max_bytes": Settings.lora_max_bytes, "max_header": HEADER, "max_rank": Settings.lora.max_rank}
 
 
 def convert(source: Path, dest: Path, layers: dict, **limits) -> lora_import.ImportResult:

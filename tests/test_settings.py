@@ -53,13 +53,13 @@ def test_lora_library_defaults_and_values(tmp_path):
     base = {"DISCORD_TOKEN": "t", "DATA_DIR": str(tmp_path)}
     settings = load_settings(base, dotenv_path=None)
     assert (settings.lora_max_bytes, settings.lora_max_header_bytes) == (1024 << 20, 1024 << 10)
-    assert (settings.lora_max_stack, settings.lora_default_scale) == (3, 0.8)
-    assert (settings.lora_download_timeout, settings.lora_max_rank) == (300, 64)
+    assert (settings.lora.max_stack, settings.lora_default_scale) == (3, 0.8)
+    assert (settings.lora_download_timeout, settings.lora.max_rank) == (300, 64)
     settings = load_settings({**base, "LORA_MAX_MB": "2", "LORA_MAX_HEADER_KB": "3", "LORA_MAX_STACK": "8",
                               "LORA_DEFAULT_SCALE": "2", "LORA_DOWNLOAD_TIMEOUT": "30", "LORA_MAX_RANK": "256"}, dotenv_path=None)
     assert (settings.lora_max_bytes, settings.lora_max_header_bytes) == (2 << 20, 3 << 10)
-    assert (settings.lora_max_stack, settings.lora_default_scale) == (8, 2.0)
-    assert (settings.lora_download_timeout, settings.lora_max_rank) == (30, 256)
+    assert (settings.lora.max_stack, settings.lora_default_scale) == (8, 2.0)
+    assert (settings.lora_download_timeout, settings.lora.max_rank) == (30, 256)
 
 
 def test_dotenv_file_is_read_and_environment_wins(tmp_path, monkeypatch):

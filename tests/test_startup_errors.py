@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 async def run_bot(data_dir: Path, **env: str) -> tuple[int, list[str], str]:
+    data_dir.chmod(0o700)  # as the bot leaves it: otherwise it warns that it made DATA_DIR private
     base = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1",
             "DISCORD_TOKEN": "MTIz.NDU2.Nzg5", "DATA_DIR": str(data_dir), "ZIMAGE_MODEL": "tiny",
             "LOG_LEVEL": "WARNING", "HTTP_PORT": str(free_port())}

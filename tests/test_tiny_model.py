@@ -3,7 +3,8 @@
 import json
 
 from gpu.engine import resolve_model_path
-from gpu.tiny import TINY_VERSION, build_tokenizer
+from gpu.tiny import build_tokenizer
+from zimage_protocol.constants import TINY_VERSION
 
 
 def test_tiny_is_saved_as_a_diffusers_pipeline(data_dir):

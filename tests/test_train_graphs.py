@@ -179,8 +179,8 @@ def test_generation_after_close_leaves_the_closed_trainer_alone(pipe, dataset, t
     """The worker closes a session on the GPU thread while a generation may be queued behind it."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from gpu.protocol import TrainParams
     from gpu.training_session import TrainingSession
+    from zimage_protocol.messages import TrainParams
 
     with ThreadPoolExecutor(1) as gpu:
         params = TrainParams(str(dataset), str(tmp_path / "session"), config().to_json())

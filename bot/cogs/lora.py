@@ -21,6 +21,8 @@ from discord import app_commands
 from discord.ext import commands
 from sqlalchemy.exc import IntegrityError
 
+from zimage_protocol.constants import LORA_FILE
+
 from .. import lora_import as lib
 from ..attachments import save_attachment
 from ..db.loras import StackFull
@@ -151,10 +153,10 @@ class LoraCog(commands.GroupCog, group_name="lora", group_description="Your LoRA
                 await download_zip(url, incoming, max_bytes=max_bytes, timeout=settings.lora_download_timeout)
             layers = await asyncio.to_thread(lambda: lib.expected_layers(lib.transformer_config(settings.zimage_model,
                                                                                                 settings.data_dir)))
-            result = await asyncio.to_thread(lib.convert, incoming, folder / lib.LORA_FILE, layers, max_bytes=max_bytes,
-                                             max_header=settings.lora_max_header_bytes, max_rank=settings.lora_max_rank)
+            result = await asyncio.to_thread(lib.convert, incoming, folder / LORA_FILE, layers, max_bytes=max_bytes,
+                                             max_header=settings.lora_max_header_bytes, max_rank=settings.lora.max_rank)
             lora = await self.bot.loras.create(guild_id=interaction.guild_id, owner_id=interaction.user.id, name=name,
-                                               rank=result.rank, job_id=None, path=str(folder / lib.LORA_FILE),
+                                               rank=result.rank, job_id=None, path=str(folder / LORA_FILE),
                                                source=result.format, origin=(file.filename if file else url)[:500])
             done = True
             return lora, result
@@ -281,7 +283,7 @@ class LoraCog(commands.GroupCog, group_name="lora", group_description="Your LoRA
         settings = self.bot.settings
         scale = settings.lora_default_scale if scale is None else scale
         try:
-            await self.bot.loras.use(interaction.user.id, interaction.guild_id, lora.id, scale, settings.lora_max_stack)
+            await self.bot.loras.use(interaction.user.id, interaction.guild_id, lora.id, scale, settings.lora.max_stack)
         except StackFull as full:
             raise UserFacingError(f"You already stack {len(full.args[0])} LoRAs ({', '.join(full.args[0])}), the most "
                                   f"allowed at once. `/lora clear name` one of them first.") from None

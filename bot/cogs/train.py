@@ -62,7 +62,7 @@ class TrainCog(commands.Cog):
             channel_id=interaction.channel_id, params=params, interaction_id=interaction.id,
             interaction_token=interaction.token,
             status=JobStatus.AWAITING_APPROVAL if guild.approve_training else JobStatus.QUEUED)
-        device = str(self.bot.worker.hello.get("device", "cuda"))
+        device = self.bot.worker.device or "cuda"
         estimate = config["steps"] * SECONDS_PER_STEP.get(device, 0.5)
         await interaction.edit_original_response(
             content=f"✅ {summary}\nTraining job #{job.id} for `{name}`: {config['steps']} steps, "

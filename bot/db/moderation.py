@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-import re
+import asyncio
 from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import delete, select
 
+from .. import blocklist
+from ..blocklist import prompt_matches as prompt_matches  # re-exported: their old import path
+from ..blocklist import valid_pattern as valid_pattern
 from .jobs import JobStore
 from .models import AuditEntry, Ban, BlockedPattern, GuildSettings, utcnow
 
@@ -103,10 +106,12 @@ class ModerationStore:
     async def blocked_match(self, guild_id: int | None, prompt: str) -> BlockMatch | None:
         if guild_id is None:
             return None
-        for pattern in await self.blocklist(guild_id):
-            if prompt_matches(pattern, prompt):
-                return BlockMatch(pattern)
-        return None
+        patterns = await self.blocklist(guild_id)
+        if not patterns:
+            return None
+        # In a worker thread: moderators' regexes are bounded in time (bot/blocklist.py), not free.
+        pattern = await asyncio.to_thread(blocklist.first_match, patterns, prompt)
+        return BlockMatch(pattern) if pattern is not None else None
 
     # --- audit -------------------------------------------------------------------------------
 
@@ -122,26 +127,3 @@ class ModerationStore:
                                          .order_by(AuditEntry.id.desc()).limit(limit))
             return list(rows)
 
-
-def prompt_matches(pattern: str, prompt: str) -> bool:
-    """`re:<regex>` is a regular expression; anything else is a whole word or phrase, any case."""
-    if pattern.startswith("re:"):
-        try:
-            return re.search(pattern[3:], prompt, re.IGNORECASE) is not None
-        except re.error:
-            return False
-    return re.search(rf"(?<!\w){re.escape(pattern)}(?!\w)", prompt, re.IGNORECASE) is not None
-
-
-def valid_pattern(pattern: str) -> str | None:
-    """An error message for a pattern that can't be used, or None."""
-    if not pattern.strip():
-        return "The pattern is empty."
-    if len(pattern) > 200:
-        return "Patterns are at most 200 characters."
-    if pattern.startswith("re:"):
-        try:
-            re.compile(pattern[3:])
-        except re.error as exc:
-            return f"That regular expression does not compile: {exc}"
-    return None

@@ -42,6 +42,9 @@ class IntakeLimits:
     min_images: int = 10
     max_images: int = 500
     max_pixels: int = 40_000_000  # per image, checked on the header before decoding
+    # Pixels decoded for the whole archive (a JPEG counts at its reduced draft size): about 330 full
+    # 12 MP HEIC photos or 1,300 camera JPEGs. Images past it are skipped and named in the report.
+    max_decoded_pixels: int = 4_000_000_000
     longest_edge: int = 1024
     min_edge: int = 64  # shorter edge below this: skipped as too small
 
@@ -64,11 +67,18 @@ def precheck_directory(zip_path: Path, limits: IntakeLimits) -> None:
         raise IntakeError(f"The archive has too many files (the limit is {limits.max_entries}).")
 
 
-def check_entries(infos: list[zipfile.ZipInfo], limits: IntakeLimits) -> None:
+def check_entries(infos: list[zipfile.ZipInfo], limits: IntakeLimits, archive_size: int | None = None) -> None:
     if len(infos) > limits.max_entries:
         raise IntakeError(f"The archive has {len(infos)} files; the limit is {limits.max_entries}.")
+    # Entries whose compressed bytes add up to more than the archive share bytes (the overlapping-entries
+    # zip bomb; Python before 3.12 does not detect it). It also keeps compress_size honest for the
+    # pixels-per-byte bomb check of the images.
+    if archive_size is not None and sum(info.compress_size for info in infos) > archive_size:
+        raise IntakeError("The archive's files overlap each other (a zip bomb); it was refused.")
     total = 0
     for info in infos:
+        if not info.filename:  # a zero-length name (or one cut at a NUL byte): nothing sane can hold it
+            raise IntakeError("The archive has a file without a name: it is damaged.")
         shown = display_name(info.filename)
         parts = info.filename.replace("\\", "/").split("/")
         if info.filename.startswith(("/", "\\")) or re.match(r"[A-Za-z]:", info.filename):

@@ -30,6 +30,19 @@ CORRUPT = "corrupt or truncated image"
 UNSUPPORTED = "unsupported image format"
 NESTED_ARCHIVE = "nested archive"
 NO_HEIC = "HEIC support not installed"
+BOMB = "too many pixels for its file size"
+OVER_BUDGET = "over the archive's decoding budget"
+
+# Decompression bombs: a 5 KB PNG can declare 40 MP, and decoding it costs a second of CPU and 40 MB+.
+# What a decode costs is known from the header before it starts (for a JPEG, at the reduced draft
+# size), so an image is refused when it decodes to more than _MAX_PIXELS_PER_BYTE pixels per byte
+# the member actually uploaded for it. Real photos are far below: a camera JPEG or phone HEIC holds
+# 2-10 pixels per byte, a flat PNG screenshot a few dozen; the bomb above holds 8,000. Smaller
+# images are cheap enough to decode whatever their ratio (a plain-colour 3000 x 1500 PNG is a few
+# KB), so the ratio only applies above _BOMB_MIN_PIXELS; what all the images of an archive may
+# cost together is bounded by the caller's pixel budget (IntakeLimits.max_decoded_pixels).
+_MAX_PIXELS_PER_BYTE = 64
+_BOMB_MIN_PIXELS = 8_000_000
 
 # Pillow plugins allowed for each detected format (MPO: multi-picture JPEGs from many cameras).
 _FORMATS = {"JPEG": ("JPEG", "MPO"), "PNG": ("PNG",), "WEBP": ("WEBP",), "HEIF": ("HEIF",)}
@@ -46,17 +59,19 @@ _OPEN_LOCK = threading.Lock()
 
 
 class Rejected(Exception):
-    """The file is not used; `reason` is short and user-facing."""
+    """The file is not used; `reason` is short and user-facing. `decoded_pixels`: what decoding it cost
+    before it failed (a truncated image is refused only after most of it was decoded)."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, decoded_pixels: int = 0) -> None:
         super().__init__(reason)
-        self.reason = reason
+        self.reason, self.decoded_pixels = reason, decoded_pixels
 
 
 @dataclass(frozen=True)
 class Photo:
     image: Image.Image  # RGB, longest edge <= the limit
     digest: str  # sha256 of the final pixels and size (exact-duplicate detection)
+    decoded_pixels: int  # what decoding cost (JPEG: at the draft size), for the archive's budget
 
 
 def too_large_reason(max_pixels: int) -> str:
@@ -98,11 +113,15 @@ def sniff(data: bytes) -> str | None:
     return None
 
 
-def load_photo(data: bytes, *, ext: str, max_pixels: int, longest_edge: int, min_edge: int) -> Photo:
+def load_photo(data: bytes, *, ext: str, max_pixels: int, longest_edge: int, min_edge: int,
+               stored_size: int | None = None, pixel_budget: int | None = None) -> Photo:
     """Decode `data` (the whole file), apply EXIF orientation, convert to RGB and shrink it.
 
     `ext` is the lower-case extension of the entry, used only to name a nested archive that the
-    content sniffing can't see (e.g. an empty .zip). Raises Rejected.
+    content sniffing can't see (e.g. an empty .zip). `stored_size` is what the member uploaded for
+    it (the compressed size in the zip; default len(data)): the pixels-per-byte bomb check uses it.
+    `pixel_budget` is what the archive may still spend on decoding. Everything is checked on the
+    header before any pixel is decoded. Raises Rejected.
     """
     kind = sniff(data)
     if kind == "ARCHIVE" or (kind is None and ext in _ARCHIVE_EXTS):
@@ -135,17 +154,23 @@ def load_photo(data: bytes, *, ext: str, max_pixels: int, longest_edge: int, min
         try:
             if kind == "JPEG":  # decode at 1/2, 1/4 or 1/8 scale when that stays >= longest_edge
                 im.draft(None, (longest_edge, longest_edge))
-            im.load()
-            out = _normalise(im, longest_edge)
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise Rejected(too_large) from None
-        except MemoryError:
-            raise Rejected(too_large) from None
         except Exception:
             raise Rejected(CORRUPT) from None
+        decoded = im.width * im.height  # after draft(): the size load() will allocate
+        if decoded > _BOMB_MIN_PIXELS and decoded > _MAX_PIXELS_PER_BYTE * (stored_size or len(data)):
+            raise Rejected(BOMB)
+        if pixel_budget is not None and decoded > pixel_budget:
+            raise Rejected(OVER_BUDGET)
+        try:
+            im.load()
+            out = _normalise(im, longest_edge)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning, MemoryError):
+            raise Rejected(too_large, decoded) from None
+        except Exception:
+            raise Rejected(CORRUPT, decoded) from None
 
     digest = hashlib.sha256(f"{out.width}x{out.height}:".encode() + out.tobytes()).hexdigest()
-    return Photo(image=out, digest=digest)
+    return Photo(image=out, digest=digest, decoded_pixels=decoded)
 
 
 def _normalise(im: Image.Image, longest_edge: int) -> Image.Image:

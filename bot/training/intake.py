@@ -10,9 +10,11 @@ lie), decodes the photos with `bot.training.images` and writes them under genera
 
 Nothing is ever extracted by its own name. Work happens in a hidden staging folder inside job_dir
 that is renamed to images/ only on success and removed on failure. Synchronous: call it through
-`asyncio.to_thread`. Duplicates are found by a SHA-256 of the final decoded pixels (after
-orientation, RGB conversion and resizing), so re-encoded copies and copies with other metadata
-are dropped too. The PNGs carry no metadata (EXIF, GPS, ...).
+`asyncio.to_thread`. Duplicates are found in two steps: byte-identical files by a SHA-256 of their
+bytes, before anything is decoded; then re-encoded copies and copies with other metadata by a
+SHA-256 of the final decoded pixels (after orientation, RGB conversion and resizing to the training
+size). Decoding is bounded before it starts, per image (bot.training.images) and for the whole
+archive (IntakeLimits.max_decoded_pixels). The PNGs carry no metadata (EXIF, GPS, ...).
 
 This module sorts and converts the entries (photos, caption files, skipped files) and reports on
 them; the zip-level checks and the bounded reader are in bot/training/archive.py, whose
@@ -21,6 +23,7 @@ them; the zip-level checks and the bounded reader are in bot/training/archive.py
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -64,6 +67,8 @@ _NOUNS = {  # reason -> (singular, plural) for the summary
     ),
     images.NESTED_ARCHIVE: ("nested archive (not opened)", "nested archives (not opened)"),
     images.NO_HEIC: ("HEIC photo (HEIC support not installed)", "HEIC photos (HEIC support not installed)"),
+    images.BOMB: ("image with too many pixels for its file size", "images with too many pixels for their file size"),
+    images.OVER_BUDGET: ("image over the archive's decoding budget", "images over the archive's decoding budget"),
     DUPLICATE: ("duplicate", "duplicates"),
     ORPHAN_TEXT: ("text file without a matching image", "text files without a matching image"),
     UNSUPPORTED_COMPRESSION: ("file with an unsupported compression method", "files with an unsupported compression method"),
@@ -141,7 +146,7 @@ def prepare_dataset(
     try:
         with zf:
             infos = zf.infolist()
-            check_entries(infos, limits)
+            check_entries(infos, limits, archive_size)
             report = _unpack(zf, infos, staging, root, caption, name.strip(), limits)
         _inside(root, images_dir)
         os.rename(staging / "images", images_dir)
@@ -196,7 +201,9 @@ def _unpack(
     out_dir = _inside(root, staging / "images")
     out_dir.mkdir()
     entries: list[dict] = []
-    seen: set[str] = set()
+    seen: set[str] = set()  # digests of the decoded pixels of accepted images
+    verdicts: dict[bytes, str] = {}  # a file's bytes (digest) -> what a copy of it gets, without decoding
+    budget = limits.max_decoded_pixels
     claimed = {_caption_key(PurePosixPath(info.filename.replace("\\", "/"))) for info in candidates}
     duplicates = from_files = 0
     for info in candidates:
@@ -205,13 +212,26 @@ def _unpack(
             continue
         path = PurePosixPath(info.filename.replace("\\", "/"))
         try:
-            photo = _load(reader, info, path, limits)
+            data = reader.read(info)
         except NotImplementedError:
             skipped.append((info.filename, UNSUPPORTED_COMPRESSION))
             continue
+        file_digest = hashlib.sha256(data).digest()
+        if file_digest in verdicts:  # a byte-identical copy: the first one's verdict, not decoded again
+            duplicates += verdicts[file_digest] == DUPLICATE
+            skipped.append((info.filename, verdicts[file_digest]))
+            continue
+        try:
+            photo = images.load_photo(data, ext=path.suffix.casefold(), max_pixels=limits.max_pixels,
+                                      longest_edge=limits.longest_edge, min_edge=limits.min_edge,
+                                      stored_size=info.compress_size, pixel_budget=budget)
         except images.Rejected as rejected:
+            budget -= rejected.decoded_pixels
+            verdicts[file_digest] = rejected.reason  # the budget only shrinks: a copy gets the same verdict
             skipped.append((info.filename, rejected.reason))
             continue
+        budget -= photo.decoded_pixels
+        verdicts[file_digest] = DUPLICATE
         if photo.digest in seen:
             duplicates += 1
             skipped.append((info.filename, DUPLICATE))
@@ -263,16 +283,6 @@ def _unpack(
     )
 
 
-def _load(reader: BoundedReader, info: zipfile.ZipInfo, path: PurePosixPath, limits: IntakeLimits) -> images.Photo:
-    return images.load_photo(
-        reader.read(info),
-        ext=path.suffix.casefold(),
-        max_pixels=limits.max_pixels,
-        longest_edge=limits.longest_edge,
-        min_edge=limits.min_edge,
-    )
-
-
 def _write_png(photo: images.Photo, path: Path) -> None:
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
     fd = os.open(path, flags, 0o644)
@@ -302,7 +312,12 @@ def _clean_caption(text: str) -> str:
 
 
 def _natural_key(name: str) -> list:
-    return [int(part) if part.isdigit() else part.casefold() for part in re.split(r"(\d+)", name)]
+    """img2 before img10. The odd parts of the split are the digit runs: compared by value as (length
+    without leading zeros, digits), never through int(), which refuses '²' (isdigit but not a decimal)
+    and runs of over 4300 digits. Every key alternates str and tuple, so any two keys compare."""
+    parts = re.split(r"(\d+)", name)
+    return [(len(part.lstrip("0")), part.lstrip("0"), part) if index % 2 else part.casefold()
+            for index, part in enumerate(parts)]
 
 
 def _count(n: int, singular: str, plural: str) -> str:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import discord
 
-from gpu import protocol
+from zimage_protocol.messages import CheckpointReady, TrainParams, TrainProgress
 
 from .. import render
 from ..db.models import Job, JobStatus
@@ -32,27 +32,28 @@ class TrainingLane:
 
     async def run(self, job: Job) -> None:
         runner = self.runner
-        params = protocol.TrainParams(dataset_dir=job.params["dataset_dir"], output_dir=job.params["output_dir"],
+        params = TrainParams(dataset_dir=job.params["dataset_dir"], output_dir=job.params["output_dir"],
                                       config=job.params["config"])
         await runner.delivery.edit_status(job, render.training_text(job, None))
         await runner.refresh_positions()
         interval = max(runner.settings.progress_interval, MIN_EDIT_INTERVAL)
         last_edit = 0.0
-        async for frame in runner.worker.train(runner.request_id(job), params):
-            if frame.op == "train_progress":
-                now = time.monotonic()
-                if now - last_edit >= interval:
-                    last_edit = now
-                    await runner.delivery.edit_status(job, render.training_text(job, frame.header))
-            elif frame.op == "checkpoint":
-                await self._post_checkpoint(job, frame.header)
+        async for message in runner.worker.train(runner.request_id(job), params):
+            match message:
+                case TrainProgress():
+                    now = time.monotonic()
+                    if now - last_edit >= interval:
+                        last_edit = now
+                        await runner.delivery.edit_status(job, render.training_text(job, message))
+                case CheckpointReady():
+                    await self._post_checkpoint(job, message)
         await runner.store.finish(job.id, JobStatus.DONE)
         await runner.delivery.edit_status(job, render.training_done_text(job))
 
-    async def _post_checkpoint(self, job: Job, checkpoint: dict) -> None:
+    async def _post_checkpoint(self, job: Job, checkpoint: CheckpointReady) -> None:
         runner = self.runner
-        lora_file = Path(checkpoint["lora_file"])
-        await runner.loras.set_checkpoint(job.params["lora_id"], str(lora_file), int(checkpoint["step"]))
+        lora_file = Path(checkpoint.lora_file)
+        await runner.loras.set_checkpoint(job.params["lora_id"], str(lora_file), checkpoint.step)
         sample, curve, lora_size = await asyncio.to_thread(_read_checkpoint, checkpoint)
         limit = int(job.params.get("upload_limit", 10 << 20))
         attach_lora = lora_size + len(sample) + len(curve) <= limit
@@ -61,16 +62,16 @@ class TrainingLane:
         name = job.params["name"]
 
         def files() -> list[discord.File]:
-            attached = [discord.File(io.BytesIO(sample), filename=f"{name}_step{checkpoint['step']}_sample.png"),
-                        discord.File(io.BytesIO(curve), filename=f"{name}_step{checkpoint['step']}_loss.png")]
+            attached = [discord.File(io.BytesIO(sample), filename=f"{name}_step{checkpoint.step}_sample.png"),
+                        discord.File(io.BytesIO(curve), filename=f"{name}_step{checkpoint.step}_loss.png")]
             if attach_lora:
-                attached.append(discord.File(io.BytesIO(lora_bytes), filename=f"{name}_step{checkpoint['step']}.safetensors"))
+                attached.append(discord.File(io.BytesIO(lora_bytes), filename=f"{name}_step{checkpoint.step}.safetensors"))
             return attached
 
         await runner.delivery.post_extra(job, render.checkpoint_text(job, checkpoint, link), files)
 
 
-def _read_checkpoint(checkpoint: dict) -> tuple[bytes, bytes, int]:
+def _read_checkpoint(checkpoint: CheckpointReady) -> tuple[bytes, bytes, int]:
     """Blocking: runs in a thread."""
-    return (Path(checkpoint["sample_png"]).read_bytes(), Path(checkpoint["loss_png"]).read_bytes(),
-            Path(checkpoint["lora_file"]).stat().st_size)
+    return (Path(checkpoint.sample_png).read_bytes(), Path(checkpoint.loss_png).read_bytes(),
+            Path(checkpoint.lora_file).stat().st_size)

@@ -57,8 +57,9 @@ def phase_child(args) -> dict:
 
 def _warm_start(args, cfg: dict, marks: dict, pipe) -> dict:
     """ImageEngine.load (of `pipe`, or from --model-dir as the worker loads) + warm_up + first image."""
+    from zimage_protocol.messages import GenerateParams
+
     from ..engine import ImageEngine
-    from ..protocol import GenerateParams
 
     spawned_at = args.spawned_at
     engine = ImageEngine(str(args.model_dir) if pipe is None else "bench", args.data_dir)

@@ -213,8 +213,9 @@ def run_ours(pipe, cfg: dict, queue, data_dir: Path, model_name: str) -> tuple[d
     """The worker's own path: ImageEngine.load(pipe) (accel applied) + warm_up + generate.
 
     Returns the numbers, the engine-backed run_one(width, height, prompt, seed) and the engine."""
+    from zimage_protocol.messages import GenerateParams
+
     from ..engine import ImageEngine
-    from ..protocol import GenerateParams
 
     engine = ImageEngine(model_name, data_dir)
     _remove_lora_slots(pipe.transformer)

@@ -41,8 +41,9 @@ def fresh_prompts(count: int, tag: str) -> list[str]:
 def load_engine(pipe, data_dir, lcfg: dict):
     """The worker's ImageEngine on `pipe` (its speed path applied), warmed at the measured size with the
     worker's two warm-up prompts (so the caption length is already dynamic when compiled)."""
+    from zimage_protocol.messages import GenerateParams
+
     from ..engine import ImageEngine
-    from ..protocol import GenerateParams
 
     engine = ImageEngine("bench", data_dir)
     engine.load(pipe=pipe)
@@ -73,7 +74,7 @@ def on_thread_settings(engine) -> None:
 def measure_latency(gpu: ThreadPoolExecutor, engine, trainer, lcfg: dict, prompts: list[str], budget_s: float,
                     warm_prompt: str | None = None) -> dict:
     """Generations submitted to the one GPU thread `gpu`; with `trainer`, training steps run in between."""
-    from ..protocol import GenerateParams
+    from zimage_protocol.messages import GenerateParams
 
     width, height = lcfg["size"]
     stop = threading.Event()

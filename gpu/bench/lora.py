@@ -51,7 +51,7 @@ def write_loras(engine, folder: Path, cfg: dict) -> dict[str, str]:
 
 
 def run_section(engine, cfg: dict, work_dir: Path, left) -> dict:
-    from ..protocol import GenerateParams
+    from zimage_protocol.messages import GenerateParams
 
     result: dict = {"config": {k: v for k, v in cfg.items() if k != "loras"},
                     "loras": {name: {"rank": rank, "targets": list(targets)} for name, (rank, targets) in cfg["loras"].items()}}

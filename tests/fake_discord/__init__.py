@@ -13,17 +13,24 @@ the test's own event loop::
     await ix.wait_response(3)
     assert fake.spec_violations == []
 
+Rate limits are on by default, with Discord's bucket sizes and headers
+(``ratelimits``): ``FakeDiscord(rate_limits=RateLimits.off())`` or the environment
+variable ``FAKE_DISCORD_RATE_LIMITS=off`` turns them off; ``fake.sent_429``,
+``fake.requests_per_route``, ``fake.stalls``, ``fake.edit_times(message_id)`` and
+``fake.ratelimit_stats()`` say what the bot met.
+
 Modules, one job each: ``fake`` (lifecycle, waiting, failure injection), ``guild``
 (users/roles/channels), ``gateway`` (websocket), ``router`` (request pipeline),
 ``rest``/``messages``/``webhooks`` (routes), ``interactions`` (payload builders),
-``models`` (records and their JSON), ``spec`` (OpenAPI validation), ``wire`` (HTTP
-helpers).
+``models`` (records and their JSON), ``spec`` (OpenAPI validation), ``ratelimits``
+(buckets, headers, counters), ``wire`` (HTTP helpers).
 """
 
 from .fake import FakeDiscord
 from .models import EPHEMERAL, LOADING, Interaction, Message
+from .ratelimits import BucketSpec, RateLimits
 from .spec import get_validator
 from .wire import DiscordError, Injection
 
 __all__ = ["FakeDiscord", "Interaction", "Message", "DiscordError", "Injection", "get_validator",
-           "EPHEMERAL", "LOADING"]
+           "EPHEMERAL", "LOADING", "RateLimits", "BucketSpec"]

@@ -22,6 +22,7 @@ from .gateway import Gateway
 from .guild import WorldMixin
 from .interactions import InteractionsMixin
 from .models import Message, Snowflakes
+from .ratelimits import RateLimiter, RateLimits
 from .router import RouteTable, make_api_handler
 from .wire import DiscordError, Injection, json_response, rate_limit_rule
 
@@ -35,8 +36,12 @@ class FakeDiscord(WorldMixin, InteractionsMixin):
 
     def __init__(self, *, callback_deadline: float | None = 3.0, token_lifetime: float | None = 900.0,
                  attachment_size_limit: int = 10 * 1024 * 1024, validate: bool = True,
-                 reject_invalid: bool = True):
+                 reject_invalid: bool = True, rate_limits: RateLimits | None = None):
+        """``rate_limits``: bucket sizes (``ratelimits.RateLimits``); ``None`` means
+        ``RateLimits.from_env()``: Discord's sizes, unless ``FAKE_DISCORD_RATE_LIMITS=off``.
+        ``RateLimits.off()`` enforces nothing and sends no rate-limit headers."""
         self.snowflake = Snowflakes()
+        self.ratelimiter = RateLimiter(rate_limits if rate_limits is not None else RateLimits.from_env())
         self.callback_deadline = callback_deadline  # Discord: 3 s for the first callback
         self.token_lifetime = token_lifetime  # Discord: interaction tokens live 15 min
         self.attachment_size_limit = attachment_size_limit
@@ -175,6 +180,9 @@ class FakeDiscord(WorldMixin, InteractionsMixin):
             lines += [f"  {v[:500]}" for v in self.spec_violations]
         if self.unhandled:
             lines.append(f"unhandled routes: {self.unhandled}")
+        if self.rate_limits.enabled:
+            stats = self.ratelimiter.stats()
+            lines.append(f"rate limits: 429s={stats['429']} emptied={stats['emptied']} stalls={stats['stalls']}")
         return "\n".join(lines)
 
     # -- state queries ----------------------------------------------------------
@@ -188,9 +196,45 @@ class FakeDiscord(WorldMixin, InteractionsMixin):
                        if m.channel_id == int(channel_id) and (include_deleted or not m.deleted)),
                       key=lambda m: m.id)
 
+    def edit_times(self, message_id: int) -> list[float]:
+        """``time.time()`` of each successful edit of the message (any route: channel
+        PATCH, webhook PATCH, the follow-up that replaces a "thinking" defer, a
+        type-7 update), oldest first; its creation is not an edit."""
+        return [version["at"] for version in self.messages[int(message_id)].history[1:]]
+
     def record_violation(self, message: str) -> None:
         self.spec_violations.append(message)
         self._changed()
+
+    # -- rate limits ------------------------------------------------------------
+    @property
+    def rate_limits(self) -> RateLimits:
+        return self.ratelimiter.limits
+
+    def set_rate_limits(self, limits: RateLimits) -> None:
+        """Change bucket sizes (or ``RateLimits.off()``) mid-test; open windows are
+        forgotten, counters kept."""
+        self.ratelimiter.configure(limits)
+
+    @property
+    def sent_429(self):
+        """Counter kind -> 429s sent: ``channel_messages``, ``interaction_webhook``,
+        ``global``, ``other``, and ``injected`` (``inject_rate_limit``)."""
+        return self.ratelimiter.sent_429
+
+    @property
+    def requests_per_route(self):
+        """Counter ``"PATCH /webhooks/{id}/{token}/messages/@original"`` -> requests."""
+        return self.ratelimiter.requests_per_route
+
+    @property
+    def stalls(self) -> list:
+        """``ratelimits.Stall`` for each request that waited behind its bucket."""
+        return self.ratelimiter.stalls
+
+    def ratelimit_stats(self) -> dict:
+        """A JSON-able snapshot: 429s, emptied buckets, requests per route, stalls."""
+        return self.ratelimiter.stats()
 
     # -- failure injection ------------------------------------------------------
     def expire_token(self, token: str) -> None:

@@ -4,15 +4,18 @@ Why one catch-all handler instead of aiohttp routes: every request must pass the
 same pipeline in the same order, and routes Discord has but the fake lacks must
 produce a JSON 404 *and* an ``fake.unhandled`` entry rather than aiohttp's HTML 404.
 
-Pipeline: decode body -> log to ``fake.requests`` -> spec validation (violations
-recorded; 400 50035 if ``reject_invalid``) -> injected failures -> route lookup
-(unknown -> 404 + ``fake.unhandled``) -> bot-token auth -> handler.
+Pipeline: decode body -> log to ``fake.requests`` -> rate limits (429 when over a
+bucket; see ``ratelimits``) -> spec validation (violations recorded; 400 50035 if
+``reject_invalid``) -> injected failures -> route lookup (unknown -> 404 +
+``fake.unhandled``) -> bot-token auth -> handler; the bucket's headers go on
+every response.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import time
 import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -20,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from .ratelimits import route_name
 from .spec import get_validator, strip_api_prefix
 from .wire import Body, DiscordError, json_response, read_body
 
@@ -28,7 +32,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 class RequestRecord(tuple):
-    """``(method, path, json_body)``; also ``.query``, ``.files``, ``.status``."""
+    """``(method, path, json_body)``; also ``.query``, ``.files``, ``.status``, ``.at``
+    (``time.time()`` of arrival), ``.route`` (``route_name``) and ``.ratelimit``
+    (the limiter's ``RateInfo``, None when rate limits are off)."""
 
     def __new__(cls, method: str, path: str, json_body: Any, **extra: Any):
         self = super().__new__(cls, (method, path, json_body))
@@ -102,18 +108,29 @@ def make_api_handler(fake: FakeDiscord, table: RouteTable):
             body, bad_body = Body(content_type=request.content_type, has_body=True), err
         record = RequestRecord(method, path, body.json, query=dict(request.query), status=None,
                                files=[(u.filename, len(u.data)) for u in body.files],
-                               content_type=body.content_type)
+                               content_type=body.content_type, at=time.time(),
+                               route=route_name(method, path), ratelimit=None)
         fake.requests.append(record)
+        limit = fake.ratelimiter.admit(method, path, request.headers.get("Authorization"))
+        record.__dict__["ratelimit"] = limit
         try:
-            if bad_body is not None:
+            if limit is not None and limit.limited is not None:
+                response = json_response(limit.body, status=429, headers=limit.headers)
+            elif bad_body is not None:
                 fake.record_violation(f"{method} {path}: {bad_body.message}")
                 raise bad_body
-            response = await _pipeline(fake, table, request, body, record)
+            else:
+                response = await _pipeline(fake, table, request, body, record)
+                if response.status == 429:  # an injected one (inject_rate_limit)
+                    fake.ratelimiter.note_injected_429()
         except DiscordError as err:
             response = err.response()
         except Exception:  # a bug in the fake: make it loud, not a hang
             fake.record_violation(f"fake_discord internal error on {method} {path}:\n{traceback.format_exc()}")
             response = json_response({"message": "500: Internal Server Error", "code": 0}, status=500)
+        if limit is not None:
+            for name, value in limit.headers.items():  # an injected 429 keeps its own headers
+                response.headers.setdefault(name, value)
         record.__dict__["status"] = response.status
         if fake.validate and response.content_type == "application/json" and response.body:
             try:

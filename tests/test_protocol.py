@@ -1,0 +1,133 @@
+"""The shared protocol package: typed messages on the wire, and a client that survives a bad peer."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+
+import pytest
+
+from bot.worker.client import WorkerClient
+from zimage_protocol import PROTOCOL_VERSION, ErrorCode, ProtocolError
+from zimage_protocol.frames import encode_frame, read_frame
+from zimage_protocol.messages import (
+    MESSAGES,
+    CheckpointReady,
+    Error,
+    GenerateParams,
+    Health,
+    HealthReport,
+    Hello,
+    ImageReady,
+    ImagineRequest,
+    LoraRef,
+    Progress,
+    TrainParams,
+    TrainRequest,
+    decode,
+)
+
+EXAMPLES = [
+    Hello(version=PROTOCOL_VERSION, model="tiny", device="cpu", pid=7, ready=True),
+    Health(id="h"),
+    HealthReport(id="h", ready=True, busy=False, model="tiny", device="cpu", pid=7),
+    ImagineRequest(id="g", params=GenerateParams("a fox", 64, 48, 2, [1, 2], loras=[LoraRef("l1", "/x.safetensors", 0.8)])),
+    TrainRequest(id="t", params=TrainParams("/d", "/o", {"steps": 10})),
+    Progress(id="g", step=1, total=8),
+    ImageReady(id="g", index=0, seed=1, png=b"\x89PNG..."),
+    CheckpointReady(id="t", step=5, total=10, loss=0.25, seconds_per_step=0.5, lora_file="/o/a", sample_png="/o/s",
+                    loss_png="/o/l"),
+    Error(id=None, code=ErrorCode.BUSY, message="a LoRA is already training"),
+]
+
+
+async def read_back(data: bytes):
+    reader = asyncio.StreamReader()
+    reader.feed_data(data)
+    reader.feed_eof()
+    return await read_frame(reader)
+
+
+@pytest.mark.parametrize("message", EXAMPLES, ids=lambda message: message.op.value)
+async def test_every_message_survives_the_wire(message):
+    assert decode(await read_back(message.encode())) == message
+
+
+def test_every_op_has_one_message_class():
+    assert len(MESSAGES) == len({cls.op for cls in MESSAGES.values()})
+
+
+@pytest.mark.parametrize("op, fields, problem", [
+    ("progress", {"id": "p", "step": "3", "total": 8}, "'step' must be int"),
+    ("progress", {"id": "p", "step": True, "total": 8}, "'step' must be int"),
+    ("progress", {"id": "p", "total": 8}, "missing 'step'"),
+    ("train_progress", {"id": "p", "step": 1, "total": 2, "loss": "NaN", "seconds_per_step": 1}, "'loss' must be float"),
+    ("generate", {"id": "g", "params": {"prompt": "x", "width": 100, "height": 64, "steps": 1, "seeds": [1]}},
+     "multiples of 16"),
+    ("generate", {"id": "g", "params": ["not", "an", "object"]}, "must be an object"),
+    ("generate", {"id": "g", "params": {"prompt": "x", "width": 64, "height": 64, "steps": 1, "seeds": [1],
+                                        "loras": [{"name": "a", "path": "b", "scale": float("inf")}]}}, "finite"),
+    ("teleport", {"id": "x"}, "unknown op"),
+])
+async def test_malformed_messages_are_protocol_errors(op, fields, problem):
+    with pytest.raises(ProtocolError, match=problem):
+        decode(await read_back(encode_frame(op, **fields)))
+
+
+async def test_a_header_that_is_not_json_is_a_protocol_error_not_a_crash():
+    with pytest.raises(ProtocolError, match="not JSON"):
+        await read_back(struct.pack(">II", 4, 0) + b"\xff\xfe{]")
+
+
+def test_unknown_error_codes_from_a_newer_worker_read_as_internal():
+    assert ErrorCode.parse("meteor_strike") is ErrorCode.INTERNAL
+    assert ErrorCode.parse("busy") is ErrorCode.BUSY
+
+
+async def fake_worker(tmp_path, hello_version: int, after_hello: bytes = b""):
+    """A unix server that speaks only the first lines of the protocol."""
+    path = tmp_path / "fake.sock"
+
+    async def serve(reader, writer):
+        writer.write(Hello(version=hello_version, model="fake", device="cpu", pid=1).encode())
+        await writer.drain()
+        try:
+            decode(await read_frame(reader))  # the client's hello
+            writer.write(after_hello)
+            await writer.drain()
+            while True:
+                request = decode(await read_frame(reader))
+                if isinstance(request, Health):
+                    writer.write(HealthReport(id=request.id, ready=True, busy=False, model="fake", device="cpu",
+                                              pid=1).encode())
+                    await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+
+    server = await asyncio.start_unix_server(serve, path=str(path))
+    return server, path
+
+
+async def test_the_client_refuses_a_worker_of_another_version_and_says_so(tmp_path, caplog):
+    server, path = await fake_worker(tmp_path, hello_version=1)
+    client = WorkerClient(path)
+    with caplog.at_level(logging.ERROR, logger="bot.worker.client"):
+        client.start()
+        await asyncio.sleep(0.5)
+    assert not client.connected
+    assert any("protocol version mismatch" in record.message and "v1" in record.message for record in caplog.records)
+    await client.close()
+    server.close()
+
+
+async def test_the_client_skips_a_malformed_frame_and_stays_connected(tmp_path):
+    junk = struct.pack(">II", 5, 0) + b"{oops" + encode_frame("progress", id="nobody", step="x", total=1)
+    server, path = await fake_worker(tmp_path, hello_version=PROTOCOL_VERSION, after_hello=junk)
+    client = WorkerClient(path)
+    client.start()
+    await client.wait_connected(5)
+    report = await client.health()
+    assert report.model == "fake" and client.connected
+    await client.close()
+    server.close()

@@ -1,0 +1,331 @@
+"""The bot <-> worker conversation, one typed class per message (protocol v2).
+
+    client (bot)                        worker
+    ------------                        ------
+    Hello {version}               <->   Hello {version, model, device, pid, ready}
+    Health {id}                    ->   HealthReport {id, ready, busy, model, device, pid}
+    CountTokens {id, prompt}       ->   TokenCount {id, count, limit}
+    ImagineRequest {id, params}    ->   Accepted {id}
+                                        Progress {id, step, total}             (many)
+                                        ImageReady {id, index, seed} + PNG     (one per image)
+                                        Done {id, seconds} | Error {id, code, message}
+    TrainRequest {id, params}      ->   Accepted {id}
+                                        TrainProgress {id, step, total, loss, seconds_per_step}  (many)
+                                        CheckpointReady {id, step, total, loss, seconds_per_step,
+                                                         lora_file, sample_png, loss_png}
+                                        Done {id, seconds} | Error {id, code, message}
+    Cancel {id}                    ->   (the request in flight ends with Error code "cancelled";
+                                         a cancelled training keeps the checkpoints it made)
+
+Both sides send Hello first; a version mismatch is refused by both with an Error(version_mismatch)
+that names the two versions. Files (datasets, checkpoints) are paths under the shared DATA_DIR.
+This module imports nothing heavy: the bot uses it without torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any, ClassVar
+
+from .errors import ErrorCode, ProtocolError
+from .frames import PROTOCOL_VERSION, Frame, encode_frame
+
+
+class Op(StrEnum):
+    HELLO = "hello"
+    HEALTH = "health"
+    HEALTH_REPORT = "health_report"
+    COUNT_TOKENS = "count_tokens"
+    TOKEN_COUNT = "token_count"
+    GENERATE = "generate"
+    TRAIN = "train"
+    CANCEL = "cancel"
+    ACCEPTED = "accepted"
+    PROGRESS = "progress"
+    IMAGE = "image"
+    TRAIN_PROGRESS = "train_progress"
+    CHECKPOINT = "checkpoint"
+    DONE = "done"
+    ERROR = "error"
+
+
+# ---------------------------------------------------------------------------------------------
+# Request parameters
+
+
+@dataclass(frozen=True)
+class LoraRef:
+    """One adapter of a request: a unique name (the worker's cache key), its file, its scale."""
+
+    name: str
+    path: str
+    scale: float
+
+
+@dataclass(frozen=True)
+class GenerateParams:
+    """What one /imagine job asks the worker for. One seed per image keeps pixels reproducible."""
+
+    prompt: str
+    width: int
+    height: int
+    steps: int
+    seeds: list[int]
+    guidance_scale: float = 0.0
+    loras: list[LoraRef] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: object) -> GenerateParams:
+        """Also reads a job's stored params: keys the worker does not need (upload_limit, a LoRA's label) are dropped."""
+        if not isinstance(data, dict):
+            raise ProtocolError("generate params must be an object")
+        try:
+            params = cls(
+                prompt=str(data["prompt"]),
+                width=int(data["width"]),
+                height=int(data["height"]),
+                steps=int(data["steps"]),
+                seeds=[int(seed) for seed in data["seeds"]],
+                guidance_scale=float(data.get("guidance_scale", 0.0)),
+                loras=[LoraRef(name=str(lora["name"]), path=str(lora["path"]), scale=float(lora["scale"]))
+                       for lora in data.get("loras", [])],
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ProtocolError(f"bad generate params: {exc!r}") from None
+        if params.width % 16 or params.height % 16 or params.width < 16 or params.height < 16:
+            raise ProtocolError("width and height must be positive multiples of 16")
+        if not params.seeds or params.steps < 1:
+            raise ProtocolError("a generation needs at least one seed and one step")
+        if not all(math.isfinite(value) for value in (params.guidance_scale, *(lora.scale for lora in params.loras))):
+            raise ProtocolError("scales must be finite numbers")
+        return params
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    """A LoRA training job: the prepared dataset, where checkpoints go, and the trainer config."""
+
+    dataset_dir: str
+    output_dir: str
+    config: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: object) -> TrainParams:
+        if not isinstance(data, dict) or not isinstance(data.get("config", {}), dict):
+            raise ProtocolError("train params must be an object with a config object")
+        try:
+            return cls(dataset_dir=str(data["dataset_dir"]), output_dir=str(data["output_dir"]),
+                       config=dict(data.get("config") or {}))
+        except KeyError as exc:
+            raise ProtocolError(f"bad train params: missing {exc}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Messages
+
+
+@dataclass(frozen=True)
+class Message:
+    """A frame's typed form. ``encode`` writes it; ``decode`` reads any registered message."""
+
+    op: ClassVar[Op]
+    blob_field: ClassVar[str | None] = None  # the bytes field sent as the frame's blob, if any
+
+    def encode(self) -> bytes:
+        header: dict[str, Any] = {}
+        blob = b""
+        for item in dataclasses.fields(self):
+            value = getattr(self, item.name)
+            if item.name == self.blob_field:
+                blob = value
+            elif isinstance(value, (GenerateParams, TrainParams)):
+                header[item.name] = value.to_json()
+            else:
+                header[item.name] = value.value if isinstance(value, StrEnum) else value
+        return encode_frame(self.op.value, blob, **header)
+
+
+@dataclass(frozen=True)
+class Hello(Message):
+    op = Op.HELLO
+    version: int
+    model: str = ""
+    device: str = ""
+    pid: int = 0
+    ready: bool = False
+
+
+@dataclass(frozen=True)
+class Health(Message):
+    op = Op.HEALTH
+    id: str
+
+
+@dataclass(frozen=True)
+class HealthReport(Message):
+    op = Op.HEALTH_REPORT
+    id: str
+    ready: bool
+    busy: bool
+    model: str
+    device: str
+    pid: int
+
+
+@dataclass(frozen=True)
+class CountTokens(Message):
+    op = Op.COUNT_TOKENS
+    id: str
+    prompt: str
+
+
+@dataclass(frozen=True)
+class TokenCount(Message):
+    op = Op.TOKEN_COUNT
+    id: str
+    count: int
+    limit: int
+
+
+@dataclass(frozen=True)
+class ImagineRequest(Message):
+    op = Op.GENERATE
+    id: str
+    params: GenerateParams
+
+
+@dataclass(frozen=True)
+class TrainRequest(Message):
+    op = Op.TRAIN
+    id: str
+    params: TrainParams
+
+
+@dataclass(frozen=True)
+class Cancel(Message):
+    op = Op.CANCEL
+    id: str
+
+
+@dataclass(frozen=True)
+class Accepted(Message):
+    op = Op.ACCEPTED
+    id: str
+
+
+@dataclass(frozen=True)
+class Progress(Message):
+    op = Op.PROGRESS
+    id: str
+    step: int
+    total: int
+
+
+@dataclass(frozen=True)
+class ImageReady(Message):
+    op = Op.IMAGE
+    blob_field = "png"
+    id: str
+    index: int
+    seed: int
+    png: bytes = b""
+
+
+@dataclass(frozen=True)
+class TrainProgress(Message):
+    op = Op.TRAIN_PROGRESS
+    id: str
+    step: int
+    total: int
+    loss: float
+    seconds_per_step: float
+
+
+@dataclass(frozen=True)
+class CheckpointReady(Message):
+    op = Op.CHECKPOINT
+    id: str
+    step: int
+    total: int
+    loss: float
+    seconds_per_step: float
+    lora_file: str
+    sample_png: str
+    loss_png: str
+
+
+@dataclass(frozen=True)
+class Done(Message):
+    op = Op.DONE
+    id: str
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Error(Message):
+    op = Op.ERROR
+    id: str | None
+    code: ErrorCode
+    message: str
+
+
+MESSAGES: dict[str, type[Message]] = {cls.op.value: cls for cls in (
+    Hello, Health, HealthReport, CountTokens, TokenCount, ImagineRequest, TrainRequest, Cancel, Accepted, Progress,
+    ImageReady, TrainProgress, CheckpointReady, Done, Error)}
+
+_SCALARS: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
+
+
+def decode(frame: Frame) -> Message:
+    """The typed message of a frame; ProtocolError for an unknown op or a field of the wrong type."""
+    cls = MESSAGES.get(frame.op)
+    if cls is None:
+        raise ProtocolError(f"unknown op {frame.op!r}")
+    values: dict[str, Any] = {}
+    for item in dataclasses.fields(cls):
+        if item.name == cls.blob_field:
+            values[item.name] = frame.blob
+            continue
+        if item.name not in frame.header:
+            if item.default is dataclasses.MISSING and item.type != "str | None":
+                raise ProtocolError(f"{frame.op}: missing {item.name!r}")
+            continue
+        values[item.name] = _field_value(frame.op, item.name, str(item.type), frame.header[item.name])
+    return cls(**values)
+
+
+def _field_value(op: str, name: str, kind: str, raw: Any) -> Any:
+    if kind == "GenerateParams":
+        return GenerateParams.from_json(raw)
+    if kind == "TrainParams":
+        return TrainParams.from_json(raw)
+    if kind == "ErrorCode":
+        return ErrorCode.parse(raw)
+    if kind == "str | None":
+        return None if raw is None else str(raw)
+    accepted = _SCALARS[kind]
+    # bool is an int in Python: a True step count is as wrong as a string one
+    if not isinstance(raw, accepted) or (isinstance(raw, bool) and bool not in accepted):
+        raise ProtocolError(f"{op}: {name!r} must be {kind}, got {type(raw).__name__}")
+    if kind == "float":
+        raw = float(raw)
+        if not math.isfinite(raw):
+            raise ProtocolError(f"{op}: {name!r} must be finite")
+    return raw
+
+
+def hello_mismatch(peer_version: object) -> str | None:
+    """The message both sides show for a version mismatch, or None when the versions agree."""
+    if peer_version == PROTOCOL_VERSION:
+        return None
+    return (f"protocol version mismatch: the other side speaks v{peer_version}, this side v{PROTOCOL_VERSION}; "
+            f"run the same zimage-bot version for the bot and its GPU workers")
