@@ -40,6 +40,7 @@ print('\n'.join(p['dependencies'] + extras['fp8'] + extras['cuda'] + extras['pos
 
 COPY alembic.ini ./
 COPY migrations/ migrations/
+COPY zimage_protocol/ zimage_protocol/
 COPY gpu/ gpu/
 COPY bot/ bot/
 

@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -71,6 +72,14 @@ def test_the_image_installs_the_locked_versions_as_a_user():
     pins = read_lock()
     assert {"torch", "torchao", "bitsandbytes", "asyncpg"} <= {canonicalize_name(r.name) for r in requirements}
     assert all(r.specifier.contains(pins[canonicalize_name(r.name)], prereleases=True) for r in requirements)
+
+
+def test_the_image_has_every_package_of_the_project():
+    """The code runs from /app, not installed: each package pyproject.toml names must be copied in."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    packages = [pattern.rstrip("*") for pattern in project["tool"]["setuptools"]["packages"]["find"]["include"]]
+    copied = set(re.findall(r"^COPY (\S+)/ \1/$", dockerfile(), re.MULTILINE))
+    assert {*packages, "migrations"} <= copied, copied
 
 
 def compose_cli() -> list[str] | None:
