@@ -15,6 +15,7 @@ import yarl
 
 from .db.migrate import upgrade_to_head
 from .settings import Settings, SettingsError, load_settings
+from .startup_errors import ExitCode, database_line, explain
 
 
 def make_private(data_dir: Path) -> None:
@@ -39,6 +40,8 @@ def point_discord_at(settings: Settings) -> None:
 async def run(settings: Settings) -> int:
     from .client import ZImageBot
 
+    # The bot never joins voice: discord.py's warnings about missing voice libraries are noise at every start.
+    discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False
     bot = ZImageBot(settings)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -46,26 +49,35 @@ async def run(settings: Settings) -> int:
     try:
         async with bot:
             await bot.start(settings.discord_token)
-    except discord.LoginFailure:
-        print("DISCORD_TOKEN was rejected by Discord: check the token in your environment or .env", file=sys.stderr)
-        return 2
+    except Exception as exc:
+        known = explain(exc, settings)
+        if known is None:
+            raise
+        code, line = known
+        print(line, file=sys.stderr)
+        return code
     return 0
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["check"]:
+        from .check import main as check
+
+        return check(argv[1:])
     try:
         settings = load_settings()
     except SettingsError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.CONFIG
     logging.basicConfig(level=settings.log_level, format="%(asctime)s bot %(levelname)s %(name)s: %(message)s")
     logging.getLogger("discord").setLevel(max(logging.INFO, logging.getLevelName(settings.log_level)))
     make_private(settings.data_dir)
     try:
         upgrade_to_head(settings.sync_database_url)
     except Exception as exc:  # noqa: BLE001 - one line for the operator, not a traceback
-        print(f"database error: cannot migrate {settings.database_url}: {exc}", file=sys.stderr)
-        return 2
+        print(database_line(settings.database_url, exc), file=sys.stderr)
+        return ExitCode.DATABASE
     point_discord_at(settings)
     return asyncio.run(run(settings))
 

@@ -16,6 +16,7 @@ from zimage_protocol.constants import DEFAULT_MODEL
 from .engine import ImageEngine
 from .scheduler import GpuScheduler
 from .server import WorkerServer, socket_is_live
+from .startup_errors import WorkerExit, explain_load_error
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -60,28 +61,37 @@ def main(argv: list[str] | None = None) -> int:
     args.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     if socket_is_live(socket_path):
         print(f"another worker already serves {socket_path}", file=sys.stderr)
-        return 2
+        return WorkerExit.SOCKET
     engine = ImageEngine(args.model, args.data_dir)
     try:
         engine.load_tokenizer()
     except (OSError, ValueError) as exc:
-        print(f"cannot load model {args.model!r}: {exc}", file=sys.stderr)
-        return 3
+        return fail(*explain_load_error(args.model, exc))
     try:
         return asyncio.run(serve(engine, socket_path, warm_up=not args.no_warm_up))
     except KeyboardInterrupt:
         return 0
 
 
+def fail(code: WorkerExit, line: str) -> int:
+    """One line for the operator (the supervisor restarts us; the line lands in the bot's log)."""
+    print(line, file=sys.stderr)
+    return code
+
+
 async def serve(engine: ImageEngine, socket_path: Path, warm_up: bool) -> int:
     scheduler = GpuScheduler(engine)
     server = WorkerServer(scheduler, socket_path)
-    await server.listen()
+    try:
+        await server.listen()
+    except OSError as exc:
+        return fail(WorkerExit.SOCKET, f"cannot listen on {socket_path}: {exc.strerror or exc}")
+    except SystemExit as exc:  # listen() refuses a path too long for a unix socket
+        return fail(WorkerExit.SOCKET, str(exc))
     try:
         await scheduler.load(warm_up)
-    except Exception as exc:  # noqa: BLE001 - one line for the operator; the supervisor restarts us
-        print(f"cannot load model {engine.model_name!r}: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 3
+    except Exception as exc:  # noqa: BLE001 - one line for the operator, not a traceback
+        return fail(*explain_load_error(engine.model_name, exc))
     await server.serve_forever()
     return 0
 

@@ -76,6 +76,8 @@ class Gateway:
         self.ready = False  # READY + GUILD_CREATE sent at least once
         self.connections = 0
         self.resumes = 0
+        # Set by a test: answer IDENTIFY by closing with this (code, reason), e.g. (4014, "Disallowed intent(s).")
+        self.refuse_identify: tuple[int, str] | None = None
 
     @property
     def connected(self) -> bool:
@@ -136,6 +138,10 @@ class Gateway:
             return
         if "intents" not in data:
             await conn.ws.close(code=4013, message=b"Invalid intent(s).")
+            return
+        if self.refuse_identify:
+            code, reason = self.refuse_identify
+            await conn.ws.close(code=code, message=reason.encode())
             return
         self.identify_payload, self.intents = data, int(data["intents"])
         self.session_id, self.seq, self.sent = secrets.token_hex(16), 0, []
