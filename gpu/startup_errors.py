@@ -34,10 +34,11 @@ def _download_hint(model: str) -> str:
 def _chain(exc: BaseException) -> Iterator[BaseException]:
     """`exc` and what caused it: transformers and diffusers wrap the hub's errors in an OSError."""
     seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        yield exc
-        exc = exc.__cause__ or exc.__context__
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
 
 
 def one_line(exc: BaseException) -> str:
