@@ -58,10 +58,18 @@ def test_tiny_bench_prints_the_table_with_numbers(tmp_path):
     assert set(lora["s_per_image"]) == {"base", "1 LoRA", "2 LoRAs", "3 LoRAs"} and lora["switch_s"]["count"] == 12
     assert "### LoRA switching (the worker's engine, eager)" in table
 
+    assert results["training"]["dataset"]["images"] == 10 and len(results["training"]["dataset"]["sizes"]) == 10
+    assert re.search(r"Dataset: 10 photos in 10 sizes \(\d+ landscape, \d+ portrait, \d+ square\)", table), table
     training = results["training"]["columns"]
     for column in ("stock", "ours"):
         assert training[column]["s_per_step"]["n"] == 3 and training[column]["s_per_step"]["median_s"] > 0
         assert training[column]["losses_finite"] is True
+        assert training[column]["unpadded_shapes"] >= training[column]["step_shapes"] >= 1
+        assert training[column]["warm_up_steps"] == 10 and training[column]["warm_up_overhead_s"] >= 0
+        assert training[column]["projected_minutes_with_warm_up"] >= training[column]["projected_minutes"]
+    assert training["ours"]["padded"] is False  # eager: unpadded, shapes cost nothing there
+    for label in ("step shapes (unpadded)", "the same with the warm-up's compile + recording"):
+        assert f"| {label} |" in table, table
     assert training["stock"]["trainable_params"] == training["ours"]["trainable_params"] > 0
     assert "skipped" in training["ours_compiled"]["error"]
     latency = results["latency"]
@@ -70,13 +78,29 @@ def test_tiny_bench_prints_the_table_with_numbers(tmp_path):
     assert latency["target"]["ratio"] > 0
 
 
-def test_synthetic_dataset_reads_back_through_the_trainers_manifest_reader(tmp_path):
-    from gpu.bench.training import write_dataset
+def test_synthetic_dataset_is_a_realistic_photo_set(tmp_path):
+    """Ten sizes, both orientations and squares, captions of 5-60 words, the same every time; the trainer reads it."""
+    from PIL import Image
+
+    from gpu.bench.training import CAPTION_WORDS, FULL_TRAIN, describe_dataset, photo_sizes, write_dataset
     from gpu.training.data import read_manifest
 
-    entries = read_manifest(write_dataset(tmp_path / "ds", 3, 32))
-    assert [entry["file"] for entry in entries] == ["images/0001.png", "images/0002.png", "images/0003.png"]
-    assert all(entry["caption"] and entry["width"] == entry["height"] == 32 for entry in entries)
+    assert FULL_TRAIN["images"] == 75
+    dataset = write_dataset(tmp_path / "ds", 30, 64)
+    entries = read_manifest(dataset)
+    assert [entry["file"] for entry in entries[:2]] == ["images/0001.jpg", "images/0002.jpg"]
+    facts = describe_dataset(dataset)
+    assert len(facts["sizes"]) == 10 and sorted(map(tuple, facts["sizes"])) == sorted(photo_sizes(64))
+    assert facts["landscape"] >= 10 and facts["portrait"] >= 10 and facts["square"] >= 5
+    for entry in entries:
+        with Image.open(dataset / entry["file"]) as image:
+            assert image.size == (entry["width"], entry["height"])
+        assert CAPTION_WORDS[0] <= len(entry["caption"].split()) <= CAPTION_WORDS[1]
+    words = [len(entry["caption"].split()) for entry in entries]
+    assert max(words) - min(words) > 30  # lengths spread over the range
+    again = read_manifest(write_dataset(tmp_path / "again", 30, 64))
+    assert [e["caption"] for e in again] == [e["caption"] for e in entries]
+    assert (tmp_path / "again" / entries[3]["file"]).read_bytes() == (dataset / entries[3]["file"]).read_bytes()
 
 
 def test_training_and_latency_verdicts():

@@ -19,6 +19,7 @@ import torch
 from gpu import accel
 from gpu.training.config import TrainConfig
 from gpu.training.graphs import MAX_SHAPES, TrainingGraphs, distinct_shapes, graphs_unsuitable
+from gpu.training.shapes import step_shapes, unpadded_shapes
 from gpu.training.trainer import LoraTrainer
 from tests.tiny_helpers import tiny_image
 
@@ -34,7 +35,7 @@ def config(**changes) -> TrainConfig:
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    """4 PNGs in two aspect buckets: two step shapes."""
+    """4 PNGs in two aspect buckets, two caption lengths: two step shapes once padded (gpu/training/shapes.py)."""
     from PIL import Image
 
     root = tmp_path_factory.mktemp("graphs-dataset")
@@ -44,7 +45,8 @@ def dataset(tmp_path_factory):
     for index, (width, height) in enumerate(((64, 64), (96, 64), (64, 64), (96, 64))):
         pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
         Image.fromarray(pixels).save(root / "images" / f"{index}.png")
-        entries.append({"file": f"{index}.png", "caption": f"a photo {index}", "width": width, "height": height,
+        caption = f"a photo {index}" + (", a longer caption that needs the next caption length" if index >= 2 else "")
+        entries.append({"file": f"{index}.png", "caption": caption, "width": width, "height": height,
                         "source_name": f"{index}.png"})
     (root / "manifest.json").write_text(json.dumps(entries))
     return root
@@ -217,8 +219,18 @@ def test_graphs_unsuitable():
     random.seed(0)
     latents = [torch.zeros(16, 8, 8 + 2 * i) for i in range(MAX_SHAPES + 1)]
     embeds = [torch.zeros(random.randint(1, 32), 4) for _ in latents]  # one caption bucket (32 tokens)
-    assert distinct_shapes(latents, embeds) == MAX_SHAPES + 1
-    assert "more than" in graphs_unsuitable(latents, embeds, checkpointing=False)
-    assert graphs_unsuitable(latents[:MAX_SHAPES], embeds[:MAX_SHAPES], checkpointing=False) is None
-    assert distinct_shapes([latents[0]] * 3, [torch.zeros(10, 4), torch.zeros(40, 4), torch.zeros(64, 4)]) == 2
-    assert "checkpointing" in graphs_unsuitable(latents[:1], embeds[:1], checkpointing=True)
+    unpadded = unpadded_shapes(latents, embeds)
+    assert distinct_shapes(unpadded) == MAX_SHAPES + 1
+    assert "more than" in graphs_unsuitable(unpadded, checkpointing=False)
+    assert graphs_unsuitable(unpadded[:MAX_SHAPES], checkpointing=False) is None
+    assert distinct_shapes(unpadded_shapes([latents[0]] * 3, [torch.zeros(n, 4) for n in (10, 40, 64)])) == 2
+    assert distinct_shapes(step_shapes(latents, embeds)) == 1  # padded: one image length, one caption length
+    assert "checkpointing" in graphs_unsuitable(unpadded[:1], checkpointing=True)
+
+
+def test_compiled_trainer_pads_its_steps(pipe, dataset, tmp_path):
+    trainer = graph_trainer(pipe, dataset, tmp_path / "shapes")
+    trainer.prepare()
+    assert sorted(set(trainer.step_shapes)) == [(32, 64), (32, 128)]  # 4 unpadded shapes: 2 buckets x 2 lengths
+    assert distinct_shapes(unpadded_shapes(trainer._latents, trainer._embeds)) == 4
+    trainer.close()

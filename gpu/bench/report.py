@@ -137,18 +137,29 @@ def render_training(training: dict) -> str:
     steps = cfg["timed_steps"]
     lines = [f"### LoRA training: {cfg['resolution']} px, rank {cfg['rank']} (alpha {cfg['alpha']}) on "
              f"{','.join(cfg['target_modules'])}, batch 1, {cfg['images']} images", ""]
+    dataset = training.get("dataset")
+    if dataset:
+        words = dataset["caption_words"]
+        lines += [f"Dataset: {dataset['images']} photos in {len(dataset['sizes'])} sizes ({dataset['landscape']} "
+                  f"landscape, {dataset['portrait']} portrait, {dataset['square']} square), captions of "
+                  f"{words[0]}-{words[1]} words.", ""]
     rows = [
         (f"s/step (median of {steps})", lambda c: (c.get("s_per_step") or {}).get("median_s"), "time"),
         ("s/step min / max", lambda c: f"{_fmt((c.get('s_per_step') or {}).get('min_s'))} / "
                                        f"{_fmt((c.get('s_per_step') or {}).get('max_s'))}", None),
         (f"projected minutes for {cfg['projected_steps']} steps", lambda c: c.get("projected_minutes"), "time"),
+        ("the same with the warm-up's compile + recording", lambda c: c.get("projected_minutes_with_warm_up"), "time"),
+        ("step shapes (unpadded)", lambda c: f"{c.get('step_shapes')} ({c.get('unpadded_shapes')})"
+                                             if c.get("step_shapes") is not None else None, None),
         ("peak GPU memory during the timed steps (GiB)", lambda c: c.get("peak_gib"), None),
         ("peak reserved, warm-up / timed steps (GiB)", lambda c: f"{_fmt(c.get('peak_reserved_gib_prepare_and_warm_up'))}"
                                                                 f" / {_fmt(c.get('peak_reserved_gib'))}", None),
         ("reserved before / after the run (GiB)", lambda c: f"{_fmt(c.get('reserved_gib_before'))} / "
                                                             f"{_fmt(c.get('reserved_gib_after_close'))}", None),
         ("CUDA graphs (ZIMAGE_TRAIN_GRAPHS)", lambda c: c.get("cuda_graphs"), None),
-        ("warm-up before timing (s)", lambda c: c.get("warm_up_s"), None),
+        ("warm-up: steps, s, s beyond steady steps (compile + recording)",
+         lambda c: f"{c.get('warm_up_steps')}, {_fmt(c.get('warm_up_s'), 2)}, {_fmt(c.get('warm_up_overhead_s'), 2)}",
+         None),
         ("graphs compiled in warm-up / during timing", lambda c: f"{c.get('graphs_compiled_in_warm_up', 0)} / "
                                                            f"{c.get('graphs_compiled_during_timing', 0)}", None),
         ("optimizer", lambda c: c.get("optimizer"), None),

@@ -1,10 +1,19 @@
 """LoRA training: a plain peft loop (the baseline) vs gpu/training/trainer.py's LoraTrainer, eager and compiled.
 
-Both train on the same synthetic dataset (random images written in the manifest format that
-gpu/training/data.py reads), batch 1, at the same rank, alpha and target modules. Seconds per step
-are the median of ``timed_steps`` steps after one epoch of warm-up steps (every image seen once,
-so a compiled transformer has met every caption length before the timing starts); peak memory is
-``torch.cuda.max_memory_allocated`` over the timed steps, after ``reset_peak_memory_stats``.
+Both train on the same synthetic dataset, batch 1, at the same rank, alpha and target modules. The
+dataset is a realistic photo set (issue #17), written in the manifest format that gpu/training/data.py
+reads: ``images`` JPEGs in ten sizes (phone 4:3 and 16:9, DSLR 3:2, 4:5, squares, a 2:1 panorama;
+landscape and portrait), each with its own caption of 5-60 words, all deterministic (seeded). Each
+trainer column reports its step shapes (what a compiled step records graphs for: padded by
+gpu/training/shapes.py when compiled, unpadded otherwise) and the unpadded count.
+
+Seconds per step are the median of ``timed_steps`` steps after one epoch of warm-up steps (every
+image seen once, so a compiled transformer has met every shape before the timing starts; two with
+CUDA graphs, since a shape is recorded on its second step). The warm-up's compile and recording
+time is reported apart (``warm_up_overhead_s``: what its steps took beyond the steady median), and
+the projected minutes for ``projected_steps`` both without it (steps only, as in earlier runs) and
+with it. Peak memory is ``torch.cuda.max_memory_allocated`` over the timed steps, after
+``reset_peak_memory_stats``.
 """
 
 from __future__ import annotations
@@ -19,37 +28,78 @@ from .. import accel
 from .common import GIB, error_text, free_memory, log, peak_gib, peak_reserved_gib, reset_peak, stats, timed
 
 TARGET_MODULES = ("to_q", "to_k", "to_v", "to_out.0", "w1", "w2", "w3")
-FULL_TRAIN: dict[str, Any] = {"resolution": 512, "rank": 64, "alpha": 64, "images": 8, "timed_steps": 20,
+FULL_TRAIN: dict[str, Any] = {"resolution": 512, "rank": 64, "alpha": 64, "images": 75, "timed_steps": 20,
               "projected_steps": 4000, "target_minutes": 8.0, "target_peak_gib": 24.0}
-TINY_TRAIN: dict[str, Any] = {"resolution": 64, "rank": 4, "alpha": 4, "images": 4, "timed_steps": 3,
+TINY_TRAIN: dict[str, Any] = {"resolution": 64, "rank": 4, "alpha": 4, "images": 10, "timed_steps": 3,
               "projected_steps": 4000, "target_minutes": 8.0, "target_peak_gib": 24.0}
 LEARNING_RATE, WEIGHT_DECAY, MAX_GRAD_NORM = 2e-4, 1e-4, 1.0  # the trainer's defaults, for both loops
+# Ten photo sizes at a 512 px training resolution (scaled with it): phone 4:3 and 16:9, DSLR 3:2, 4:5, a 2:1
+# panorama, each in both orientations, and two squares.
+PHOTO_SIZES_AT_512 = ((1024, 768), (768, 1024), (1280, 720), (720, 1280), (1200, 800), (800, 1200), (864, 1080),
+                      (1024, 1024), (640, 640), (1280, 640))
+CAPTION_WORDS = (5, 60)
 _SUBJECTS = ("sks dog", "a ceramic teapot", "an old lighthouse", "a red bicycle", "a bowl of ramen",
              "a knitted scarf", "a mountain cabin", "a vintage camera")
 _DETAILS = ("on a wooden table", "in soft morning light", "photographed from a low angle with a wide lens",
-            "surrounded by autumn leaves, shallow depth of field, warm colours",
-            "in a minimalist studio with a grey backdrop and a single softbox from the left",
-            "at night under neon signs in the rain, reflections on the wet street, cinematic grade, film grain")
+            "surrounded by autumn leaves", "shallow depth of field", "warm colours",
+            "in a minimalist studio with a grey backdrop", "a single softbox from the left",
+            "at night under neon signs in the rain", "reflections on the wet street", "cinematic grade",
+            "film grain", "seen through a window", "next to a sleeping cat", "on a snowy balcony",
+            "with a blurred crowd behind", "golden hour backlight", "overcast sky", "close-up", "35mm lens")
 
 
-def write_dataset(root: Path, count: int, size: int, seed: int = 0) -> Path:
-    """`count` random size x size PNGs + manifest.json ({file, caption, width, height, source_name})."""
+def photo_sizes(resolution: int) -> list[tuple[int, int]]:
+    scale = resolution / 512
+    return [(max(16, round(w * scale)), max(16, round(h * scale))) for w, h in PHOTO_SIZES_AT_512]
+
+
+def caption(rng: random.Random, index: int) -> str:
+    """A caption of CAPTION_WORDS[0]..[1] words: a subject, then details until the drawn length."""
+    words = rng.randint(*CAPTION_WORDS)
+    text = _SUBJECTS[index % len(_SUBJECTS)].split()
+    while len(text) < words:
+        text[-1] += ","
+        text += rng.choice(_DETAILS).split()
+    return " ".join(text[:words]).rstrip(",")
+
+
+def write_dataset(root: Path, count: int, resolution: int, seed: int = 0) -> Path:
+    """`count` JPEG photos in the ten ``photo_sizes(resolution)`` (in turn), captions of 5-60 words, and
+    manifest.json ({file, caption, width, height, source_name}). Smooth colour fields with grain: they
+    encode fast and look like photos to the VAE more than white noise does."""
     import numpy as np
     from PIL import Image
 
     (root / "images").mkdir(parents=True, exist_ok=True)
     rng, noise = random.Random(seed), np.random.default_rng(seed)
+    sizes = photo_sizes(resolution)
     entries = []
     for index in range(count):
-        colour = np.array([rng.randrange(256) for _ in range(3)], dtype=np.float32)
-        pixels = np.clip(colour + noise.normal(0, 40, (size, size, 3)), 0, 255).astype(np.uint8)
-        name = f"images/{index + 1:04d}.png"
-        Image.fromarray(pixels).save(root / name)
-        caption = f"{_SUBJECTS[index % len(_SUBJECTS)]} {_DETAILS[index % len(_DETAILS)]}"
-        entries.append({"file": name, "caption": caption, "width": size, "height": size,
-                        "source_name": f"upload-{index + 1}.png"})
+        width, height = sizes[index % len(sizes)]
+        corners = noise.uniform(0, 255, (2, 2, 3)).astype(np.float32)
+        across, down = np.linspace(0, 1, width, dtype=np.float32), np.linspace(0, 1, height, dtype=np.float32)
+        top = corners[0, 0] + across[:, None] * (corners[0, 1] - corners[0, 0])
+        bottom = corners[1, 0] + across[:, None] * (corners[1, 1] - corners[1, 0])
+        pixels = top[None] + down[:, None, None] * (bottom - top)[None]
+        pixels = np.clip(pixels + noise.normal(0, 12, pixels.shape), 0, 255).astype(np.uint8)
+        name = f"images/{index + 1:04d}.jpg"
+        Image.fromarray(pixels).save(root / name, quality=90)
+        entries.append({"file": name, "caption": caption(rng, index), "width": width, "height": height,
+                        "source_name": f"IMG_{index + 1:04d}.jpg"})
     (root / "manifest.json").write_text(json.dumps(entries, indent=1))
     return root
+
+
+def describe_dataset(dataset_dir: Path) -> dict:
+    """What the set holds: image count, sizes, orientations, caption words."""
+    entries = json.loads((dataset_dir / "manifest.json").read_text())
+    sizes = sorted({(entry["width"], entry["height"]) for entry in entries})
+    words = [len(entry["caption"].split()) for entry in entries]
+    return {"images": len(entries), "sizes": [list(size) for size in sizes],
+            "landscape": sum(e["width"] > e["height"] for e in entries),
+            "portrait": sum(e["width"] < e["height"] for e in entries),
+            "square": sum(e["width"] == e["height"] for e in entries),
+            "caption_words": [min(words), max(words)]}
 
 
 def train_config(tcfg: dict):
@@ -61,11 +111,27 @@ def train_config(tcfg: dict):
 
 
 def _summary(warm: list[float], times: list[float], tcfg: dict) -> dict:
+    """Steady s/step (the timed steps), and the warm-up apart: its compile and recording time is what its steps
+    took beyond the steady median. Projected minutes: steps only (as earlier runs), and with that warm-up."""
     step = stats(times)
     median = step.get("median_s")
-    return {"s_per_step": step, "warm_up_steps_s": [round(t, 3) for t in warm],
-            "warm_up_s": round(sum(warm), 2),
-            "projected_minutes": round(median * tcfg["projected_steps"] / 60.0, 2) if median else None}
+    overhead = sum(max(0.0, t - median) for t in warm) if median else None
+    slowest = sorted(range(len(warm)), key=lambda i: -warm[i])[:5]
+    out = {"s_per_step": step, "warm_up_steps_s": [round(t, 3) for t in warm], "warm_up_steps": len(warm),
+           "warm_up_s": round(sum(warm), 2), "warm_up_overhead_s": round(overhead, 2) if overhead is not None else None,
+           "slowest_warm_up_steps": [[i + 1, round(warm[i], 2)] for i in sorted(slowest)],
+           "projected_minutes": round(median * tcfg["projected_steps"] / 60.0, 2) if median else None}
+    if median and overhead is not None:
+        out["projected_minutes_with_warm_up"] = round((median * tcfg["projected_steps"] + overhead) / 60.0, 2)
+    return out
+
+
+def shape_facts(shapes: list, unpadded: list) -> dict:
+    """How many step shapes the run has (what a compiled step records graphs for) and how many unpadded."""
+    from ..training.graphs import distinct_shapes
+
+    return {"step_shapes": distinct_shapes(shapes), "unpadded_shapes": distinct_shapes(unpadded),
+            "padded": shapes != unpadded, "shapes": sorted({str(shape) for shape in shapes})[:8]}
 
 
 def run_stock_training(pipe, dataset_dir: Path, work_dir: Path, tcfg: dict) -> dict:
@@ -78,12 +144,14 @@ def run_stock_training(pipe, dataset_dir: Path, work_dir: Path, tcfg: dict) -> d
 
     from ..lora.common import remove_peft_if_empty
     from ..training.data import load_or_build
+    from ..training.shapes import unpadded_shapes
 
     transformer = pipe.transformer
     device, dtype = transformer.device, transformer.dtype
     samples = load_or_build(pipe, dataset_dir, work_dir / "cache.pt", tcfg["resolution"])
     latents = [sample.latent.to(device, dtype) for sample in samples]
     embeds = [sample.embeds.to(device, dtype) for sample in samples]
+    shapes = unpadded_shapes(latents, embeds)  # the stock forward: every image size and caption length as it comes
     flags = {param: param.requires_grad for param in transformer.parameters()}
     transformer.requires_grad_(False)
     transformer.add_adapter(LoraConfig(r=tcfg["rank"], lora_alpha=tcfg["alpha"], init_lora_weights=True,
@@ -120,7 +188,7 @@ def run_stock_training(pipe, dataset_dir: Path, work_dir: Path, tcfg: dict) -> d
                                                  f"foreach={optimizer.defaults.get('foreach')})",
             "lora_dtype": str(params[0].dtype).replace("torch.", ""), "autocast": False,
             "text_encoder_device": str(pipe.text_encoder.device), "trainable_params": sum(p.numel() for p in params),
-            "losses_finite": all(map(_finite, losses)), "compiled": False,
+            "losses_finite": all(map(_finite, losses)), "compiled": False, **shape_facts(shapes, shapes),
         })
     finally:
         held.clear()
@@ -143,11 +211,12 @@ def _finite(value: float) -> bool:
 def start_trainer(pipe, dataset_dir: Path, work_dir: Path, tcfg: dict, label: str, graphs: bool = False):
     """A prepared LoraTrainer after its warm-up steps: (trainer, facts about the warm-up).
 
-    Warm-up: one epoch (every image, so a compiled transformer has met every caption length); with CUDA
+    Warm-up: one epoch (every image, so a compiled transformer has met every step shape); with CUDA
     graphs (`graphs`: ZIMAGE_TRAIN_GRAPHS, gpu/training/graphs.py) two, since a shape is recorded on its second step."""
     import torch
 
     from ..training.graphs import TrainingGraphs
+    from ..training.shapes import unpadded_shapes
     from ..training.trainer import LoraTrainer
 
     output = work_dir / label
@@ -168,6 +237,7 @@ def start_trainer(pipe, dataset_dir: Path, work_dir: Path, tcfg: dict, label: st
         trainer.close()
         raise
     facts = {"prepare_s": round(prepare_s, 2), "warm": warm, "cuda_graphs": trainer.uses_training_graphs,
+             **shape_facts(trainer.step_shapes, unpadded_shapes(trainer._latents, trainer._embeds)),
              "graphs_compiled_in_warm_up": accel.compiled_graph_count() - graphs_before,
              "peak_gib_prepare_and_warm_up": peak_gib(), "peak_reserved_gib_prepare_and_warm_up": peak_reserved_gib(),
              "reserved_gib_before": round(reserved_before, 2) if reserved_before is not None else None}
@@ -218,7 +288,9 @@ def run_ours_training(pipe, dataset_dir: Path, work_dir: Path, tcfg: dict, label
             result["reserved_gib_after_close"] = round(torch.cuda.memory_reserved() / GIB, 2)
     log(f"  {label}: {result['s_per_step'].get('median_s')} s/step, peak {result['peak_gib']} GiB allocated, "
         f"{result.get('peak_reserved_gib_prepare_and_warm_up')} GiB reserved in warm-up; warm-up {result['warm_up_s']} s "
-        f"({result['graphs_compiled_in_warm_up']} graph(s)), CUDA graphs {result['cuda_graphs']}")
+        f"over {result['warm_up_steps']} steps, {result['warm_up_overhead_s']} s beyond steady steps "
+        f"({result['graphs_compiled_in_warm_up']} graph(s)), CUDA graphs {result['cuda_graphs']}, "
+        f"{result['step_shapes']} step shape(s) ({result['unpadded_shapes']} unpadded)")
     return result, trainer
 
 
@@ -251,7 +323,9 @@ def run_section(pipe, tcfg: dict, work_dir: Path, results: dict, left) -> None:
     columns = results.setdefault("columns", {})
     dataset_dir = write_dataset(work_dir / "dataset", tcfg["images"], tcfg["resolution"])
     results["dataset_dir"] = str(dataset_dir)
-    log(f"training: stock peft loop ({tcfg['images']} images at {tcfg['resolution']} px, rank {tcfg['rank']})")
+    results["dataset"] = describe_dataset(dataset_dir)
+    log(f"training: stock peft loop ({tcfg['images']} images in {len(results['dataset']['sizes'])} sizes, captions of "
+        f"{results['dataset']['caption_words']} words, at {tcfg['resolution']} px, rank {tcfg['rank']})")
     try:
         columns["stock"] = run_stock_training(pipe, dataset_dir, work_dir, tcfg)
     except Exception as exc:  # noqa: BLE001 - keep going: ours is still worth measuring

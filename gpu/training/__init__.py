@@ -6,6 +6,7 @@
 - :mod:`.data`: the dataset manifest, aspect buckets and the latent/embedding cache.
 - :mod:`.checkpoints`: the checkpoint folders on disk (writing, pruning, resuming).
 - :mod:`.graphs`: CUDA graphs for training steps on the compiled transformer.
+- :mod:`.shapes`: steps padded to a few fixed shapes (masked), so compiled runs record few graphs.
 - :mod:`.flow_matching`: the objective and its reproducible randomness.
 - :mod:`.loss_curve`: the loss PNG posted with each checkpoint.
 

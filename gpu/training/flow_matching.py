@@ -44,10 +44,16 @@ def sample_sigma(mode: str, generator, pipe) -> float:
     return min(max(sigma, 1e-3), 1.0)
 
 
-def flow_matching_loss(transformer, pipe, clean, embeds, generator, mode: str, device, dtype):
-    """MSE between the transformer's prediction on a noised `clean` latent and ``clean - noise`` (batch 1)."""
+def flow_matching_loss(transformer, pipe, clean, embeds, generator, mode: str, device, dtype,
+                       shape: tuple[int, int] | None = None):
+    """MSE between the transformer's prediction on a noised `clean` latent and ``clean - noise`` (batch 1).
+
+    With `shape` (image tokens, caption tokens) the step runs padded to it (gpu/training/shapes.py): the same
+    loss up to float rounding, in one of a few fixed shapes."""
     import torch
     import torch.nn.functional as F
+
+    from .shapes import padded_forward
 
     noise = torch.randn(clean.shape, generator=generator).to(device, clean.dtype)
     sigma = sample_sigma(mode, generator, pipe)
@@ -55,7 +61,10 @@ def flow_matching_loss(transformer, pipe, clean, embeds, generator, mode: str, d
     target = clean - noise
     timestep = torch.tensor([1.0 - sigma], device=device, dtype=torch.float32)
     with autocast(device, dtype):
-        out = transformer([noisy.to(dtype).unsqueeze(1)], timestep, [embeds], return_dict=False)[0]
+        if shape is None:
+            out = transformer([noisy.to(dtype).unsqueeze(1)], timestep, [embeds], return_dict=False)[0]
+        else:
+            out = padded_forward(transformer, noisy.to(dtype).unsqueeze(1), timestep, embeds, shape)
     return F.mse_loss(out[0].float().squeeze(1), target.float())
 
 

@@ -13,10 +13,12 @@ steps, a checkpoint's sample or the end of training run exactly the graphs they 
 keeps both variants side by side in the block's cache (``accel.RECOMPILE_LIMIT``), so switching
 compiles nothing once both have run.
 
-Costs: each new input shape (aspect bucket x caption length, padded to 32 tokens) is recorded once,
-~10-20 s for the 34 blocks' forward and backward graphs (a shape is recorded on its second step).
-A dataset with more shapes than ``MAX_SHAPES`` trains without graphs (the recordings would cost more
-than they save), as do runs with gradient checkpointing (configured, or after an out-of-memory step).
+Costs: each new step shape (image tokens x caption tokens) is recorded once, ~10-20 s for the 34
+blocks' forward and backward graphs (a shape is recorded on its second step). The trainer pads every
+step to one image length and a few caption lengths (gpu/training/shapes.py), so any dataset has at most
+``len(shapes.CAPTION_LENGTHS)`` shapes. A run with more than ``MAX_SHAPES`` (unpadded: an attention
+backend without masks) trains without graphs (the recordings would cost more than they save), as do
+runs with gradient checkpointing (configured, or after an out-of-memory step).
 At the end of training the graphs and their memory pool are freed, which costs generation a re-trace
 of its graphs from the on-disk compile cache (:meth:`release`; the worker re-warms right away).
 
@@ -27,7 +29,6 @@ the transformer is compiled on CUDA.
 from __future__ import annotations
 
 import logging
-import math
 
 log = logging.getLogger(__name__)
 
@@ -38,19 +39,18 @@ MAX_SHAPES = 12
 CUDA_GRAPH_OPTIONS = {"fullgraph": True, "mode": "reduce-overhead"}
 
 
-def distinct_shapes(latents, embeds, multiple: int = 32) -> int:
-    """How many (latent shape, padded caption length) pairs a dataset gives: one recording each."""
-    pairs = zip(latents, embeds, strict=True)
-    return len({(tuple(latent.shape), math.ceil(embed.shape[0] / multiple)) for latent, embed in pairs})
+def distinct_shapes(shapes) -> int:
+    """How many distinct step shapes a run has (one per sample in `shapes`): one recording each."""
+    return len(set(shapes))
 
 
-def graphs_unsuitable(latents, embeds, checkpointing: bool) -> str | None:
-    """Why a training run should not use CUDA graphs, or None."""
+def graphs_unsuitable(shapes, checkpointing: bool) -> str | None:
+    """Why a training run whose samples have these step shapes should not use CUDA graphs, or None."""
     if checkpointing:
         return "gradient checkpointing is on"
-    shapes = distinct_shapes(latents, embeds)
-    if shapes > MAX_SHAPES:
-        return f"the images and captions come in {shapes} shapes, more than {MAX_SHAPES}"
+    count = distinct_shapes(shapes)
+    if count > MAX_SHAPES:
+        return f"the images and captions come in {count} shapes, more than {MAX_SHAPES}"
     return None
 
 

@@ -25,7 +25,8 @@ Training is flow matching (gpu/training/flow_matching.py); the data order and th
 This module is the stateful trainer (setup, adapter state, optimizer step, sampling, teardown); its
 parts live beside it in gpu/training/: config.py (``TrainConfig``, ``TrainerError``), checkpoints.py (the
 checkpoint folders), flow_matching.py (the objective), loss_curve.py (the loss PNG), data.py (the dataset
-cache), graphs.py (CUDA graphs); the trainee's peft handling is gpu/lora/trainee.py.
+cache), graphs.py (CUDA graphs), shapes.py (steps padded to a few fixed shapes, so a compiled run records
+few graphs whatever the dataset); the trainee's peft handling is gpu/lora/trainee.py.
 """
 
 from __future__ import annotations
@@ -64,6 +65,8 @@ from .data import Sample, encode_caption, load_or_build
 from .flow_matching import autocast, derived_seed, flow_matching_loss, sample_index
 from .graphs import TrainingGraphs, graphs_unsuitable
 from .loss_curve import render_loss_curve
+from .shapes import step_shapes, unpadded_shapes
+from .shapes import supported as padding_supported
 
 if TYPE_CHECKING:
     import torch
@@ -94,6 +97,7 @@ class LoraTrainer:
         self.samples: list[Sample] = []
         self._latents: list = []
         self._embeds: list = []
+        self._shapes: list = []  # per sample: the padded (image, caption) tokens of its steps, or None (unpadded)
         self._trainee_params: list = []
         self._step = 0
         self._losses: list[float] = []
@@ -134,6 +138,12 @@ class LoraTrainer:
         return bool(self._graphs.blocks)
 
     @property
+    def step_shapes(self) -> list:
+        """Each sample's step shape: padded (image tokens, caption tokens), else unpadded (latent shape, caption / 32)."""
+        unpadded = unpadded_shapes(self._latents, self._embeds)
+        return [shape if shape is not None else plain for shape, plain in zip(self._shapes, unpadded, strict=True)]
+
+    @property
     def needs_warm_up(self) -> bool:
         """Freeing the CUDA graphs discarded every compiled graph: generation should warm up again."""
         return self._graphs.reset_compiled_code
@@ -164,7 +174,8 @@ class LoraTrainer:
         self._latents = [sample.latent.to(self.device) for sample in self.samples]  # float32
         self._embeds = [sample.embeds.to(self.device, self.dtype) for sample in self.samples]
         self.encode_prompt(self._sample_prompt())  # while the text encoder is still on the accelerator
-        unsuitable = graphs_unsuitable(self._latents, self._embeds, self.config.gradient_checkpointing)
+        self._shapes = self._choose_shapes()
+        unsuitable = graphs_unsuitable(self.step_shapes, self.config.gradient_checkpointing)
         if self._graphs.blocks and unsuitable:
             log.info("training without CUDA graphs: %s", unsuitable)
             self._graphs = self._graphs.release()
@@ -180,6 +191,20 @@ class LoraTrainer:
         self._configure_training()
         log.info("training prepared: %d images, rank %d, step %d of %d, optimizer %s", len(self.samples),
                  self.config.rank, self._step, self.config.steps, type(self.optimizer).__name__)
+
+    def _choose_shapes(self) -> list:
+        """Padded step shapes when the blocks are compiled (gpu/training/shapes.py); eager steps run unpadded."""
+        compiled = bool(self._graphs.blocks) or any(
+            getattr(module, "_compiled_call_impl", None) is not None for module in self.transformer.modules())
+        if not compiled:
+            return [None] * len(self.samples)
+        if not padding_supported(self.transformer):
+            log.info("training unpadded: the attention backend takes no mask (gpu/training/shapes.py)")
+            return [None] * len(self.samples)
+        shapes = step_shapes(self._latents, self._embeds)
+        log.info("training in %d step shape(s) (image tokens, caption tokens): %s; unpadded %d", len(set(shapes)),
+                 sorted(set(shapes)), len(set(unpadded_shapes(self._latents, self._embeds))))
+        return shapes
 
     def _offload_text_encoder(self) -> None:
         encoder = self.pipe.text_encoder
@@ -286,7 +311,7 @@ class LoraTrainer:
         index = sample_index(self.config.seed, step, len(self.samples))
         generator = torch.Generator().manual_seed(derived_seed(self.config.seed, "noise", step))
         return flow_matching_loss(self.transformer, self.pipe, self._latents[index], self._embeds[index], generator,
-                                  self.config.timestep_sampling, self.device, self.dtype)
+                                  self.config.timestep_sampling, self.device, self.dtype, self._shapes[index])
 
     def _autocast(self):
         return autocast(self.device, self.dtype)
@@ -378,7 +403,7 @@ class LoraTrainer:
         if self._saved.text_encoder_device is not None:
             self.pipe.text_encoder.to(self._saved.text_encoder_device)
         self.optimizer = None
-        self._latents, self._embeds, self._trainee_params, self._prompt_cache = [], [], [], {}
+        self._latents, self._embeds, self._shapes, self._trainee_params, self._prompt_cache = [], [], [], [], {}
         self._probe = None
         self._saved = _SavedFlags()
         _free_memory(self.device)
