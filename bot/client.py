@@ -16,13 +16,13 @@ from .cogs.mod_views import MOD_BUTTONS
 from .db.jobs import JobStore
 from .db.loras import LoraStore
 from .db.moderation import ModerationStore
-from .delivery import Delivery
 from .errors import UserFacingError
 from .files_server import FilesServer, LinkSigner, load_secret
 from .imagine import ImagineService
+from .jobs.delivery import Delivery
+from .jobs.runner import JobRunner
 from .limits import UserLimits
 from .moderation import RequestRules
-from .runner import JobRunner
 from .settings import Settings
 from .training.service import TrainService
 from .views import BUTTONS, result_view

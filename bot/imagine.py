@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 
 import discord
 
-from . import render
 from .errors import UserFacingError
+from .jobs import render
 from .sizes import ASPECT_SIZES
 from .worker.client import WorkerUnavailable
 

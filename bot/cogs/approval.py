@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING
 
 import discord
 
-from .. import render
 from ..db.models import Job, JobStatus
 from ..errors import UserFacingError
+from ..jobs import render
 from ..permissions import NotModerator, is_moderator
 
 if TYPE_CHECKING:

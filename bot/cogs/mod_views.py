@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 
 import discord
 
-from .. import render
 from ..db.models import Job, JobStatus, utcnow
+from ..jobs import render
 from ..permissions import NotModerator, is_moderator
 
 if TYPE_CHECKING:

@@ -8,9 +8,9 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from .. import render
 from ..db.models import JobKind, JobStatus
 from ..errors import UserFacingError
+from ..jobs import render
 
 if TYPE_CHECKING:
     from ..client import ZImageBot

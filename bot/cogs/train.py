@@ -10,9 +10,9 @@ from discord import app_commands
 from discord.ext import commands
 from sqlalchemy.exc import IntegrityError
 
-from .. import render
 from ..db.models import JobKind, JobStatus
 from ..errors import UserFacingError
+from ..jobs import render
 from .approval import approval_text, approval_view
 
 if TYPE_CHECKING:

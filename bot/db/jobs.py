@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
-from ..scheduling import fair_order
+from ..jobs.scheduling import fair_order
 from .models import BotState, GuildSettings, Job, JobKind, JobStatus, utcnow
 
 INTERACTION_TOKEN_LIFETIME = timedelta(minutes=15)

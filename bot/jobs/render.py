@@ -6,7 +6,7 @@ import discord
 
 from zimage_protocol.messages import CheckpointReady, TrainProgress
 
-from .db.models import Job, JobKind, JobStatus
+from ..db.models import Job, JobKind, JobStatus
 
 EMBED_COLOUR = discord.Colour.from_rgb(88, 101, 242)
 PROGRESS_BAR_WIDTH = 16

@@ -15,7 +15,7 @@ from datetime import timedelta
 
 import discord
 
-from .db.models import Job, utcnow
+from ..db.models import Job, utcnow
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ import discord
 
 from zimage_protocol.messages import Done, GenerateParams, ImageReady, Progress
 
+from ..db.models import Job, JobStatus
 from . import render
-from .db.models import Job, JobStatus
 
 if TYPE_CHECKING:
     from .runner import JobRunner

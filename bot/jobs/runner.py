@@ -14,17 +14,17 @@ import logging
 
 from zimage_protocol.errors import ErrorCode
 
+from ..db.jobs import JobStore
+from ..db.loras import LoraStore
+from ..db.models import Job, JobKind, JobStatus
+from ..db.moderation import ModerationStore
+from ..errors import worker_crashed_message, worker_error_message
+from ..settings import Settings
+from ..worker.client import WorkerClient, WorkerError, WorkerUnavailable
 from . import render
-from .db.jobs import JobStore
-from .db.loras import LoraStore
-from .db.models import Job, JobKind, JobStatus
-from .db.moderation import ModerationStore
 from .delivery import Delivery
-from .errors import worker_crashed_message, worker_error_message
 from .imagine_lane import ImagineLane
-from .settings import Settings
-from .training.lane import TrainingLane
-from .worker.client import WorkerClient, WorkerError, WorkerUnavailable
+from .training_lane import TrainingLane
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ import discord
 
 from zimage_protocol.messages import CheckpointReady, TrainParams, TrainProgress
 
-from .. import render
 from ..db.models import Job, JobStatus
+from . import render
 
 if TYPE_CHECKING:
     from ..runner import JobRunner
