@@ -19,8 +19,12 @@ from .db.moderation import ModerationStore
 from .errors import UserFacingError
 from .files_server import FilesServer, LinkSigner, load_secret
 from .imagine import ImagineService
-from .jobs.delivery import Delivery
+from .jobs.delivery import Delivery, DiscordRoutes
+from .jobs.imagine_lane import ImagineLane
+from .jobs.lane import LaneContext
+from .jobs.positions import Positions
 from .jobs.runner import JobRunner
+from .jobs.training_lane import TrainingLane
 from .limits import UserLimits
 from .moderation import RequestRules
 from .settings import Settings
@@ -48,9 +52,9 @@ class ZImageBot(commands.Bot):
         self.rules = RequestRules(self.moderation)
         self.worker = WorkerClient(settings.socket_path)
         self.supervisor = WorkerSupervisor(settings) if settings.worker_mode == "spawn" else None
-        self.delivery = Delivery(self)
+        self.delivery = Delivery(DiscordRoutes(self))
+        self.positions = Positions(self.store, self.delivery)
         self.limits = UserLimits(settings, self.store)
-        self.runner = JobRunner(settings, self.store, self.moderation, self.loras, self.worker, self.delivery, result_view)
         self.imagine = ImagineService(self)
         self.train_service = TrainService(self)
         self.files_server: FilesServer | None = None
@@ -58,8 +62,12 @@ class ZImageBot(commands.Bot):
 
     async def setup_hook(self) -> None:
         secret = await asyncio.to_thread(load_secret, self.settings.data_dir)
-        self.runner.signer = LinkSigner(secret, self.settings.data_dir, self.settings.link_base, self.settings.link_ttl)
-        self.files_server = FilesServer(self.runner.signer, self.settings.http_host, self.settings.http_port)
+        self.signer = LinkSigner(secret, self.settings.data_dir, self.settings.link_base, self.settings.link_ttl)
+        self.files_server = FilesServer(self.signer, self.settings.http_host, self.settings.http_port)
+        context = LaneContext(settings=self.settings, store=self.store, worker=self.worker, messages=self.delivery,
+                              positions=self.positions)
+        lanes = (ImagineLane(context, self.moderation, result_view), TrainingLane(context, self.loras, self.signer))
+        self.runner = JobRunner(context, lanes, max_attempts=self.settings.max_attempts)
         await self.files_server.start()
         if self.supervisor:
             self.supervisor.start()

@@ -253,7 +253,7 @@ class LoraCog(commands.GroupCog, group_name="lora", group_description="Your LoRA
     @app_commands.command(name="export", description="Download links for a LoRA: diffusers and ComfyUI formats")
     @app_commands.autocomplete(name=usable_autocomplete)
     async def export(self, interaction: discord.Interaction, name: str) -> None:
-        lora, signer = await self.usable(interaction, name), self.bot.runner.signer
+        lora, signer = await self.usable(interaction, name), self.bot.signer
         if signer is None:
             raise UserFacingError("File links are not available on this bot.")
         await interaction.response.defer(ephemeral=True, thinking=True)

@@ -105,14 +105,14 @@ class ModCog(commands.GroupCog, group_name="mod", group_description="Moderator t
     async def pause(self, interaction: discord.Interaction) -> None:
         await self.bot.moderation.update_settings(interaction.guild_id, paused=True)
         await self._done(interaction, "pause", "⏸️ The queue is paused. Jobs wait and keep their place; `/mod resume` to go on.")
-        await self.bot.runner.refresh_positions(paused_guild=interaction.guild_id)
+        await self.bot.positions.refresh(paused_guild=interaction.guild_id)
 
     @app_commands.command(name="resume", description="Resume this server's queue")
     async def resume(self, interaction: discord.Interaction) -> None:
         await self.bot.moderation.update_settings(interaction.guild_id, paused=False)
         await self._done(interaction, "resume", "▶️ The queue runs again.")
         self.bot.runner.wake()
-        await self.bot.runner.refresh_positions()
+        await self.bot.positions.refresh()
 
     # --- bans --------------------------------------------------------------------------------
 

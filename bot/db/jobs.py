@@ -121,6 +121,19 @@ class JobStore:
     async def requeue(self, job_id: int, error: str | None = None) -> None:
         await self._update(job_id, status=JobStatus.QUEUED, error=error)
 
+    async def release(self, job_id: int) -> None:
+        """Back to the queue as if never claimed: the attempt is not counted (the worker was busy, not broken).
+
+        A first attempt also gives back its start time, so the member's turn in the fair order is not used up."""
+        async with self.session() as session, session.begin():
+            job = await session.get(Job, job_id)
+            if job is None or job.status != JobStatus.RUNNING:
+                return
+            job.status = JobStatus.QUEUED
+            job.attempts = max(job.attempts - 1, 0)
+            if job.attempts == 0:
+                job.started_at = None
+
     async def mark_delivering(self, job_id: int, result: dict[str, Any]) -> None:
         await self._update(job_id, status=JobStatus.DELIVERING, result=result, error=None)
 
