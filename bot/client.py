@@ -8,7 +8,6 @@ import json
 import logging
 
 import discord
-from discord import app_commands
 from discord.ext import commands
 
 from .cogs.approval import APPROVAL_BUTTONS
@@ -16,7 +15,6 @@ from .cogs.mod_views import MOD_BUTTONS
 from .db.jobs import JobStore
 from .db.loras import LoraStore
 from .db.moderation import ModerationStore
-from .errors import UserFacingError
 from .files_server import FilesServer, LinkSigner, load_secret
 from .imagine import ImagineService
 from .jobs.delivery import Delivery, DiscordRoutes
@@ -27,6 +25,7 @@ from .jobs.runner import JobRunner
 from .jobs.training_lane import TrainingLane
 from .limits import UserLimits
 from .moderation import RequestRules
+from .reporting import report_error
 from .settings import Settings
 from .training.service import TrainService
 from .views import BUTTONS, result_view
@@ -58,7 +57,7 @@ class ZImageBot(commands.Bot):
         self.imagine = ImagineService(self)
         self.train_service = TrainService(self)
         self.files_server: FilesServer | None = None
-        self.tree.on_error = self.on_app_command_error
+        self.tree.on_error = report_error  # type: ignore[method-assign]
 
     async def setup_hook(self) -> None:
         secret = await asyncio.to_thread(load_secret, self.settings.data_dir)
@@ -100,31 +99,6 @@ class ZImageBot(commands.Bot):
         await self.tree.sync()
         await self.store.set_state(COMMANDS_HASH_KEY, digest)
         log.info("synced commands globally")
-
-    async def on_app_command_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
-        await self.report_error(interaction, error)
-
-    async def report_error(self, interaction: discord.Interaction, error: Exception) -> None:
-        """The one place command and button errors become replies."""
-        original = getattr(error, "original", error)
-        if isinstance(original, UserFacingError):
-            message = str(original)
-        elif isinstance(original, app_commands.CheckFailure):
-            message = str(original) or "You are not allowed to use this command here."
-        else:
-            log.error("command failed", exc_info=original)
-            message = "Something went wrong on our side; the error was logged."
-        await self.reply_ephemeral(interaction, message)
-
-    @staticmethod
-    async def reply_ephemeral(interaction: discord.Interaction, message: str) -> None:
-        try:
-            if interaction.response.is_done():
-                await interaction.followup.send(message, ephemeral=True)
-            else:
-                await interaction.response.send_message(message, ephemeral=True)
-        except discord.HTTPException as exc:
-            log.warning("could not tell the user about an error: %s", exc)
 
     async def on_error(self, event_method: str, /, *args, **kwargs) -> None:
         log.exception("unhandled error in %s", event_method)

@@ -1,7 +1,7 @@
 """The one kind of error a user is shown as it is.
 
-Commands raise ``UserFacingError`` for bad input; ``tree.on_error`` (bot/client.py) turns it into
-an ephemeral reply. What a job's failure says (worker error codes, a
+Commands, services and checks raise ``UserFacingError`` (or a subclass) for anything the member can fix;
+bot/reporting.py turns it into their reply. What a job's failure says (worker error codes, a
 crashed worker) is written in bot/jobs/outcomes.py.
 """
 

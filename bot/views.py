@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import discord
 
+from .buttons import ReportingButton
 from .db.models import Job
 from .errors import UserFacingError
 from .imagine import build_params, consecutive_seeds, random_seed
@@ -16,7 +17,7 @@ if TYPE_CHECKING:
     from .client import ZImageBot
 
 
-class _JobButton:
+class _JobButton(ReportingButton):
     """Mixin for a DynamicItem button bound to one job id; subclasses set ACTION, LABEL, EMOJI, STYLE."""
 
     ACTION = ""
@@ -32,13 +33,6 @@ class _JobButton:
     @classmethod
     async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button, match: re.Match[str]):
         return cls(int(match["job_id"]))
-
-    async def callback(self, interaction: discord.Interaction) -> None:
-        # DynamicItem errors bypass tree.on_error, so route them to the same single handler.
-        try:
-            await self.handle(interaction)  # each button class defines handle()
-        except Exception as error:  # noqa: BLE001
-            await interaction.client.report_error(interaction, error)  # type: ignore[attr-defined]
 
     async def _job(self, interaction: discord.Interaction) -> Job:
         bot: ZImageBot = interaction.client  # type: ignore[assignment]

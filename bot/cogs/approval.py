@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import discord
 
+from ..buttons import ReportingButton
 from ..db.models import Job, JobStatus
 from ..errors import UserFacingError
 from ..jobs import render
@@ -29,7 +30,7 @@ def approval_text(job: Job) -> str:
             f"rank {config['rank']}) in <#{job.channel_id}>. A moderator may approve or deny it.")
 
 
-class _Decision:
+class _Decision(ReportingButton):
     """Mixin for the two approval buttons: the moderator check and the audit in one place."""
 
     APPROVE = True
@@ -45,14 +46,8 @@ class _Decision:
     async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button, match: re.Match[str]):
         return cls(int(match["job_id"]))
 
-    async def callback(self, interaction: discord.Interaction) -> None:
+    async def handle(self, interaction: discord.Interaction) -> None:
         bot: ZImageBot = interaction.client  # type: ignore[assignment]
-        try:
-            await self._decide(bot, interaction)
-        except Exception as error:  # noqa: BLE001 - DynamicItems bypass tree.on_error
-            await bot.report_error(interaction, error)
-
-    async def _decide(self, bot: ZImageBot, interaction: discord.Interaction) -> None:
         if not is_moderator(interaction, await bot.moderation.settings(interaction.guild_id)):
             raise NotModerator("Only moderators can approve or deny training jobs.")
         job = await bot.store.get(self.job_id)

@@ -25,7 +25,6 @@ from zimage_protocol.constants import LORA_FILE
 
 from .. import lora_import as lib
 from ..attachments import save_attachment
-from ..db.loras import StackFull
 from ..errors import UserFacingError
 from ..permissions import is_moderator
 from ..training import DownloadError, download_zip
@@ -132,11 +131,7 @@ class LoraCog(commands.GroupCog, group_name="lora", group_description="Your LoRA
             raise UserFacingError(f"A LoRA named `{name}` already exists in this server; pick another name.")
         await self.bot.rules.check_not_banned(interaction.guild_id, interaction.user.id)
         await interaction.response.defer(ephemeral=True, thinking=True)
-        try:
-            lora, result = await self._import(interaction, name, file, url, max_bytes)
-        except UserFacingError as exc:
-            await interaction.edit_original_response(content=f"❌ {exc}")
-            return
+        lora, result = await self._import(interaction, name, file, url, max_bytes)
         await interaction.edit_original_response(content=(
             f"✅ Imported `{lora.name}` ({result.format} format): rank {result.rank}, alpha {result.alpha:g}, "
             f"{result.layers} layers, {result.size / 1e6:.1f} MB. It is private: `/lora use {lora.name}` to use it, "
@@ -261,8 +256,7 @@ class LoraCog(commands.GroupCog, group_name="lora", group_description="Your LoRA
             ours, comfy = await asyncio.to_thread(export_files, lora, self.bot.settings.data_dir,
                                                   self.bot.settings.lora_max_header_bytes)
         except (OSError, lib.LoraImportError) as exc:
-            await interaction.edit_original_response(content=f"❌ Could not export `{lora.name}`: {exc}")
-            return
+            raise UserFacingError(f"Could not export `{lora.name}`: {exc}") from None
         days = self.bot.settings.link_ttl / 86400
         await interaction.edit_original_response(content=(
             f"`{lora.name}` (links expire in {days:g} days):\n• diffusers: [{ours.name}]({signer.link(ours)})\n"
@@ -282,11 +276,7 @@ class LoraCog(commands.GroupCog, group_name="lora", group_description="Your LoRA
                                   "See `/lora list`.")
         settings = self.bot.settings
         scale = settings.lora_default_scale if scale is None else scale
-        try:
-            await self.bot.loras.use(interaction.user.id, interaction.guild_id, lora.id, scale, settings.lora.max_stack)
-        except StackFull as full:
-            raise UserFacingError(f"You already stack {len(full.args[0])} LoRAs ({', '.join(full.args[0])}), the most "
-                                  f"allowed at once. `/lora clear name` one of them first.") from None
+        await self.bot.loras.use(interaction.user.id, interaction.guild_id, lora.id, scale, settings.lora.max_stack)
         stack = await self.bot.loras.selection(interaction.user.id, interaction.guild_id)
         await interaction.response.send_message(
             "Your /imagine images now use " + " + ".join(f"`{item.name}` at {s:g}" for item, s in stack)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import discord
 
+from ..buttons import ReportingButton
 from ..db.models import Job, JobStatus, utcnow
 from ..jobs import render
 from ..permissions import NotModerator, is_moderator
@@ -57,7 +58,8 @@ def _line(job: Job, order: dict[int, int]) -> str:
             f"*{render.describe(job, 50)}*")
 
 
-class ModQueuePage(discord.ui.DynamicItem[discord.ui.Button], template=r"zimage:modq:(?P<page>-?[0-9]+):(?P<tag>[a-z]+)"):
+class ModQueuePage(ReportingButton, discord.ui.DynamicItem[discord.ui.Button],
+                   template=r"zimage:modq:(?P<page>-?[0-9]+):(?P<tag>[a-z]+)"):
     """Moves the /mod queue listing to another page; checks the clicker is a moderator."""
 
     def __init__(self, page: int, label: str, disabled: bool = False):
@@ -71,15 +73,12 @@ class ModQueuePage(discord.ui.DynamicItem[discord.ui.Button], template=r"zimage:
     async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button, match: re.Match[str]):
         return cls(int(match["page"]), item.label or "")
 
-    async def callback(self, interaction: discord.Interaction) -> None:
+    async def handle(self, interaction: discord.Interaction) -> None:
         bot: ZImageBot = interaction.client  # type: ignore[assignment]
-        try:
-            if not is_moderator(interaction, await bot.moderation.settings(interaction.guild_id)):
-                raise NotModerator("Only moderators can page through the server's queue.")
-            content, view = await queue_page(bot, interaction.guild_id, self.page)
-            await interaction.response.edit_message(content=content, view=view)
-        except Exception as error:  # noqa: BLE001 - DynamicItems bypass tree.on_error
-            await bot.report_error(interaction, error)
+        if not is_moderator(interaction, await bot.moderation.settings(interaction.guild_id)):
+            raise NotModerator("Only moderators can page through the server's queue.")
+        content, view = await queue_page(bot, interaction.guild_id, self.page)
+        await interaction.response.edit_message(content=content, view=view)
 
 
 MOD_BUTTONS = (ModQueuePage,)

@@ -42,18 +42,13 @@ class TrainCog(commands.Cog):
         # Intake can take a while: answer now (privately: bad archives are the member's business).
         await interaction.response.defer(ephemeral=True, thinking=True)
         job_dir = self.bot.settings.training_dir / f"ix-{interaction.id}"
-        try:
-            summary = await service.prepare(name, photos, url, caption, job_dir)
-        except UserFacingError as exc:
-            await interaction.edit_original_response(content=f"❌ {exc}")
-            return
+        summary = await service.prepare(name, photos, url, caption, job_dir)
         config = service.config(name, caption, steps)
         try:
             lora = await self.bot.loras.create(guild_id=interaction.guild_id, owner_id=interaction.user.id, name=name,
                                                rank=config["rank"], job_id=None)
         except IntegrityError:
-            await interaction.edit_original_response(content=f"❌ A LoRA named `{name}` was just created; pick another name.")
-            return
+            raise UserFacingError(f"A LoRA named `{name}` was just created; pick another name.") from None
         params = {"name": name, "lora_id": lora.id, "dataset_dir": str(job_dir / "dataset"),
                   "output_dir": str(job_dir / "output"), "config": config, "upload_limit": interaction.filesize_limit}
         guild = await self.bot.moderation.settings(interaction.guild_id)
