@@ -24,6 +24,7 @@ from .jobs.positions import Positions
 from .jobs.runner import JobRunner
 from .jobs.training_lane import TrainingLane
 from .limits import UserLimits
+from .lora_library import LoraImporter, LoraLibrary
 from .moderation import RequestRules
 from .reporting import report_error
 from .settings import Settings
@@ -67,6 +68,8 @@ class ZImageBot(commands.Bot):
                               positions=self.positions)
         lanes = (ImagineLane(context, self.moderation, result_view), TrainingLane(context, self.loras, self.signer))
         self.runner = JobRunner(context, lanes, max_attempts=self.settings.max_attempts)
+        self.library = LoraLibrary(self.settings, self.loras, self.signer)
+        self.importer = LoraImporter(self.settings, self.library, self.rules)
         await self.files_server.start()
         if self.supervisor:
             self.supervisor.start()

@@ -6,7 +6,6 @@ checks: prompt, queue limit, rate limit, and the model's token limit (asked of t
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import random
 from typing import TYPE_CHECKING
@@ -46,32 +45,6 @@ def consecutive_seeds(seed: int, count: int) -> list[int]:
 class ImagineService:
     def __init__(self, bot: ZImageBot):
         self.bot = bot
-
-    async def selected_loras(self, user_id: int, guild_id: int | None, override: str | None = None) -> list[dict]:
-        """The adapters picked with /lora use (or only `override`, a LoRA name, at the default scale), as
-        worker params. The name carries the step and a digest of the path, so every file version (a newer
-        checkpoint, a re-import reusing an id) is a new adapter to the worker's cache, not a stale hit."""
-        if override is None:
-            picked = await self.bot.loras.selection(user_id, guild_id)
-        else:
-            usable = await self.bot.loras.usable_by(user_id, guild_id) if guild_id else []
-            picked = [(lora, self.bot.settings.lora_default_scale) for lora in usable if lora.name == override.strip().lower()]
-            if not picked:
-                raise UserFacingError(f"You have no LoRA `{override}` here (yours, or one shared in this server).")
-        self._check_limits(picked)
-        return [{"name": f"lora{lora.id}-s{lora.steps}-{hashlib.sha1(lora.path.encode()).hexdigest()[:8]}",
-                 "path": lora.path, "scale": scale, "label": lora.name} for lora, scale in picked]
-
-    def _check_limits(self, picked: list) -> None:
-        """A stack picked before LORA_MAX_STACK or LORA_MAX_RANK were lowered: say so instead of failing in the worker."""
-        settings = self.bot.settings
-        if len(picked) > settings.lora.max_stack:
-            raise UserFacingError(f"You use {len(picked)} LoRAs; this bot now allows {settings.lora.max_stack} at once. "
-                                  "Drop some with `/lora clear`.")
-        for lora, _ in picked:
-            if lora.rank and lora.rank > settings.lora.slot_rank:
-                raise UserFacingError(f"`{lora.name}` has rank {lora.rank}; this bot now accepts LoRAs up to rank "
-                                      f"{settings.lora.slot_rank}. Stop using it with `/lora clear {lora.name}`.")
 
     async def clean_prompt(self, prompt: str) -> str:
         prompt = prompt.strip()

@@ -10,7 +10,6 @@ from discord.ext import commands
 
 from ..imagine import MAX_PROMPT_CHARS, MAX_SEED, build_params, consecutive_seeds, random_seed
 from ..sizes import ASPECT_SIZES, DEFAULT_ASPECT
-from .lora import usable_choices
 
 if TYPE_CHECKING:
     from ..client import ZImageBot
@@ -26,7 +25,7 @@ class ImagineCog(commands.Cog):
         self.bot = bot
 
     async def lora_autocomplete(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
-        return await usable_choices(self.bot, interaction, current)
+        return await self.bot.library.choices(interaction.user.id, interaction.guild_id, current)
 
     @app_commands.command(name="imagine", description="Generate images from a text prompt with Z-Image-Turbo")
     @app_commands.describe(
@@ -52,7 +51,7 @@ class ImagineCog(commands.Cog):
         if aspect not in ASPECT_SIZES:
             aspect = DEFAULT_ASPECT
         seeds = consecutive_seeds(random_seed() if seed is None else seed, count)
-        loras = await self.bot.imagine.selected_loras(interaction.user.id, interaction.guild_id, lora)
+        loras = await self.bot.library.for_request(interaction.user.id, interaction.guild_id, lora)
         params = build_params(prompt, aspect, steps, seeds, interaction.filesize_limit, loras)
         await self.bot.imagine.submit(interaction, params)
 

@@ -8,11 +8,10 @@ from typing import TYPE_CHECKING
 import discord
 from discord import app_commands
 from discord.ext import commands
-from sqlalchemy.exc import IntegrityError
 
 from ..db.models import JobKind, JobStatus
-from ..errors import UserFacingError
 from ..jobs import render
+from ..lora_library import clean_name
 from .approval import approval_text, approval_view
 
 if TYPE_CHECKING:
@@ -37,18 +36,15 @@ class TrainCog(commands.Cog):
                     photos: discord.Attachment | None = None, caption: app_commands.Range[str, 1, 300] | None = None,
                     steps: app_commands.Range[int, 1, 20000] | None = None, url: str | None = None) -> None:
         service = self.bot.train_service
-        name = name.strip().lower()
+        name = clean_name(name)
         await service.check_request(interaction, name, photos, url)
         # Intake can take a while: answer now (privately: bad archives are the member's business).
         await interaction.response.defer(ephemeral=True, thinking=True)
         job_dir = self.bot.settings.training_dir / f"ix-{interaction.id}"
         summary = await service.prepare(name, photos, url, caption, job_dir)
         config = service.config(name, caption, steps)
-        try:
-            lora = await self.bot.loras.create(guild_id=interaction.guild_id, owner_id=interaction.user.id, name=name,
-                                               rank=config["rank"], job_id=None)
-        except IntegrityError:
-            raise UserFacingError(f"A LoRA named `{name}` was just created; pick another name.") from None
+        lora = await self.bot.library.create(guild_id=interaction.guild_id, owner_id=interaction.user.id, name=name,
+                                             rank=config["rank"])
         params = {"name": name, "lora_id": lora.id, "dataset_dir": str(job_dir / "dataset"),
                   "output_dir": str(job_dir / "output"), "config": config, "upload_limit": interaction.filesize_limit}
         guild = await self.bot.moderation.settings(interaction.guild_id)

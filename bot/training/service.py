@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import shutil
 from datetime import timedelta
 from pathlib import Path
@@ -21,15 +20,13 @@ import discord
 from ..attachments import save_attachment
 from ..db.models import JobKind
 from ..errors import UserFacingError
+from ..lora_library import check_name
 from . import DownloadError, IntakeError, IntakeLimits, download_zip, prepare_dataset
 
 if TYPE_CHECKING:
     from ..client import ZImageBot
 
 log = logging.getLogger(__name__)
-
-NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{1,31}$")
-
 
 class TrainService:
     def __init__(self, bot: ZImageBot):
@@ -39,14 +36,12 @@ class TrainService:
         """Cheap checks before deferring; each failure is an ephemeral reply."""
         if interaction.guild_id is None:
             raise UserFacingError("LoRAs belong to a server: use /train in a server channel.")
-        if not NAME.match(name):
-            raise UserFacingError("Names are 2-32 characters: lowercase letters, digits, `-` and `_`, e.g. `ada-lovelace`.")
+        check_name(name)
         if (photos is None) == (url is None):
             raise UserFacingError("Attach a zip of photos as `photos`, or give an https `url` to one (not both).")
         if photos is not None and not photos.filename.lower().endswith(".zip"):
             raise UserFacingError(f"`{photos.filename}` is not a .zip file.")
-        if await self.bot.loras.by_name(interaction.guild_id, name):
-            raise UserFacingError(f"A LoRA named `{name}` already exists in this server; pick another name.")
+        await self.bot.library.check_new_name(interaction.guild_id, name)
         await self.bot.rules.check_not_banned(interaction.guild_id, interaction.user.id)
         guild = await self.bot.moderation.settings(interaction.guild_id)
         if guild.trainings_per_day:
