@@ -126,3 +126,11 @@ async def test_when_every_route_fails_it_says_so_and_raises_nothing():
     assert not await Delivery(broken(), rate_limit_wait=0).post_final(make_job(), "here is job #3")
     assert not await Delivery(broken(), rate_limit_wait=0).post_extra(make_job(), "part 2/2", lambda: [])
     assert not await Delivery(FakeRoutes(channel=False)).edit_status(make_job(token_left=None), "step 1/8")
+
+
+async def test_an_approval_request_goes_to_its_channel_or_reports_it_could_not():
+    routes = FakeRoutes()
+    assert await Delivery(routes).send(42, "🔔 approve?", view=None)
+    assert routes.log == [("channel", "send", {"content": "🔔 approve?", "view": None})]
+    assert not await Delivery(FakeRoutes(channel=False)).send(42, "🔔 approve?")
+    assert not await Delivery(FakeRoutes(channel_errors=[http_error(403, 50013)])).send(42, "🔔 approve?")

@@ -8,25 +8,24 @@ from __future__ import annotations
 
 import io
 from datetime import UTC
-from typing import TYPE_CHECKING
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
-from ..lora_library import clean_name, label
+from ..db.moderation import ModerationStore
+from ..lora_library import LoraImporter, LoraLibrary, clean_name, label
 from ..permissions import is_moderator
-
-if TYPE_CHECKING:
-    from ..client import ZImageBot
+from ..services import services_of
+from ..settings import Settings
 
 
 class LoraCog(commands.GroupCog, group_name="lora", group_description="Your LoRA adapters"):
-    def __init__(self, bot: ZImageBot):
-        self.settings = bot.settings      # the link lifetime /lora export states
-        self.library = bot.library
-        self.importer = bot.importer
-        self.moderation = bot.moderation  # who moderates: they may delete any LoRA
+    def __init__(self, settings: Settings, library: LoraLibrary, importer: LoraImporter, moderation: ModerationStore):
+        self.settings = settings      # the link lifetime /lora export states
+        self.library = library
+        self.importer = importer
+        self.moderation = moderation  # who moderates: they may delete any LoRA
         super().__init__()
 
     async def interaction_check(self, interaction: discord.Interaction) -> bool:
@@ -161,5 +160,6 @@ class LoraCog(commands.GroupCog, group_name="lora", group_description="Your LoRA
         return [app_commands.Choice(name=lora.name, value=lora.name) for lora, _ in picked if current.lower() in lora.name]
 
 
-async def setup(bot: ZImageBot) -> None:
-    await bot.add_cog(LoraCog(bot))
+async def setup(bot: commands.Bot) -> None:
+    services = services_of(bot)
+    await bot.add_cog(LoraCog(services.settings, services.library, services.importer, services.moderation))

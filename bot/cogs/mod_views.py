@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 import discord
 
 from ..buttons import ReportingButton
+from ..db.jobs import JobStore
 from ..db.models import Job, JobStatus, utcnow
+from ..db.moderation import ModerationStore
 from ..jobs import render
 from ..permissions import NotModerator, is_moderator
-
-if TYPE_CHECKING:
-    from ..client import ZImageBot
+from ..services import services_of
 
 PAGE_SIZE = 10
 
@@ -28,10 +27,11 @@ def _age(created: datetime) -> str:
     return f"{seconds // 3600}h"
 
 
-async def queue_page(bot: ZImageBot, guild_id: int, page: int) -> tuple[str, discord.ui.View | None]:
-    jobs = await bot.store.guild_jobs(guild_id)
-    settings = await bot.moderation.settings(guild_id)
-    order = await bot.store.positions()
+async def queue_page(store: JobStore, moderation: ModerationStore, guild_id: int,
+                     page: int) -> tuple[str, discord.ui.View | None]:
+    jobs = await store.guild_jobs(guild_id)
+    settings = await moderation.settings(guild_id)
+    order = await store.positions()
     pages = max(1, -(-len(jobs) // PAGE_SIZE))
     page = min(max(page, 0), pages - 1)
     header = f"**Queue of this server**: {len(jobs)} active job(s)" + (" — ⏸️ paused" if settings.paused else "")
@@ -74,10 +74,10 @@ class ModQueuePage(ReportingButton, discord.ui.DynamicItem[discord.ui.Button],
         return cls(int(match["page"]), item.label or "")
 
     async def handle(self, interaction: discord.Interaction) -> None:
-        bot: ZImageBot = interaction.client  # type: ignore[assignment]
-        if not is_moderator(interaction, await bot.moderation.settings(interaction.guild_id)):
+        services = services_of(interaction)
+        if not is_moderator(interaction, await services.moderation.settings(interaction.guild_id)):
             raise NotModerator("Only moderators can page through the server's queue.")
-        content, view = await queue_page(bot, interaction.guild_id, self.page)
+        content, view = await queue_page(services.store, services.moderation, interaction.guild_id, self.page)
         await interaction.response.edit_message(content=content, view=view)
 
 

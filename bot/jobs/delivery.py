@@ -66,6 +66,18 @@ class Delivery:
             return None
         return self.routes.webhook(job.interaction_token)
 
+    async def send(self, channel_id: int, content: str, **fields) -> bool:
+        """A message of the bot's own in a channel (an approval request), not one of a job's."""
+        channel = await self.routes.channel(channel_id)
+        if channel is None:
+            return False
+        try:
+            await channel.send(content, **fields)
+            return True
+        except discord.HTTPException as exc:
+            log.warning("could not post in channel %s: %s %s", channel_id, exc.status, exc.text)
+            return False
+
     async def edit_status(self, job: Job, content: str, **fields) -> bool:
         """Edit the job's message in place (progress, queue position). True when it worked."""
         if job.message_id is None:
