@@ -2,9 +2,10 @@
 
 A UserFacingError (or a failed check) is shown as it is; anything else is logged and the member
 is told it was. The reply goes where the member is looking: an unanswered interaction gets an
-ephemeral message; a deferred "thinking…" reply is edited into "❌ <message>" (a deferral is
-ephemeral exactly when the answer it stands for is); a button whose update was deferred gets an
-ephemeral follow-up, never an edit of the message it sits on.
+ephemeral message; a deferred "thinking…" reply is edited into "❌ <message>" and keeps the
+deferral's visibility (private for /train and /lora import; /imagine refuses only before it
+defers); a button whose update was deferred gets an ephemeral follow-up, never an edit of the
+message it sits on.
 """
 
 from __future__ import annotations
