@@ -1,39 +1,30 @@
-"""The Discord client: wires the store, worker, runner and cogs together in setup_hook."""
+"""The Discord client: the bot's lifecycle on Discord, and nothing else.
+
+setup_hook builds the services (bot/composition.py), loads the cogs and the buttons, syncs the
+commands and starts the queue; close() stops them. Errors of commands go to bot/reporting.py.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import logging
 
 import discord
-from discord import app_commands
 from discord.ext import commands
 
 from .cogs.approval import APPROVAL_BUTTONS
 from .cogs.mod_views import MOD_BUTTONS
-from .db.jobs import JobStore
-from .db.loras import LoraStore
-from .db.moderation import ModerationStore
-from .delivery import Delivery
-from .errors import UserFacingError
-from .files_server import FilesServer, LinkSigner, load_secret
-from .imagine import ImagineService
-from .limits import UserLimits
-from .moderation import RequestRules
-from .runner import JobRunner
+from .composition import build_services
+from .reporting import report_error
+from .services import Services
 from .settings import Settings
-from .training.service import TrainService
-from .views import BUTTONS, result_view
-from .worker.client import WorkerClient, WorkerUnavailable
-from .worker.supervisor import WorkerSupervisor
+from .views import BUTTONS
 
 log = logging.getLogger(__name__)
 
 EXTENSIONS = ("bot.cogs.imagine", "bot.cogs.queue", "bot.cogs.mod", "bot.cogs.train", "bot.cogs.lora")
 COMMANDS_HASH_KEY = "global_commands_hash"
-WORKER_CONNECT_WAIT = 30.0
 
 
 class ZImageBot(commands.Bot):
@@ -42,40 +33,17 @@ class ZImageBot(commands.Bot):
         intents.guilds = True  # channels and permissions; slash commands need nothing more
         super().__init__(command_prefix=commands.when_mentioned, intents=intents, help_command=None)
         self.settings = settings
-        self.store = JobStore(settings.database_url)
-        self.moderation = ModerationStore(self.store)
-        self.loras = LoraStore(self.store)
-        self.rules = RequestRules(self.moderation)
-        self.worker = WorkerClient(settings.socket_path)
-        self.supervisor = WorkerSupervisor(settings) if settings.worker_mode == "spawn" else None
-        self.delivery = Delivery(self)
-        self.limits = UserLimits(settings, self.store)
-        self.runner = JobRunner(settings, self.store, self.moderation, self.loras, self.worker, self.delivery, result_view)
-        self.imagine = ImagineService(self)
-        self.train_service = TrainService(self)
-        self.files_server: FilesServer | None = None
-        self.tree.on_error = self.on_app_command_error
+        self.services: Services | None = None  # built in setup_hook: reading the link secret is I/O
+        self.tree.on_error = report_error  # type: ignore[method-assign]
 
     async def setup_hook(self) -> None:
-        secret = await asyncio.to_thread(load_secret, self.settings.data_dir)
-        self.runner.signer = LinkSigner(secret, self.settings.data_dir, self.settings.link_base, self.settings.link_ttl)
-        self.files_server = FilesServer(self.runner.signer, self.settings.http_host, self.settings.http_port)
-        await self.files_server.start()
-        if self.supervisor:
-            self.supervisor.start()
-        self.worker.start()
+        self.services = await build_services(self.settings, self)
+        await self.services.start()
         for extension in EXTENSIONS:
             await self.load_extension(extension)
         self.add_dynamic_items(*BUTTONS, *MOD_BUTTONS, *APPROVAL_BUTTONS)
         await self.sync_commands()
-        try:
-            # The worker answers prompt checks within seconds (the model loads behind it), so
-            # waiting here means the first /imagine gets a checked prompt.
-            await self.worker.wait_connected(WORKER_CONNECT_WAIT)
-        except WorkerUnavailable:
-            log.warning("the GPU worker is not up yet; jobs will wait in the queue for it")
-        await self.runner.recover()
-        self.runner.start()
+        await self.services.start_queue()
 
     async def sync_commands(self) -> None:
         """Sync to the dev guild every start; globally only when the command set changed."""
@@ -85,48 +53,20 @@ class ZImageBot(commands.Bot):
             await self.tree.sync(guild=guild)
             log.info("synced commands to guild %s", self.settings.dev_guild_id)
             return
+        assert self.services is not None  # built first thing in setup_hook
+        store = self.services.store
         payload = json.dumps([command.to_dict(self.tree) for command in self.tree.get_commands()], sort_keys=True)
         digest = hashlib.sha256(payload.encode()).hexdigest()
-        if await self.store.get_state(COMMANDS_HASH_KEY) == digest:
+        if await store.get_state(COMMANDS_HASH_KEY) == digest:
             return
         await self.tree.sync()
-        await self.store.set_state(COMMANDS_HASH_KEY, digest)
+        await store.set_state(COMMANDS_HASH_KEY, digest)
         log.info("synced commands globally")
-
-    async def on_app_command_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
-        await self.report_error(interaction, error)
-
-    async def report_error(self, interaction: discord.Interaction, error: Exception) -> None:
-        """The one place command and button errors become replies."""
-        original = getattr(error, "original", error)
-        if isinstance(original, UserFacingError):
-            message = str(original)
-        elif isinstance(original, app_commands.CheckFailure):
-            message = str(original) or "You are not allowed to use this command here."
-        else:
-            log.error("command failed", exc_info=original)
-            message = "Something went wrong on our side; the error was logged."
-        await self.reply_ephemeral(interaction, message)
-
-    @staticmethod
-    async def reply_ephemeral(interaction: discord.Interaction, message: str) -> None:
-        try:
-            if interaction.response.is_done():
-                await interaction.followup.send(message, ephemeral=True)
-            else:
-                await interaction.response.send_message(message, ephemeral=True)
-        except discord.HTTPException as exc:
-            log.warning("could not tell the user about an error: %s", exc)
 
     async def on_error(self, event_method: str, /, *args, **kwargs) -> None:
         log.exception("unhandled error in %s", event_method)
 
     async def close(self) -> None:
-        await self.runner.stop()
-        await self.worker.close()
-        if self.supervisor:
-            await self.supervisor.stop()
-        if self.files_server:
-            await self.files_server.stop()
-        await self.store.close()
+        if self.services:
+            await self.services.close()
         await super().close()

@@ -1,25 +1,28 @@
-"""Turning an /imagine request (or a button click) into a queued job.
+"""Turning an /imagine request (or a click on a result's button) into a queued job.
 
 Shared by the slash command and the reroll / variations buttons, so both get the same
-checks: prompt, queue limit, rate limit, and the model's token limit (asked of the worker).
+checks: prompt, moderation rules, queue limit, rate limit, and the model's token limit (asked
+of the worker). Every refusal is raised before the interaction is deferred, so it stays private.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import random
-from typing import TYPE_CHECKING
 
 import discord
 
-from . import render
+from .db.jobs import JobStore
+from .db.models import Job
+from .db.moderation import ModerationStore
 from .errors import UserFacingError
+from .jobs import render
+from .jobs.runner import JobRunner
+from .limits import UserLimits
+from .moderation import RequestRules
+from .permissions import can_delete_results
 from .sizes import ASPECT_SIZES
-from .worker.client import WorkerUnavailable
-
-if TYPE_CHECKING:
-    from .client import ZImageBot
+from .worker.client import WorkerClient, WorkerUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -44,34 +47,14 @@ def consecutive_seeds(seed: int, count: int) -> list[int]:
 
 
 class ImagineService:
-    def __init__(self, bot: ZImageBot):
-        self.bot = bot
-
-    async def selected_loras(self, user_id: int, guild_id: int | None, override: str | None = None) -> list[dict]:
-        """The adapters picked with /lora use (or only `override`, a LoRA name, at the default scale), as
-        worker params. The name carries the step and a digest of the path, so every file version (a newer
-        checkpoint, a re-import reusing an id) is a new adapter to the worker's cache, not a stale hit."""
-        if override is None:
-            picked = await self.bot.loras.selection(user_id, guild_id)
-        else:
-            usable = await self.bot.loras.usable_by(user_id, guild_id) if guild_id else []
-            picked = [(lora, self.bot.settings.lora_default_scale) for lora in usable if lora.name == override.strip().lower()]
-            if not picked:
-                raise UserFacingError(f"You have no LoRA `{override}` here (yours, or one shared in this server).")
-        self._check_limits(picked)
-        return [{"name": f"lora{lora.id}-s{lora.steps}-{hashlib.sha1(lora.path.encode()).hexdigest()[:8]}",
-                 "path": lora.path, "scale": scale, "label": lora.name} for lora, scale in picked]
-
-    def _check_limits(self, picked: list) -> None:
-        """A stack picked before LORA_MAX_STACK or LORA_MAX_RANK were lowered: say so instead of failing in the worker."""
-        settings = self.bot.settings
-        if len(picked) > settings.lora.max_stack:
-            raise UserFacingError(f"You use {len(picked)} LoRAs; this bot now allows {settings.lora.max_stack} at once. "
-                                  "Drop some with `/lora clear`.")
-        for lora, _ in picked:
-            if lora.rank and lora.rank > settings.lora.slot_rank:
-                raise UserFacingError(f"`{lora.name}` has rank {lora.rank}; this bot now accepts LoRAs up to rank "
-                                      f"{settings.lora.slot_rank}. Stop using it with `/lora clear {lora.name}`.")
+    def __init__(self, store: JobStore, moderation: ModerationStore, rules: RequestRules, limits: UserLimits,
+                 worker: WorkerClient, runner: JobRunner):
+        self.store = store
+        self.moderation = moderation
+        self.rules = rules
+        self.limits = limits
+        self.worker = worker  # counts a prompt's tokens
+        self.runner = runner  # woken when a job is queued
 
     async def clean_prompt(self, prompt: str) -> str:
         prompt = prompt.strip()
@@ -80,8 +63,8 @@ class ImagineService:
         if len(prompt) > MAX_PROMPT_CHARS:
             raise UserFacingError(f"Your prompt is {len(prompt)} characters; the limit is {MAX_PROMPT_CHARS}.")
         try:
-            await self.bot.worker.wait_connected(TOKEN_CHECK_TIMEOUT / 2)
-            tokens, limit = await self.bot.worker.count_tokens(prompt, timeout=TOKEN_CHECK_TIMEOUT / 2)
+            await self.worker.wait_connected(TOKEN_CHECK_TIMEOUT / 2)
+            tokens, limit = await self.worker.count_tokens(prompt, timeout=TOKEN_CHECK_TIMEOUT / 2)
         except WorkerUnavailable:
             return prompt  # the worker re-checks before generating; don't refuse while it restarts
         if tokens > limit:
@@ -92,20 +75,52 @@ class ImagineService:
         """Checks, then defer, queue and show the position. Raises UserFacingError before deferring."""
         user_id = interaction.user.id
         params["prompt"] = await self.clean_prompt(params["prompt"])
-        guild = await self.bot.rules.check(interaction, params)
-        await self.bot.limits.check_queue(user_id, guild)
-        await self.bot.limits.take_request(user_id, guild)
+        guild = await self.rules.check(interaction, params)
+        await self.limits.check_queue(user_id, guild)
+        await self.limits.take_request(user_id, guild)
         await interaction.response.defer(thinking=True)
-        job = await self.bot.store.enqueue(
+        job = await self.store.enqueue(
             user_id=user_id, guild_id=interaction.guild_id, channel_id=interaction.channel_id,
             params=params, interaction_id=interaction.id, interaction_token=interaction.token)
-        position = await self.bot.store.position(job)
+        position = await self.store.position(job)
         try:
             message = await interaction.edit_original_response(
                 content=render.queued_text(job, position, paused=guild.paused))
             job.message_id = message.id
-            await self.bot.store.set_message(job.id, message.id)
+            await self.store.set_message(job.id, message.id)
         except discord.HTTPException as exc:
             # The job is safely queued; its result will be posted to the channel instead.
             log.warning("job %s: could not show its queue position: %s", job.id, exc)
-        self.bot.runner.wake()
+        self.runner.wake()
+
+    # -- the result's buttons ----------------------------------------------------------------------------------
+
+    async def reroll(self, interaction: discord.Interaction, job_id: int) -> None:
+        """Same prompt, size, steps and count; a new random seed."""
+        old = (await self.result(job_id)).params
+        await self.submit(interaction, build_params(
+            old["prompt"], old["aspect"], old["steps"], consecutive_seeds(random_seed(), len(old["seeds"])),
+            interaction.filesize_limit, old.get("loras")))
+
+    async def vary(self, interaction: discord.Interaction, job_id: int) -> None:
+        """Same prompt and settings, as many images with independent new seeds."""
+        old = (await self.result(job_id)).params
+        await self.submit(interaction, build_params(
+            old["prompt"], old["aspect"], old["steps"], [random_seed() for _ in old["seeds"]],
+            interaction.filesize_limit, old.get("loras")))
+
+    async def check_delete(self, interaction: discord.Interaction, job_id: int) -> None:
+        """A result may be removed by its requester or a moderator (whose delete is audited)."""
+        job = await self.result(job_id)
+        if interaction.user.id == job.user_id:
+            return
+        if not can_delete_results(interaction, await self.moderation.settings(interaction.guild_id)):
+            raise UserFacingError("Only the person who asked for this image, or a moderator, can delete it.")
+        await self.moderation.audit(interaction.guild_id or 0, interaction.user.id, "delete-image",
+                                    f"job #{job.id} of <@{job.user_id}>")
+
+    async def result(self, job_id: int) -> Job:
+        job = await self.store.get(job_id)
+        if job is None:
+            raise UserFacingError("This image's job is no longer known to the bot.")
+        return job

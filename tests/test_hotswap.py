@@ -166,17 +166,16 @@ def test_lowered_limits_are_explained_before_the_worker_is_asked():
     from types import SimpleNamespace
 
     from bot.errors import UserFacingError
-    from bot.imagine import ImagineService
+    from bot.lora_library import check_stack
     from bot.settings import load_settings
 
     settings = load_settings({"DISCORD_TOKEN": "t", "LORA_MAX_STACK": "2", "LORA_MAX_RANK": "64"}, dotenv_path=None)
-    service = ImagineService(SimpleNamespace(settings=settings))
     small, big = SimpleNamespace(name="ink", rank=16), SimpleNamespace(name="oil", rank=128)
-    service._check_limits([(small, 0.8), (small, 0.5)])
+    check_stack([(small, 0.8), (small, 0.5)], settings)
     with pytest.raises(UserFacingError, match="allows 2 at once"):
-        service._check_limits([(small, 0.8)] * 3)
+        check_stack([(small, 0.8)] * 3, settings)
     with pytest.raises(UserFacingError, match="`oil` has rank 128; .* up to rank 64. .*`/lora clear oil`"):
-        service._check_limits([(small, 0.8), (big, 0.8)])
+        check_stack([(small, 0.8), (big, 0.8)], settings)
 
 
 def test_rank_and_alpha_patterns_match_literally():

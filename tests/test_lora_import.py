@@ -365,13 +365,13 @@ def test_info_reads_the_sample_beside_a_trained_checkpoint(original, tmp_path):
     """/lora info shows rank, alpha and size from the header and the checkpoint's sample.png."""
     import shutil
 
-    from bot.cogs.lora import _read_details
+    from bot.lora_library.files import read_details
 
     folder = tmp_path / "step-000030"
     folder.mkdir()
     shutil.copy(original[0], folder / "pytorch_lora_weights.safetensors")
     (folder / "sample.png").write_bytes(b"\x89PNG fake")
-    details, sample = _read_details(str(folder / "pytorch_lora_weights.safetensors"), HEADER)
+    details, sample = read_details(str(folder / "pytorch_lora_weights.safetensors"), HEADER)
     assert (details["rank"], details["alpha"], details["layers"]) == (4, 8, 31) and details["size"] > 0
     assert sample == b"\x89PNG fake"
-    assert _read_details(None, HEADER) == ({}, None)
+    assert read_details(None, HEADER) == ({}, None)

@@ -1,7 +1,7 @@
 from dataclasses import dataclass
 from datetime import datetime
 
-from bot.scheduling import fair_order
+from bot.jobs.scheduling import fair_order
 
 
 @dataclass

@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
 
 import discord
 
-from .. import render
-from ..db.models import Job, JobStatus
-from ..errors import UserFacingError
-from ..permissions import NotModerator, is_moderator
-
-if TYPE_CHECKING:
-    from ..client import ZImageBot
+from ..buttons import ReportingButton
+from ..db.models import Job
+from ..services import services_of
 
 
 def approval_view(job: Job) -> discord.ui.View:
@@ -23,14 +18,8 @@ def approval_view(job: Job) -> discord.ui.View:
     return view
 
 
-def approval_text(job: Job) -> str:
-    config = job.params["config"]
-    return (f"🔔 <@{job.user_id}> asks to train LoRA `{job.params['name']}` (job #{job.id}, {config['steps']} steps, "
-            f"rank {config['rank']}) in <#{job.channel_id}>. A moderator may approve or deny it.")
-
-
-class _Decision:
-    """Mixin for the two approval buttons: the moderator check and the audit in one place."""
+class _Decision(ReportingButton):
+    """Mixin for the two approval buttons; the decision itself is bot/training/approvals.py."""
 
     APPROVE = True
 
@@ -45,34 +34,9 @@ class _Decision:
     async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button, match: re.Match[str]):
         return cls(int(match["job_id"]))
 
-    async def callback(self, interaction: discord.Interaction) -> None:
-        bot: ZImageBot = interaction.client  # type: ignore[assignment]
-        try:
-            await self._decide(bot, interaction)
-        except Exception as error:  # noqa: BLE001 - DynamicItems bypass tree.on_error
-            await bot.report_error(interaction, error)
-
-    async def _decide(self, bot: ZImageBot, interaction: discord.Interaction) -> None:
-        if not is_moderator(interaction, await bot.moderation.settings(interaction.guild_id)):
-            raise NotModerator("Only moderators can approve or deny training jobs.")
-        job = await bot.store.get(self.job_id)
-        if job is None or job.guild_id != interaction.guild_id:
-            raise UserFacingError("That training job is unknown here.")
-        if self.APPROVE:
-            if not await bot.store.approve(job.id):
-                raise UserFacingError(f"Job #{job.id} was already decided or cancelled ({job.status}).")
-            job.status = JobStatus.QUEUED
-            verdict = f"✅ Approved by {interaction.user.mention}."
-            bot.runner.wake()
-            await bot.delivery.edit_status(job, render.queued_text(job, await bot.store.position(job)))
-        else:
-            if not await bot.store.cancel_if_queued(job.id):
-                raise UserFacingError(f"Job #{job.id} was already decided or cancelled ({job.status}).")
-            verdict = f"🚫 Denied by {interaction.user.mention}."
-            await bot.delivery.edit_status(job, f"🚫 Job #{job.id}: a moderator denied training `{job.params['name']}`.")
-        await bot.moderation.audit(interaction.guild_id, interaction.user.id, "approve" if self.APPROVE else "deny",
-                                   f"job #{job.id} of <@{job.user_id}>")
-        await interaction.response.edit_message(content=f"{approval_text(job)}\n{verdict}", view=None)
+    async def handle(self, interaction: discord.Interaction) -> None:
+        content = await services_of(interaction).approvals.decide(interaction, self.job_id, self.APPROVE)
+        await interaction.response.edit_message(content=content, view=None)
 
 
 class ApproveButton(_Decision, discord.ui.DynamicItem[discord.ui.Button], template=r"zimage:approve:(?P<job_id>[0-9]+)"):

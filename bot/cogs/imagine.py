@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import discord
 from discord import app_commands
 from discord.ext import commands
 
-from ..imagine import MAX_PROMPT_CHARS, MAX_SEED, build_params, consecutive_seeds, random_seed
+from ..imagine import MAX_PROMPT_CHARS, MAX_SEED, ImagineService, build_params, consecutive_seeds, random_seed
+from ..lora_library import LoraLibrary
+from ..services import services_of
 from ..sizes import ASPECT_SIZES, DEFAULT_ASPECT
-from .lora import usable_choices
-
-if TYPE_CHECKING:
-    from ..client import ZImageBot
 
 ASPECT_CHOICES = [
     app_commands.Choice(name=f"{aspect} ({width}×{height})", value=aspect)
@@ -22,11 +18,12 @@ ASPECT_CHOICES = [
 
 
 class ImagineCog(commands.Cog):
-    def __init__(self, bot: ZImageBot):
-        self.bot = bot
+    def __init__(self, service: ImagineService, library: LoraLibrary):
+        self.service = service  # not `imagine`: that is the command
+        self.library = library  # the member's LoRAs
 
     async def lora_autocomplete(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
-        return await usable_choices(self.bot, interaction, current)
+        return await self.library.choices(interaction.user.id, interaction.guild_id, current)
 
     @app_commands.command(name="imagine", description="Generate images from a text prompt with Z-Image-Turbo")
     @app_commands.describe(
@@ -52,10 +49,11 @@ class ImagineCog(commands.Cog):
         if aspect not in ASPECT_SIZES:
             aspect = DEFAULT_ASPECT
         seeds = consecutive_seeds(random_seed() if seed is None else seed, count)
-        loras = await self.bot.imagine.selected_loras(interaction.user.id, interaction.guild_id, lora)
+        loras = await self.library.for_request(interaction.user.id, interaction.guild_id, lora)
         params = build_params(prompt, aspect, steps, seeds, interaction.filesize_limit, loras)
-        await self.bot.imagine.submit(interaction, params)
+        await self.service.submit(interaction, params)
 
 
-async def setup(bot: ZImageBot) -> None:
-    await bot.add_cog(ImagineCog(bot))
+async def setup(bot: commands.Bot) -> None:
+    services = services_of(bot)
+    await bot.add_cog(ImagineCog(services.imagine, services.library))

@@ -8,41 +8,47 @@ action is written to the audit log.
 from __future__ import annotations
 
 from datetime import UTC
-from typing import TYPE_CHECKING
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
+from ..db.jobs import JobStore
 from ..db.models import JobStatus
-from ..db.moderation import valid_pattern
+from ..db.moderation import ModerationStore, valid_pattern
 from ..errors import UserFacingError
+from ..jobs.positions import Positions
+from ..jobs.runner import JobRunner
 from ..moderation import describe_expiry, expiry_from, parse_duration
 from ..permissions import NotModerator, is_moderator
+from ..services import services_of
+from ..settings import Settings
 from .mod_views import queue_page
-
-if TYPE_CHECKING:
-    from ..client import ZImageBot
 
 
 class ModCog(commands.GroupCog, group_name="mod", group_description="Moderator tools for the image queue"):
     blocklist = app_commands.Group(name="blocklist", description="Words or patterns refused in prompts")
     approve_training = app_commands.Group(name="approve-training", description="Require approval of /train jobs")
 
-    def __init__(self, bot: ZImageBot):
-        self.bot = bot
+    def __init__(self, settings: Settings, moderation: ModerationStore, store: JobStore, runner: JobRunner,
+                 positions: Positions):
+        self.settings = settings  # the defaults /mod limits shows
+        self.moderation = moderation
+        self.store = store
+        self.runner = runner
+        self.positions = positions
         super().__init__()
 
     async def interaction_check(self, interaction: discord.Interaction) -> bool:
         if interaction.guild_id is None:
             raise NotModerator("Moderator commands work in a server, not in DMs.")
-        if not is_moderator(interaction, await self.bot.moderation.settings(interaction.guild_id)):
+        if not is_moderator(interaction, await self.moderation.settings(interaction.guild_id)):
             raise NotModerator("Only moderators (Manage Server, or the moderator role) can use /mod commands.")
         return True
 
     async def _done(self, interaction: discord.Interaction, action: str, message: str, target: str | None = None,
                     details: str | None = None) -> None:
-        await self.bot.moderation.audit(interaction.guild_id, interaction.user.id, action, target, details)
+        await self.moderation.audit(interaction.guild_id, interaction.user.id, action, target, details)
         await interaction.response.send_message(message, ephemeral=True)
 
     # --- who moderates ----------------------------------------------------------------------
@@ -52,38 +58,38 @@ class ModCog(commands.GroupCog, group_name="mod", group_description="Moderator t
     async def role(self, interaction: discord.Interaction, role: discord.Role | None = None) -> None:
         if not (interaction.permissions.manage_guild or interaction.permissions.administrator):
             raise NotModerator("Only members with Manage Server can choose the moderator role.")
-        await self.bot.moderation.update_settings(interaction.guild_id, mod_role_id=role.id if role else None)
+        await self.moderation.update_settings(interaction.guild_id, mod_role_id=role.id if role else None)
         text = f"Members with {role.mention} are now moderators." if role else "The moderator role is cleared."
         await self._done(interaction, "role", text, target=role.name if role else None)
 
     @app_commands.command(name="channel", description="Channel where moderator approvals are posted")
     async def channel(self, interaction: discord.Interaction, channel: discord.TextChannel) -> None:
-        await self.bot.moderation.update_settings(interaction.guild_id, mod_channel_id=channel.id)
+        await self.moderation.update_settings(interaction.guild_id, mod_channel_id=channel.id)
         await self._done(interaction, "channel", f"Approvals will be posted in {channel.mention}.", target=channel.name)
 
     # --- the queue -------------------------------------------------------------------------
 
     @app_commands.command(name="queue", description="All active jobs of this server")
     async def queue(self, interaction: discord.Interaction) -> None:
-        content, view = await queue_page(self.bot, interaction.guild_id, 0)
+        content, view = await queue_page(self.store, self.moderation, interaction.guild_id, 0)
         await interaction.response.send_message(content, view=view or discord.utils.MISSING, ephemeral=True)
 
     @app_commands.command(name="cancel", description="Cancel any job of this server")
     @app_commands.describe(job="The job number")
     async def cancel(self, interaction: discord.Interaction, job: int) -> None:
-        record = await self.bot.store.get(job)
+        record = await self.store.get(job)
         if record is None or record.guild_id != interaction.guild_id:
             raise UserFacingError(f"There is no job #{job} in this server.")
         if record.status not in JobStatus.cancellable():
             raise UserFacingError(f"Job #{job} is already {record.status}.")
-        if not await self.bot.runner.cancel(record):
+        if not await self.runner.cancel(record):
             raise UserFacingError(f"Job #{job} could not be cancelled right now; it may have just finished.")
         await self._done(interaction, "cancel", f"Job #{job} of <@{record.user_id}> is cancelled.",
                          target=f"job #{job} of <@{record.user_id}>")
 
     @cancel.autocomplete("job")
     async def cancel_autocomplete(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[int]]:
-        jobs = await self.bot.store.guild_jobs(interaction.guild_id)
+        jobs = await self.store.guild_jobs(interaction.guild_id)
         return [app_commands.Choice(name=f"#{job.id} ({job.status}) by {job.user_id}", value=job.id)
                 for job in jobs if str(job.id).startswith(current.strip("#"))][:25]
 
@@ -96,23 +102,23 @@ class ModCog(commands.GroupCog, group_name="mod", group_description="Moderator t
 
     async def _cancel_jobs(self, guild_id: int, user_id: int | None) -> int:
         cancelled = 0
-        for job in await self.bot.store.guild_jobs(guild_id):
+        for job in await self.store.guild_jobs(guild_id):
             if job.status in JobStatus.cancellable() and user_id in (None, job.user_id):
-                cancelled += await self.bot.runner.cancel(job)
+                cancelled += await self.runner.cancel(job)
         return cancelled
 
     @app_commands.command(name="pause", description="Pause this server's queue; jobs keep their place")
     async def pause(self, interaction: discord.Interaction) -> None:
-        await self.bot.moderation.update_settings(interaction.guild_id, paused=True)
+        await self.moderation.update_settings(interaction.guild_id, paused=True)
         await self._done(interaction, "pause", "⏸️ The queue is paused. Jobs wait and keep their place; `/mod resume` to go on.")
-        await self.bot.runner.refresh_positions(paused_guild=interaction.guild_id)
+        await self.positions.refresh(paused_guild=interaction.guild_id)
 
     @app_commands.command(name="resume", description="Resume this server's queue")
     async def resume(self, interaction: discord.Interaction) -> None:
-        await self.bot.moderation.update_settings(interaction.guild_id, paused=False)
+        await self.moderation.update_settings(interaction.guild_id, paused=False)
         await self._done(interaction, "resume", "▶️ The queue runs again.")
-        self.bot.runner.wake()
-        await self.bot.runner.refresh_positions()
+        self.runner.wake()
+        await self.positions.refresh()
 
     # --- bans --------------------------------------------------------------------------------
 
@@ -123,7 +129,7 @@ class ModCog(commands.GroupCog, group_name="mod", group_description="Moderator t
         if user.id == interaction.user.id:
             raise UserFacingError("You cannot ban yourself.")
         expires_at = expiry_from(parse_duration(duration))
-        await self.bot.moderation.ban(interaction.guild_id, user.id, interaction.user.id, reason, expires_at)
+        await self.moderation.ban(interaction.guild_id, user.id, interaction.user.id, reason, expires_at)
         cancelled = await self._cancel_jobs(interaction.guild_id, user.id)
         await self._done(interaction, "ban",
                          f"{user.mention} is banned {describe_expiry(expires_at)}; {cancelled} of their job(s) cancelled.",
@@ -131,13 +137,13 @@ class ModCog(commands.GroupCog, group_name="mod", group_description="Moderator t
 
     @app_commands.command(name="unban", description="Let a banned member use the bot again")
     async def unban(self, interaction: discord.Interaction, user: discord.User) -> None:
-        if not await self.bot.moderation.unban(interaction.guild_id, user.id):
+        if not await self.moderation.unban(interaction.guild_id, user.id):
             raise UserFacingError(f"{user.mention} is not banned here.")
         await self._done(interaction, "unban", f"{user.mention} may use the bot again.", target=user.mention)
 
     @app_commands.command(name="bans", description="Members banned from the bot in this server")
     async def bans(self, interaction: discord.Interaction) -> None:
-        bans = await self.bot.moderation.bans(interaction.guild_id)
+        bans = await self.moderation.bans(interaction.guild_id)
         lines = [f"<@{ban.user_id}> {describe_expiry(ban.expires_at)} (by <@{ban.moderator_id}>)"
                  + (f": {ban.reason}" if ban.reason else "") for ban in bans[:30]]
         await interaction.response.send_message("\n".join(lines) or "Nobody is banned.", ephemeral=True,
@@ -158,10 +164,10 @@ class ModCog(commands.GroupCog, group_name="mod", group_description="Moderator t
                  "trainings_per_day": trainings_per_day, "max_count": max_count, "max_steps": max_steps}
         changes = {key: (value or None) for key, value in given.items() if value is not None}
         if changes:
-            settings = await self.bot.moderation.update_settings(interaction.guild_id, **changes)
+            settings = await self.moderation.update_settings(interaction.guild_id, **changes)
         else:
-            settings = await self.bot.moderation.settings(interaction.guild_id)
-        defaults = self.bot.settings
+            settings = await self.moderation.settings(interaction.guild_id)
+        defaults = self.settings
         text = "\n".join([
             "**Limits in this server**",
             f"Jobs waiting per member: {settings.max_queued_per_user or f'{defaults.max_queued_per_user} (default)'}",
@@ -186,7 +192,7 @@ class ModCog(commands.GroupCog, group_name="mod", group_description="Moderator t
             changes["allow_blocklisted_in_nsfw"] = allow_in_age_restricted
         if spoilers is not None:
             changes["spoiler_images"] = spoilers
-        settings = await self.bot.moderation.update_settings(interaction.guild_id, **changes)
+        settings = await self.moderation.update_settings(interaction.guild_id, **changes)
         exempt = "allowed" if settings.allow_blocklisted_in_nsfw else "refused"
         text = (f"Blocklisted prompts in age-restricted channels: {exempt}\n"
                 f"Images as spoilers: {'on' if settings.spoiler_images else 'off'}")
@@ -199,24 +205,24 @@ class ModCog(commands.GroupCog, group_name="mod", group_description="Moderator t
         pattern = pattern.strip()
         if problem := valid_pattern(pattern):
             raise UserFacingError(problem)
-        if not await self.bot.moderation.add_blocked(interaction.guild_id, pattern, interaction.user.id):
+        if not await self.moderation.add_blocked(interaction.guild_id, pattern, interaction.user.id):
             raise UserFacingError(f"`{pattern}` is already on the blocklist.")
         await self._done(interaction, "blocklist-add", f"Prompts containing `{pattern}` are now refused.", target=pattern)
 
     @blocklist.command(name="remove", description="Take a pattern off the blocklist")
     async def blocklist_remove(self, interaction: discord.Interaction, pattern: str) -> None:
-        if not await self.bot.moderation.remove_blocked(interaction.guild_id, pattern.strip()):
+        if not await self.moderation.remove_blocked(interaction.guild_id, pattern.strip()):
             raise UserFacingError(f"`{pattern}` is not on the blocklist.")
         await self._done(interaction, "blocklist-remove", f"`{pattern}` is off the blocklist.", target=pattern)
 
     @blocklist_remove.autocomplete("pattern")
     async def blocklist_autocomplete(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
-        patterns = await self.bot.moderation.blocklist(interaction.guild_id)
+        patterns = await self.moderation.blocklist(interaction.guild_id)
         return [app_commands.Choice(name=p[:100], value=p) for p in patterns if current.lower() in p.lower()][:25]
 
     @blocklist.command(name="list", description="The patterns refused in prompts here")
     async def blocklist_list(self, interaction: discord.Interaction) -> None:
-        patterns = await self.bot.moderation.blocklist(interaction.guild_id)
+        patterns = await self.moderation.blocklist(interaction.guild_id)
         text = "\n".join(f"`{p}`" for p in patterns)[:1900] or "The blocklist is empty."
         await interaction.response.send_message(text, ephemeral=True)
 
@@ -224,20 +230,20 @@ class ModCog(commands.GroupCog, group_name="mod", group_description="Moderator t
 
     @approve_training.command(name="on", description="/train jobs wait for a moderator's approval")
     async def approve_training_on(self, interaction: discord.Interaction) -> None:
-        settings = await self.bot.moderation.update_settings(interaction.guild_id, approve_training=True)
+        settings = await self.moderation.update_settings(interaction.guild_id, approve_training=True)
         where = f"<#{settings.mod_channel_id}>" if settings.mod_channel_id else "the channel set with `/mod channel` (none yet)"
         await self._done(interaction, "approve-training", f"Training jobs now wait for approval in {where}.", details="on")
 
     @approve_training.command(name="off", description="/train jobs start without approval")
     async def approve_training_off(self, interaction: discord.Interaction) -> None:
-        await self.bot.moderation.update_settings(interaction.guild_id, approve_training=False)
+        await self.moderation.update_settings(interaction.guild_id, approve_training=False)
         await self._done(interaction, "approve-training", "Training jobs no longer need approval.", details="off")
 
     # --- audit -------------------------------------------------------------------------------
 
     @app_commands.command(name="audit", description="Recent moderator actions in this server")
     async def audit(self, interaction: discord.Interaction, count: app_commands.Range[int, 1, 50] = 20) -> None:
-        entries = await self.bot.moderation.audit_log(interaction.guild_id, count)
+        entries = await self.moderation.audit_log(interaction.guild_id, count)
         lines = [f"{discord.utils.format_dt(entry.created_at.replace(tzinfo=UTC), 'R')} "
                  f"<@{entry.moderator_id}> **{entry.action}**" + (f" {entry.target}" if entry.target else "")
                  + (f" ({entry.details})" if entry.details else "") for entry in entries]
@@ -245,5 +251,6 @@ class ModCog(commands.GroupCog, group_name="mod", group_description="Moderator t
                                                 allowed_mentions=discord.AllowedMentions.none())
 
 
-async def setup(bot: ZImageBot) -> None:
-    await bot.add_cog(ModCog(bot))
+async def setup(bot: commands.Bot) -> None:
+    services = services_of(bot)
+    await bot.add_cog(ModCog(services.settings, services.moderation, services.store, services.runner, services.positions))

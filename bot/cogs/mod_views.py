@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 import discord
 
-from .. import render
+from ..buttons import ReportingButton
+from ..db.jobs import JobStore
 from ..db.models import Job, JobStatus, utcnow
+from ..db.moderation import ModerationStore
+from ..jobs import render
 from ..permissions import NotModerator, is_moderator
-
-if TYPE_CHECKING:
-    from ..client import ZImageBot
+from ..services import services_of
 
 PAGE_SIZE = 10
 
@@ -27,10 +27,11 @@ def _age(created: datetime) -> str:
     return f"{seconds // 3600}h"
 
 
-async def queue_page(bot: ZImageBot, guild_id: int, page: int) -> tuple[str, discord.ui.View | None]:
-    jobs = await bot.store.guild_jobs(guild_id)
-    settings = await bot.moderation.settings(guild_id)
-    order = await bot.store.positions()
+async def queue_page(store: JobStore, moderation: ModerationStore, guild_id: int,
+                     page: int) -> tuple[str, discord.ui.View | None]:
+    jobs = await store.guild_jobs(guild_id)
+    settings = await moderation.settings(guild_id)
+    order = await store.positions()
     pages = max(1, -(-len(jobs) // PAGE_SIZE))
     page = min(max(page, 0), pages - 1)
     header = f"**Queue of this server**: {len(jobs)} active job(s)" + (" — ⏸️ paused" if settings.paused else "")
@@ -57,7 +58,8 @@ def _line(job: Job, order: dict[int, int]) -> str:
             f"*{render.describe(job, 50)}*")
 
 
-class ModQueuePage(discord.ui.DynamicItem[discord.ui.Button], template=r"zimage:modq:(?P<page>-?[0-9]+):(?P<tag>[a-z]+)"):
+class ModQueuePage(ReportingButton, discord.ui.DynamicItem[discord.ui.Button],
+                   template=r"zimage:modq:(?P<page>-?[0-9]+):(?P<tag>[a-z]+)"):
     """Moves the /mod queue listing to another page; checks the clicker is a moderator."""
 
     def __init__(self, page: int, label: str, disabled: bool = False):
@@ -71,15 +73,12 @@ class ModQueuePage(discord.ui.DynamicItem[discord.ui.Button], template=r"zimage:
     async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button, match: re.Match[str]):
         return cls(int(match["page"]), item.label or "")
 
-    async def callback(self, interaction: discord.Interaction) -> None:
-        bot: ZImageBot = interaction.client  # type: ignore[assignment]
-        try:
-            if not is_moderator(interaction, await bot.moderation.settings(interaction.guild_id)):
-                raise NotModerator("Only moderators can page through the server's queue.")
-            content, view = await queue_page(bot, interaction.guild_id, self.page)
-            await interaction.response.edit_message(content=content, view=view)
-        except Exception as error:  # noqa: BLE001 - DynamicItems bypass tree.on_error
-            await bot.report_error(interaction, error)
+    async def handle(self, interaction: discord.Interaction) -> None:
+        services = services_of(interaction)
+        if not is_moderator(interaction, await services.moderation.settings(interaction.guild_id)):
+            raise NotModerator("Only moderators can page through the server's queue.")
+        content, view = await queue_page(services.store, services.moderation, interaction.guild_id, self.page)
+        await interaction.response.edit_message(content=content, view=view)
 
 
 MOD_BUTTONS = (ModQueuePage,)

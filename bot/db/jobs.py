@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
-from ..scheduling import fair_order
+from ..jobs.scheduling import fair_order
 from .models import BotState, GuildSettings, Job, JobKind, JobStatus, utcnow
 
 INTERACTION_TOKEN_LIFETIME = timedelta(minutes=15)
@@ -120,6 +120,19 @@ class JobStore:
 
     async def requeue(self, job_id: int, error: str | None = None) -> None:
         await self._update(job_id, status=JobStatus.QUEUED, error=error)
+
+    async def release(self, job_id: int) -> None:
+        """Back to the queue as if never claimed: the attempt is not counted (the worker was busy, not broken).
+
+        A first attempt also gives back its start time, so the member's turn in the fair order is not used up."""
+        async with self.session() as session, session.begin():
+            job = await session.get(Job, job_id)
+            if job is None or job.status != JobStatus.RUNNING:
+                return
+            job.status = JobStatus.QUEUED
+            job.attempts = max(job.attempts - 1, 0)
+            if job.attempts == 0:
+                job.started_at = None
 
     async def mark_delivering(self, job_id: int, result: dict[str, Any]) -> None:
         await self._update(job_id, status=JobStatus.DELIVERING, result=result, error=None)

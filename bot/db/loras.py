@@ -9,12 +9,18 @@ from __future__ import annotations
 
 from sqlalchemy import delete, or_, select, update
 
+from ..errors import UserFacingError
 from .jobs import JobStore
 from .models import Job, JobKind, JobStatus, Lora, LoraSelection
 
 
-class StackFull(Exception):
-    """The member already uses the most adapters allowed at once; args[0] lists their names."""
+class StackFull(UserFacingError):
+    """The member already uses the most adapters allowed at once."""
+
+    def __init__(self, names: list[str]):
+        super().__init__(f"You already stack {len(names)} LoRAs ({', '.join(names)}), the most allowed at once. "
+                         "`/lora clear name` one of them first.")
+        self.names = names
 
 
 class LoraStore:

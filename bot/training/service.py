@@ -9,56 +9,113 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import shutil
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import aiohttp
 import discord
 
 from ..attachments import save_attachment
-from ..db.models import JobKind
+from ..db.jobs import JobStore
+from ..db.models import Job, JobKind, JobStatus
+from ..db.moderation import ModerationStore
 from ..errors import UserFacingError
+from ..jobs import render
+from ..jobs.runner import JobRunner
+from ..limits import UserLimits
+from ..lora_library import LoraLibrary, Upload, check_name
+from ..moderation import RequestRules
+from ..settings import Settings
+from ..worker.client import WorkerClient
 from . import DownloadError, IntakeError, IntakeLimits, download_zip, prepare_dataset
-
-if TYPE_CHECKING:
-    from ..client import ZImageBot
+from .approvals import TrainingApprovals
 
 log = logging.getLogger(__name__)
 
-NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{1,31}$")
+# Rough seconds per training step by device, for the estimate in the intake reply.
+SECONDS_PER_STEP = {"cuda": 0.2, "cpu": 2.0}
+
+
+@dataclass(frozen=True)
+class QueuedTraining:
+    job: Job
+    summary: str  # the intake report and the estimate, for the member's private reply
+    status: str   # the job's public message: its place in the queue
 
 
 class TrainService:
-    def __init__(self, bot: ZImageBot):
-        self.bot = bot
+    def __init__(self, settings: Settings, store: JobStore, moderation: ModerationStore, rules: RequestRules,
+                 limits: UserLimits, library: LoraLibrary, worker: WorkerClient, runner: JobRunner,
+                 approvals: TrainingApprovals):
+        self.settings = settings
+        self.store = store
+        self.moderation = moderation
+        self.rules = rules
+        self.limits = limits
+        self.library = library      # the LoRA's name and record
+        self.worker = worker        # its device, for the estimate
+        self.runner = runner        # woken when a job is queued
+        self.approvals = approvals
 
-    async def check_request(self, interaction: discord.Interaction, name: str, photos, url: str | None) -> None:
+    async def check_request(self, interaction: discord.Interaction, name: str, photos: Upload | None,
+                            url: str | None) -> None:
         """Cheap checks before deferring; each failure is an ephemeral reply."""
         if interaction.guild_id is None:
             raise UserFacingError("LoRAs belong to a server: use /train in a server channel.")
-        if not NAME.match(name):
-            raise UserFacingError("Names are 2-32 characters: lowercase letters, digits, `-` and `_`, e.g. `ada-lovelace`.")
+        check_name(name)
         if (photos is None) == (url is None):
             raise UserFacingError("Attach a zip of photos as `photos`, or give an https `url` to one (not both).")
         if photos is not None and not photos.filename.lower().endswith(".zip"):
             raise UserFacingError(f"`{photos.filename}` is not a .zip file.")
-        if await self.bot.loras.by_name(interaction.guild_id, name):
-            raise UserFacingError(f"A LoRA named `{name}` already exists in this server; pick another name.")
-        await self.bot.rules.check_not_banned(interaction.guild_id, interaction.user.id)
-        guild = await self.bot.moderation.settings(interaction.guild_id)
+        await self.library.check_new_name(interaction.guild_id, name)
+        await self.rules.check_not_banned(interaction.guild_id, interaction.user.id)
+        guild = await self.moderation.settings(interaction.guild_id)
         if guild.trainings_per_day:
-            recent = await self.bot.store.count_recent(interaction.user.id, interaction.guild_id, JobKind.TRAIN,
-                                                       timedelta(days=1))
+            recent = await self.store.count_recent(interaction.user.id, interaction.guild_id, JobKind.TRAIN,
+                                                   timedelta(days=1))
             if recent >= guild.trainings_per_day:
                 raise UserFacingError(f"This server allows {guild.trainings_per_day} training(s) per member per day.")
-        await self.bot.limits.check_queue(interaction.user.id, guild)
-        await self.bot.limits.take_request(interaction.user.id, guild)
+        await self.limits.check_queue(interaction.user.id, guild)
+        await self.limits.take_request(interaction.user.id, guild)
+
+    async def enqueue(self, interaction: discord.Interaction, name: str, photos: Upload | None, url: str | None,
+                      caption: str | None, steps: int | None) -> QueuedTraining:
+        """After deferring: the dataset checked into its job folder, the LoRA's record made, the job queued
+        (or set to wait for a moderator). Raises UserFacingError, leaving nothing behind."""
+        job_dir = self.settings.training_dir / f"ix-{interaction.id}"
+        summary = await self.prepare(name, photos, url, caption, job_dir)
+        config = self.config(name, caption, steps)
+        lora = await self.library.create(guild_id=interaction.guild_id, owner_id=interaction.user.id, name=name,
+                                         rank=config["rank"])
+        params = {"name": name, "lora_id": lora.id, "dataset_dir": str(job_dir / "dataset"),
+                  "output_dir": str(job_dir / "output"), "config": config, "upload_limit": interaction.filesize_limit}
+        guild = await self.moderation.settings(interaction.guild_id)
+        job = await self.store.enqueue(
+            kind=JobKind.TRAIN, user_id=interaction.user.id, guild_id=interaction.guild_id,
+            channel_id=interaction.channel_id, params=params, interaction_id=interaction.id,
+            interaction_token=interaction.token,
+            status=JobStatus.AWAITING_APPROVAL if guild.approve_training else JobStatus.QUEUED)
+        device = self.worker.device or "cuda"
+        estimate = config["steps"] * SECONDS_PER_STEP.get(device, 0.5)
+        return QueuedTraining(
+            job=job,
+            summary=f"✅ {summary}\nTraining job #{job.id} for `{name}`: {config['steps']} steps, "
+                    f"roughly {render.duration(estimate)} on this worker ({device}).",
+            status=render.queued_text(job, await self.store.position(job)))
+
+    async def announce(self, queued: QueuedTraining, message_id: int, channel_id: int) -> None:
+        """The job's public message is up: remember it, ask the moderators when they decide, and start."""
+        job = queued.job
+        await self.store.set_message(job.id, message_id)
+        if job.status == JobStatus.AWAITING_APPROVAL:
+            guild = await self.moderation.settings(job.guild_id)
+            await self.approvals.ask(job, guild.mod_channel_id or channel_id)
+        self.runner.wake()
 
     def config(self, name: str, caption: str | None, steps: int | None) -> dict:
-        settings = self.bot.settings
+        settings = self.settings
         return {
             "rank": settings.train_rank, "alpha": settings.train_rank, "steps": steps or settings.train_steps,
             "learning_rate": settings.train_learning_rate, "weight_decay": settings.train_weight_decay,
@@ -68,9 +125,10 @@ class TrainService:
             "sample_prompt": caption or f"a photo of {name}", "sample_seed": 42, "sample_steps": 8,
         }
 
-    async def prepare(self, name: str, photos, url: str | None, caption: str | None, job_dir: Path) -> str:
+    async def prepare(self, name: str, photos: Upload | None, url: str | None, caption: str | None,
+                      job_dir: Path) -> str:
         """Download and check the zip into job_dir; returns the intake summary. Raises UserFacingError."""
-        settings = self.bot.settings
+        settings = self.settings
         await asyncio.to_thread(job_dir.mkdir, parents=True, exist_ok=True)
         archive = job_dir / "upload.zip"
         try:
@@ -85,7 +143,8 @@ class TrainService:
             report = await asyncio.to_thread(prepare_dataset, archive, job_dir / "dataset", name=name,
                                              default_caption=caption, limits=limits)
         except (IntakeError, DownloadError, UserFacingError, aiohttp.ClientError, OSError) as exc:
-            # Nothing of a refused upload stays on disk.
+            # Nothing of a refused upload stays on disk. The intake's and the download's errors are
+            # written for users: they become the reply here, at the boundary.
             await asyncio.to_thread(shutil.rmtree, job_dir, True)
             if isinstance(exc, (aiohttp.ClientError, OSError)):
                 raise UserFacingError(f"Could not fetch the zip: {exc}") from None

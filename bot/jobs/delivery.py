@@ -12,10 +12,11 @@ import asyncio
 import logging
 from collections.abc import Callable
 from datetime import timedelta
+from typing import Protocol
 
 import discord
 
-from .db.models import Job, utcnow
+from ..db.models import Job, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -25,28 +26,57 @@ UNKNOWN_MESSAGE = 10008
 UNKNOWN_WEBHOOK = 10015
 INVALID_WEBHOOK_TOKEN = 50027
 RATE_LIMIT_RETRIES = 3
+RATE_LIMIT_WAIT = 2.0
+
+
+class Routes(Protocol):
+    """The two ways to a job's messages: the interaction's webhook (its token) and the channel (the bot's token)."""
+
+    def webhook(self, token: str) -> discord.Webhook: ...
+    async def channel(self, channel_id: int) -> discord.abc.Messageable | None: ...
+
+
+class DiscordRoutes:
+    def __init__(self, client: discord.Client):
+        self.client = client
+
+    def webhook(self, token: str) -> discord.Webhook:
+        return discord.Webhook.partial(self.client.application_id, token, client=self.client)
+
+    async def channel(self, channel_id: int) -> discord.abc.Messageable | None:
+        channel = self.client.get_channel(channel_id)
+        if channel is None:
+            try:
+                channel = await self.client.fetch_channel(channel_id)
+            except discord.HTTPException as exc:
+                log.warning("cannot reach channel %s: %s", channel_id, exc)
+                return None
+        return channel  # type: ignore[return-value]
 
 
 class Delivery:
-    def __init__(self, client: discord.Client):
-        self.client = client
+    def __init__(self, routes: Routes, rate_limit_wait: float = RATE_LIMIT_WAIT):
+        self.routes = routes
+        self.rate_limit_wait = rate_limit_wait  # seconds before the first retry of a 429, longer for each next one
 
     def _webhook(self, job: Job) -> discord.Webhook | None:
         if not job.interaction_token or not job.token_expires_at:
             return None
         if utcnow() + TOKEN_MARGIN >= job.token_expires_at:
             return None
-        return discord.Webhook.partial(self.client.application_id, job.interaction_token, client=self.client)
+        return self.routes.webhook(job.interaction_token)
 
-    async def _channel(self, job: Job) -> discord.abc.Messageable | None:
-        channel = self.client.get_channel(job.channel_id)
+    async def send(self, channel_id: int, content: str, **fields) -> bool:
+        """A message of the bot's own in a channel (an approval request), not one of a job's."""
+        channel = await self.routes.channel(channel_id)
         if channel is None:
-            try:
-                channel = await self.client.fetch_channel(job.channel_id)
-            except discord.HTTPException as exc:
-                log.warning("job %s: cannot reach channel %s: %s", job.id, job.channel_id, exc)
-                return None
-        return channel  # type: ignore[return-value]
+            return False
+        try:
+            await channel.send(content, **fields)
+            return True
+        except discord.HTTPException as exc:
+            log.warning("could not post in channel %s: %s %s", channel_id, exc.status, exc.text)
+            return False
 
     async def edit_status(self, job: Job, content: str, **fields) -> bool:
         """Edit the job's message in place (progress, queue position). True when it worked."""
@@ -105,7 +135,7 @@ class Delivery:
             action = through_token if route == "token" else through_channel
             if action is None:
                 continue
-            target = self._webhook(job) if route == "token" else await self._channel(job)
+            target = self._webhook(job) if route == "token" else await self.routes.channel(job.channel_id)
             if target is None:
                 continue
             for retry in range(RATE_LIMIT_RETRIES):
@@ -116,7 +146,7 @@ class Delivery:
                     break
                 except discord.HTTPException as exc:
                     if exc.status == 429 and retry + 1 < RATE_LIMIT_RETRIES:
-                        await asyncio.sleep(2.0 * (retry + 1))
+                        await asyncio.sleep(self.rate_limit_wait * (retry + 1))
                         continue
                     gone = exc.code in (UNKNOWN_MESSAGE, UNKNOWN_WEBHOOK, INVALID_WEBHOOK_TOKEN) or exc.status in (401, 404)
                     level = logging.DEBUG if (gone and quiet_missing) else logging.WARNING

@@ -5,36 +5,40 @@ from __future__ import annotations
 import asyncio
 import io
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import discord
 
 from zimage_protocol.messages import Done, GenerateParams, ImageReady, Progress
 
+from ..db.models import Job, JobKind, JobStatus
+from ..db.moderation import ModerationStore
 from . import render
-from .db.models import Job, JobStatus
-
-if TYPE_CHECKING:
-    from .runner import JobRunner
+from .lane import LaneContext
+from .outcomes import JobFailed
+from .requests import request_id
 
 
 class ImagineLane:
     """Images are written to DATA_DIR/outputs before they are posted, so a crash between
     generation and delivery re-posts them at the next start instead of rendering again."""
 
-    def __init__(self, runner: JobRunner):
-        self.runner = runner
-        self.settings, self.store, self.worker = runner.settings, runner.store, runner.worker
-        self.delivery, self.moderation = runner.delivery, runner.moderation
+    kind = JobKind.IMAGINE
+
+    def __init__(self, context: LaneContext, moderation: ModerationStore, make_view: Callable[[Job], discord.ui.View]):
+        self.settings, self.store, self.worker = context.settings, context.store, context.worker
+        self.messages, self.positions = context.messages, context.positions
+        self.moderation = moderation  # the guild's spoiler setting
+        self.make_view = make_view    # the result buttons (bot/views.py)
 
     async def run(self, job: Job) -> None:
-        await self.delivery.edit_status(job, render.starting_text(job))
-        await self.runner.refresh_positions()
+        await self.messages.edit_status(job, render.starting_text(job))
+        await self.positions.refresh()
         images, seconds = await self._generate(job)
-        job.result = await asyncio.to_thread(self._save_images, job, images, seconds)
-        await self.store.mark_delivering(job.id, job.result)
-        await self.deliver(job)
+        job.result = result = await asyncio.to_thread(self._save_images, job, images, seconds)
+        await self.store.mark_delivering(job.id, result)
+        await self.resume(job)
 
     async def _generate(self, job: Job) -> tuple[dict[int, tuple[int, bytes]], float]:
         """Stream the job through the worker; returns {index: (seed, png)} and GPU seconds."""
@@ -42,14 +46,14 @@ class ImagineLane:
         images: dict[int, tuple[int, bytes]] = {}
         seconds = 0.0
         last_edit = 0.0
-        async for message in self.worker.generate(self.runner.request_id(job), params):
+        async for message in self.worker.generate(request_id(job), params):
             match message:
                 case Progress(step=step, total=total):
                     now = time.monotonic()
                     # Discord rate-limits edits: at most one per interval, but always show the last step.
                     if now - last_edit >= self.settings.progress_interval or step == total:
                         last_edit = now
-                        await self.delivery.edit_status(job, render.progress_text(job, step, total))
+                        await self.messages.edit_status(job, render.progress_text(job, step, total))
                 case ImageReady(index=index, seed=seed, png=png):
                     images[index] = (seed, png)
                 case Done(seconds=done_seconds):
@@ -68,20 +72,20 @@ class ImagineLane:
             files.append(path.name)
         return {"files": files, "seconds": seconds, "model": self.worker.model_name}
 
-    async def deliver(self, job: Job) -> None:
+    async def resume(self, job: Job) -> None:
+        """Post the saved images; also what a restart does for a job it caught DELIVERING."""
         folder = self.settings.outputs_dir / str(job.id)
         images = await asyncio.to_thread(_read_files, folder, (job.result or {}).get("files", []))
         if not images:
-            await self.runner.fail(job, "the finished images were lost before they could be posted")
-            return
+            raise JobFailed("the finished images were lost before they could be posted")
         if job.guild_id and (await self.moderation.settings(job.guild_id)).spoiler_images:
             images = [(f"SPOILER_{name}", data) for name, data in images]
         groups = _upload_groups(images, int(job.params.get("upload_limit", 10 << 20)))
-        delivered = await self.delivery.post_final(
+        delivered = await self.messages.post_final(
             job, render.done_text(job, 0, len(groups)), lambda: _as_files(groups[0]),
-            embed=render.result_embed(job), view=self.runner.make_view(job))
+            embed=render.result_embed(job), view=self.make_view(job))
         for part, group in enumerate(groups[1:], start=1):
-            delivered &= await self.delivery.post_extra(
+            delivered &= await self.messages.post_extra(
                 job, render.done_text(job, part, len(groups)), lambda group=group: _as_files(group))
         if delivered:
             await self.store.finish(job.id, JobStatus.DONE)

@@ -6,7 +6,7 @@ import discord
 
 from zimage_protocol.messages import CheckpointReady, TrainProgress
 
-from .db.models import Job, JobKind, JobStatus
+from ..db.models import Job, JobKind, JobStatus
 
 EMBED_COLOUR = discord.Colour.from_rgb(88, 101, 242)
 PROGRESS_BAR_WIDTH = 16
@@ -109,3 +109,9 @@ def checkpoint_text(job: Job, checkpoint: CheckpointReady, link: str | None) -> 
     if link:
         lines.append(f"The LoRA file is too big for Discord: [download it]({link}) (the link expires).")
     return "\n".join(lines)
+
+
+def approval_text(job: Job) -> str:
+    config = job.params["config"]
+    return (f"🔔 <@{job.user_id}> asks to train LoRA `{job.params['name']}` (job #{job.id}, {config['steps']} steps, "
+            f"rank {config['rank']}) in <#{job.channel_id}>. A moderator may approve or deny it.")

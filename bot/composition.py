@@ -1,0 +1,68 @@
+"""The composition root: every collaborator of the bot built once, in order, each given what it uses.
+
+Nothing is patched in afterwards: the link secret is read before the signer is built, and the
+views the lanes and approvals post are handed to them here. Only this module knows the whole graph.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import discord
+
+from .cogs.approval import approval_view
+from .db.jobs import JobStore
+from .db.loras import LoraStore
+from .db.moderation import ModerationStore
+from .files_server import FilesServer, LinkSigner, load_secret
+from .imagine import ImagineService
+from .jobs.delivery import Delivery, DiscordRoutes
+from .jobs.imagine_lane import ImagineLane
+from .jobs.lane import LaneContext
+from .jobs.positions import Positions
+from .jobs.runner import JobRunner
+from .jobs.training_lane import TrainingLane
+from .limits import UserLimits
+from .lora_library import LoraImporter, LoraLibrary
+from .moderation import RequestRules
+from .services import Services
+from .settings import Settings
+from .training.approvals import TrainingApprovals
+from .training.service import TrainService
+from .views import result_view
+from .worker.client import WorkerClient
+from .worker.supervisor import WorkerSupervisor
+
+
+async def build_services(settings: Settings, client: discord.Client) -> Services:
+    """`client` is only the way to Discord for delivery; nothing built here knows the bot class."""
+    secret = await asyncio.to_thread(load_secret, settings.data_dir)
+    signer = LinkSigner(secret, settings.data_dir, settings.link_base, settings.link_ttl)
+    files_server = FilesServer(signer, settings.http_host, settings.http_port)
+
+    store = JobStore(settings.database_url)
+    moderation = ModerationStore(store)
+    loras = LoraStore(store)
+    rules = RequestRules(moderation)
+    limits = UserLimits(settings, store)
+
+    worker = WorkerClient(settings.socket_path)
+    supervisor = WorkerSupervisor(settings) if settings.worker_mode == "spawn" else None
+
+    delivery = Delivery(DiscordRoutes(client))
+    positions = Positions(store, delivery)
+    context = LaneContext(settings=settings, store=store, worker=worker, messages=delivery, positions=positions)
+    lanes = (ImagineLane(context, moderation, result_view), TrainingLane(context, loras, signer))
+    runner = JobRunner(context, lanes, max_attempts=settings.max_attempts)
+
+    library = LoraLibrary(settings, loras, signer)
+    approvals = TrainingApprovals(store, moderation, delivery, runner, approval_view)
+    return Services(
+        settings=settings, store=store, moderation=moderation, worker=worker, supervisor=supervisor,
+        files_server=files_server, delivery=delivery, positions=positions, runner=runner,
+        imagine=ImagineService(store, moderation, rules, limits, worker, runner),
+        library=library,
+        importer=LoraImporter(settings, library, rules),
+        training=TrainService(settings, store, moderation, rules, limits, library, worker, runner, approvals),
+        approvals=approvals,
+    )

@@ -1,0 +1,120 @@
+"""How a job that did not simply finish ends: the one mapping of errors to job states and messages.
+
+    WorkerError(cancelled)   -> cancelled
+    WorkerError(busy)        -> back in the queue, the attempt not counted (the worker is still busy
+                                with the last training: the lane waits a little and asks again)
+    WorkerError(other code)  -> failed, with the code's message (worker_error_message)
+    WorkerUnavailable        -> back in the queue until JOB_MAX_ATTEMPTS, then failed (worker_crashed_message)
+    JobFailed                -> failed, with its reason
+    anything else            -> failed, logged, and the worker told to drop the request, so no job
+                                is left RUNNING until the next restart
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+
+from zimage_protocol.errors import ErrorCode
+
+from ..db.models import Job, JobKind, JobStatus
+from ..worker.client import WorkerError, WorkerUnavailable
+from . import render
+from .lane import LaneContext
+from .requests import request_id
+
+log = logging.getLogger(__name__)
+
+WORKER_ERROR_MESSAGES = {
+    ErrorCode.PROMPT_TOO_LONG: "Your prompt is too long for the model. Please shorten it.",
+    ErrorCode.OUT_OF_MEMORY: "The GPU ran out of memory on this request. Try fewer images or a smaller size.",
+    ErrorCode.BAD_REQUEST: "The GPU worker refused this request as malformed.",
+    ErrorCode.CANCELLED: "Cancelled.",
+    ErrorCode.VERSION_MISMATCH: "The GPU worker runs another version of this bot; an admin must update it.",
+    ErrorCode.INTERNAL: "The GPU worker failed on this request; the error was logged.",
+}
+# The worker's UserError messages are written for users (gpu/: AdapterError, TrainerError, DatasetError):
+# they are shown as they are, after what they are about.
+USER_ERROR_PREFIXES = {
+    ErrorCode.LORA: "A LoRA could not be used: ",
+    ErrorCode.TRAINING: "Training could not go on: ",
+    ErrorCode.UNSUPPORTED: "",
+    ErrorCode.BUSY: "The GPU worker is busy: ",
+}
+BOT_ERROR_MESSAGE = "Something went wrong on our side; the error was logged."
+
+
+def worker_error_message(code: ErrorCode, detail: str) -> str:
+    if code in USER_ERROR_PREFIXES:
+        return USER_ERROR_PREFIXES[code] + detail[:400]
+    return WORKER_ERROR_MESSAGES.get(code, WORKER_ERROR_MESSAGES[ErrorCode.INTERNAL])
+
+
+def worker_crashed_message(kind: str, attempts: int) -> str:
+    """A job whose worker died on every one of its attempts (JOB_MAX_ATTEMPTS)."""
+    what = "training this LoRA" if kind == JobKind.TRAIN else "making this image"
+    times = {1: "once", 2: "twice"}.get(attempts, f"{attempts} times")
+    retried = "it was not retried again" if attempts > 1 else "it was not retried (JOB_MAX_ATTEMPTS is 1)"
+    return f"The GPU worker crashed while {what}, {times}; {retried}."
+
+
+class JobFailed(Exception):
+    """A lane's own reason to fail a job; the message is shown to the user."""
+
+
+class Outcome(enum.Enum):
+    FINISHED = "finished"  # the lane ran to its end (done, or failed to post: the lane set that)
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+    RETRY = "retry"        # back in the queue, the attempt counted
+    BUSY = "busy"          # back in the queue, the attempt not counted; wait before claiming again
+
+
+class JobOutcomes:
+    def __init__(self, context: LaneContext, max_attempts: int):
+        self.store, self.worker, self.messages = context.store, context.worker, context.messages
+        self.positions = context.positions
+        self.max_attempts = max_attempts
+
+    async def settle(self, job: Job, error: Exception) -> Outcome:
+        """Put a job whose lane raised `error` in the state that error means."""
+        match error:
+            case WorkerError(code=ErrorCode.CANCELLED):
+                await self.store.finish(job.id, JobStatus.CANCELLED)
+                await self.messages.edit_status(job, render.cancelled_text(job), view=None)
+                return Outcome.CANCELLED
+            case WorkerError(code=ErrorCode.BUSY):
+                log.info("job %s: the worker is busy (%s); back in the queue", job.id, error)
+                await self.store.release(job.id)
+                await self.positions.refresh()
+                return Outcome.BUSY
+            case WorkerError():
+                await self.fail(job, worker_error_message(error.code, str(error)))
+            case WorkerUnavailable() if job.attempts < self.max_attempts:
+                log.warning("job %s: %s; retrying", job.id, error)
+                await self.store.requeue(job.id, error=str(error))
+                return Outcome.RETRY
+            case WorkerUnavailable():
+                await self.fail(job, worker_crashed_message(job.kind, job.attempts))
+            case JobFailed():
+                await self.fail(job, str(error))
+            case _:
+                log.error("job %s failed in its lane", job.id, exc_info=error)
+                await self.fail(job, BOT_ERROR_MESSAGE)
+                await self._drop_request(job)
+        return Outcome.FAILED
+
+    async def fail(self, job: Job, reason: str) -> None:
+        await self.store.finish(job.id, JobStatus.FAILED, error=reason)
+        await self.messages.post_final(job, render.failed_text(job, reason), embed=None, view=None)
+
+    async def cancelled_while_queued(self, job: Job) -> None:
+        await self.messages.edit_status(job, render.cancelled_text(job), view=None)
+        await self.positions.refresh()
+
+    async def _drop_request(self, job: Job) -> None:
+        """The worker may still be working for a job the bot gave up on: free it for the next one."""
+        try:
+            await self.worker.cancel(request_id(job))
+        except WorkerUnavailable:
+            pass  # no worker, nothing to free

@@ -1,0 +1,108 @@
+"""The job runner: takes queued jobs from the database to the GPU worker, one lane per kind.
+
+submit -> queued -> running (progress) -> delivering (files on disk) -> done
+                                      \\-> failed | cancelled
+Generation and training are separate lanes that run side by side: the worker interleaves
+them between training steps, so a long training never blocks /imagine. Whatever a lane raises
+is mapped to the job's state in one place (bot/jobs/outcomes.py), so no error leaves a job running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+
+from ..db.models import Job, JobStatus
+from ..worker.client import WorkerUnavailable
+from .lane import Lane, LaneContext
+from .outcomes import JobOutcomes, Outcome
+from .requests import request_id
+
+log = logging.getLogger(__name__)
+
+WORKER_WAIT = 5.0        # how long to wait for the worker before looking at the queue again
+BUSY_RETRY_DELAY = 5.0   # how long a lane waits after the worker said it is busy before claiming again
+
+
+class JobRunner:
+    def __init__(self, context: LaneContext, lanes: Iterable[Lane], *, max_attempts: int,
+                 busy_retry_delay: float = BUSY_RETRY_DELAY):
+        self.store, self.worker = context.store, context.worker
+        self.outcomes = JobOutcomes(context, max_attempts)
+        self.lanes: dict[str, Lane] = {lane.kind: lane for lane in lanes}
+        self.busy_retry_delay = busy_retry_delay
+        self.current: dict[str, Job] = {}  # the job each lane runs now
+        self._wake = {kind: asyncio.Event() for kind in self.lanes}
+        self._tasks: list[asyncio.Task] = []
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._serve(kind), name=f"lane-{kind}") for kind in self.lanes]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def wake(self) -> None:
+        """A job was queued (or a guild resumed): look at the queue now rather than at the next poll."""
+        for event in self._wake.values():
+            event.set()
+
+    async def recover(self) -> None:
+        """At start-up: re-queue interrupted jobs and re-post finished ones never delivered."""
+        for job in await self.store.recover_interrupted():
+            log.info("job %s was interrupted by a restart; queued again", job.id)
+        for job in await self.store.jobs_in(JobStatus.DELIVERING):
+            await self._run(job, self.lanes[job.kind].resume)
+
+    async def cancel(self, job: Job) -> bool:
+        """Cancel a queued job, or ask the worker to stop the running one (its lane then ends it)."""
+        if await self.store.cancel_if_queued(job.id):
+            await self.outcomes.cancelled_while_queued(job)
+            return True
+        running = self.current.get(job.kind)
+        if running is not None and running.id == job.id:
+            try:
+                await self.worker.cancel(request_id(running))
+            except WorkerUnavailable:
+                return False
+            return True
+        return False
+
+    async def _serve(self, kind: str) -> None:
+        """One lane's loop: claim the next job in fair order, run it, and never die of one job."""
+        wake = self._wake[kind]
+        while True:
+            try:
+                await self.worker.wait_connected(WORKER_WAIT)
+                job = await self.store.claim_next(kind)
+                if job is None:
+                    wake.clear()
+                    try:
+                        await asyncio.wait_for(wake.wait(), WORKER_WAIT)
+                    except TimeoutError:
+                        pass
+                    continue
+                if await self._run(job, self.lanes[kind].run) is Outcome.BUSY:
+                    await asyncio.sleep(self.busy_retry_delay)
+            except WorkerUnavailable:
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - the runner must outlive any one bad job
+                log.exception("%s lane error; continuing", kind)
+                await asyncio.sleep(1)
+
+    async def _run(self, job: Job, step: Callable[[Job], Awaitable[None]]) -> Outcome:
+        """Run one step of a lane for a job; whatever it raises becomes the job's state."""
+        self.current[job.kind] = job
+        try:
+            await step(job)
+            return Outcome.FINISHED
+        except asyncio.CancelledError:
+            raise  # the bot is stopping: the job stays RUNNING and is queued again at the next start
+        except Exception as error:  # noqa: BLE001 - every error of a job ends the job, never the lane
+            return await self.outcomes.settle(job, error)
+        finally:
+            self.current.pop(job.kind, None)

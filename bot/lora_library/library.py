@@ -1,0 +1,199 @@
+"""The LoRA library: names, who may use which LoRA, each member's stack, and the files behind them.
+
+Privacy: a private LoRA exists only for its owner. Every name a member types or sees goes through
+LoraStore.usable_by / find_usable, so someone else's private LoRA answers like a missing one.
+(Only moderators' deletes and the uniqueness of names look at every LoRA of a guild.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+from discord import app_commands
+from sqlalchemy.exc import IntegrityError
+
+from .. import lora_import as lib
+from ..db.loras import LoraStore
+from ..db.models import Lora
+from ..errors import UserFacingError
+from ..files_server import LinkSigner
+from ..settings import Settings
+from .files import export_files, read_details, remove_files
+
+NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{1,31}$")
+NAME_RULES = "Names are 2-32 characters: lowercase letters, digits, `-` and `_`, e.g. `ada-lovelace`."
+
+
+def clean_name(name: str) -> str:
+    return name.strip().lower()
+
+
+def check_name(name: str) -> None:
+    if not NAME.match(name):
+        raise UserFacingError(NAME_RULES)
+
+
+def label(lora: Lora) -> str:
+    """Where a LoRA comes from, in a few words: its training step, or the format it was imported from."""
+    return f"step {lora.steps}" if lora.source is None else f"imported ({lora.source})"
+
+
+def missing(name: str) -> UserFacingError:
+    return UserFacingError(f"You have no LoRA `{name}` here (yours, or one shared in this server). See `/lora list`.")
+
+
+def check_stack(picked: Sequence[tuple[Lora, float]], settings: Settings) -> None:
+    """A stack picked before LORA_MAX_STACK or LORA_MAX_RANK were lowered: say so instead of failing in the worker."""
+    limits = settings.lora
+    if len(picked) > limits.max_stack:
+        raise UserFacingError(f"You use {len(picked)} LoRAs; this bot now allows {limits.max_stack} at once. "
+                              "Drop some with `/lora clear`.")
+    for lora, _ in picked:
+        if lora.rank and lora.rank > limits.slot_rank:
+            raise UserFacingError(f"`{lora.name}` has rank {lora.rank}; this bot now accepts LoRAs up to rank "
+                                  f"{limits.slot_rank}. Stop using it with `/lora clear {lora.name}`.")
+
+
+class LoraLibrary:
+    def __init__(self, settings: Settings, loras: LoraStore, signer: LinkSigner):
+        self.settings = settings
+        self.loras = loras
+        self.signer = signer  # export links
+
+    # -- names and lookups -------------------------------------------------------------------------------------
+
+    async def check_new_name(self, guild_id: int, name: str) -> None:
+        check_name(name)
+        if await self.loras.by_name(guild_id, name):
+            raise UserFacingError(f"A LoRA named `{name}` already exists in this server; pick another name.")
+
+    async def create(self, *, guild_id: int, owner_id: int, name: str, rank: int, path: str | None = None,
+                     source: str | None = None, origin: str | None = None) -> Lora:
+        """A new LoRA record (a /train job's, or an import's); its name may have been taken since it was checked."""
+        try:
+            return await self.loras.create(guild_id=guild_id, owner_id=owner_id, name=name, rank=rank, job_id=None,
+                                           path=path, source=source, origin=origin)
+        except IntegrityError:
+            raise UserFacingError(f"A LoRA named `{name}` was just created; pick another name.") from None
+
+    async def usable(self, user_id: int, guild_id: int, name: str) -> Lora:
+        lora = await self.loras.find_usable(user_id, guild_id, clean_name(name))
+        if lora is None:
+            raise missing(name)
+        return lora
+
+    async def owned(self, user_id: int, guild_id: int, name: str) -> Lora:
+        lora = await self.usable(user_id, guild_id, name)
+        if lora.owner_id != user_id:
+            raise UserFacingError(f"`{lora.name}` belongs to <@{lora.owner_id}>; only its owner can do that.")
+        return lora
+
+    async def choices(self, user_id: int, guild_id: int | None, current: str,
+                      own: bool = False) -> list[app_commands.Choice[str]]:
+        """Autocomplete over the LoRAs the member may use (also /imagine's `lora`), or only their own."""
+        loras = await self.loras.usable_by(user_id, guild_id) if guild_id else []
+        return [app_commands.Choice(name=f"{lora.name} ({label(lora)})", value=lora.name) for lora in loras
+                if current.lower() in lora.name and (not own or lora.owner_id == user_id)][:25]
+
+    async def listing(self, user_id: int, guild_id: int) -> list[tuple[Lora, float | None]]:
+        """The LoRAs the member may use, each with the scale it is used at (None when not picked)."""
+        picked = {lora.id: scale for lora, scale in await self.loras.selection(user_id, guild_id)}
+        return [(lora, picked.get(lora.id)) for lora in await self.loras.usable_by(user_id, guild_id)]
+
+    async def details(self, lora: Lora) -> tuple[dict, bytes | None]:
+        """Rank, alpha, layers and size read from the file, and a trained checkpoint's sample image."""
+        return await asyncio.to_thread(read_details, lora.path, self.settings.lora_max_header_bytes)
+
+    # -- owners' changes ---------------------------------------------------------------------------------------
+
+    async def share(self, user_id: int, guild_id: int, name: str) -> Lora:
+        lora = await self.owned(user_id, guild_id, name)
+        await self.loras.set_shared(lora.id, True)
+        return lora
+
+    async def unshare(self, user_id: int, guild_id: int, name: str) -> tuple[Lora, int]:
+        """Returns the LoRA and how many other members stopped using it."""
+        lora = await self.owned(user_id, guild_id, name)
+        return lora, await self.loras.set_shared(lora.id, False)
+
+    async def rename(self, user_id: int, guild_id: int, name: str, new_name: str) -> tuple[Lora, str]:
+        lora, new_name = await self.owned(user_id, guild_id, name), clean_name(new_name)
+        check_name(new_name)
+        try:
+            await self.loras.rename(lora.id, new_name)
+        except IntegrityError:
+            raise UserFacingError(f"A LoRA named `{new_name}` already exists in this server; pick another name.") from None
+        return lora, new_name
+
+    async def delete(self, user_id: int, guild_id: int, name: str, *, moderator: bool) -> Lora:
+        """Forget a LoRA (its owner, or a moderator); its files go with remove_files, which may be slow."""
+        name = clean_name(name)
+        lora = await self.loras.by_name(guild_id, name)
+        # A moderator may delete any LoRA; others see only their own and the shared ones.
+        if lora is None or (lora.owner_id != user_id and not moderator and not (lora.shared and lora.path)):
+            raise missing(name)
+        if lora.owner_id != user_id and not moderator:
+            raise UserFacingError(f"`{lora.name}` belongs to <@{lora.owner_id}>; only its owner or a moderator can delete it.")
+        if await self.loras.training_active(lora.id):
+            raise UserFacingError(f"`{lora.name}` is still training: cancel its job with `/cancel` first.")
+        await self.loras.delete(lora.id)
+        return lora
+
+    async def remove_files(self, lora: Lora) -> None:
+        await asyncio.to_thread(remove_files, lora.path, self.settings.data_dir, lora.id)
+
+    async def export(self, lora: Lora) -> list[tuple[Path, str]]:
+        """The LoRA in our (diffusers) and the ComfyUI format, each with a signed download link."""
+        try:
+            files = await asyncio.to_thread(export_files, lora, self.settings.data_dir,
+                                            self.settings.lora_max_header_bytes)
+        except (OSError, lib.LoraImportError) as exc:
+            raise UserFacingError(f"Could not export `{lora.name}`: {exc}") from None
+        return [(path, self.signer.link(path)) for path in files]
+
+    # -- each member's stack -----------------------------------------------------------------------------------
+
+    async def use(self, user_id: int, guild_id: int, name: str, scale: float | None) -> list[tuple[Lora, float]]:
+        """Add a LoRA to the member's stack (or change its scale); returns the stack. StackFull when full."""
+        lora = await self.loras.find_usable(user_id, guild_id, clean_name(name))
+        if lora is None:
+            raise UserFacingError(f"You have no LoRA `{name}` here (a LoRA becomes usable at its first checkpoint). "
+                                  "See `/lora list`.")
+        scale = self.settings.lora_default_scale if scale is None else scale
+        await self.loras.use(user_id, guild_id, lora.id, scale, self.settings.lora.max_stack)
+        return await self.loras.selection(user_id, guild_id)
+
+    async def picked(self, user_id: int, guild_id: int | None) -> list[tuple[Lora, float]]:
+        return await self.loras.selection(user_id, guild_id)
+
+    async def clear(self, user_id: int, guild_id: int) -> int:
+        """Drop the whole stack; returns how many LoRAs were in it."""
+        return await self.loras.clear(user_id, guild_id)
+
+    async def clear_one(self, user_id: int, guild_id: int, name: str) -> tuple[str, list[str]]:
+        """Drop one LoRA from the stack; returns its name and the names still in use."""
+        picked = {lora.name: lora for lora, _ in await self.loras.selection(user_id, guild_id)}
+        key = clean_name(name)
+        if key not in picked:
+            raise UserFacingError(f"You are not using a LoRA `{name}`.")
+        await self.loras.clear(user_id, guild_id, picked[key].id)
+        return key, [other for other in picked if other != key]
+
+    async def for_request(self, user_id: int, guild_id: int | None, override: str | None = None) -> list[dict]:
+        """The adapters of an /imagine request: the member's stack, or only `override` (a LoRA name, at the default
+        scale), as worker params. The name carries the step and a digest of the path, so every file version (a newer
+        checkpoint, a re-import reusing an id) is a new adapter to the worker's cache, not a stale hit."""
+        if override is None:
+            picked = await self.loras.selection(user_id, guild_id)
+        else:
+            usable = await self.loras.usable_by(user_id, guild_id) if guild_id else []
+            picked = [(lora, self.settings.lora_default_scale) for lora in usable if lora.name == clean_name(override)]
+            if not picked:
+                raise UserFacingError(f"You have no LoRA `{override}` here (yours, or one shared in this server).")
+        check_stack(picked, self.settings)
+        return [{"name": f"lora{lora.id}-s{lora.steps}-{hashlib.sha1(lora.path.encode()).hexdigest()[:8]}",
+                 "path": lora.path, "scale": scale, "label": lora.name} for lora, scale in picked]

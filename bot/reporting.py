@@ -1,0 +1,46 @@
+"""The one place where an error of a command or a button becomes the member's reply.
+
+A UserFacingError (or a failed check) is shown as it is; anything else is logged and the member
+is told it was. The reply goes where the member is looking: an unanswered interaction gets an
+ephemeral message; a deferred "thinking…" reply is edited into "❌ <message>" and keeps the
+deferral's visibility (private for /train and /lora import; /imagine refuses only before it
+defers); a button whose update was deferred gets an ephemeral follow-up, never an edit of the
+message it sits on.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import discord
+from discord import app_commands
+
+from .errors import UserFacingError
+from .jobs.outcomes import BOT_ERROR_MESSAGE
+
+log = logging.getLogger(__name__)
+
+
+def user_message(error: Exception) -> str:
+    """What the member reads for an error; logs the ones they cannot act on."""
+    original = getattr(error, "original", error)  # app_commands wraps errors raised in a command
+    if isinstance(original, UserFacingError):
+        return str(original)
+    if isinstance(original, app_commands.CheckFailure):
+        return str(original) or "You are not allowed to use this command here."
+    log.error("command failed", exc_info=original)
+    return BOT_ERROR_MESSAGE
+
+
+async def report_error(interaction: discord.Interaction, error: Exception) -> None:
+    """tree.on_error, and the error path of every button (bot/buttons.py)."""
+    message = user_message(error)
+    try:
+        if interaction.response.type == discord.InteractionResponseType.deferred_channel_message:
+            await interaction.edit_original_response(content=f"❌ {message}")
+        elif interaction.response.is_done():
+            await interaction.followup.send(message, ephemeral=True)
+        else:
+            await interaction.response.send_message(message, ephemeral=True)
+    except discord.HTTPException as exc:
+        log.warning("could not tell the user about an error: %s", exc)

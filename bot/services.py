@@ -1,0 +1,83 @@
+"""The bot's collaborators, built once by bot/composition.py, and the one way to reach them from Discord.
+
+Services is a plain record: nothing takes it whole. Each cog's setup() hands its cog the few
+services it uses, and a button looks up the one it needs through services_of(interaction).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import discord
+
+from .db.jobs import JobStore
+from .db.moderation import ModerationStore
+from .files_server import FilesServer
+from .imagine import ImagineService
+from .jobs.delivery import Delivery
+from .jobs.positions import Positions
+from .jobs.runner import JobRunner
+from .lora_library import LoraImporter, LoraLibrary
+from .settings import Settings
+from .training.approvals import TrainingApprovals
+from .training.service import TrainService
+from .worker.client import WorkerClient, WorkerUnavailable
+from .worker.supervisor import WorkerSupervisor
+
+log = logging.getLogger(__name__)
+
+WORKER_CONNECT_WAIT = 30.0
+
+
+@dataclass(frozen=True)
+class Services:
+    settings: Settings
+    store: JobStore
+    moderation: ModerationStore
+    worker: WorkerClient
+    supervisor: WorkerSupervisor | None  # None when WORKER_MODE=external
+    files_server: FilesServer
+    delivery: Delivery
+    positions: Positions
+    runner: JobRunner
+    imagine: ImagineService
+    library: LoraLibrary
+    importer: LoraImporter
+    training: TrainService
+    approvals: TrainingApprovals
+
+    async def start(self) -> None:
+        """The background parts: file links, the worker process and the connection to it."""
+        await self.files_server.start()
+        if self.supervisor:
+            self.supervisor.start()
+        self.worker.start()
+
+    async def start_queue(self) -> None:
+        """Recover what a restart interrupted, then run the queue."""
+        try:
+            # The worker answers prompt checks within seconds (the model loads behind it), so
+            # waiting here means the first /imagine gets a checked prompt.
+            await self.worker.wait_connected(WORKER_CONNECT_WAIT)
+        except WorkerUnavailable:
+            log.warning("the GPU worker is not up yet; jobs will wait in the queue for it")
+        await self.runner.recover()
+        self.runner.start()
+
+    async def close(self) -> None:
+        await self.runner.stop()
+        await self.worker.close()
+        if self.supervisor:
+            await self.supervisor.stop()
+        await self.files_server.stop()
+        await self.store.close()
+
+
+def services_of(source: discord.Interaction | discord.Client) -> Services:
+    """The services of the bot an interaction came to (or of the bot itself, in a cog's setup)."""
+    client = source.client if isinstance(source, discord.Interaction) else source
+    services = getattr(client, "services", None)
+    if not isinstance(services, Services):
+        raise RuntimeError("the bot's services are built in its setup_hook (bot/composition.py); none yet")
+    return services
