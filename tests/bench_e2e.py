@@ -351,7 +351,12 @@ def embed_time(fake: FakeDiscord, message_id: int) -> float | None:
 
 
 def pass_through_env() -> dict:
-    return {k: v for k, v in os.environ.items() if k.startswith(PASS_PREFIXES) or k in PASS_NAMES}
+    """What the bot and the workers inherit from here; PYTHONPATH keeps the repository root first and any
+    entries set here after it (e.g. wheels unpacked into /tmp/site on a machine without the project's venv)."""
+    env = {k: v for k, v in os.environ.items() if k.startswith(PASS_PREFIXES) or k in PASS_NAMES}
+    extra = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and Path(p).resolve() != ROOT]
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *extra])
+    return env
 
 
 async def through_the_bot(args, fake: FakeDiscord, bot: BotProcess, expected_single_s: float | None) -> dict:
@@ -462,7 +467,7 @@ def build_model(target: Path) -> dict:
         command = [sys.executable, "-m", "gpu.bench", "--phase", "save", "--data-dir", scratch,
                    "--model-dir", str(target), "--child-json", str(out)]
         log(f"building full-size random weights into {target}: {' '.join(command[1:])}")
-        subprocess.run(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True)
+        subprocess.run(command, cwd=ROOT, env={**os.environ, **pass_through_env()}, check=True)
         return json.loads(out.read_text())
 
 
