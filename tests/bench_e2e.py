@@ -232,7 +232,8 @@ class Tracker:
         self.fake = fake
         self.sent: dict[int, dict] = {}  # interaction id -> {"ix", "prompt", "member", "sent"}
         self.by_prompt: dict[str, int] = {}
-        self._parsed: dict[tuple, list[str]] = {}  # (message id, attachment ids) -> prompts of its PNGs
+        self._parsed: dict[tuple, list[dict]] = {}  # (message id, attachment ids) -> text chunks of its PNGs
+        self._callback_status: dict[int, int | None] = {}  # interaction id -> status of its first callback
 
     async def send(self, prompt: str, seed: int, args, user: dict, member: int | None = None) -> int:
         options = {"prompt": prompt, "seed": seed, "steps": args.steps, "aspect": args.aspect}
@@ -269,6 +270,9 @@ class Tracker:
         """{"state": pending|accepted|refused, "reason", "text", "job"}."""
         ix = self.sent[iid]["ix"]
         if not ix.callbacks:
+            status = self._callback_status.get(iid)
+            if status is not None and status >= 400:  # e.g. after the 3 s deadline: Discord drops it
+                return {"state": "lost", "reason": f"callback answered {status}", "text": ""}
             return {"state": "pending"}
         first = ix.callbacks[0]
         if first.get("type") == 4:
@@ -283,12 +287,13 @@ class Tracker:
         return {"state": "deferred"}  # thinking...: no job number shown (yet)
 
     def resolved(self, iids: list[int]) -> tuple[bool, dict]:
+        self._callback_status = {iid: status for iid, (_, status) in self.first_callback_at().items()}
         delivered = self.deliveries()
         failed = self.failed_jobs()
         done = True
         for iid in iids:
             outcome = self.outcome(iid)
-            if iid in delivered or outcome["state"] == "refused":
+            if iid in delivered or outcome["state"] in ("refused", "lost"):
                 continue
             if outcome["state"] == "accepted" and outcome["job"] in failed:
                 continue
@@ -411,7 +416,8 @@ def burst_report(args, tracker: Tracker, iids: list[int], delivered: dict, compl
     # deferred but no job number shown: counted as accepted when its PNG came (the position edit failed)
     silent = [iid for iid in iids if outcomes[iid]["state"] in ("deferred", "pending") and iid in delivered]
     accepted_all = accepted + silent
-    unresolved = [iid for iid in iids if iid not in accepted_all and iid not in refused]
+    lost = [iid for iid in iids if outcomes[iid]["state"] == "lost" and iid not in delivered]
+    unresolved = [iid for iid in iids if iid not in accepted_all and iid not in refused and iid not in lost]
     images = sum(len(delivered.get(iid, [])) for iid in iids)
     first_sent = min(tracker.sent[iid]["sent"] for iid in iids)
     png_at = {iid: min(d["at"] for d in delivered[iid]) for iid in iids if iid in delivered}
@@ -431,6 +437,7 @@ def burst_report(args, tracker: Tracker, iids: list[int], delivered: dict, compl
         "accepted": len(accepted_all), "accepted_without_job_number": len(silent),
         "refused": len(refused), "refused_by": dict(reasons),
         "refusal_examples": sorted({outcomes[iid]["text"][:160] for iid in refused})[:3],
+        "lost": len(lost),  # the fake refused the callback (late): the user saw "interaction failed"
         "unresolved": len(unresolved),
         "expected_refused_by_cap": args.members * max(0, args.per_member - args.cap),
         "accepted_per_member": dict(sorted(Counter(per_member[m] for m in range(args.members)).items())),
@@ -576,8 +583,9 @@ def render(results: dict) -> str:
         "",
         "| burst, through the bot | value |",
         "|---|---|",
-        f"| interactions sent / accepted / refused / unresolved | {fmt(burst.get('sent'))} / {fmt(burst.get('accepted'))}"
-        f" / {fmt(burst.get('refused'))} / {fmt(burst.get('unresolved'))} |",
+        f"| interactions sent / accepted / refused / lost (callback refused) / unresolved | {fmt(burst.get('sent'))} / "
+        f"{fmt(burst.get('accepted'))} / {fmt(burst.get('refused'))} / {fmt(burst.get('lost'))} / "
+        f"{fmt(burst.get('unresolved'))} |",
         f"| refused by the per-member cap (expected {fmt(burst.get('expected_refused_by_cap'))} with cap "
         f"{cfg['max_queued_per_user']}) | {fmt(burst.get('refused_by', {}).get('per_member_cap', 0))} "
         f"(all refusals: {fmt(burst.get('refused_by'))}) |",
@@ -643,7 +651,7 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps(results, indent=2, default=str))
     print(render(results), flush=True)
     burst = results.get("bot", {}).get("burst", {})
-    return 0 if burst.get("complete") and not burst.get("unresolved") else 1
+    return 0 if burst.get("complete") and not burst.get("unresolved") and not burst.get("lost") else 1
 
 
 if __name__ == "__main__":

@@ -57,7 +57,7 @@ def test_e2e_bench_reports_every_field(tmp_path):
 
     burst = results["bot"]["burst"]
     sent = MEMBERS * PER_MEMBER
-    assert burst["sent"] == sent and burst["complete"] and burst["unresolved"] == 0
+    assert burst["sent"] == sent and burst["complete"] and burst["unresolved"] == burst["lost"] == 0
     assert burst["accepted"] + burst["refused"] == sent
     assert set(burst["refused_by"]) <= {"per_member_cap"}, burst["refusal_examples"]
     assert burst["refused_by"].get("per_member_cap", 0) <= burst["expected_refused_by_cap"] == MEMBERS * (PER_MEMBER - CAP)
