@@ -11,6 +11,7 @@ from ..buttons import ReportingButton
 from ..db.jobs import JobStore
 from ..db.models import Job, JobStatus, utcnow
 from ..db.moderation import ModerationStore
+from ..interaction_ids import guild_id_of
 from ..jobs import render
 from ..permissions import NotModerator, is_moderator
 from ..services import services_of
@@ -77,7 +78,7 @@ class ModQueuePage(ReportingButton, discord.ui.DynamicItem[discord.ui.Button],
         services = services_of(interaction)
         if not is_moderator(interaction, await services.moderation.settings(interaction.guild_id)):
             raise NotModerator("Only moderators can page through the server's queue.")
-        content, view = await queue_page(services.store, services.moderation, interaction.guild_id, self.page)
+        content, view = await queue_page(services.store, services.moderation, guild_id_of(interaction), self.page)
         await interaction.response.edit_message(content=content, view=view)
 
 

@@ -6,6 +6,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from ..interaction_ids import channel_id_of
 from ..lora_library import clean_name
 from ..services import services_of
 from ..training.service import TrainService
@@ -30,7 +31,7 @@ class TrainCog(commands.Cog):
         queued = await self.training.enqueue(interaction, name, photos, url, caption, steps)
         await interaction.edit_original_response(content=queued.summary)
         message = await interaction.followup.send(queued.status, ephemeral=False, wait=True)
-        await self.training.announce(queued, message.id, interaction.channel_id)
+        await self.training.announce(queued, message.id, channel_id_of(interaction))
 
 
 async def setup(bot: commands.Bot) -> None:
