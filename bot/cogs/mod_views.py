@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
+from typing import Any, Self
 
 import discord
 
@@ -71,8 +72,9 @@ class ModQueuePage(ReportingButton, discord.ui.DynamicItem[discord.ui.Button],
         self.page = page
 
     @classmethod
-    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button, match: re.Match[str]):
-        return cls(int(match["page"]), item.label or "")
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str]) -> Self:
+        label = item.label if isinstance(item, discord.ui.Button) else None  # always one: DynamicItem[Button]
+        return cls(int(match["page"]), label or "")
 
     async def handle(self, interaction: discord.Interaction) -> None:
         services = services_of(interaction)
