@@ -137,8 +137,10 @@ class TrainService:
                 if photos.size > settings.max_zip_bytes:
                     raise UserFacingError(f"The zip is {photos.size >> 20} MiB; the limit is {settings.max_zip_bytes >> 20} MiB.")
                 await save_attachment(photos.url, archive, settings.max_zip_bytes, what="zip")
-            else:
+            elif url is not None:
                 await download_zip(url, archive, max_bytes=settings.max_zip_bytes)
+            else:  # check_request() refused this before deferring
+                raise UserFacingError("Attach a zip of photos as `photos`, or give an https `url` to one (not both).")
             limits = IntakeLimits(max_archive_bytes=settings.max_zip_bytes, min_images=settings.train_min_images,
                                   max_images=settings.train_max_images)
             report = await asyncio.to_thread(prepare_dataset, archive, job_dir / "dataset", name=name,
