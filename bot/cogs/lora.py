@@ -21,6 +21,7 @@ from ..services import services_of
 from ..settings import Settings
 
 
+@app_commands.guild_only()  # Discord hides it in DMs; interaction_check still refuses them
 class LoraCog(commands.GroupCog, group_name="lora", group_description="Your LoRA adapters"):
     def __init__(self, settings: Settings, library: LoraLibrary, importer: LoraImporter, moderation: ModerationStore):
         self.settings = settings      # the link lifetime /lora export states

@@ -27,6 +27,7 @@ from ..settings import Settings
 from .mod_views import queue_page
 
 
+@app_commands.guild_only()  # Discord hides it in DMs; interaction_check still refuses them
 class ModCog(commands.GroupCog, group_name="mod", group_description="Moderator tools for the image queue"):
     blocklist = app_commands.Group(name="blocklist", description="Words or patterns refused in prompts")
     approve_training = app_commands.Group(name="approve-training", description="Require approval of /train jobs")

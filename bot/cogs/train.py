@@ -17,6 +17,7 @@ class TrainCog(commands.Cog):
         self.training = training
 
     @app_commands.command(name="train", description="Train a LoRA of a person or style from a zip of photos")
+    @app_commands.guild_only()  # Discord hides it in DMs; check_request still refuses them
     @app_commands.describe(name="Name of the LoRA (lowercase, digits, - and _)", photos="A .zip of 10+ photos",
                            caption="Caption for every image (default: 'a photo of <name>'); a .txt beside an image overrides it",
                            steps="Training steps (default from the server settings, usually 4000)",
