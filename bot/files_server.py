@@ -134,14 +134,17 @@ class _Counted(asyncio.Protocol):
     """One connection: handed to aiohttp's handler while fewer than MAX_CONNECTIONS are open, else closed at once."""
 
     def __init__(self, server: FilesServer):
-        self.server, self.inner = server, None
+        self.server = server
+        self.inner: asyncio.Protocol | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if self.server.connections >= MAX_CONNECTIONS or self.server._runner is None:
+        runner = self.server._runner
+        factory = runner.server if runner is not None else None  # aiohttp's protocol factory (its low-level server)
+        if self.server.connections >= MAX_CONNECTIONS or factory is None:
             transport.close()
             return
         self.server.connections += 1
-        self.inner = self.server._runner.server()  # aiohttp's protocol factory (its low-level server)
+        self.inner = factory()
         self.inner.connection_made(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -165,6 +168,10 @@ class _Counted(asyncio.Protocol):
             self.inner.resume_writing()
 
 
+async def _health(request: web.Request) -> web.Response:
+    return web.json_response({"ok": True})
+
+
 class FilesServer:
     def __init__(self, signer: LinkSigner, host: str, port: int):
         self.signer, self.host, self.port = signer, host, port
@@ -175,7 +182,7 @@ class FilesServer:
     async def start(self) -> None:
         app = web.Application(client_max_size=4096)  # GET only: no request bodies
         app.router.add_get("/files/{token}/{name}", self._serve)
-        app.router.add_get("/health", lambda request: web.json_response({"ok": True}))
+        app.router.add_get("/health", _health)
         self._runner = web.AppRunner(app, access_log=None, keepalive_timeout=HEADER_TIMEOUT)
         await self._runner.setup()
         # Our own listener around aiohttp's protocol factory, so that open connections can be counted.

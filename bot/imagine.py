@@ -16,6 +16,7 @@ from .db.jobs import JobStore
 from .db.models import Job
 from .db.moderation import ModerationStore
 from .errors import UserFacingError
+from .interaction_ids import channel_id_of
 from .jobs import render
 from .jobs.runner import JobRunner
 from .limits import UserLimits
@@ -80,7 +81,7 @@ class ImagineService:
         await self.limits.take_request(user_id, guild)
         await interaction.response.defer(thinking=True)
         job = await self.store.enqueue(
-            user_id=user_id, guild_id=interaction.guild_id, channel_id=interaction.channel_id,
+            user_id=user_id, guild_id=interaction.guild_id, channel_id=channel_id_of(interaction),
             params=params, interaction_id=interaction.id, interaction_token=interaction.token)
         position = await self.store.position(job)
         try:

@@ -152,7 +152,7 @@ def _alpha_for(meta: dict, module: str, rank: int) -> float:
     if meta.get("use_dora"):
         raise LoraImportError("This is a DoRA adapter; only plain LoRA is supported.")
     alpha = meta.get("lora_alpha", rank)
-    patterns = meta.get("alpha_pattern") if isinstance(meta.get("alpha_pattern"), dict) else {}
+    patterns = found if isinstance(found := meta.get("alpha_pattern"), dict) else {}
     alpha = next((v for p, v in patterns.items() if module == p or module.endswith("." + str(p))), alpha)
     value = _alpha_number(alpha)
     if value is not None and meta.get("use_rslora"):
@@ -184,7 +184,7 @@ def plan(st: SafeTensors, layers: dict[str, tuple[int, int]] | None) -> tuple[st
     kohya = {name.replace(".", "_"): name for name in names}
     kohya.update({name.replace(".", "_")[: -len("to_out_0")] + "out": name for name in names if name.endswith("to_out.0")})
     groups: dict[str, dict[str, str]] = {}
-    formats = Counter()
+    formats: Counter[str] = Counter()
     for key in st.tensors:
         if _UNSUPPORTED.search(key):
             raise LoraImportError(f"`{key}` belongs to a LyCORIS/LoHa/LoKr/DoRA adapter; only plain LoRA is supported.")
@@ -211,23 +211,23 @@ def plan(st: SafeTensors, layers: dict[str, tuple[int, int]] | None) -> tuple[st
         rank = down.shape[0] if len(down.shape) == 2 else 0
         fused = module.endswith(".attention.qkv")
         out, inputs = (layers or {}).get(module[:-3] + "to_q" if fused else module, (None, None))
-        out = up.shape[0] // 3 if fused and out is None else out
+        block = (up.shape[0] // 3 if out is None else out) if fused else None  # the rows of each of q, k and v
         if len(down.shape) != 2 or rank < 1 or (inputs is not None and down.shape[1] != inputs):
             raise LoraImportError(f"`{slot['down']}` has shape {list(down.shape)}; the layer `{module}` needs "
                                   f"[rank, {inputs if inputs is not None else 'in'}].")
-        rows = 3 * out if fused else out
+        rows = 3 * block if block is not None else out
         if len(up.shape) != 2 or up.shape[1] != rank or (rows is not None and up.shape[0] != rows):
             raise LoraImportError(f"`{slot['up']}` has shape {list(up.shape)}; the layer `{module}` needs "
                                   f"[{rows if rows is not None else 'out'}, {rank}].")
         alpha = _alpha_for(meta, module, rank)
         if "alpha" in slot:
             alpha = _alpha_tensor(st, slot["alpha"])
-        parts = [(module[: -len("qkv")] + name, (i * out, (i + 1) * out)) for i, name in enumerate(("to_q", "to_k", "to_v"))
-                 ] if fused else [(module, None)]
-        for target, rows in parts:
+        parts = [(module[: -len("qkv")] + name, (i * block, (i + 1) * block)) for i, name in enumerate(("to_q", "to_k", "to_v"))
+                 ] if block is not None else [(module, None)]
+        for target, span in parts:
             if target in planned:
                 raise LoraImportError(f"`{slot['down']}` repeats the layer `{target}`.")
-            planned[target] = _Layer(slot["down"], slot["up"], alpha, rank, rows)
+            planned[target] = _Layer(slot["down"], slot["up"], alpha, rank, span)
     return formats.most_common(1)[0][0], planned
 
 
@@ -306,6 +306,7 @@ def convert(source: Path, dest: Path, layers: dict[str, tuple[int, int]], *, max
             entries += [(f"transformer.{module}.lora_A.weight", _STORED.get(down_info.dtype, down_info.dtype),
                          (rank, down_info.shape[1]), down),
                         (f"transformer.{module}.lora_B.weight", _STORED.get(up_info.dtype, up_info.dtype), (out, rank), up)]
+        config: dict[str, object]  # values of several types (and empty dicts): mypy needs the annotation
         config = {"r": rank, "lora_alpha": alpha, "target_modules": sorted(planned), "lora_dropout": 0.0, "bias": "none",
                   "use_dora": False, "use_rslora": False, "init_lora_weights": True, "rank_pattern": {}, "alpha_pattern": {}}
         metadata = {"format": "pt", META_KEY: json.dumps({f"transformer.{k}": v for k, v in config.items()}, indent=2,

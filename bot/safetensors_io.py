@@ -19,7 +19,7 @@ import math
 import os
 import re
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -176,7 +176,7 @@ class SafeTensors:
         self.handle.close()
 
 
-def write_safetensors(path: Path, tensors: list[tuple[str, str, tuple, Callable[[], bytes]]], metadata: dict) -> int:
+def write_safetensors(path: Path, tensors: Sequence[tuple[str, str, tuple, Callable[[], bytes]]], metadata: dict) -> int:
     """Write (key, dtype, shape, produce_bytes) entries; atomic (temp file + rename). Returns the size."""
     header, offset = {"__metadata__": metadata}, 0
     for key, dtype, shape, _ in tensors:

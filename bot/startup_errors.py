@@ -78,8 +78,8 @@ def _os_reason(exc: aiohttp.ClientOSError) -> str:
     error = getattr(exc, "os_error", None) or exc
     if isinstance(error, ssl.SSLError):  # its errno is OpenSSL's, not the OS's
         return (error.reason or str(error)).replace("_", " ").lower()
-    if getattr(error, "errno", None) and error.errno > 0:  # asyncio's strerror is "Connect call failed (...)"
-        return os.strerror(error.errno).lower()
+    if (code := getattr(error, "errno", None)) and code > 0:  # asyncio's strerror is "Connect call failed (...)"
+        return os.strerror(code).lower()
     return getattr(error, "strerror", None) or str(error) or type(error).__name__
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any, Self
 
 import discord
 
@@ -31,7 +32,7 @@ class _Decision(ReportingButton):
         self.job_id = job_id
 
     @classmethod
-    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button, match: re.Match[str]):
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str]) -> Self:
         return cls(int(match["job_id"]))
 
     async def handle(self, interaction: discord.Interaction) -> None:

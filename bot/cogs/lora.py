@@ -14,12 +14,14 @@ from discord import app_commands
 from discord.ext import commands
 
 from ..db.moderation import ModerationStore
+from ..interaction_ids import guild_id_of
 from ..lora_library import LoraImporter, LoraLibrary, clean_name, label
 from ..permissions import is_moderator
 from ..services import services_of
 from ..settings import Settings
 
 
+@app_commands.guild_only()  # Discord hides it in DMs; interaction_check still refuses them
 class LoraCog(commands.GroupCog, group_name="lora", group_description="Your LoRA adapters"):
     def __init__(self, settings: Settings, library: LoraLibrary, importer: LoraImporter, moderation: ModerationStore):
         self.settings = settings      # the link lifetime /lora export states
@@ -47,9 +49,9 @@ class LoraCog(commands.GroupCog, group_name="lora", group_description="Your LoRA
     async def import_(self, interaction: discord.Interaction, name: app_commands.Range[str, 2, 32],
                       file: discord.Attachment | None = None, url: str | None = None) -> None:
         name = clean_name(name)
-        await self.importer.check(interaction.guild_id, interaction.user.id, name, file, url)
+        await self.importer.check(guild_id_of(interaction), interaction.user.id, name, file, url)
         await interaction.response.defer(ephemeral=True, thinking=True)
-        lora, result = await self.importer.run(interaction.id, interaction.guild_id, interaction.user.id, name, file, url)
+        lora, result = await self.importer.run(interaction.id, guild_id_of(interaction), interaction.user.id, name, file, url)
         await interaction.edit_original_response(content=(
             f"✅ Imported `{lora.name}` ({result.format} format): rank {result.rank}, alpha {result.alpha:g}, "
             f"{result.layers} layers, {result.size / 1e6:.1f} MB. It is private: `/lora use {lora.name}` to use it, "
@@ -64,7 +66,7 @@ class LoraCog(commands.GroupCog, group_name="lora", group_description="Your LoRA
                  + (f" (yours, {'shared' if lora.shared else 'private'})" if lora.owner_id == me
                     else f" (shared by <@{lora.owner_id}>)")
                  + (f" — in use at {scale:g}" if scale is not None else "")
-                 for lora, scale in await self.library.listing(me, interaction.guild_id)]
+                 for lora, scale in await self.library.listing(me, guild_id_of(interaction))]
         while len(text := "\n".join(lines)) > 1900:  # Discord's 2000-character limit
             lines = lines[:-2] + ["… and more: type a name in `/lora info`."]
         await interaction.response.send_message(
@@ -75,7 +77,7 @@ class LoraCog(commands.GroupCog, group_name="lora", group_description="Your LoRA
     @app_commands.autocomplete(name=usable_autocomplete)
     @app_commands.describe(name="One of your LoRAs or one shared here")
     async def info(self, interaction: discord.Interaction, name: str) -> None:
-        lora = await self.library.usable(interaction.user.id, interaction.guild_id, name)
+        lora = await self.library.usable(interaction.user.id, guild_id_of(interaction), name)
         details, sample = await self.library.details(lora)
         lines = [f"**{lora.name}** — owner <@{lora.owner_id}>, {'shared in this server' if lora.shared else 'private'}",
                  f"rank {details.get('rank', lora.rank)}" + (f", alpha {details['alpha']:g}" if details.get("alpha") else "")
@@ -90,13 +92,13 @@ class LoraCog(commands.GroupCog, group_name="lora", group_description="Your LoRA
     @app_commands.command(name="share", description="Let everyone in this server use one of your LoRAs")
     @app_commands.autocomplete(name=own_autocomplete)
     async def share(self, interaction: discord.Interaction, name: str) -> None:
-        lora = await self.library.share(interaction.user.id, interaction.guild_id, name)
+        lora = await self.library.share(interaction.user.id, guild_id_of(interaction), name)
         await interaction.response.send_message(f"`{lora.name}` is now shared: everyone here can use it.", ephemeral=True)
 
     @app_commands.command(name="unshare", description="Make one of your LoRAs private again")
     @app_commands.autocomplete(name=own_autocomplete)
     async def unshare(self, interaction: discord.Interaction, name: str) -> None:
-        lora, dropped = await self.library.unshare(interaction.user.id, interaction.guild_id, name)
+        lora, dropped = await self.library.unshare(interaction.user.id, guild_id_of(interaction), name)
         await interaction.response.send_message(
             f"`{lora.name}` is private again" + (f" ({dropped} member(s) stopped using it)." if dropped else "."),
             ephemeral=True)
@@ -104,13 +106,13 @@ class LoraCog(commands.GroupCog, group_name="lora", group_description="Your LoRA
     @app_commands.command(name="rename", description="Rename one of your LoRAs")
     @app_commands.autocomplete(name=own_autocomplete)
     async def rename(self, interaction: discord.Interaction, name: str, new_name: app_commands.Range[str, 2, 32]) -> None:
-        lora, new_name = await self.library.rename(interaction.user.id, interaction.guild_id, name, new_name)
+        lora, new_name = await self.library.rename(interaction.user.id, guild_id_of(interaction), name, new_name)
         await interaction.response.send_message(f"`{lora.name}` is now `{new_name}`.", ephemeral=True)
 
     @app_commands.command(name="delete", description="Delete a LoRA and its files (its owner or a moderator)")
     @app_commands.autocomplete(name=usable_autocomplete)
     async def delete(self, interaction: discord.Interaction, name: str) -> None:
-        me, guild_id = interaction.user.id, interaction.guild_id
+        me, guild_id = interaction.user.id, guild_id_of(interaction)
         moderator = is_moderator(interaction, await self.moderation.settings(guild_id))
         lora = await self.library.delete(me, guild_id, name, moderator=moderator)
         if lora.owner_id != me:
@@ -121,7 +123,7 @@ class LoraCog(commands.GroupCog, group_name="lora", group_description="Your LoRA
     @app_commands.command(name="export", description="Download links for a LoRA: diffusers and ComfyUI formats")
     @app_commands.autocomplete(name=usable_autocomplete)
     async def export(self, interaction: discord.Interaction, name: str) -> None:
-        lora = await self.library.usable(interaction.user.id, interaction.guild_id, name)
+        lora = await self.library.usable(interaction.user.id, guild_id_of(interaction), name)
         await interaction.response.defer(ephemeral=True, thinking=True)
         (ours, ours_link), (comfy, comfy_link) = await self.library.export(lora)
         days = self.settings.link_ttl / 86400
@@ -136,7 +138,7 @@ class LoraCog(commands.GroupCog, group_name="lora", group_description="Your LoRA
     @app_commands.describe(name="One of your LoRAs (or one shared here)", scale="Strength, 0-2 (default 0.8)")
     async def use(self, interaction: discord.Interaction, name: str,
                   scale: app_commands.Range[float, 0.0, 2.0] | None = None) -> None:
-        stack = await self.library.use(interaction.user.id, interaction.guild_id, name, scale)
+        stack = await self.library.use(interaction.user.id, guild_id_of(interaction), name, scale)
         await interaction.response.send_message(
             "Your /imagine images now use " + " + ".join(f"`{item.name}` at {s:g}" for item, s in stack)
             + ". `/lora clear` to stop.", ephemeral=True)
@@ -144,7 +146,7 @@ class LoraCog(commands.GroupCog, group_name="lora", group_description="Your LoRA
     @app_commands.command(name="clear", description="Stop using one LoRA, or all of them (back to the base model)")
     @app_commands.describe(name="Only this LoRA (default: all)")
     async def clear(self, interaction: discord.Interaction, name: str | None = None) -> None:
-        me, guild = interaction.user.id, interaction.guild_id
+        me, guild = interaction.user.id, guild_id_of(interaction)
         if name is None:
             cleared = await self.library.clear(me, guild)
             text = "Your /imagine images use the base model again." if cleared else "You were not using a LoRA."

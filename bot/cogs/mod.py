@@ -17,6 +17,7 @@ from ..db.jobs import JobStore
 from ..db.models import JobStatus
 from ..db.moderation import ModerationStore, valid_pattern
 from ..errors import UserFacingError
+from ..interaction_ids import guild_id_of
 from ..jobs.positions import Positions
 from ..jobs.runner import JobRunner
 from ..moderation import describe_expiry, expiry_from, parse_duration
@@ -26,6 +27,7 @@ from ..settings import Settings
 from .mod_views import queue_page
 
 
+@app_commands.guild_only()  # Discord hides it in DMs; interaction_check still refuses them
 class ModCog(commands.GroupCog, group_name="mod", group_description="Moderator tools for the image queue"):
     blocklist = app_commands.Group(name="blocklist", description="Words or patterns refused in prompts")
     approve_training = app_commands.Group(name="approve-training", description="Require approval of /train jobs")
@@ -48,7 +50,7 @@ class ModCog(commands.GroupCog, group_name="mod", group_description="Moderator t
 
     async def _done(self, interaction: discord.Interaction, action: str, message: str, target: str | None = None,
                     details: str | None = None) -> None:
-        await self.moderation.audit(interaction.guild_id, interaction.user.id, action, target, details)
+        await self.moderation.audit(guild_id_of(interaction), interaction.user.id, action, target, details)
         await interaction.response.send_message(message, ephemeral=True)
 
     # --- who moderates ----------------------------------------------------------------------
@@ -58,20 +60,20 @@ class ModCog(commands.GroupCog, group_name="mod", group_description="Moderator t
     async def role(self, interaction: discord.Interaction, role: discord.Role | None = None) -> None:
         if not (interaction.permissions.manage_guild or interaction.permissions.administrator):
             raise NotModerator("Only members with Manage Server can choose the moderator role.")
-        await self.moderation.update_settings(interaction.guild_id, mod_role_id=role.id if role else None)
+        await self.moderation.update_settings(guild_id_of(interaction), mod_role_id=role.id if role else None)
         text = f"Members with {role.mention} are now moderators." if role else "The moderator role is cleared."
         await self._done(interaction, "role", text, target=role.name if role else None)
 
     @app_commands.command(name="channel", description="Channel where moderator approvals are posted")
     async def channel(self, interaction: discord.Interaction, channel: discord.TextChannel) -> None:
-        await self.moderation.update_settings(interaction.guild_id, mod_channel_id=channel.id)
+        await self.moderation.update_settings(guild_id_of(interaction), mod_channel_id=channel.id)
         await self._done(interaction, "channel", f"Approvals will be posted in {channel.mention}.", target=channel.name)
 
     # --- the queue -------------------------------------------------------------------------
 
     @app_commands.command(name="queue", description="All active jobs of this server")
     async def queue(self, interaction: discord.Interaction) -> None:
-        content, view = await queue_page(self.store, self.moderation, interaction.guild_id, 0)
+        content, view = await queue_page(self.store, self.moderation, guild_id_of(interaction), 0)
         await interaction.response.send_message(content, view=view or discord.utils.MISSING, ephemeral=True)
 
     @app_commands.command(name="cancel", description="Cancel any job of this server")
@@ -89,13 +91,15 @@ class ModCog(commands.GroupCog, group_name="mod", group_description="Moderator t
 
     @cancel.autocomplete("job")
     async def cancel_autocomplete(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[int]]:
+        if interaction.guild_id is None:  # autocomplete skips interaction_check
+            return []
         jobs = await self.store.guild_jobs(interaction.guild_id)
         return [app_commands.Choice(name=f"#{job.id} ({job.status}) by {job.user_id}", value=job.id)
                 for job in jobs if str(job.id).startswith(current.strip("#"))][:25]
 
     @app_commands.command(name="clear", description="Cancel every waiting or running job (of one member)")
     async def clear(self, interaction: discord.Interaction, user: discord.User | None = None) -> None:
-        cancelled = await self._cancel_jobs(interaction.guild_id, user.id if user else None)
+        cancelled = await self._cancel_jobs(guild_id_of(interaction), user.id if user else None)
         whose = f"of {user.mention} " if user else ""
         await self._done(interaction, "clear", f"Cancelled {cancelled} job(s) {whose}in this server.",
                          target=user.mention if user else "everyone", details=f"{cancelled} job(s)")
@@ -109,13 +113,13 @@ class ModCog(commands.GroupCog, group_name="mod", group_description="Moderator t
 
     @app_commands.command(name="pause", description="Pause this server's queue; jobs keep their place")
     async def pause(self, interaction: discord.Interaction) -> None:
-        await self.moderation.update_settings(interaction.guild_id, paused=True)
+        await self.moderation.update_settings(guild_id_of(interaction), paused=True)
         await self._done(interaction, "pause", "⏸️ The queue is paused. Jobs wait and keep their place; `/mod resume` to go on.")
         await self.positions.refresh(paused_guild=interaction.guild_id)
 
     @app_commands.command(name="resume", description="Resume this server's queue")
     async def resume(self, interaction: discord.Interaction) -> None:
-        await self.moderation.update_settings(interaction.guild_id, paused=False)
+        await self.moderation.update_settings(guild_id_of(interaction), paused=False)
         await self._done(interaction, "resume", "▶️ The queue runs again.")
         self.runner.wake()
         await self.positions.refresh()
@@ -129,21 +133,21 @@ class ModCog(commands.GroupCog, group_name="mod", group_description="Moderator t
         if user.id == interaction.user.id:
             raise UserFacingError("You cannot ban yourself.")
         expires_at = expiry_from(parse_duration(duration))
-        await self.moderation.ban(interaction.guild_id, user.id, interaction.user.id, reason, expires_at)
-        cancelled = await self._cancel_jobs(interaction.guild_id, user.id)
+        await self.moderation.ban(guild_id_of(interaction), user.id, interaction.user.id, reason, expires_at)
+        cancelled = await self._cancel_jobs(guild_id_of(interaction), user.id)
         await self._done(interaction, "ban",
                          f"{user.mention} is banned {describe_expiry(expires_at)}; {cancelled} of their job(s) cancelled.",
                          target=user.mention, details=f"reason: {reason or '-'}; duration: {duration or 'permanent'}")
 
     @app_commands.command(name="unban", description="Let a banned member use the bot again")
     async def unban(self, interaction: discord.Interaction, user: discord.User) -> None:
-        if not await self.moderation.unban(interaction.guild_id, user.id):
+        if not await self.moderation.unban(guild_id_of(interaction), user.id):
             raise UserFacingError(f"{user.mention} is not banned here.")
         await self._done(interaction, "unban", f"{user.mention} may use the bot again.", target=user.mention)
 
     @app_commands.command(name="bans", description="Members banned from the bot in this server")
     async def bans(self, interaction: discord.Interaction) -> None:
-        bans = await self.moderation.bans(interaction.guild_id)
+        bans = await self.moderation.bans(guild_id_of(interaction))
         lines = [f"<@{ban.user_id}> {describe_expiry(ban.expires_at)} (by <@{ban.moderator_id}>)"
                  + (f": {ban.reason}" if ban.reason else "") for ban in bans[:30]]
         await interaction.response.send_message("\n".join(lines) or "Nobody is banned.", ephemeral=True,
@@ -164,7 +168,7 @@ class ModCog(commands.GroupCog, group_name="mod", group_description="Moderator t
                  "trainings_per_day": trainings_per_day, "max_count": max_count, "max_steps": max_steps}
         changes = {key: (value or None) for key, value in given.items() if value is not None}
         if changes:
-            settings = await self.moderation.update_settings(interaction.guild_id, **changes)
+            settings = await self.moderation.update_settings(guild_id_of(interaction), **changes)
         else:
             settings = await self.moderation.settings(interaction.guild_id)
         defaults = self.settings
@@ -192,7 +196,7 @@ class ModCog(commands.GroupCog, group_name="mod", group_description="Moderator t
             changes["allow_blocklisted_in_nsfw"] = allow_in_age_restricted
         if spoilers is not None:
             changes["spoiler_images"] = spoilers
-        settings = await self.moderation.update_settings(interaction.guild_id, **changes)
+        settings = await self.moderation.update_settings(guild_id_of(interaction), **changes)
         exempt = "allowed" if settings.allow_blocklisted_in_nsfw else "refused"
         text = (f"Blocklisted prompts in age-restricted channels: {exempt}\n"
                 f"Images as spoilers: {'on' if settings.spoiler_images else 'off'}")
@@ -205,24 +209,26 @@ class ModCog(commands.GroupCog, group_name="mod", group_description="Moderator t
         pattern = pattern.strip()
         if problem := valid_pattern(pattern):
             raise UserFacingError(problem)
-        if not await self.moderation.add_blocked(interaction.guild_id, pattern, interaction.user.id):
+        if not await self.moderation.add_blocked(guild_id_of(interaction), pattern, interaction.user.id):
             raise UserFacingError(f"`{pattern}` is already on the blocklist.")
         await self._done(interaction, "blocklist-add", f"Prompts containing `{pattern}` are now refused.", target=pattern)
 
     @blocklist.command(name="remove", description="Take a pattern off the blocklist")
     async def blocklist_remove(self, interaction: discord.Interaction, pattern: str) -> None:
-        if not await self.moderation.remove_blocked(interaction.guild_id, pattern.strip()):
+        if not await self.moderation.remove_blocked(guild_id_of(interaction), pattern.strip()):
             raise UserFacingError(f"`{pattern}` is not on the blocklist.")
         await self._done(interaction, "blocklist-remove", f"`{pattern}` is off the blocklist.", target=pattern)
 
     @blocklist_remove.autocomplete("pattern")
     async def blocklist_autocomplete(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+        if interaction.guild_id is None:  # autocomplete skips interaction_check
+            return []
         patterns = await self.moderation.blocklist(interaction.guild_id)
         return [app_commands.Choice(name=p[:100], value=p) for p in patterns if current.lower() in p.lower()][:25]
 
     @blocklist.command(name="list", description="The patterns refused in prompts here")
     async def blocklist_list(self, interaction: discord.Interaction) -> None:
-        patterns = await self.moderation.blocklist(interaction.guild_id)
+        patterns = await self.moderation.blocklist(guild_id_of(interaction))
         text = "\n".join(f"`{p}`" for p in patterns)[:1900] or "The blocklist is empty."
         await interaction.response.send_message(text, ephemeral=True)
 
@@ -230,20 +236,20 @@ class ModCog(commands.GroupCog, group_name="mod", group_description="Moderator t
 
     @approve_training.command(name="on", description="/train jobs wait for a moderator's approval")
     async def approve_training_on(self, interaction: discord.Interaction) -> None:
-        settings = await self.moderation.update_settings(interaction.guild_id, approve_training=True)
+        settings = await self.moderation.update_settings(guild_id_of(interaction), approve_training=True)
         where = f"<#{settings.mod_channel_id}>" if settings.mod_channel_id else "the channel set with `/mod channel` (none yet)"
         await self._done(interaction, "approve-training", f"Training jobs now wait for approval in {where}.", details="on")
 
     @approve_training.command(name="off", description="/train jobs start without approval")
     async def approve_training_off(self, interaction: discord.Interaction) -> None:
-        await self.moderation.update_settings(interaction.guild_id, approve_training=False)
+        await self.moderation.update_settings(guild_id_of(interaction), approve_training=False)
         await self._done(interaction, "approve-training", "Training jobs no longer need approval.", details="off")
 
     # --- audit -------------------------------------------------------------------------------
 
     @app_commands.command(name="audit", description="Recent moderator actions in this server")
     async def audit(self, interaction: discord.Interaction, count: app_commands.Range[int, 1, 50] = 20) -> None:
-        entries = await self.moderation.audit_log(interaction.guild_id, count)
+        entries = await self.moderation.audit_log(guild_id_of(interaction), count)
         lines = [f"{discord.utils.format_dt(entry.created_at.replace(tzinfo=UTC), 'R')} "
                  f"<@{entry.moderator_id}> **{entry.action}**" + (f" {entry.target}" if entry.target else "")
                  + (f" ({entry.details})" if entry.details else "") for entry in entries]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
+from typing import Any, Self
 
 import discord
 
@@ -11,6 +12,7 @@ from ..buttons import ReportingButton
 from ..db.jobs import JobStore
 from ..db.models import Job, JobStatus, utcnow
 from ..db.moderation import ModerationStore
+from ..interaction_ids import guild_id_of
 from ..jobs import render
 from ..permissions import NotModerator, is_moderator
 from ..services import services_of
@@ -70,14 +72,15 @@ class ModQueuePage(ReportingButton, discord.ui.DynamicItem[discord.ui.Button],
         self.page = page
 
     @classmethod
-    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button, match: re.Match[str]):
-        return cls(int(match["page"]), item.label or "")
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str]) -> Self:
+        label = item.label if isinstance(item, discord.ui.Button) else None  # always one: DynamicItem[Button]
+        return cls(int(match["page"]), label or "")
 
     async def handle(self, interaction: discord.Interaction) -> None:
         services = services_of(interaction)
         if not is_moderator(interaction, await services.moderation.settings(interaction.guild_id)):
             raise NotModerator("Only moderators can page through the server's queue.")
-        content, view = await queue_page(services.store, services.moderation, interaction.guild_id, self.page)
+        content, view = await queue_page(services.store, services.moderation, guild_id_of(interaction), self.page)
         await interaction.response.edit_message(content=content, view=view)
 
 

@@ -6,6 +6,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from ..interaction_ids import channel_id_of
 from ..lora_library import clean_name
 from ..services import services_of
 from ..training.service import TrainService
@@ -16,6 +17,7 @@ class TrainCog(commands.Cog):
         self.training = training
 
     @app_commands.command(name="train", description="Train a LoRA of a person or style from a zip of photos")
+    @app_commands.guild_only()  # Discord hides it in DMs; check_request still refuses them
     @app_commands.describe(name="Name of the LoRA (lowercase, digits, - and _)", photos="A .zip of 10+ photos",
                            caption="Caption for every image (default: 'a photo of <name>'); a .txt beside an image overrides it",
                            steps="Training steps (default from the server settings, usually 4000)",
@@ -30,7 +32,7 @@ class TrainCog(commands.Cog):
         queued = await self.training.enqueue(interaction, name, photos, url, caption, steps)
         await interaction.edit_original_response(content=queued.summary)
         message = await interaction.followup.send(queued.status, ephemeral=False, wait=True)
-        await self.training.announce(queued, message.id, interaction.channel_id)
+        await self.training.announce(queued, message.id, channel_id_of(interaction))
 
 
 async def setup(bot: commands.Bot) -> None:

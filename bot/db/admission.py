@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from sqlalchemy import JSON, BigInteger, DateTime, Integer, String, and_, exists, func, insert, literal, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.elements import ColumnElement
 
 from .jobs import INTERACTION_TOKEN_LIFETIME
 from .models import Ban, Job, JobKind, JobStatus, utcnow
@@ -78,9 +79,9 @@ async def admit(session: AsyncSession, new: NewJob, caps: Caps) -> int:
     Call inside ``session.begin()``: the refusal's counts are read in the same transaction."""
     now = utcnow()
     since = now - caps.rate_period
-    if session.bind.dialect.name == "postgresql":
+    if session.get_bind().dialect.name == "postgresql":
         await session.execute(select(func.pg_advisory_xact_lock(new.user_id)))
-    values = {
+    values: dict[str, ColumnElement[Any]] = {
         "kind": literal(str(new.kind), String), "status": literal(str(new.status), String),
         "user_id": literal(new.user_id, BigInteger), "guild_id": literal(new.guild_id, BigInteger),
         "channel_id": literal(new.channel_id, BigInteger), "interaction_id": literal(new.interaction_id, BigInteger),

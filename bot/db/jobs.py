@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_asyn
 
 from ..jobs.scheduling import fair_order
 from .models import BotState, GuildSettings, Job, JobKind, JobStatus, utcnow
+from .results import rowcount
 
 INTERACTION_TOKEN_LIFETIME = timedelta(minutes=15)
 
@@ -146,7 +147,7 @@ class JobStore:
             result = await session.execute(
                 update(Job).where(Job.id == job_id, Job.status.in_((JobStatus.QUEUED, JobStatus.AWAITING_APPROVAL)))
                 .values(status=JobStatus.CANCELLED, finished_at=utcnow()))
-            return result.rowcount == 1
+            return rowcount(result) == 1
 
     async def approve(self, job_id: int) -> bool:
         """Awaiting approval -> queued; False when it was already decided (or cancelled)."""
@@ -154,7 +155,7 @@ class JobStore:
             result = await session.execute(
                 update(Job).where(Job.id == job_id, Job.status == JobStatus.AWAITING_APPROVAL)
                 .values(status=JobStatus.QUEUED))
-            return result.rowcount == 1
+            return rowcount(result) == 1
 
     async def recover_interrupted(self) -> list[Job]:
         """After a restart, jobs caught RUNNING go back to the queue (they were never delivered)."""

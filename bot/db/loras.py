@@ -12,6 +12,7 @@ from sqlalchemy import delete, or_, select, update
 from ..errors import UserFacingError
 from .jobs import JobStore
 from .models import Job, JobKind, JobStatus, Lora, LoraSelection
+from .results import rowcount
 
 
 class StackFull(UserFacingError):
@@ -68,9 +69,11 @@ class LoraStore:
             if shared:
                 return 0
             lora = await session.get(Lora, lora_id)
+            if lora is None:  # deleted meanwhile, and its picks with it
+                return 0
             result = await session.execute(delete(LoraSelection).where(
                 LoraSelection.lora_id == lora_id, LoraSelection.user_id != lora.owner_id))
-            return result.rowcount
+            return rowcount(result)
 
     async def rename(self, lora_id: int, name: str) -> None:
         """Raises sqlalchemy's IntegrityError when the guild already has that name."""
@@ -115,7 +118,7 @@ class LoraStore:
         if lora_id is not None:
             condition.append(LoraSelection.lora_id == lora_id)
         async with self.session() as session, session.begin():
-            return (await session.execute(delete(LoraSelection).where(*condition))).rowcount
+            return rowcount(await session.execute(delete(LoraSelection).where(*condition)))
 
     async def selection(self, user_id: int, guild_id: int | None) -> list[tuple[Lora, float]]:
         """The member's picked adapters that they may still use (a LoRA unshared since is dropped)."""

@@ -13,6 +13,7 @@ from ..blocklist import prompt_matches as prompt_matches  # re-exported: their o
 from ..blocklist import valid_pattern as valid_pattern
 from .jobs import JobStore
 from .models import AuditEntry, Ban, BlockedPattern, GuildSettings, utcnow
+from .results import rowcount
 
 LIMIT_FIELDS = ("max_queued_per_user", "requests_per_minute", "trainings_per_day", "max_count", "max_steps")
 
@@ -63,7 +64,7 @@ class ModerationStore:
     async def unban(self, guild_id: int, user_id: int) -> bool:
         async with self.session() as session, session.begin():
             result = await session.execute(delete(Ban).where(Ban.guild_id == guild_id, Ban.user_id == user_id))
-            return result.rowcount > 0
+            return rowcount(result) > 0
 
     async def active_ban(self, guild_id: int | None, user_id: int) -> Ban | None:
         if guild_id is None:
@@ -95,7 +96,7 @@ class ModerationStore:
         async with self.session() as session, session.begin():
             result = await session.execute(delete(BlockedPattern).where(
                 BlockedPattern.guild_id == guild_id, BlockedPattern.pattern == pattern))
-            return result.rowcount > 0
+            return rowcount(result) > 0
 
     async def blocklist(self, guild_id: int) -> list[str]:
         async with self.session() as session:

@@ -41,6 +41,8 @@ class DiscordRoutes:
         self.client = client
 
     def webhook(self, token: str) -> discord.Webhook:
+        if self.client.application_id is None:  # set at login, before setup_hook starts the queue
+            raise RuntimeError("no application id: the client is not logged in")
         return discord.Webhook.partial(self.client.application_id, token, client=self.client)
 
     async def channel(self, channel_id: int) -> discord.abc.Messageable | None:
@@ -80,11 +82,11 @@ class Delivery:
 
     async def edit_status(self, job: Job, content: str, **fields) -> bool:
         """Edit the job's message in place (progress, queue position). True when it worked."""
-        if job.message_id is None:
+        if (message_id := job.message_id) is None:
             return False
 
         async def through_token(webhook: discord.Webhook) -> None:
-            await webhook.edit_message(job.message_id, content=content, **fields)
+            await webhook.edit_message(message_id, content=content, **fields)
 
         async def through_channel(channel) -> None:
             await channel.get_partial_message(job.message_id).edit(content=content, **fields)

@@ -6,6 +6,7 @@ import asyncio
 import io
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import discord
@@ -86,7 +87,7 @@ class ImagineLane:
             embed=render.result_embed(job), view=self.make_view(job))
         for part, group in enumerate(groups[1:], start=1):
             delivered &= await self.messages.post_extra(
-                job, render.done_text(job, part, len(groups)), lambda group=group: _as_files(group))
+                job, render.done_text(job, part, len(groups)), partial(_as_files, group))
         if delivered:
             await self.store.finish(job.id, JobStatus.DONE)
         else:

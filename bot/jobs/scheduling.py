@@ -9,7 +9,7 @@ position a user is shown is the order the jobs will really run in.
 from __future__ import annotations
 
 from collections import defaultdict, deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Protocol
 
@@ -20,7 +20,7 @@ class QueuedJob(Protocol):
     guild_id: int | None
 
 
-def fair_order(queued: Iterable[QueuedJob], last_served: dict[int, datetime], paused_guilds: set[int]) -> list:
+def fair_order(queued: Iterable[QueuedJob], last_served: Mapping[int, datetime | None], paused_guilds: set[int]) -> list:
     """The runnable jobs in the order they will run (paused guilds' jobs are left out)."""
     per_user: dict[int, deque] = defaultdict(deque)
     for job in sorted(queued, key=lambda job: job.id):
@@ -28,7 +28,7 @@ def fair_order(queued: Iterable[QueuedJob], last_served: dict[int, datetime], pa
             per_user[job.user_id].append(job)
     # Turn keys compare (phase, time): phase 0 is real history, phase 1 is this simulation,
     # whose servings all come after anything that really happened.
-    turn: dict[int, tuple] = {user: (0, last_served.get(user, datetime.min)) for user in per_user}
+    turn: dict[int, tuple] = {user: (0, last_served.get(user) or datetime.min) for user in per_user}
     order = []
     while per_user:
         user = min(per_user, key=lambda user: (turn[user], per_user[user][0].id))

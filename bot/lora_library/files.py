@@ -25,6 +25,8 @@ def remove_files(path: str | None, data_dir: Path, lora_id: int) -> None:
 
 def export_files(lora: Lora, data_dir: Path, max_header: int) -> tuple[Path, Path]:
     """`<name>.safetensors` (ours, diffusers) and `<name>_comfyui.safetensors` in exports/<id>/."""
+    if lora.path is None:  # usable LoRAs have one; a trained LoRA from its first checkpoint
+        raise lib.LoraImportError(f"`{lora.name}` has no file yet.")
     folder = data_dir / "loras" / "exports" / str(lora.id)
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)

@@ -64,15 +64,19 @@ class LoraImporter:
         try:
             if file is not None:
                 await save_attachment(file.url, incoming, max_bytes)
-            else:
+                origin = file.filename
+            elif url is not None:
                 await download_zip(url, incoming, max_bytes=max_bytes, timeout=settings.lora_download_timeout)
+                origin = url
+            else:  # check() refused this before deferring
+                raise UserFacingError("Attach a .safetensors LoRA as `file`, or give an https `url` to one (not both).")
             layers = await asyncio.to_thread(lambda: lib.expected_layers(lib.transformer_config(settings.zimage_model,
                                                                                                 settings.data_dir)))
             result = await asyncio.to_thread(lib.convert, incoming, folder / LORA_FILE, layers, max_bytes=max_bytes,
                                              max_header=settings.lora_max_header_bytes, max_rank=settings.lora.max_rank)
             lora = await self.library.create(guild_id=guild_id, owner_id=user_id, name=name, rank=result.rank,
                                              path=str(folder / LORA_FILE), source=result.format,
-                                             origin=(file.filename if file else url)[:500])
+                                             origin=origin[:500])
             done = True
             return lora, result
         # The parsers' own errors are written for users: they become the reply here, at the boundary.

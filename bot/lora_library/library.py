@@ -196,4 +196,5 @@ class LoraLibrary:
                 raise UserFacingError(f"You have no LoRA `{override}` here (yours, or one shared in this server).")
         check_stack(picked, self.settings)
         return [{"name": f"lora{lora.id}-s{lora.steps}-{hashlib.sha1(lora.path.encode()).hexdigest()[:8]}",
-                 "path": lora.path, "scale": scale, "label": lora.name} for lora, scale in picked]
+                 "path": lora.path, "scale": scale, "label": lora.name} for lora, scale in picked
+                if lora.path is not None]  # always: selection and usable_by leave out LoRAs without a file

@@ -15,6 +15,7 @@ from ..db.jobs import JobStore
 from ..db.models import Job, JobStatus
 from ..db.moderation import ModerationStore
 from ..errors import UserFacingError
+from ..interaction_ids import guild_id_of
 from ..jobs import render
 from ..jobs.delivery import Delivery
 from ..jobs.runner import JobRunner
@@ -57,6 +58,6 @@ class TrainingApprovals:
                 raise UserFacingError(f"Job #{job.id} was already decided or cancelled ({job.status}).")
             verdict = f"🚫 Denied by {interaction.user.mention}."
             await self.delivery.edit_status(job, f"🚫 Job #{job.id}: a moderator denied training `{job.params['name']}`.")
-        await self.moderation.audit(interaction.guild_id, interaction.user.id, "approve" if approve else "deny",
+        await self.moderation.audit(guild_id_of(interaction), interaction.user.id, "approve" if approve else "deny",
                                     f"job #{job.id} of <@{job.user_id}>")
         return f"{render.approval_text(job)}\n{verdict}"

@@ -17,6 +17,7 @@ import unicodedata
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 __all__ = ["MIB", "NOT_A_ZIP", "BoundedReader", "IntakeError", "IntakeLimits", "check_entries", "display_name", "format_size",
            "precheck_directory"]
@@ -62,7 +63,8 @@ def precheck_directory(zip_path: Path, limits: IntakeLimits) -> None:
         raise IntakeError(NOT_A_ZIP) from None
     if record is None:
         raise IntakeError(NOT_A_ZIP)
-    entries, directory_size = record[zipfile._ECD_ENTRIES_TOTAL], record[zipfile._ECD_SIZE]
+    private: Any = zipfile  # typeshed leaves out zipfile's private names, such as the indices into that record
+    entries, directory_size = record[private._ECD_ENTRIES_TOTAL], record[private._ECD_SIZE]
     if entries > limits.max_entries or directory_size > limits.max_entries * _CD_BYTES_PER_ENTRY:
         raise IntakeError(f"The archive has too many files (the limit is {limits.max_entries}).")
 

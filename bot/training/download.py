@@ -107,7 +107,7 @@ async def download_zip(
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.part")
     own_session = session is None
-    if own_session:
+    if session is None:
         session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar(), trust_env=False)
     try:
         async with asyncio.timeout(timeout):
@@ -216,11 +216,11 @@ def _is_mapped_loopback(address: ipaddress.IPv6Address) -> bool:
 
 async def _request(session: aiohttp.ClientSession, url: URL, addresses: list[IPAddress], timeout: float):
     """GET `url` on the first address that accepts a connection (the host in the URL is replaced by it)."""
-    host_header = f"[{url.raw_host}]" if ":" in (url.raw_host or "") else url.raw_host
+    host = url.raw_host or ""  # _validate() refused a link without one
+    host_header = f"[{host}]" if ":" in host else host
     if not url.is_default_port():
         host_header = f"{host_header}:{url.port}"
     headers = {"Host": host_header, "Accept-Encoding": "identity", "User-Agent": "zimage-bot (training upload)"}
-    extra = {"server_hostname": url.raw_host} if url.scheme.lower() == "https" else {}
     last: Exception | None = None
     for address in addresses:
         pinned = url.with_user(None).with_fragment(None).with_host(str(address))
@@ -230,7 +230,7 @@ async def _request(session: aiohttp.ClientSession, url: URL, addresses: list[IPA
                 headers=headers,
                 allow_redirects=False,
                 timeout=aiohttp.ClientTimeout(total=timeout),
-                **extra,
+                server_hostname=url.raw_host if url.scheme.lower() == "https" else None,  # None: aiohttp's default
             )
         except aiohttp.ClientSSLError:
             raise
@@ -254,7 +254,7 @@ async def _stream(resp: aiohttp.ClientResponse, tmp: Path, max_bytes: int) -> in
 
 async def _system_resolver(host: str, port: int) -> list[str]:
     infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return [info[4][0] for info in infos]
+    return [str(info[4][0]) for info in infos]  # an IPv4 or IPv6 sockaddr: (host, port, ...)
 
 
 def _size(n: int) -> str:

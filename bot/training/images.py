@@ -9,15 +9,18 @@ its report.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import io
 import threading
 import warnings
 from dataclasses import dataclass
+from types import ModuleType
+from typing import cast
 
 from PIL import Image, ImageOps
 
 try:  # HEIC/HEIF (iPhone photos) only when pillow-heif is installed.
-    import pillow_heif
+    pillow_heif: ModuleType | None = importlib.import_module("pillow_heif")
 except (ImportError, OSError):  # OSError: the wheel is there but libheif can't load
     pillow_heif = None
 
@@ -208,7 +211,7 @@ def _high_depth_to_gray(im: Image.Image) -> Image.Image:
     if im.mode in _SIXTEEN_BIT:
         im, top = im.convert("I"), 65535.0
     else:
-        low, high = im.getextrema()
+        low, high = cast(tuple[float, float], im.getextrema())  # one band: its (min, max), not a pair per band
         if im.mode == "F" and high <= 1.0:
             top = 1.0
         elif high <= 255:

@@ -22,6 +22,7 @@ from ..db.jobs import JobStore
 from ..db.models import Job, JobKind, JobStatus
 from ..db.moderation import ModerationStore
 from ..errors import UserFacingError
+from ..interaction_ids import channel_id_of, guild_id_of
 from ..jobs import render
 from ..jobs.runner import JobRunner
 from ..limits import UserLimits
@@ -87,14 +88,14 @@ class TrainService:
         job_dir = self.settings.training_dir / f"ix-{interaction.id}"
         summary = await self.prepare(name, photos, url, caption, job_dir)
         config = self.config(name, caption, steps)
-        lora = await self.library.create(guild_id=interaction.guild_id, owner_id=interaction.user.id, name=name,
+        lora = await self.library.create(guild_id=guild_id_of(interaction), owner_id=interaction.user.id, name=name,
                                          rank=config["rank"])
         params = {"name": name, "lora_id": lora.id, "dataset_dir": str(job_dir / "dataset"),
                   "output_dir": str(job_dir / "output"), "config": config, "upload_limit": interaction.filesize_limit}
         guild = await self.moderation.settings(interaction.guild_id)
         job = await self.store.enqueue(
             kind=JobKind.TRAIN, user_id=interaction.user.id, guild_id=interaction.guild_id,
-            channel_id=interaction.channel_id, params=params, interaction_id=interaction.id,
+            channel_id=channel_id_of(interaction), params=params, interaction_id=interaction.id,
             interaction_token=interaction.token,
             status=JobStatus.AWAITING_APPROVAL if guild.approve_training else JobStatus.QUEUED)
         device = self.worker.device or "cuda"
@@ -136,8 +137,10 @@ class TrainService:
                 if photos.size > settings.max_zip_bytes:
                     raise UserFacingError(f"The zip is {photos.size >> 20} MiB; the limit is {settings.max_zip_bytes >> 20} MiB.")
                 await save_attachment(photos.url, archive, settings.max_zip_bytes, what="zip")
-            else:
+            elif url is not None:
                 await download_zip(url, archive, max_bytes=settings.max_zip_bytes)
+            else:  # check_request() refused this before deferring
+                raise UserFacingError("Attach a zip of photos as `photos`, or give an https `url` to one (not both).")
             limits = IntakeLimits(max_archive_bytes=settings.max_zip_bytes, min_images=settings.train_min_images,
                                   max_images=settings.train_max_images)
             report = await asyncio.to_thread(prepare_dataset, archive, job_dir / "dataset", name=name,
