@@ -15,8 +15,8 @@ and torch keeps dynamo/inductor settings per thread. The event loop never waits 
 - A cancel is a flag per request id, read by the generation's step callback and between training steps.
 
 The server calls :meth:`GpuScheduler.generate`, :meth:`GpuScheduler.train`, :meth:`GpuScheduler.cancel`
-and reads :attr:`GpuScheduler.ready` / :attr:`GpuScheduler.busy`; what goes wrong is raised to it, and
-it turns exceptions into Error replies.
+and reads :attr:`GpuScheduler.ready` / :attr:`GpuScheduler.busy` / :meth:`GpuScheduler.gpu_stats`; what goes
+wrong is raised to it, and it turns exceptions into Error replies.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import Any, NamedTuple
 
 from zimage_protocol.errors import ErrorCode, UserError
 from zimage_protocol.messages import Accepted, GenerateParams, Message, TrainParams
@@ -41,6 +41,14 @@ log = logging.getLogger(__name__)
 OnStep = Callable[[int, int], Coroutine[Any, Any, None]]  # (step, total) of a generation
 OnImage = Callable[[int, int, bytes], Coroutine[Any, Any, None]]  # (index, seed, png) of a generated image
 Emit = Callable[[Message], Awaitable[None]]  # a training run's messages, to its client
+
+
+class GpuStats(NamedTuple):
+    """What a health report says of the GPU (zimage_protocol HealthReport's gpu_* fields); None where unknown."""
+
+    gpu_memory_used: int | None = None
+    gpu_memory_total: int | None = None
+    gpu_utilization: float | None = None
 
 
 class GpuScheduler:
@@ -68,6 +76,29 @@ class GpuScheduler:
     def busy(self) -> bool:
         """A generation or a warm-up is on the GPU (a training alone is not: generations run between its steps)."""
         return self._busy_with is not None or self._warming
+
+    def gpu_stats(self) -> GpuStats:
+        """The GPU's memory and utilisation for a health report; all None until the model is on a CUDA device.
+
+        Read from the event loop's thread (allocator counters, no sync with the GPU thread). Utilisation comes
+        from NVML through torch and is None without nvidia-ml-py (an optional package) or when NVML fails."""
+        if not self.engine.device.startswith("cuda"):
+            return GpuStats()
+        import torch
+
+        device = torch.device(self.engine.device)
+        try:
+            used = torch.cuda.memory_allocated(device)
+            total = torch.cuda.get_device_properties(device).total_memory
+        except (RuntimeError, AssertionError) as exc:  # CUDA unusable after all: report nothing rather than fail
+            log.debug("no GPU memory for the health report: %r", exc)
+            return GpuStats()
+        try:
+            utilization: float | None = torch.cuda.utilization(device) / 100
+        except Exception as exc:  # noqa: BLE001 - pynvml missing (ModuleNotFoundError), NVML errors of any kind
+            log.debug("no GPU utilisation for the health report: %r", exc)
+            utilization = None
+        return GpuStats(int(used), int(total), utilization)
 
     def cancel(self, request_id: str) -> None:
         """Stop that generation at its next step, or that training before its next step."""

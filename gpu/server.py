@@ -133,7 +133,8 @@ class WorkerServer:
         match message:
             case Health(id=request_id):
                 await send(HealthReport(id=request_id, ready=self.scheduler.ready, busy=self.scheduler.busy,
-                                        model=self.engine.model_name, device=self.engine.device, pid=os.getpid()))
+                                        model=self.engine.model_name, device=self.engine.device, pid=os.getpid(),
+                                        **self.scheduler.gpu_stats()._asdict()))
             case CountTokens(id=request_id, prompt=prompt):
                 await send(TokenCount(id=request_id, count=self.engine.count_tokens(prompt), limit=MAX_SEQUENCE_LENGTH))
             case Cancel(id=request_id):

@@ -3,7 +3,8 @@
     client (bot)                        worker
     ------------                        ------
     Hello {version}               <->   Hello {version, model, device, pid, ready}
-    Health {id}                    ->   HealthReport {id, ready, busy, model, device, pid}
+    Health {id}                    ->   HealthReport {id, ready, busy, model, device, pid,
+                                                      gpu_memory_used?, gpu_memory_total?, gpu_utilization?}
     CountTokens {id, prompt}       ->   TokenCount {id, count, limit}
     ImagineRequest {id, params}    ->   Accepted {id}
                                         Progress {id, step, total}             (many)
@@ -172,6 +173,9 @@ class Health(Message):
 
 @dataclass(frozen=True)
 class HealthReport(Message):
+    """The GPU fields are None off CUDA (and utilization without nvidia-ml-py); a worker that predates them
+    sends none of them, and a report with them still decodes in a bot that predates them (extra keys are ignored)."""
+
     op = Op.HEALTH_REPORT
     id: str
     ready: bool
@@ -179,6 +183,9 @@ class HealthReport(Message):
     model: str
     device: str
     pid: int
+    gpu_memory_used: int | None = None    # bytes held by the worker's tensors (torch.cuda.memory_allocated)
+    gpu_memory_total: int | None = None   # bytes on the device
+    gpu_utilization: float | None = None  # 0..1: the share of the last sample period a kernel ran (NVML)
 
 
 @dataclass(frozen=True)
@@ -312,6 +319,8 @@ def _field_value(op: str, name: str, kind: str, raw: Any) -> Any:
         return ErrorCode.parse(raw)
     if kind == "str | None":
         return None if raw is None else str(raw)
+    if kind.endswith(" | None"):
+        return None if raw is None else _field_value(op, name, kind.removesuffix(" | None"), raw)
     accepted = _SCALARS[kind]
     # bool is an int in Python: a True step count is as wrong as a string one
     if not isinstance(raw, accepted) or (isinstance(raw, bool) and bool not in accepted):
