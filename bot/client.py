@@ -13,6 +13,7 @@ import logging
 import discord
 from discord.ext import commands
 
+from . import metrics
 from .cogs.approval import APPROVAL_BUTTONS
 from .cogs.mod_views import MOD_BUTTONS
 from .composition import build_services
@@ -31,7 +32,8 @@ class ZImageBot(commands.Bot):
     def __init__(self, settings: Settings):
         intents = discord.Intents.none()
         intents.guilds = True  # channels and permissions; slash commands need nothing more
-        super().__init__(command_prefix=commands.when_mentioned, intents=intents, help_command=None)
+        super().__init__(command_prefix=commands.when_mentioned, intents=intents, help_command=None,
+                         http_trace=metrics.discord_trace())  # counts Discord's 429s (bot/metrics.py)
         self.settings = settings
         self.services: Services | None = None  # built in setup_hook: reading the link secret is I/O
         self.tree.on_error = report_error  # type: ignore[method-assign]

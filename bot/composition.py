@@ -15,6 +15,7 @@ from .db.jobs import JobStore
 from .db.loras import LoraStore
 from .db.moderation import ModerationStore
 from .files_server import FilesServer, LinkSigner, load_secret
+from .health import Monitor
 from .imagine import ImagineService
 from .jobs.delivery import Delivery, DiscordRoutes
 from .jobs.imagine_lane import ImagineLane
@@ -35,10 +36,10 @@ from .worker.supervisor import WorkerSupervisor
 
 
 async def build_services(settings: Settings, client: discord.Client) -> Services:
-    """`client` is only the way to Discord for delivery; nothing built here knows the bot class."""
+    """`client` is only the way to Discord for delivery (and the gateway /readyz watches); nothing built here
+    knows the bot class."""
     secret = await asyncio.to_thread(load_secret, settings.data_dir)
     signer = LinkSigner(secret, settings.data_dir, settings.link_base, settings.link_ttl)
-    files_server = FilesServer(signer, settings.http_host, settings.http_port)
 
     store = JobStore(settings.database_url)
     moderation = ModerationStore(store)
@@ -48,6 +49,8 @@ async def build_services(settings: Settings, client: discord.Client) -> Services
 
     worker = WorkerClient(settings.socket_path)
     supervisor = WorkerSupervisor(settings) if settings.worker_mode == "spawn" else None
+    monitor = Monitor(client, store, worker, supervisor)
+    files_server = FilesServer(signer, settings.http_host, settings.http_port, routes=monitor.routes())
 
     delivery = Delivery(DiscordRoutes(client))
     positions = Positions(store, delivery)
@@ -59,7 +62,7 @@ async def build_services(settings: Settings, client: discord.Client) -> Services
     approvals = TrainingApprovals(store, moderation, delivery, runner, approval_view)
     return Services(
         settings=settings, store=store, moderation=moderation, worker=worker, supervisor=supervisor,
-        files_server=files_server, delivery=delivery, positions=positions, runner=runner,
+        files_server=files_server, monitor=monitor, delivery=delivery, positions=positions, runner=runner,
         imagine=ImagineService(store, moderation, rules, limits, worker, runner),
         library=library,
         importer=LoraImporter(settings, library, rules),

@@ -23,6 +23,7 @@ import re
 import secrets
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 from aiohttp import web
@@ -173,8 +174,9 @@ async def _health(request: web.Request) -> web.Response:
 
 
 class FilesServer:
-    def __init__(self, signer: LinkSigner, host: str, port: int):
+    def __init__(self, signer: LinkSigner, host: str, port: int, routes: Iterable[web.RouteDef] = ()):
         self.signer, self.host, self.port = signer, host, port
+        self.routes = list(routes)  # more GET routes on the same listener: /healthz, /readyz, /metrics (bot/health.py)
         self.connections = 0
         self._runner: web.AppRunner | None = None
         self._listener: asyncio.Server | None = None
@@ -183,6 +185,7 @@ class FilesServer:
         app = web.Application(client_max_size=4096)  # GET only: no request bodies
         app.router.add_get("/files/{token}/{name}", self._serve)
         app.router.add_get("/health", _health)
+        app.add_routes(self.routes)
         self._runner = web.AppRunner(app, access_log=None, keepalive_timeout=HEADER_TIMEOUT)
         await self._runner.setup()
         # Our own listener around aiohttp's protocol factory, so that open connections can be counted.

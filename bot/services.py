@@ -14,6 +14,7 @@ import discord
 from .db.jobs import JobStore
 from .db.moderation import ModerationStore
 from .files_server import FilesServer
+from .health import Monitor
 from .imagine import ImagineService
 from .jobs.delivery import Delivery
 from .jobs.positions import Positions
@@ -38,6 +39,7 @@ class Services:
     worker: WorkerClient
     supervisor: WorkerSupervisor | None  # None when WORKER_MODE=external
     files_server: FilesServer
+    monitor: Monitor  # /healthz, /readyz, /metrics on the files server; polls the worker's health
     delivery: Delivery
     positions: Positions
     runner: JobRunner
@@ -48,11 +50,12 @@ class Services:
     approvals: TrainingApprovals
 
     async def start(self) -> None:
-        """The background parts: file links, the worker process and the connection to it."""
+        """The background parts: file links, the worker process and the connection to it, its health checks."""
         await self.files_server.start()
         if self.supervisor:
             self.supervisor.start()
         self.worker.start()
+        self.monitor.start()
 
     async def start_queue(self) -> None:
         """Recover what a restart interrupted, then run the queue."""
@@ -67,6 +70,7 @@ class Services:
 
     async def close(self) -> None:
         await self.runner.stop()
+        await self.monitor.stop()
         await self.worker.close()
         if self.supervisor:
             await self.supervisor.stop()
