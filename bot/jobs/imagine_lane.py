@@ -13,6 +13,7 @@ import discord
 
 from zimage_protocol.messages import Done, GenerateParams, ImageReady, Progress
 
+from .. import metrics
 from ..db.models import Job, JobKind, JobStatus
 from ..db.moderation import ModerationStore
 from . import render
@@ -37,6 +38,7 @@ class ImagineLane:
         await self.messages.edit_status(job, render.starting_text(job))
         await self.positions.refresh()
         images, seconds = await self._generate(job)
+        metrics.generated(job, seconds)
         job.result = result = await asyncio.to_thread(self._save_images, job, images, seconds)
         await self.store.mark_delivering(job.id, result)
         await self.resume(job)
@@ -88,6 +90,7 @@ class ImagineLane:
         for part, group in enumerate(groups[1:], start=1):
             delivered &= await self.messages.post_extra(
                 job, render.done_text(job, part, len(groups)), partial(_as_files, group))
+        metrics.delivered(job, delivered, len(images))
         if delivered:
             await self.store.finish(job.id, JobStatus.DONE)
         else:

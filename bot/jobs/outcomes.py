@@ -17,6 +17,7 @@ import logging
 
 from zimage_protocol.errors import ErrorCode
 
+from .. import metrics
 from ..db.models import Job, JobKind, JobStatus
 from ..worker.client import WorkerError, WorkerUnavailable
 from . import render
@@ -89,16 +90,20 @@ class JobOutcomes:
                 await self.positions.refresh()
                 return Outcome.BUSY
             case WorkerError():
+                metrics.job_failed(job, error.code.value)
                 await self.fail(job, worker_error_message(error.code, str(error)))
             case WorkerUnavailable() if job.attempts < self.max_attempts:
                 log.warning("job %s: %s; retrying", job.id, error)
                 await self.store.requeue(job.id, error=str(error))
                 return Outcome.RETRY
             case WorkerUnavailable():
+                metrics.job_failed(job, "worker_crashed")
                 await self.fail(job, worker_crashed_message(job.kind, job.attempts))
             case JobFailed():
+                metrics.job_failed(job, "job_failed")
                 await self.fail(job, str(error))
             case _:
+                metrics.job_failed(job, "bot_error")
                 log.error("job %s failed in its lane", job.id, exc_info=error)
                 await self.fail(job, BOT_ERROR_MESSAGE)
                 await self._drop_request(job)

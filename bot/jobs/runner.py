@@ -13,6 +13,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 
+from .. import metrics
 from ..db.models import Job, JobStatus
 from ..worker.client import WorkerUnavailable
 from .lane import Lane, LaneContext
@@ -84,6 +85,7 @@ class JobRunner:
                     except TimeoutError:
                         pass
                     continue
+                metrics.job_started(job)
                 if await self._run(job, self.lanes[kind].run) is Outcome.BUSY:
                     await asyncio.sleep(self.busy_retry_delay)
             except WorkerUnavailable:

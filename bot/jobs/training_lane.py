@@ -16,6 +16,7 @@ import discord
 
 from zimage_protocol.messages import CheckpointReady, TrainParams, TrainProgress
 
+from .. import metrics
 from ..db.loras import LoraStore
 from ..db.models import Job, JobKind, JobStatus
 from ..files_server import LinkSigner
@@ -45,6 +46,7 @@ class TrainingLane:
         async for message in self.worker.train(request_id(job), params):
             match message:
                 case TrainProgress():
+                    metrics.training_progress(job, message)
                     now = time.monotonic()
                     if now - last_edit >= interval:
                         last_edit = now
