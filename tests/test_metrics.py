@@ -376,3 +376,28 @@ def test_gpu_stats_are_none_off_cuda_and_read_from_torch_on_it(monkeypatch):
     assert scheduler.gpu_stats() == GpuStats(123, 999, None)
     report = HealthReport(id="h", ready=True, busy=False, model="m", device="cuda", pid=1, **scheduler.gpu_stats()._asdict())
     assert report.gpu_memory_total == 999 and report.gpu_utilization is None
+
+
+def test_the_dashboard_and_the_readme_name_only_series_that_exist():
+    import json
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    metrics.publish(metrics.Snapshot(jobs={}, worker_restarts=0, gpu_memory_used=1, gpu_memory_total=1,
+                                     gpu_utilization=0.1, gateway_latency=0.1))
+    families_now = {family.name for family in metrics.REGISTRY.collect()}
+
+    def exists(name: str) -> bool:
+        return any(name in (family, f"{family}_total", f"{family}_bucket", f"{family}_count", f"{family}_sum")
+                   for family in families_now)
+
+    dashboard = json.loads((root / "docs" / "grafana-dashboard.json").read_text())
+    used = {name for panel in dashboard["panels"] for target in panel["targets"]
+            for name in re.findall(r"zimage_\w+", target["expr"])}
+    readme = (root / "README.md").read_text()
+    listed = set(re.findall(r"`(zimage_\w+)`", readme.split("## Metrics and health", 1)[1].split("\n## ", 1)[0]))
+    assert used and listed
+    assert {name for name in used | listed if not exists(name)} == set()
+    assert {family for family in families_now if family.startswith("zimage_")} <= {
+        name.removesuffix("_total") for name in listed}
