@@ -60,7 +60,7 @@ async def build_services(settings: Settings, client: discord.Client) -> Services
     return Services(
         settings=settings, store=store, moderation=moderation, worker=worker, supervisor=supervisor,
         files_server=files_server, delivery=delivery, positions=positions, runner=runner,
-        imagine=ImagineService(store, moderation, rules, limits, worker, runner),
+        imagine=ImagineService(store, moderation, rules, limits, worker, runner, library),
         library=library,
         importer=LoraImporter(settings, library, rules),
         training=TrainService(settings, store, moderation, rules, limits, library, worker, runner, approvals),

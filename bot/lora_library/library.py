@@ -185,8 +185,7 @@ class LoraLibrary:
 
     async def for_request(self, user_id: int, guild_id: int | None, override: str | None = None) -> list[dict]:
         """The adapters of an /imagine request: the member's stack, or only `override` (a LoRA name, at the default
-        scale), as worker params. The name carries the step and a digest of the path, so every file version (a newer
-        checkpoint, a re-import reusing an id) is a new adapter to the worker's cache, not a stale hit."""
+        scale), as worker params (see `adapter`)."""
         if override is None:
             picked = await self.loras.selection(user_id, guild_id)
         else:
@@ -195,5 +194,49 @@ class LoraLibrary:
             if not picked:
                 raise UserFacingError(f"You have no LoRA `{override}` here (yours, or one shared in this server).")
         check_stack(picked, self.settings)
-        return [{"name": f"lora{lora.id}-s{lora.steps}-{hashlib.sha1(lora.path.encode()).hexdigest()[:8]}",
-                 "path": lora.path, "scale": scale, "label": lora.name} for lora, scale in picked]
+        return [adapter(lora, scale) for lora, scale in picked]
+
+    async def for_rerun(self, user_id: int, guild_id: int | None, adapters: list[dict]) -> list[dict]:
+        """The adapters of a job made from a result's button (Reroll, Variations): those of the earlier job, each
+        looked up again by LoRA id with the clicker's rights and its current file. A path stored in the earlier job is
+        never reused: the LoRA may have been unshared, deleted or replaced since, and the clicker may not be its owner.
+        Raises UserFacingError (before anything is queued) when one of them may not be used."""
+        picked = []
+        for old in adapters:
+            lora_id = adapter_id(old)
+            lora = await self.loras.get(lora_id) if lora_id is not None else None
+            if lora is None or not may_use(lora, user_id, guild_id):
+                name = str(old.get("label") or "?")[:32].replace("`", "")
+                raise UserFacingError(f"This image was made with the LoRA `{name}`, which you may not use: it is private "
+                                      "to its owner, of another server, or no longer exists. Make a new image with "
+                                      "`/imagine` instead.")
+            scale = old.get("scale")
+            scale = float(scale) if isinstance(scale, int | float) and 0 <= scale <= 2 else self.settings.lora_default_scale
+            picked.append((lora, scale))
+        check_stack(picked, self.settings)
+        return [adapter(lora, scale) for lora, scale in picked]
+
+
+_ADAPTER_NAME = re.compile(r"^lora([0-9]{1,18})-s[0-9]+-[0-9a-f]{8}$")
+
+
+def adapter(lora: Lora, scale: float) -> dict:
+    """A LoRA as a job's worker params. The name carries the step and a digest of the path, so every file version is a
+    new adapter to the worker's cache; `id` lets a later button find the LoRA again (LoraLibrary.for_rerun)."""
+    assert lora.path is not None  # only LoRAs with a file are usable
+    return {"name": f"lora{lora.id}-s{lora.steps}-{hashlib.sha1(lora.path.encode()).hexdigest()[:8]}",
+            "path": lora.path, "scale": scale, "label": lora.name, "id": lora.id}
+
+
+def adapter_id(params: dict) -> int | None:
+    """The LoRA id of an adapter in a job's params (`id`, or read from the name in jobs made before it was stored)."""
+    if isinstance(params.get("id"), int) and not isinstance(params.get("id"), bool):
+        return params["id"]
+    match = _ADAPTER_NAME.match(str(params.get("name", "")))
+    return int(match[1]) if match else None
+
+
+def may_use(lora: Lora, user_id: int, guild_id: int | None) -> bool:
+    """The privacy rule (see LoraStore.usable_by) for one LoRA: in this server, with a file, and own or shared."""
+    return (guild_id is not None and lora.guild_id == guild_id and lora.path is not None
+            and (lora.owner_id == user_id or lora.shared))
