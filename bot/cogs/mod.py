@@ -2,7 +2,12 @@
 
 Every command checks server-side that the caller is a moderator (Manage Server, or the role
 set with /mod role) -- default permissions alone can be overridden by admins -- and every
-action is written to the audit log.
+action is written to the audit log. The autocompletes check too: a cog's interaction_check does
+not run for them, and they list the server's jobs and blocklist.
+
+/mod is offered by Discord to Manage Server members only (default permissions, defence in depth):
+for members of the moderator role to see it, a server admin allows that role to use /mod in
+Server Settings → Integrations → the bot.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from ..settings import Settings
 from .mod_views import queue_page
 
 
+@app_commands.default_permissions(manage_guild=True)
 class ModCog(commands.GroupCog, group_name="mod", group_description="Moderator tools for the image queue"):
     blocklist = app_commands.Group(name="blocklist", description="Words or patterns refused in prompts")
     approve_training = app_commands.Group(name="approve-training", description="Require approval of /train jobs")
@@ -45,6 +51,12 @@ class ModCog(commands.GroupCog, group_name="mod", group_description="Moderator t
         if not is_moderator(interaction, await self.moderation.settings(interaction.guild_id)):
             raise NotModerator("Only moderators (Manage Server, or the moderator role) can use /mod commands.")
         return True
+
+    async def _moderates(self, interaction: discord.Interaction) -> bool:
+        """For the autocompletes, which interaction_check does not cover: no choices for anyone else."""
+        if interaction.guild_id is None:
+            return False
+        return is_moderator(interaction, await self.moderation.settings(interaction.guild_id))
 
     async def _done(self, interaction: discord.Interaction, action: str, message: str, target: str | None = None,
                     details: str | None = None) -> None:
@@ -89,6 +101,8 @@ class ModCog(commands.GroupCog, group_name="mod", group_description="Moderator t
 
     @cancel.autocomplete("job")
     async def cancel_autocomplete(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[int]]:
+        if not await self._moderates(interaction):
+            return []
         jobs = await self.store.guild_jobs(interaction.guild_id)
         return [app_commands.Choice(name=f"#{job.id} ({job.status}) by {job.user_id}", value=job.id)
                 for job in jobs if str(job.id).startswith(current.strip("#"))][:25]
@@ -217,6 +231,8 @@ class ModCog(commands.GroupCog, group_name="mod", group_description="Moderator t
 
     @blocklist_remove.autocomplete("pattern")
     async def blocklist_autocomplete(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+        if not await self._moderates(interaction):
+            return []
         patterns = await self.moderation.blocklist(interaction.guild_id)
         return [app_commands.Choice(name=p[:100], value=p) for p in patterns if current.lower() in p.lower()][:25]
 
