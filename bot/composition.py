@@ -52,7 +52,7 @@ async def build_services(settings: Settings, client: discord.Client) -> Services
     delivery = Delivery(DiscordRoutes(client))
     positions = Positions(store, delivery)
     context = LaneContext(settings=settings, store=store, worker=worker, messages=delivery, positions=positions)
-    lanes = (ImagineLane(context, moderation, result_view), TrainingLane(context, loras, signer))
+    lanes = (ImagineLane(context, moderation, result_view), TrainingLane(context, loras, signer, delivery))
     runner = JobRunner(context, lanes, max_attempts=settings.max_attempts)
 
     library = LoraLibrary(settings, loras, signer)

@@ -101,13 +101,24 @@ def training_done_text(job: Job) -> str:
             f"Use it with `/lora use name:{job.params['name']}`.")
 
 
-def checkpoint_text(job: Job, checkpoint: CheckpointReady, link: str | None) -> str:
+def checkpoint_text(job: Job, checkpoint: CheckpointReady, link: str | None, private: bool = False) -> str:
     step, total = checkpoint.step, checkpoint.total
     eta = duration((total - step) * checkpoint.seconds_per_step)
     lines = [f"<@{job.user_id}> 📦 Job #{job.id}: checkpoint of `{job.params['name']}` at step {step}/{total}: "
              f"loss {checkpoint.loss:.4f}, {checkpoint.seconds_per_step:.2f} s/step, ETA {eta}"]
-    if link:
+    if private:
+        lines.append("The LoRA is private: its file goes to its owner only.")
+    elif link:
         lines.append(f"The LoRA file is too big for Discord: [download it]({link}) (the link expires).")
+    return "\n".join(lines)
+
+
+def private_checkpoint_text(job: Job, checkpoint: CheckpointReady, link: str | None) -> str:
+    """The LoRA file of a checkpoint, for its owner only (attached, or `link` when it is too big to attach)."""
+    name = job.params["name"]
+    lines = [f"📦 `{name}` at step {checkpoint.step}/{checkpoint.total} (job #{job.id}): "
+             + (f"[download the LoRA file]({link}) (the link expires)." if link else "the LoRA file.")]
+    lines.append(f"Only you get it while the LoRA is private; `/lora share {name}` lets this server use it.")
     return "\n".join(lines)
 
 
