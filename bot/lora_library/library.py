@@ -22,7 +22,7 @@ from ..db.models import Lora
 from ..errors import UserFacingError
 from ..files_server import LinkSigner
 from ..settings import Settings
-from .files import export_files, read_details, remove_files
+from .files import export_files, read_details, remove_files, revoke_links
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{1,31}$")
 NAME_RULES = "Names are 2-32 characters: lowercase letters, digits, `-` and `_`, e.g. `ada-lovelace`."
@@ -116,9 +116,11 @@ class LoraLibrary:
         return lora
 
     async def unshare(self, user_id: int, guild_id: int, name: str) -> tuple[Lora, int]:
-        """Returns the LoRA and how many other members stopped using it."""
+        """Returns the LoRA and how many other members stopped using it. Every file link made so far dies."""
         lora = await self.owned(user_id, guild_id, name)
-        return lora, await self.loras.set_shared(lora.id, False)
+        dropped = await self.loras.set_shared(lora.id, False)
+        await self.revoke_links(lora)
+        return lora, dropped
 
     async def rename(self, user_id: int, guild_id: int, name: str, new_name: str) -> tuple[Lora, str]:
         lora, new_name = await self.owned(user_id, guild_id, name), clean_name(new_name)
@@ -141,10 +143,14 @@ class LoraLibrary:
         if await self.loras.training_active(lora.id):
             raise UserFacingError(f"`{lora.name}` is still training: cancel its job with `/cancel` first.")
         await self.loras.delete(lora.id)
+        await self.revoke_links(lora)  # at once: its files are removed only after the reply
         return lora
 
     async def remove_files(self, lora: Lora) -> None:
         await asyncio.to_thread(remove_files, lora.path, self.settings.data_dir, lora.id)
+
+    async def revoke_links(self, lora: Lora) -> None:
+        await asyncio.to_thread(revoke_links, lora.path, self.settings.data_dir, lora.id)
 
     async def export(self, lora: Lora) -> list[tuple[Path, str]]:
         """The LoRA in our (diffusers) and the ComfyUI format, each with a signed download link."""
