@@ -62,7 +62,7 @@ async def build_services(settings: Settings, client: discord.Client) -> Services
         files_server=files_server, delivery=delivery, positions=positions, runner=runner,
         imagine=ImagineService(store, moderation, rules, limits, worker, runner, library),
         library=library,
-        importer=LoraImporter(settings, library, rules),
+        importer=LoraImporter(settings, library, rules, limits),
         training=TrainService(settings, store, moderation, rules, limits, library, worker, runner, approvals),
         approvals=approvals,
     )

@@ -59,6 +59,10 @@ class Settings:
     lora_max_header_bytes: int = 1024 << 10
     lora_default_scale: float = 0.8
     lora_download_timeout: int = 300
+    # Each member's imports, per server (/mod limits overrides the first two); imports running at once, in all.
+    lora_import_max_count: int = 20
+    lora_import_max_bytes: int = 4096 << 20
+    lora_imports_at_once: int = 2
     # LORA_MAX_STACK / LORA_MAX_RANK / LORA_CACHE_MB / LORA_HOTSWAP: read by the worker too, one parser for both
     lora: LoraLimits = LoraLimits()
     # The bot's small HTTP endpoint for files too big for Discord (signed, expiring links).
@@ -176,5 +180,8 @@ def _lora_settings(env: dict[str, str]) -> dict:
         "lora_max_header_bytes": read_int(env, "LORA_MAX_HEADER_KB", d.lora_max_header_bytes >> 10, minimum=1) << 10,
         "lora_default_scale": read_float(env, "LORA_DEFAULT_SCALE", d.lora_default_scale, minimum=0.0, maximum=2.0),
         "lora_download_timeout": read_int(env, "LORA_DOWNLOAD_TIMEOUT", d.lora_download_timeout, minimum=1),
+        "lora_import_max_count": read_int(env, "LORA_IMPORT_MAX_COUNT", d.lora_import_max_count, minimum=1),
+        "lora_import_max_bytes": read_int(env, "LORA_IMPORT_MAX_MB", d.lora_import_max_bytes >> 20, minimum=1) << 20,
+        "lora_imports_at_once": read_int(env, "LORA_IMPORTS_AT_ONCE", d.lora_imports_at_once, minimum=1),
         "lora": LoraLimits.from_env(env),
     }

@@ -47,9 +47,11 @@ class LoraCog(commands.GroupCog, group_name="lora", group_description="Your LoRA
     async def import_(self, interaction: discord.Interaction, name: app_commands.Range[str, 2, 32],
                       file: discord.Attachment | None = None, url: str | None = None) -> None:
         name = clean_name(name)
-        await self.importer.check(interaction.guild_id, interaction.user.id, name, file, url)
-        await interaction.response.defer(ephemeral=True, thinking=True)
-        lora, result = await self.importer.run(interaction.id, interaction.guild_id, interaction.user.id, name, file, url)
+        async with self.importer.slot(interaction.user.id):
+            await self.importer.check(interaction.guild_id, interaction.user.id, name, file, url)
+            await interaction.response.defer(ephemeral=True, thinking=True)
+            lora, result = await self.importer.run(interaction.id, interaction.guild_id, interaction.user.id, name, file,
+                                                   url)
         await interaction.edit_original_response(content=(
             f"✅ Imported `{lora.name}` ({result.format} format): rank {result.rank}, alpha {result.alpha:g}, "
             f"{result.layers} layers, {result.size / 1e6:.1f} MB. It is private: `/lora use {lora.name}` to use it, "
@@ -122,6 +124,7 @@ class LoraCog(commands.GroupCog, group_name="lora", group_description="Your LoRA
     @app_commands.autocomplete(name=usable_autocomplete)
     async def export(self, interaction: discord.Interaction, name: str) -> None:
         lora = await self.library.usable(interaction.user.id, interaction.guild_id, name)
+        await self.importer.check_export(interaction.guild_id, interaction.user.id)
         await interaction.response.defer(ephemeral=True, thinking=True)
         (ours, ours_link), (comfy, comfy_link) = await self.library.export(lora)
         days = self.settings.link_ttl / 86400

@@ -168,14 +168,18 @@ class ModCog(commands.GroupCog, group_name="mod", group_description="Moderator t
     @app_commands.command(name="limits", description="View or set this server's limits (0 = back to the default)")
     @app_commands.describe(max_queued="Jobs one member may have waiting", per_minute="Requests per member per minute",
                            trainings_per_day="LoRA trainings per member per day", max_count="Images per request",
-                           max_steps="Steps per image")
+                           max_steps="Steps per image", lora_imports="LoRAs one member may import here",
+                           lora_import_mb="MiB of imported LoRA files one member may keep here")
     async def limits(self, interaction: discord.Interaction, max_queued: app_commands.Range[int, 0, 50] | None = None,
                      per_minute: app_commands.Range[int, 0, 120] | None = None,
                      trainings_per_day: app_commands.Range[int, 0, 50] | None = None,
                      max_count: app_commands.Range[int, 0, 4] | None = None,
-                     max_steps: app_commands.Range[int, 0, 16] | None = None) -> None:
+                     max_steps: app_commands.Range[int, 0, 16] | None = None,
+                     lora_imports: app_commands.Range[int, 0, 1000] | None = None,
+                     lora_import_mb: app_commands.Range[int, 0, 1_000_000] | None = None) -> None:
         given = {"max_queued_per_user": max_queued, "requests_per_minute": per_minute,
-                 "trainings_per_day": trainings_per_day, "max_count": max_count, "max_steps": max_steps}
+                 "trainings_per_day": trainings_per_day, "max_count": max_count, "max_steps": max_steps,
+                 "lora_import_max_count": lora_imports, "lora_import_max_mb": lora_import_mb}
         changes = {key: (value or None) for key, value in given.items() if value is not None}
         if changes:
             settings = await self.moderation.update_settings(interaction.guild_id, **changes)
@@ -190,6 +194,9 @@ class ModCog(commands.GroupCog, group_name="mod", group_description="Moderator t
             f"Trainings per member per day: {settings.trainings_per_day or 'no limit set'}",
             f"Images per request: {settings.max_count or '4 (default)'}",
             f"Steps per image: {settings.max_steps or '16 (default)'}",
+            "Imported LoRAs per member: "
+            f"{settings.lora_import_max_count or f'{defaults.lora_import_max_count} (default)'}, "
+            f"{settings.lora_import_max_mb or f'{defaults.lora_import_max_bytes >> 20} (default)'} MiB",
         ])
         if changes:
             await self._done(interaction, "limits", text, details=", ".join(f"{k}={v}" for k, v in changes.items()))

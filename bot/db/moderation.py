@@ -14,7 +14,8 @@ from ..blocklist import valid_pattern as valid_pattern
 from .jobs import JobStore
 from .models import AuditEntry, Ban, BlockedPattern, GuildSettings, utcnow
 
-LIMIT_FIELDS = ("max_queued_per_user", "requests_per_minute", "trainings_per_day", "max_count", "max_steps")
+LIMIT_FIELDS = ("max_queued_per_user", "requests_per_minute", "trainings_per_day", "max_count", "max_steps",
+                "lora_import_max_count", "lora_import_max_mb")
 
 
 @dataclass(frozen=True)
