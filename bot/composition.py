@@ -25,6 +25,7 @@ from .jobs.training_lane import TrainingLane
 from .limits import UserLimits
 from .lora_library import LoraImporter, LoraLibrary
 from .moderation import RequestRules
+from .retention import Retention
 from .services import Services
 from .settings import Settings
 from .training.approvals import TrainingApprovals
@@ -65,4 +66,5 @@ async def build_services(settings: Settings, client: discord.Client) -> Services
         importer=LoraImporter(settings, library, rules, limits),
         training=TrainService(settings, store, moderation, rules, limits, library, worker, runner, approvals),
         approvals=approvals,
+        retention=Retention(settings, store, loras),
     )

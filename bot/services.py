@@ -19,6 +19,7 @@ from .jobs.delivery import Delivery
 from .jobs.positions import Positions
 from .jobs.runner import JobRunner
 from .lora_library import LoraImporter, LoraLibrary
+from .retention import Retention
 from .settings import Settings
 from .training.approvals import TrainingApprovals
 from .training.service import TrainService
@@ -46,13 +47,15 @@ class Services:
     importer: LoraImporter
     training: TrainService
     approvals: TrainingApprovals
+    retention: Retention
 
     async def start(self) -> None:
-        """The background parts: file links, the worker process and the connection to it."""
+        """The background parts: file links, the worker process and the connection to it, retention (now, then daily)."""
         await self.files_server.start()
         if self.supervisor:
             self.supervisor.start()
         self.worker.start()
+        self.retention.start()
 
     async def start_queue(self) -> None:
         """Recover what a restart interrupted, then run the queue."""
@@ -66,6 +69,7 @@ class Services:
         self.runner.start()
 
     async def close(self) -> None:
+        await self.retention.stop()
         await self.runner.stop()
         await self.worker.close()
         if self.supervisor:

@@ -50,6 +50,7 @@ class Settings:
     train_timesteps: str = "sigmoid"
     checkpoint_every: int = 250
     keep_checkpoints: int = 7
+    training_retention_days: int = 7  # then a finished training keeps only its LoRA's checkpoint (0: forever)
     training_adapter: Path | None = None
     train_min_images: int = 10
     train_max_images: int = 500
@@ -162,6 +163,7 @@ def _training_settings(env: dict[str, str]) -> dict:
         "train_timesteps": read_choice(env, "TRAIN_TIMESTEPS", d.train_timesteps, ("sigmoid", "shift", "uniform")),
         "checkpoint_every": read_int(env, "CHECKPOINT_EVERY", d.checkpoint_every, minimum=1),
         "keep_checkpoints": read_int(env, "KEEP_CHECKPOINTS", d.keep_checkpoints, minimum=1),
+        "training_retention_days": read_int(env, "TRAINING_RETENTION_DAYS", d.training_retention_days, minimum=0),
         "training_adapter": Path(adapter).expanduser().resolve() if adapter else None,
         "train_min_images": read_int(env, "TRAIN_MIN_IMAGES", d.train_min_images, minimum=1),
         "train_max_images": read_int(env, "TRAIN_MAX_IMAGES", d.train_max_images, minimum=1),
