@@ -44,7 +44,7 @@ async def build_services(settings: Settings, client: discord.Client) -> Services
     store = JobStore(settings.database_url)
     moderation = ModerationStore(store)
     loras = LoraStore(store)
-    rules = RequestRules(moderation)
+    rules = RequestRules(moderation, allow_dms=settings.allow_dms)
     limits = UserLimits(settings, store)
 
     worker = WorkerClient(settings.socket_path)

@@ -6,7 +6,7 @@ A bad value stops the bot with one clear line (`SettingsError`), never a traceba
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from yarl import URL
@@ -26,12 +26,12 @@ __all__ = ["Settings", "SettingsError", "load_settings"]
 
 @dataclass(frozen=True)
 class Settings:
-    discord_token: str
+    discord_token: str = field(repr=False)  # secrets stay out of reprs (logs, tracebacks)
     discord_api_base: str = "https://discord.com/api/v10"
     discord_gateway_url: str = "wss://gateway.discord.gg/"
     dev_guild_id: int | None = None
     data_dir: Path = Path("data")
-    database_url: str = ""
+    database_url: str = field(default="", repr=False)  # may hold a password
     zimage_model: str = DEFAULT_MODEL
     worker_mode: str = "spawn"  # spawn: the bot runs `python -m gpu`; external: connect only
     worker_socket: Path | None = None
@@ -41,6 +41,7 @@ class Settings:
     max_attempts: int = 2
     progress_interval: float = 1.0
     log_level: str = "INFO"
+    allow_dms: bool = False  # /imagine in DMs (no server's rules there: see bot/moderation.py)
     # LoRA training (/train); defaults follow the Z-Image character-LoRA guide.
     train_steps: int = 4000
     train_rank: int = 64
@@ -138,6 +139,7 @@ def load_settings(env: dict[str, str] | None = None, dotenv_path: str | None = "
         max_attempts=read_int(env, "JOB_MAX_ATTEMPTS", d.max_attempts, minimum=1),
         progress_interval=read_float(env, "PROGRESS_INTERVAL", d.progress_interval, minimum=0.0),
         log_level=log_level,
+        allow_dms=read_choice(env, "ALLOW_DMS", "off", ("on", "off")) == "on",
         **_training_settings(env),
         **_lora_settings(env),
     )

@@ -14,7 +14,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from ..db.moderation import ModerationStore
-from ..lora_library import LoraImporter, LoraLibrary, clean_name, label
+from ..lora_library import LoraImporter, LoraLibrary, clean_name, label, public_origin
 from ..permissions import is_moderator
 from ..services import services_of
 from ..settings import Settings
@@ -83,7 +83,7 @@ class LoraCog(commands.GroupCog, group_name="lora", group_description="Your LoRA
                  f"rank {details.get('rank', lora.rank)}" + (f", alpha {details['alpha']:g}" if details.get("alpha") else "")
                  + (f", {details['layers']} layers, {details['size'] / 1e6:.1f} MB" if "size" in details else ""),
                  f"trained here: step {lora.steps}" if lora.source is None
-                 else f"imported from `{lora.origin}` ({lora.source} format)",
+                 else f"imported from `{public_origin(lora.origin)}` ({lora.source} format)",
                  f"created <t:{int(lora.created_at.replace(tzinfo=UTC).timestamp())}:R>"]
         files = [discord.File(io.BytesIO(sample), filename=f"{lora.name}_sample.png")] if sample else []
         await interaction.response.send_message("\n".join(lines), files=files, ephemeral=True,

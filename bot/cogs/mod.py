@@ -24,6 +24,7 @@ from ..db.moderation import ModerationStore, valid_pattern
 from ..errors import UserFacingError
 from ..jobs.positions import Positions
 from ..jobs.runner import JobRunner
+from ..listing import fit_lines
 from ..moderation import describe_expiry, expiry_from, parse_duration
 from ..permissions import NotModerator, is_moderator
 from ..services import services_of
@@ -138,8 +139,8 @@ class ModCog(commands.GroupCog, group_name="mod", group_description="Moderator t
 
     @app_commands.command(name="ban", description="Stop a member from using the bot in this server")
     @app_commands.describe(reason="Shown to the member when they try", duration="e.g. 30m, 12h, 7d, 2w; empty = permanent")
-    async def ban(self, interaction: discord.Interaction, user: discord.User, reason: str | None = None,
-                  duration: str | None = None) -> None:
+    async def ban(self, interaction: discord.Interaction, user: discord.User,
+                  reason: app_commands.Range[str, 1, 300] | None = None, duration: str | None = None) -> None:
         if user.id == interaction.user.id:
             raise UserFacingError("You cannot ban yourself.")
         expires_at = expiry_from(parse_duration(duration))
@@ -159,8 +160,8 @@ class ModCog(commands.GroupCog, group_name="mod", group_description="Moderator t
     async def bans(self, interaction: discord.Interaction) -> None:
         bans = await self.moderation.bans(interaction.guild_id)
         lines = [f"<@{ban.user_id}> {describe_expiry(ban.expires_at)} (by <@{ban.moderator_id}>)"
-                 + (f": {ban.reason}" if ban.reason else "") for ban in bans[:30]]
-        await interaction.response.send_message("\n".join(lines) or "Nobody is banned.", ephemeral=True,
+                 + (f": {ban.reason}" if ban.reason else "") for ban in bans]
+        await interaction.response.send_message(fit_lines(lines) or "Nobody is banned.", ephemeral=True,
                                                 allowed_mentions=discord.AllowedMentions.none())
 
     # --- limits and content --------------------------------------------------------------------
@@ -246,7 +247,7 @@ class ModCog(commands.GroupCog, group_name="mod", group_description="Moderator t
     @blocklist.command(name="list", description="The patterns refused in prompts here")
     async def blocklist_list(self, interaction: discord.Interaction) -> None:
         patterns = await self.moderation.blocklist(interaction.guild_id)
-        text = "\n".join(f"`{p}`" for p in patterns)[:1900] or "The blocklist is empty."
+        text = fit_lines([f"`{p}`" for p in patterns]) or "The blocklist is empty."
         await interaction.response.send_message(text, ephemeral=True)
 
     # --- training approval -------------------------------------------------------------------
@@ -270,7 +271,7 @@ class ModCog(commands.GroupCog, group_name="mod", group_description="Moderator t
         lines = [f"{discord.utils.format_dt(entry.created_at.replace(tzinfo=UTC), 'R')} "
                  f"<@{entry.moderator_id}> **{entry.action}**" + (f" {entry.target}" if entry.target else "")
                  + (f" ({entry.details})" if entry.details else "") for entry in entries]
-        await interaction.response.send_message("\n".join(lines)[:1990] or "No moderator actions yet.", ephemeral=True,
+        await interaction.response.send_message(fit_lines(lines) or "No moderator actions yet.", ephemeral=True,
                                                 allowed_mentions=discord.AllowedMentions.none())
 
 

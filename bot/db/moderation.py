@@ -75,6 +75,13 @@ class ModerationStore:
             return None  # expired bans simply stop applying; /mod bans hides them too
         return ban
 
+    async def ban_anywhere(self, user_id: int) -> Ban | None:
+        """An active ban of the member in any guild (what applies to them in DMs)."""
+        async with self.session() as session:
+            rows = await session.scalars(select(Ban).where(Ban.user_id == user_id))
+            now = utcnow()
+            return next((ban for ban in rows if ban.expires_at is None or ban.expires_at > now), None)
+
     async def bans(self, guild_id: int) -> list[Ban]:
         async with self.session() as session:
             rows = await session.scalars(select(Ban).where(Ban.guild_id == guild_id).order_by(Ban.created_at))

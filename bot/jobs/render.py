@@ -17,11 +17,16 @@ def short_prompt(prompt: str, limit: int = 80) -> str:
     return prompt if len(prompt) <= limit else prompt[: limit - 1] + "…"
 
 
+def quoted(text: str) -> str:
+    """A member's text inside the bot's message: shown as typed, never formatting it or pinging anyone."""
+    return discord.utils.escape_mentions(discord.utils.escape_markdown(text))
+
+
 def describe(job: Job, limit: int = 80) -> str:
-    """A job in a few words: the prompt of a generation, the name of a training."""
+    """A job in a few words: the prompt of a generation (escaped: see `quoted`), the name of a training."""
     if job.kind == JobKind.TRAIN:
         return f"training LoRA `{job.params['name']}`"
-    return short_prompt(job.params["prompt"], limit)
+    return quoted(short_prompt(job.params["prompt"], limit))
 
 
 def queued_text(job: Job, position: int | None, paused: bool = False) -> str:
@@ -60,7 +65,7 @@ def cancelled_text(job: Job) -> str:
 
 def result_embed(job: Job) -> discord.Embed:
     params, result = job.params, job.result or {}
-    embed = discord.Embed(description=params["prompt"][:4000], colour=EMBED_COLOUR)
+    embed = discord.Embed(description=quoted(params["prompt"])[:4096], colour=EMBED_COLOUR)
     embed.set_author(name=f"Job #{job.id}")
     embed.add_field(name="Size", value=f"{params['width']}×{params['height']} ({params.get('aspect', '')})")
     embed.add_field(name="Seed" + ("s" if len(params["seeds"]) > 1 else ""),

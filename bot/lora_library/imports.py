@@ -32,7 +32,7 @@ from ..limits import UserLimits
 from ..moderation import RequestRules
 from ..settings import Settings
 from ..training import DownloadError, download_zip
-from .library import LoraLibrary, check_name
+from .library import LoraLibrary, check_name, public_origin
 
 FREE_DISK_FACTOR = 2  # free space DATA_DIR must have, in largest imported files (LORA_MAX_MB), before an import starts
 
@@ -79,7 +79,7 @@ class LoraImporter:
             raise UserFacingError(f"`{file.filename}` is not a .safetensors file.")
         if file is not None and file.size > max_bytes:
             raise UserFacingError(f"The file is {file.size >> 20} MiB; the limit is {max_bytes >> 20} MiB.")
-        await self.library.check_new_name(guild_id, name)
+        await self.library.check_new_name(guild_id, name, user_id)
         await self.rules.check_not_banned(guild_id, user_id)
         guild = await self.rules.moderation.settings(guild_id)
         await self._check_quota(guild, user_id, file.size if file is not None else 1)
@@ -139,7 +139,7 @@ class LoraImporter:
                                       f"{room / (1 << 20):.1f} MiB left of your import quota in this server.")
             lora = await self.library.create(guild_id=guild_id, owner_id=user_id, name=name, rank=result.rank,
                                              path=str(folder / LORA_FILE), source=result.format,
-                                             origin=(file.filename if file else url)[:500])
+                                             origin=(file.filename if file else public_origin(url))[:500])
             done = True
             return lora, result
         # The parsers' own errors are written for users: they become the reply here, at the boundary.

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from discord import app_commands
 from sqlalchemy.exc import IntegrityError
+from yarl import URL
 
 from .. import lora_import as lib
 from ..db.loras import LoraStore
@@ -42,6 +43,20 @@ def label(lora: Lora) -> str:
     return f"step {lora.steps}" if lora.source is None else f"imported ({lora.source})"
 
 
+def public_origin(origin: str | None) -> str:
+    """Where an import came from, fit to show: a link without its user, password, query or fragment (which may carry
+    access tokens), a file name as it was."""
+    if not origin:
+        return "?"
+    try:
+        url = URL(origin)
+    except ValueError:
+        return "a link"
+    if not url.is_absolute():
+        return origin
+    return str(url.with_user(None).with_password(None).with_query(None).with_fragment(None))
+
+
 def missing(name: str) -> UserFacingError:
     return UserFacingError(f"You have no LoRA `{name}` here (yours, or one shared in this server). See `/lora list`.")
 
@@ -66,10 +81,17 @@ class LoraLibrary:
 
     # -- names and lookups -------------------------------------------------------------------------------------
 
-    async def check_new_name(self, guild_id: int, name: str) -> None:
+    async def check_new_name(self, guild_id: int, name: str, user_id: int) -> None:
         check_name(name)
-        if await self.loras.by_name(guild_id, name):
-            raise UserFacingError(f"A LoRA named `{name}` already exists in this server; pick another name.")
+        if (taken := await self.loras.by_name(guild_id, name)) is not None:
+            raise self._taken(taken, user_id)
+
+    @staticmethod
+    def _taken(lora: Lora, user_id: int) -> UserFacingError:
+        """A name in use: said plainly when the member may see that LoRA, generically when it is someone's private one."""
+        if lora.owner_id == user_id or lora.shared:
+            return UserFacingError(f"A LoRA named `{lora.name}` already exists in this server; pick another name.")
+        return UserFacingError(f"The name `{lora.name}` is not available in this server; pick another name.")
 
     async def create(self, *, guild_id: int, owner_id: int, name: str, rank: int, path: str | None = None,
                      source: str | None = None, origin: str | None = None) -> Lora:
@@ -125,10 +147,12 @@ class LoraLibrary:
     async def rename(self, user_id: int, guild_id: int, name: str, new_name: str) -> tuple[Lora, str]:
         lora, new_name = await self.owned(user_id, guild_id, name), clean_name(new_name)
         check_name(new_name)
+        if (taken := await self.loras.by_name(guild_id, new_name)) is not None and taken.id != lora.id:
+            raise self._taken(taken, user_id)
         try:
             await self.loras.rename(lora.id, new_name)
         except IntegrityError:
-            raise UserFacingError(f"A LoRA named `{new_name}` already exists in this server; pick another name.") from None
+            raise UserFacingError(f"The name `{new_name}` was just taken; pick another name.") from None
         return lora, new_name
 
     async def delete(self, user_id: int, guild_id: int, name: str, *, moderator: bool) -> Lora:
