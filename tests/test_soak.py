@@ -1,6 +1,7 @@
 """A soak test (#18): ten members and a moderator use the bot at once for about a minute, and the GPU worker is killed
 midway. Afterwards no job is stuck, nothing was written outside DATA_DIR, the bot's open files and memory are back near
-where they were before the load, and every interaction was answered within Discord's 3 seconds.
+where they were after a first, shorter round of the same load (the baseline: Python keeps what it allocated once, so
+only growth from round to round is a leak), and every interaction was answered within Discord's 3 seconds.
 
 The mix: /imagine (1-2 images, one step), Reroll and Variations on anyone's results, /queue, /cancel through its
 autocomplete, /train of small zips, /lora import of a good file and of hostile ones (a pickle, a header claiming a
