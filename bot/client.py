@@ -32,7 +32,9 @@ class ZImageBot(commands.Bot):
     def __init__(self, settings: Settings):
         intents = discord.Intents.none()
         intents.guilds = True  # channels and permissions; slash commands need nothing more
+        # Whatever a message says, it never pings @everyone, @here or a role; only the members it names.
         super().__init__(command_prefix=commands.when_mentioned, intents=intents, help_command=None,
+                         allowed_mentions=discord.AllowedMentions(everyone=False, roles=False, users=True),
                          http_trace=metrics.discord_trace())  # counts Discord's 429s (bot/metrics.py)
         self.settings = settings
         self.services: Services | None = None  # built in setup_hook: reading the link secret is I/O

@@ -26,6 +26,7 @@ from .jobs.training_lane import TrainingLane
 from .limits import UserLimits
 from .lora_library import LoraImporter, LoraLibrary
 from .moderation import RequestRules
+from .retention import Retention
 from .services import Services
 from .settings import Settings
 from .training.approvals import TrainingApprovals
@@ -44,7 +45,7 @@ async def build_services(settings: Settings, client: discord.Client) -> Services
     store = JobStore(settings.database_url)
     moderation = ModerationStore(store)
     loras = LoraStore(store)
-    rules = RequestRules(moderation)
+    rules = RequestRules(moderation, allow_dms=settings.allow_dms)
     limits = UserLimits(settings, store)
 
     worker = WorkerClient(settings.socket_path)
@@ -55,7 +56,7 @@ async def build_services(settings: Settings, client: discord.Client) -> Services
     delivery = Delivery(DiscordRoutes(client))
     positions = Positions(store, delivery)
     context = LaneContext(settings=settings, store=store, worker=worker, messages=delivery, positions=positions)
-    lanes = (ImagineLane(context, moderation, result_view), TrainingLane(context, loras, signer))
+    lanes = (ImagineLane(context, moderation, result_view), TrainingLane(context, loras, signer, delivery))
     runner = JobRunner(context, lanes, max_attempts=settings.max_attempts)
 
     library = LoraLibrary(settings, loras, signer)
@@ -63,9 +64,10 @@ async def build_services(settings: Settings, client: discord.Client) -> Services
     return Services(
         settings=settings, store=store, moderation=moderation, worker=worker, supervisor=supervisor,
         files_server=files_server, monitor=monitor, delivery=delivery, positions=positions, runner=runner,
-        imagine=ImagineService(store, moderation, rules, limits, worker, runner),
+        imagine=ImagineService(store, moderation, rules, limits, worker, runner, library),
         library=library,
-        importer=LoraImporter(settings, library, rules),
+        importer=LoraImporter(settings, library, rules, limits),
         training=TrainService(settings, store, moderation, rules, limits, library, worker, runner, approvals),
         approvals=approvals,
+        retention=Retention(settings, store, loras),
     )

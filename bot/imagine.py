@@ -20,6 +20,7 @@ from .interaction_ids import channel_id_of
 from .jobs import render
 from .jobs.runner import JobRunner
 from .limits import UserLimits
+from .lora_library import LoraLibrary
 from .moderation import RequestRules
 from .permissions import can_delete_results
 from .sizes import ASPECT_SIZES
@@ -49,13 +50,14 @@ def consecutive_seeds(seed: int, count: int) -> list[int]:
 
 class ImagineService:
     def __init__(self, store: JobStore, moderation: ModerationStore, rules: RequestRules, limits: UserLimits,
-                 worker: WorkerClient, runner: JobRunner):
+                 worker: WorkerClient, runner: JobRunner, library: LoraLibrary):
         self.store = store
         self.moderation = moderation
         self.rules = rules
         self.limits = limits
         self.worker = worker  # counts a prompt's tokens
         self.runner = runner  # woken when a job is queued
+        self.library = library  # the LoRAs a button's clicker may use now
 
     async def clean_prompt(self, prompt: str) -> str:
         prompt = prompt.strip()
@@ -96,19 +98,24 @@ class ImagineService:
 
     # -- the result's buttons ----------------------------------------------------------------------------------
 
+    # Anyone in the channel may click a result's buttons: the new job is the clicker's, so its LoRAs are those of the
+    # earlier job that the clicker may use now, each with its current file (LoraLibrary.for_rerun), never the stored paths.
+
     async def reroll(self, interaction: discord.Interaction, job_id: int) -> None:
         """Same prompt, size, steps and count; a new random seed."""
         old = (await self.result(job_id)).params
+        loras = await self.library.for_rerun(interaction.user.id, interaction.guild_id, old.get("loras") or [])
         await self.submit(interaction, build_params(
             old["prompt"], old["aspect"], old["steps"], consecutive_seeds(random_seed(), len(old["seeds"])),
-            interaction.filesize_limit, old.get("loras")))
+            interaction.filesize_limit, loras))
 
     async def vary(self, interaction: discord.Interaction, job_id: int) -> None:
         """Same prompt and settings, as many images with independent new seeds."""
         old = (await self.result(job_id)).params
+        loras = await self.library.for_rerun(interaction.user.id, interaction.guild_id, old.get("loras") or [])
         await self.submit(interaction, build_params(
             old["prompt"], old["aspect"], old["steps"], [random_seed() for _ in old["seeds"]],
-            interaction.filesize_limit, old.get("loras")))
+            interaction.filesize_limit, loras))
 
     async def check_delete(self, interaction: discord.Interaction, job_id: int) -> None:
         """A result may be removed by its requester or a moderator (whose delete is audited)."""

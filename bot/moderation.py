@@ -38,10 +38,14 @@ def channel_is_age_restricted(interaction: discord.Interaction) -> bool:
 
 
 class RequestRules:
-    """The guild-specific checks every /imagine request and button goes through."""
+    """The guild-specific checks every /imagine request and button goes through.
 
-    def __init__(self, moderation: ModerationStore):
+    In DMs there is no server, so no server's moderators, blocklist or limits: /imagine there is refused unless
+    ALLOW_DMS is on, and then a member banned in any server is refused in DMs too (no blocklist applies)."""
+
+    def __init__(self, moderation: ModerationStore, allow_dms: bool = False):
         self.moderation = moderation
+        self.allow_dms = allow_dms
 
     async def check_not_banned(self, guild_id: int | None, user_id: int) -> None:
         """Every request (/imagine, buttons, /train, /lora import) is refused to a banned member."""
@@ -52,6 +56,13 @@ class RequestRules:
 
     async def check(self, interaction: discord.Interaction, params: dict) -> GuildSettings:
         guild_id = interaction.guild_id
+        if guild_id is None:
+            if not self.allow_dms:
+                raise UserFacingError("Images are made in a server's channels, where its moderators' rules apply: "
+                                      "use /imagine there.")
+            ban = await self.moderation.ban_anywhere(interaction.user.id)
+            if ban is not None:
+                raise UserFacingError("You are banned from using this bot in a server, so not in DMs either.")
         settings = await self.moderation.settings(guild_id)
         await self.check_not_banned(guild_id, interaction.user.id)
         blocked = await self.moderation.blocked_match(guild_id, params["prompt"])

@@ -20,6 +20,7 @@ from .jobs.delivery import Delivery
 from .jobs.positions import Positions
 from .jobs.runner import JobRunner
 from .lora_library import LoraImporter, LoraLibrary
+from .retention import Retention
 from .settings import Settings
 from .training.approvals import TrainingApprovals
 from .training.service import TrainService
@@ -48,14 +49,17 @@ class Services:
     importer: LoraImporter
     training: TrainService
     approvals: TrainingApprovals
+    retention: Retention
 
     async def start(self) -> None:
-        """The background parts: file links, the worker process and the connection to it, its health checks."""
+        """The background parts: file links, the worker process and the connection to it, its health checks,
+        retention (now, then daily)."""
         await self.files_server.start()
         if self.supervisor:
             self.supervisor.start()
         self.worker.start()
         self.monitor.start()
+        self.retention.start()
 
     async def start_queue(self) -> None:
         """Recover what a restart interrupted, then run the queue."""
@@ -69,6 +73,7 @@ class Services:
         self.runner.start()
 
     async def close(self) -> None:
+        await self.retention.stop()
         await self.runner.stop()
         await self.monitor.stop()
         await self.worker.close()

@@ -6,7 +6,7 @@ A bad value stops the bot with one clear line (`SettingsError`), never a traceba
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from yarl import URL
@@ -26,12 +26,12 @@ __all__ = ["Settings", "SettingsError", "load_settings"]
 
 @dataclass(frozen=True)
 class Settings:
-    discord_token: str
+    discord_token: str = field(repr=False)  # secrets stay out of reprs (logs, tracebacks)
     discord_api_base: str = "https://discord.com/api/v10"
     discord_gateway_url: str = "wss://gateway.discord.gg/"
     dev_guild_id: int | None = None
     data_dir: Path = Path("data")
-    database_url: str = ""
+    database_url: str = field(default="", repr=False)  # may hold a password
     zimage_model: str = DEFAULT_MODEL
     worker_mode: str = "spawn"  # spawn: the bot runs `python -m gpu`; external: connect only
     worker_socket: Path | None = None
@@ -41,6 +41,7 @@ class Settings:
     max_attempts: int = 2
     progress_interval: float = 1.0
     log_level: str = "INFO"
+    allow_dms: bool = False  # /imagine in DMs (no server's rules there: see bot/moderation.py)
     # LoRA training (/train); defaults follow the Z-Image character-LoRA guide.
     train_steps: int = 4000
     train_rank: int = 64
@@ -50,6 +51,7 @@ class Settings:
     train_timesteps: str = "sigmoid"
     checkpoint_every: int = 250
     keep_checkpoints: int = 7
+    training_retention_days: int = 7  # then a finished training keeps only its LoRA's checkpoint (0: forever)
     training_adapter: Path | None = None
     train_min_images: int = 10
     train_max_images: int = 500
@@ -59,6 +61,10 @@ class Settings:
     lora_max_header_bytes: int = 1024 << 10
     lora_default_scale: float = 0.8
     lora_download_timeout: int = 300
+    # Each member's imports, per server (/mod limits overrides the first two); imports running at once, in all.
+    lora_import_max_count: int = 20
+    lora_import_max_bytes: int = 4096 << 20
+    lora_imports_at_once: int = 2
     # LORA_MAX_STACK / LORA_MAX_RANK / LORA_CACHE_MB / LORA_HOTSWAP: read by the worker too, one parser for both
     lora: LoraLimits = LoraLimits()
     # The bot's small HTTP endpoint for files too big for Discord (signed, expiring links).
@@ -133,6 +139,7 @@ def load_settings(env: dict[str, str] | None = None, dotenv_path: str | None = "
         max_attempts=read_int(env, "JOB_MAX_ATTEMPTS", d.max_attempts, minimum=1),
         progress_interval=read_float(env, "PROGRESS_INTERVAL", d.progress_interval, minimum=0.0),
         log_level=log_level,
+        allow_dms=read_choice(env, "ALLOW_DMS", "off", ("on", "off")) == "on",
         **_training_settings(env),
         **_lora_settings(env),
     )
@@ -158,6 +165,7 @@ def _training_settings(env: dict[str, str]) -> dict:
         "train_timesteps": read_choice(env, "TRAIN_TIMESTEPS", d.train_timesteps, ("sigmoid", "shift", "uniform")),
         "checkpoint_every": read_int(env, "CHECKPOINT_EVERY", d.checkpoint_every, minimum=1),
         "keep_checkpoints": read_int(env, "KEEP_CHECKPOINTS", d.keep_checkpoints, minimum=1),
+        "training_retention_days": read_int(env, "TRAINING_RETENTION_DAYS", d.training_retention_days, minimum=0),
         "training_adapter": Path(adapter).expanduser().resolve() if adapter else None,
         "train_min_images": read_int(env, "TRAIN_MIN_IMAGES", d.train_min_images, minimum=1),
         "train_max_images": read_int(env, "TRAIN_MAX_IMAGES", d.train_max_images, minimum=1),
@@ -176,5 +184,8 @@ def _lora_settings(env: dict[str, str]) -> dict:
         "lora_max_header_bytes": read_int(env, "LORA_MAX_HEADER_KB", d.lora_max_header_bytes >> 10, minimum=1) << 10,
         "lora_default_scale": read_float(env, "LORA_DEFAULT_SCALE", d.lora_default_scale, minimum=0.0, maximum=2.0),
         "lora_download_timeout": read_int(env, "LORA_DOWNLOAD_TIMEOUT", d.lora_download_timeout, minimum=1),
+        "lora_import_max_count": read_int(env, "LORA_IMPORT_MAX_COUNT", d.lora_import_max_count, minimum=1),
+        "lora_import_max_bytes": read_int(env, "LORA_IMPORT_MAX_MB", d.lora_import_max_bytes >> 20, minimum=1) << 20,
+        "lora_imports_at_once": read_int(env, "LORA_IMPORTS_AT_ONCE", d.lora_imports_at_once, minimum=1),
         "lora": LoraLimits.from_env(env),
     }

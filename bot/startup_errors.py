@@ -87,9 +87,14 @@ def database_line(database_url: str, exc: BaseException) -> str:
     """One line for a database that cannot be migrated: the driver's own words, without the password."""
     from sqlalchemy.engine import make_url
 
+    password = None
     try:
-        shown = make_url(database_url).render_as_string(hide_password=True)
+        url = make_url(database_url)
+        shown, password = url.render_as_string(hide_password=True), url.password
     except Exception:  # noqa: BLE001 - an unparsable URL is shown as the setting names it
         shown = "DATABASE_URL"
     reason = getattr(exc, "orig", None) or exc  # SQLAlchemy's own text adds a second line with a help link
-    return f"database error: cannot migrate {shown}: {' '.join(str(reason).split()) or type(reason).__name__}"
+    text = " ".join(str(reason).split()) or type(reason).__name__
+    if password:  # a driver may quote the URL it was given
+        text = text.replace(database_url, shown).replace(str(password), "***")
+    return f"database error: cannot migrate {shown}: {text}"

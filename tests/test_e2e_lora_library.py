@@ -183,6 +183,29 @@ async def test_rename_info_export_and_delete(fake, bot, data_dir, lora_files):
     assert fake.spec_violations == []
 
 
+async def test_buttons_use_only_the_loras_the_clicker_may_use_now(fake, bot, lora_files):
+    await say(fake, "lora import", {"name": "ink"}, attachments={"file": ("ink.safetensors", lora_files["kohya"])})
+    ix = await fake.slash_command("imagine", {"prompt": "a hill", "seed": 5, "steps": 2, "lora": "ink"}, user=fake.alice)
+    job_id = await queued_job(ix)
+    [result] = await wait_result(fake, job_id)
+
+    async def click(action: str, user) -> dict:
+        return await (await fake.click_button(result, f"zimage:{action}:{job_id}", user=user)).wait_response(timeout=3)
+
+    for action in ("reroll", "vary"):  # alice's LoRA is private: bob may not use it through her buttons either
+        refused = await click(action, fake.bob)
+        assert refused["type"] == 4 and refused["data"]["flags"] & 64 and "may not use" in refused["data"]["content"]
+    await say(fake, "lora share", {"name": "ink"})
+    shared = await fake.click_button(result, f"zimage:reroll:{job_id}", user=fake.bob)
+    [rerolled] = await wait_result(fake, await queued_job(shared))
+    assert any(field["name"] == "LoRA" for field in rerolled.embeds[0]["fields"])
+    await say(fake, "lora unshare", {"name": "ink"})
+    assert "may not use" in (await click("vary", fake.bob))["data"]["content"]
+    await say(fake, "lora delete", {"name": "ink"})
+    assert "may not use" in (await click("reroll", fake.alice))["data"]["content"]  # gone, for its owner too
+    assert fake.spec_violations == []
+
+
 def test_pickle_payload_never_runs(tmp_path):
     """A pickle that would run code on load is refused by reading bytes only."""
     from bot.lora_import import LoraImportError, SafeTensors

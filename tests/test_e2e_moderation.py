@@ -48,16 +48,30 @@ async def test_members_without_rights_are_refused_every_mod_command(fake, bot):
     assert {"queue", "cancel", "clear", "pause", "resume", "ban", "unban", "bans", "limits", "blocklist add",
             "blocklist remove", "blocklist list", "approve-training on", "approve-training off", "channel",
             "audit", "role"} <= set(names)
+    # Discord offers /mod to Manage Server members only; the bot checks anyway, for servers whose admins let
+    # everyone see it (Server Settings → Integrations).
+    with pytest.raises(PermissionError):
+        await mod(fake, "queue", user=fake.alice)
+    fake.allow_command("mod")
     for name in names:
         data = await mod(fake, name, required.get(name), user=fake.alice)
         assert "Only moderators" in data["content"] or "Manage Server" in data["content"], (name, data)
     assert (await mod(fake, "audit"))["content"] == "No moderator actions yet."
+    # The autocompletes, which no cog check covers, tell plain members nothing of the server's jobs or blocklist.
+    await mod(fake, "pause")
+    await mod(fake, "blocklist add", {"pattern": "secret-word"})
+    job_id = await queued_job(await fake.slash_command("imagine", QUICK, user=fake.bob))
+    for user, jobs, patterns in ((fake.alice, [], []), (fake.mod, [job_id], ["secret-word"])):
+        assert [c["value"] for c in await fake.autocomplete("mod cancel", {"job": ""}, focused="job", user=user)] == jobs
+        assert [c["value"] for c in await fake.autocomplete("mod blocklist remove", {"pattern": ""}, focused="pattern",
+                                                            user=user)] == patterns
     assert fake.spec_violations == []
 
 
 async def test_mod_role_makes_a_moderator(fake, bot):
     role = fake.add_role("Image mods")
     helper = fake.add_user("helper", roles=[role])
+    fake.allow_command("mod", role=role)  # the admin lets the role see /mod (it needs Manage Server by default)
     assert "Only moderators" in (await mod(fake, "pause", user=helper))["content"]
     assert "moderators" in (await mod(fake, "role", {"role": role}))["content"]
     assert "paused" in (await mod(fake, "pause", user=helper))["content"]

@@ -17,7 +17,7 @@ from fake_discord import FakeDiscord
 
 pytestmark = pytest.mark.e2e
 
-TRAIN_ENV = {"CHECKPOINT_EVERY": "5", "KEEP_CHECKPOINTS": "2", "TRAIN_RANK": "4", "TRAIN_RESOLUTION": "64",
+TRAIN_ENV = {"CHECKPOINT_EVERY": "5", "KEEP_CHECKPOINTS": "7", "TRAIN_RANK": "4", "TRAIN_RESOLUTION": "64",
              "TRAIN_MIN_IMAGES": "10", "RATE_LIMIT_COUNT": "50", "MAX_QUEUED_PER_USER": "5"}
 
 
@@ -77,8 +77,12 @@ async def test_train_posts_checkpoints_and_lora_changes_images(fake, bot):
     last = checkpoints[-1]
     names = [a["filename"] for a in last.attachments]
     assert any(n.endswith("_sample.png") for n in names) and any(n.endswith("_loss.png") for n in names)
-    assert any(n.endswith(".safetensors") for n in names)
     assert "loss" in last.content and "s/step" in last.content and "ETA" in last.content
+    # The LoRA is private: its files went to alice alone (ephemeral follow-ups of her /train), none to the channel.
+    assert not any(a["filename"].endswith(".safetensors") for m in fake.messages.values() if not m.ephemeral
+                   for a in m.attachments)
+    private = [a["filename"] for m in ix.followups if m.ephemeral for a in m.attachments]
+    assert private == [f"ada_step{step}.safetensors" for step in (5, 10, 15, 20, 25, 30)]
 
     listing = await (await fake.slash_command("lora list", {}, user=fake.alice)).wait_response()
     assert "`ada` step 30" in listing["data"]["content"]
@@ -181,6 +185,27 @@ async def test_training_resumes_from_its_checkpoint_after_a_worker_crash(fake, b
     assert steps == sorted(set(steps)) and steps[-1] == 20 and {5, 10, 15, 20} <= set(steps), steps
 
 
+async def test_once_the_token_is_gone_the_file_goes_by_dm_and_once_shared_to_the_channel(fake, bot):
+    ix = await fake.slash_command("train", {"name": "dmd", "steps": 30}, user=fake.alice,
+                                  attachments={"photos": ("d.zip", photo_zip(junk=False))})
+    await ix.wait_original(lambda m: "Accepted" in m.content, timeout=60)
+    await fake.wait_for(lambda: ix.followups, timeout=10, what="the job's public message")
+    fake.expire_token(ix.token)
+    dm = fake.dm_channel(fake.alice)
+
+    def dm_files():
+        return [a["filename"] for m in fake.channel_messages(dm) for a in m.attachments]
+
+    await fake.wait_for(lambda: "dmd_step5.safetensors" in dm_files(), timeout=120, what="the first checkpoint by DM")
+    assert "now shared" in (await (await fake.slash_command("lora share", {"name": "dmd"}, user=fake.alice))
+                            .wait_response())["data"]["content"]
+    await fake.wait_for(lambda: any("finished training" in m.content for m in fake.messages.values()),
+                        timeout=180, what="training finished")
+    public = [a["filename"] for m in checkpoint_messages(fake, "dmd") for a in m.attachments]
+    assert "dmd_step30.safetensors" in public and "dmd_step30.safetensors" not in dm_files()
+    assert not any(m.ephemeral for m in ix.followups) and fake.spec_violations == []
+
+
 async def test_lora_too_big_for_discord_gets_a_signed_expiring_link(data_dir):
     import aiohttp
     from safetensors import safe_open
@@ -195,7 +220,10 @@ async def test_lora_too_big_for_discord_gets_a_signed_expiring_link(data_dir):
         await ix.wait_original(lambda m: "Accepted" in m.content, timeout=60)
         [checkpoint] = await fake.wait_for(lambda: checkpoint_messages(fake, "big"), timeout=120, what="checkpoint")
         assert not any(a["filename"].endswith(".safetensors") for a in checkpoint.attachments)
-        link = checkpoint.content.split("](")[1].split(")")[0]
+        assert "/files/" not in checkpoint.content  # a private LoRA: the link is its owner's alone
+        [private] = await fake.wait_for(lambda: [m for m in ix.followups if m.ephemeral and "/files/" in m.content],
+                                        timeout=30, what="the owner's private link")
+        link = private.content.split("](")[1].split(")")[0]
         assert link.startswith(f"http://127.0.0.1:{bot.env['HTTP_PORT']}/files/")
         async with aiohttp.ClientSession() as session:
             async with session.get(link) as response:

@@ -15,7 +15,7 @@ from discord.ext import commands
 
 from ..db.moderation import ModerationStore
 from ..interaction_ids import guild_id_of
-from ..lora_library import LoraImporter, LoraLibrary, clean_name, label
+from ..lora_library import LoraImporter, LoraLibrary, clean_name, label, public_origin
 from ..permissions import is_moderator
 from ..services import services_of
 from ..settings import Settings
@@ -49,9 +49,11 @@ class LoraCog(commands.GroupCog, group_name="lora", group_description="Your LoRA
     async def import_(self, interaction: discord.Interaction, name: app_commands.Range[str, 2, 32],
                       file: discord.Attachment | None = None, url: str | None = None) -> None:
         name = clean_name(name)
-        await self.importer.check(guild_id_of(interaction), interaction.user.id, name, file, url)
-        await interaction.response.defer(ephemeral=True, thinking=True)
-        lora, result = await self.importer.run(interaction.id, guild_id_of(interaction), interaction.user.id, name, file, url)
+        async with self.importer.slot(interaction.user.id):
+            await self.importer.check(guild_id_of(interaction), interaction.user.id, name, file, url)
+            await interaction.response.defer(ephemeral=True, thinking=True)
+            lora, result = await self.importer.run(interaction.id, guild_id_of(interaction), interaction.user.id, name,
+                                                   file, url)
         await interaction.edit_original_response(content=(
             f"✅ Imported `{lora.name}` ({result.format} format): rank {result.rank}, alpha {result.alpha:g}, "
             f"{result.layers} layers, {result.size / 1e6:.1f} MB. It is private: `/lora use {lora.name}` to use it, "
@@ -83,7 +85,7 @@ class LoraCog(commands.GroupCog, group_name="lora", group_description="Your LoRA
                  f"rank {details.get('rank', lora.rank)}" + (f", alpha {details['alpha']:g}" if details.get("alpha") else "")
                  + (f", {details['layers']} layers, {details['size'] / 1e6:.1f} MB" if "size" in details else ""),
                  f"trained here: step {lora.steps}" if lora.source is None
-                 else f"imported from `{lora.origin}` ({lora.source} format)",
+                 else f"imported from `{public_origin(lora.origin)}` ({lora.source} format)",
                  f"created <t:{int(lora.created_at.replace(tzinfo=UTC).timestamp())}:R>"]
         files = [discord.File(io.BytesIO(sample), filename=f"{lora.name}_sample.png")] if sample else []
         await interaction.response.send_message("\n".join(lines), files=files, ephemeral=True,
@@ -124,6 +126,7 @@ class LoraCog(commands.GroupCog, group_name="lora", group_description="Your LoRA
     @app_commands.autocomplete(name=usable_autocomplete)
     async def export(self, interaction: discord.Interaction, name: str) -> None:
         lora = await self.library.usable(interaction.user.id, guild_id_of(interaction), name)
+        await self.importer.check_export(guild_id_of(interaction), interaction.user.id)
         await interaction.response.defer(ephemeral=True, thinking=True)
         (ours, ours_link), (comfy, comfy_link) = await self.library.export(lora)
         days = self.settings.link_ttl / 86400

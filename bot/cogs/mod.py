@@ -2,7 +2,12 @@
 
 Every command checks server-side that the caller is a moderator (Manage Server, or the role
 set with /mod role) -- default permissions alone can be overridden by admins -- and every
-action is written to the audit log.
+action is written to the audit log. The autocompletes check too: a cog's interaction_check does
+not run for them, and they list the server's jobs and blocklist.
+
+/mod is offered by Discord to Manage Server members only (default permissions, defence in depth):
+for members of the moderator role to see it, a server admin allows that role to use /mod in
+Server Settings → Integrations → the bot.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from ..errors import UserFacingError
 from ..interaction_ids import guild_id_of
 from ..jobs.positions import Positions
 from ..jobs.runner import JobRunner
+from ..listing import fit_lines
 from ..moderation import describe_expiry, expiry_from, parse_duration
 from ..permissions import NotModerator, is_moderator
 from ..services import services_of
@@ -28,6 +34,7 @@ from .mod_views import queue_page
 
 
 @app_commands.guild_only()  # Discord hides it in DMs; interaction_check still refuses them
+@app_commands.default_permissions(manage_guild=True)
 class ModCog(commands.GroupCog, group_name="mod", group_description="Moderator tools for the image queue"):
     blocklist = app_commands.Group(name="blocklist", description="Words or patterns refused in prompts")
     approve_training = app_commands.Group(name="approve-training", description="Require approval of /train jobs")
@@ -47,6 +54,12 @@ class ModCog(commands.GroupCog, group_name="mod", group_description="Moderator t
         if not is_moderator(interaction, await self.moderation.settings(interaction.guild_id)):
             raise NotModerator("Only moderators (Manage Server, or the moderator role) can use /mod commands.")
         return True
+
+    async def _moderates(self, interaction: discord.Interaction) -> bool:
+        """For the autocompletes, which interaction_check does not cover: no choices for anyone else."""
+        if interaction.guild_id is None:
+            return False
+        return is_moderator(interaction, await self.moderation.settings(interaction.guild_id))
 
     async def _done(self, interaction: discord.Interaction, action: str, message: str, target: str | None = None,
                     details: str | None = None) -> None:
@@ -91,7 +104,7 @@ class ModCog(commands.GroupCog, group_name="mod", group_description="Moderator t
 
     @cancel.autocomplete("job")
     async def cancel_autocomplete(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[int]]:
-        if interaction.guild_id is None:  # autocomplete skips interaction_check
+        if interaction.guild_id is None or not await self._moderates(interaction):  # autocomplete skips interaction_check
             return []
         jobs = await self.store.guild_jobs(interaction.guild_id)
         return [app_commands.Choice(name=f"#{job.id} ({job.status}) by {job.user_id}", value=job.id)
@@ -128,8 +141,8 @@ class ModCog(commands.GroupCog, group_name="mod", group_description="Moderator t
 
     @app_commands.command(name="ban", description="Stop a member from using the bot in this server")
     @app_commands.describe(reason="Shown to the member when they try", duration="e.g. 30m, 12h, 7d, 2w; empty = permanent")
-    async def ban(self, interaction: discord.Interaction, user: discord.User, reason: str | None = None,
-                  duration: str | None = None) -> None:
+    async def ban(self, interaction: discord.Interaction, user: discord.User,
+                  reason: app_commands.Range[str, 1, 300] | None = None, duration: str | None = None) -> None:
         if user.id == interaction.user.id:
             raise UserFacingError("You cannot ban yourself.")
         expires_at = expiry_from(parse_duration(duration))
@@ -149,8 +162,8 @@ class ModCog(commands.GroupCog, group_name="mod", group_description="Moderator t
     async def bans(self, interaction: discord.Interaction) -> None:
         bans = await self.moderation.bans(guild_id_of(interaction))
         lines = [f"<@{ban.user_id}> {describe_expiry(ban.expires_at)} (by <@{ban.moderator_id}>)"
-                 + (f": {ban.reason}" if ban.reason else "") for ban in bans[:30]]
-        await interaction.response.send_message("\n".join(lines) or "Nobody is banned.", ephemeral=True,
+                 + (f": {ban.reason}" if ban.reason else "") for ban in bans]
+        await interaction.response.send_message(fit_lines(lines) or "Nobody is banned.", ephemeral=True,
                                                 allowed_mentions=discord.AllowedMentions.none())
 
     # --- limits and content --------------------------------------------------------------------
@@ -158,14 +171,18 @@ class ModCog(commands.GroupCog, group_name="mod", group_description="Moderator t
     @app_commands.command(name="limits", description="View or set this server's limits (0 = back to the default)")
     @app_commands.describe(max_queued="Jobs one member may have waiting", per_minute="Requests per member per minute",
                            trainings_per_day="LoRA trainings per member per day", max_count="Images per request",
-                           max_steps="Steps per image")
+                           max_steps="Steps per image", lora_imports="LoRAs one member may import here",
+                           lora_import_mb="MiB of imported LoRA files one member may keep here")
     async def limits(self, interaction: discord.Interaction, max_queued: app_commands.Range[int, 0, 50] | None = None,
                      per_minute: app_commands.Range[int, 0, 120] | None = None,
                      trainings_per_day: app_commands.Range[int, 0, 50] | None = None,
                      max_count: app_commands.Range[int, 0, 4] | None = None,
-                     max_steps: app_commands.Range[int, 0, 16] | None = None) -> None:
+                     max_steps: app_commands.Range[int, 0, 16] | None = None,
+                     lora_imports: app_commands.Range[int, 0, 1000] | None = None,
+                     lora_import_mb: app_commands.Range[int, 0, 1_000_000] | None = None) -> None:
         given = {"max_queued_per_user": max_queued, "requests_per_minute": per_minute,
-                 "trainings_per_day": trainings_per_day, "max_count": max_count, "max_steps": max_steps}
+                 "trainings_per_day": trainings_per_day, "max_count": max_count, "max_steps": max_steps,
+                 "lora_import_max_count": lora_imports, "lora_import_max_mb": lora_import_mb}
         changes = {key: (value or None) for key, value in given.items() if value is not None}
         if changes:
             settings = await self.moderation.update_settings(guild_id_of(interaction), **changes)
@@ -180,6 +197,9 @@ class ModCog(commands.GroupCog, group_name="mod", group_description="Moderator t
             f"Trainings per member per day: {settings.trainings_per_day or 'no limit set'}",
             f"Images per request: {settings.max_count or '4 (default)'}",
             f"Steps per image: {settings.max_steps or '16 (default)'}",
+            "Imported LoRAs per member: "
+            f"{settings.lora_import_max_count or f'{defaults.lora_import_max_count} (default)'}, "
+            f"{settings.lora_import_max_mb or f'{defaults.lora_import_max_bytes >> 20} (default)'} MiB",
         ])
         if changes:
             await self._done(interaction, "limits", text, details=", ".join(f"{k}={v}" for k, v in changes.items()))
@@ -221,7 +241,7 @@ class ModCog(commands.GroupCog, group_name="mod", group_description="Moderator t
 
     @blocklist_remove.autocomplete("pattern")
     async def blocklist_autocomplete(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
-        if interaction.guild_id is None:  # autocomplete skips interaction_check
+        if interaction.guild_id is None or not await self._moderates(interaction):  # autocomplete skips interaction_check
             return []
         patterns = await self.moderation.blocklist(interaction.guild_id)
         return [app_commands.Choice(name=p[:100], value=p) for p in patterns if current.lower() in p.lower()][:25]
@@ -229,7 +249,7 @@ class ModCog(commands.GroupCog, group_name="mod", group_description="Moderator t
     @blocklist.command(name="list", description="The patterns refused in prompts here")
     async def blocklist_list(self, interaction: discord.Interaction) -> None:
         patterns = await self.moderation.blocklist(guild_id_of(interaction))
-        text = "\n".join(f"`{p}`" for p in patterns)[:1900] or "The blocklist is empty."
+        text = fit_lines([f"`{p}`" for p in patterns]) or "The blocklist is empty."
         await interaction.response.send_message(text, ephemeral=True)
 
     # --- training approval -------------------------------------------------------------------
@@ -253,7 +273,7 @@ class ModCog(commands.GroupCog, group_name="mod", group_description="Moderator t
         lines = [f"{discord.utils.format_dt(entry.created_at.replace(tzinfo=UTC), 'R')} "
                  f"<@{entry.moderator_id}> **{entry.action}**" + (f" {entry.target}" if entry.target else "")
                  + (f" ({entry.details})" if entry.details else "") for entry in entries]
-        await interaction.response.send_message("\n".join(lines)[:1990] or "No moderator actions yet.", ephemeral=True,
+        await interaction.response.send_message(fit_lines(lines) or "No moderator actions yet.", ephemeral=True,
                                                 allowed_mentions=discord.AllowedMentions.none())
 
 

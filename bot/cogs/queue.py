@@ -11,6 +11,7 @@ from ..db.models import JobKind, JobStatus
 from ..errors import UserFacingError
 from ..jobs import render
 from ..jobs.runner import JobRunner
+from ..listing import fit_lines
 from ..services import services_of
 
 
@@ -40,7 +41,7 @@ class QueueCog(commands.Cog):
             else:
                 state = "posting the result"
             lines.append(f"**#{job.id}** {state}: *{render.describe(job, 60)}*")
-        await interaction.response.send_message("\n".join(lines), ephemeral=True)
+        await interaction.response.send_message(fit_lines(lines), ephemeral=True)
 
     @app_commands.command(name="cancel", description="Cancel one of your jobs")
     @app_commands.describe(job="The job number (see /queue)")

@@ -53,6 +53,13 @@ class LoraStore:
                 or_(Lora.owner_id == user_id, Lora.shared.is_(True))).order_by(Lora.name))
             return list(rows)
 
+    async def imported_by(self, owner_id: int, guild_id: int) -> list[Lora]:
+        """The member's imported LoRAs in the guild (not those trained here): what their import quota counts."""
+        async with self.session() as session:
+            rows = await session.scalars(select(Lora).where(Lora.guild_id == guild_id, Lora.owner_id == owner_id,
+                                                            Lora.source.is_not(None)))
+            return list(rows)
+
     async def find_usable(self, user_id: int, guild_id: int, name: str) -> Lora | None:
         return next((lora for lora in await self.usable_by(user_id, guild_id) if lora.name == name), None)
 

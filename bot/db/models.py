@@ -88,6 +88,8 @@ class GuildSettings(Base):
     trainings_per_day: Mapped[int | None] = mapped_column(Integer, nullable=True)
     max_count: Mapped[int | None] = mapped_column(Integer, nullable=True)
     max_steps: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    lora_import_max_count: Mapped[int | None] = mapped_column(Integer, nullable=True)  # imported LoRAs per member
+    lora_import_max_mb: Mapped[int | None] = mapped_column(Integer, nullable=True)  # their MiB per member
     # Age-restricted content: blocklisted prompts pass in age-restricted channels when this is on.
     allow_blocklisted_in_nsfw: Mapped[bool] = mapped_column(Boolean, default=False)
     spoiler_images: Mapped[bool] = mapped_column(Boolean, default=False)

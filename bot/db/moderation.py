@@ -15,7 +15,8 @@ from .jobs import JobStore
 from .models import AuditEntry, Ban, BlockedPattern, GuildSettings, utcnow
 from .results import rowcount
 
-LIMIT_FIELDS = ("max_queued_per_user", "requests_per_minute", "trainings_per_day", "max_count", "max_steps")
+LIMIT_FIELDS = ("max_queued_per_user", "requests_per_minute", "trainings_per_day", "max_count", "max_steps",
+                "lora_import_max_count", "lora_import_max_mb")
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,13 @@ class ModerationStore:
         if ban is not None and ban.expires_at is not None and ban.expires_at <= utcnow():
             return None  # expired bans simply stop applying; /mod bans hides them too
         return ban
+
+    async def ban_anywhere(self, user_id: int) -> Ban | None:
+        """An active ban of the member in any guild (what applies to them in DMs)."""
+        async with self.session() as session:
+            rows = await session.scalars(select(Ban).where(Ban.user_id == user_id))
+            now = utcnow()
+            return next((ban for ban in rows if ban.expires_at is None or ban.expires_at > now), None)
 
     async def bans(self, guild_id: int) -> list[Ban]:
         async with self.session() as session:

@@ -12,7 +12,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Protocol
+from typing import Protocol, cast
 
 import discord
 
@@ -36,6 +36,13 @@ class Routes(Protocol):
     async def channel(self, channel_id: int) -> discord.abc.Messageable | None: ...
 
 
+class PrivateRoutes(Routes, Protocol):
+    """The two ways to a job's owner alone: an ephemeral follow-up (the interaction's token), and a DM."""
+
+    def followup(self, token: str) -> discord.Webhook: ...
+    async def dm(self, user_id: int) -> discord.abc.Messageable | None: ...
+
+
 class DiscordRoutes:
     def __init__(self, client: discord.Client):
         self.client = client
@@ -54,6 +61,20 @@ class DiscordRoutes:
                 log.warning("cannot reach channel %s: %s", channel_id, exc)
                 return None
         return channel  # type: ignore[return-value]
+
+    def followup(self, token: str) -> discord.Webhook:
+        """The interaction's own (application) webhook, as discord.Interaction.followup: it may send ephemeral messages."""
+        if self.client.application_id is None:  # set at login, before the queue starts
+            raise RuntimeError("the application id is not known before login")
+        return discord.Webhook.from_state({"id": self.client.application_id, "type": 3, "token": token},
+                                          self.client._connection)
+
+    async def dm(self, user_id: int) -> discord.abc.Messageable | None:
+        try:
+            return await self.client.create_dm(discord.Object(user_id))
+        except discord.HTTPException as exc:
+            log.warning("cannot open a DM with %s: %s", user_id, exc)
+            return None
 
 
 class Delivery:
@@ -129,6 +150,36 @@ class Delivery:
             await channel.send(content=content, files=make_files())
 
         return await self._attempt(job, followup, channel_post, what="extra post")
+
+    async def post_private(self, job: Job, content: str, make_files: Callable[[], list[discord.File]]) -> bool:
+        """A message for the job's owner only (a private LoRA's file): an ephemeral follow-up while the interaction token
+        lives, else a DM. Never the channel: when both fail (DMs closed), nothing is posted and False is returned."""
+        routes = cast(PrivateRoutes, self.routes)
+
+        async def ephemeral(_webhook: discord.Webhook) -> None:
+            assert job.interaction_token is not None  # _attempt only takes the token route with a live token
+            await routes.followup(job.interaction_token).send(content=content, files=make_files(), ephemeral=True,
+                                                             wait=True)
+
+        if await self._attempt(job, ephemeral, None, what="private follow-up"):
+            return True
+        channel = await routes.dm(job.user_id)
+        if channel is None:
+            return False
+        for retry in range(RATE_LIMIT_RETRIES):
+            try:
+                await channel.send(content=content, files=make_files())
+                return True
+            except discord.HTTPException as exc:
+                if exc.status == 429 and retry + 1 < RATE_LIMIT_RETRIES:
+                    await asyncio.sleep(self.rate_limit_wait * (retry + 1))
+                    continue
+                log.warning("job %s: DM to its owner failed: %s %s", job.id, exc.status, exc.text)
+                break
+            except (discord.DiscordException, OSError) as exc:
+                log.warning("job %s: DM to its owner failed: %r", job.id, exc)
+                break
+        return False
 
     async def _attempt(self, job: Job, through_token, through_channel, *, what: str,
                        quiet_missing: bool = False) -> bool:

@@ -17,11 +17,16 @@ def short_prompt(prompt: str, limit: int = 80) -> str:
     return prompt if len(prompt) <= limit else prompt[: limit - 1] + "…"
 
 
+def quoted(text: str) -> str:
+    """A member's text inside the bot's message: shown as typed, never formatting it or pinging anyone."""
+    return discord.utils.escape_mentions(discord.utils.escape_markdown(text))
+
+
 def describe(job: Job, limit: int = 80) -> str:
-    """A job in a few words: the prompt of a generation, the name of a training."""
+    """A job in a few words: the prompt of a generation (escaped: see `quoted`), the name of a training."""
     if job.kind == JobKind.TRAIN:
         return f"training LoRA `{job.params['name']}`"
-    return short_prompt(job.params["prompt"], limit)
+    return quoted(short_prompt(job.params["prompt"], limit))
 
 
 def queued_text(job: Job, position: int | None, paused: bool = False) -> str:
@@ -60,7 +65,7 @@ def cancelled_text(job: Job) -> str:
 
 def result_embed(job: Job) -> discord.Embed:
     params, result = job.params, job.result or {}
-    embed = discord.Embed(description=params["prompt"][:4000], colour=EMBED_COLOUR)
+    embed = discord.Embed(description=quoted(params["prompt"])[:4096], colour=EMBED_COLOUR)
     embed.set_author(name=f"Job #{job.id}")
     embed.add_field(name="Size", value=f"{params['width']}×{params['height']} ({params.get('aspect', '')})")
     embed.add_field(name="Seed" + ("s" if len(params["seeds"]) > 1 else ""),
@@ -101,13 +106,24 @@ def training_done_text(job: Job) -> str:
             f"Use it with `/lora use name:{job.params['name']}`.")
 
 
-def checkpoint_text(job: Job, checkpoint: CheckpointReady, link: str | None) -> str:
+def checkpoint_text(job: Job, checkpoint: CheckpointReady, link: str | None, private: bool = False) -> str:
     step, total = checkpoint.step, checkpoint.total
     eta = duration((total - step) * checkpoint.seconds_per_step)
     lines = [f"<@{job.user_id}> 📦 Job #{job.id}: checkpoint of `{job.params['name']}` at step {step}/{total}: "
              f"loss {checkpoint.loss:.4f}, {checkpoint.seconds_per_step:.2f} s/step, ETA {eta}"]
-    if link:
+    if private:
+        lines.append("The LoRA is private: its file goes to its owner only.")
+    elif link:
         lines.append(f"The LoRA file is too big for Discord: [download it]({link}) (the link expires).")
+    return "\n".join(lines)
+
+
+def private_checkpoint_text(job: Job, checkpoint: CheckpointReady, link: str | None) -> str:
+    """The LoRA file of a checkpoint, for its owner only (attached, or `link` when it is too big to attach)."""
+    name = job.params["name"]
+    lines = [f"📦 `{name}` at step {checkpoint.step}/{checkpoint.total} (job #{job.id}): "
+             + (f"[download the LoRA file]({link}) (the link expires)." if link else "the LoRA file.")]
+    lines.append(f"Only you get it while the LoRA is private; `/lora share {name}` lets this server use it.")
     return "\n".join(lines)
 
 

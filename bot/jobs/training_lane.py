@@ -1,16 +1,24 @@
 """The training lane: one /train job through the worker, each checkpoint posted back.
 
 A checkpoint message shows step, loss, speed and ETA, a sample image made with that checkpoint
-and the loss curve; the LoRA file is attached when it fits the guild's upload limit, otherwise
-the message carries a signed, expiring download link served by the bot (bot/files_server.py).
+and the loss curve, in the channel. The LoRA file is attached when it fits the upload limit,
+otherwise a signed, expiring download link served by the bot (bot/files_server.py) stands for it;
+while the LoRA is private (not shared with /lora share), the file or link goes to its owner only
+(an ephemeral follow-up while the interaction token lives, else a DM), never to the channel.
+
+The worker names the checkpoint's files: only files inside the job's own output folder are read,
+posted or made the LoRA's file; a frame naming any other file is refused and logged.
 """
 
 from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import discord
 
@@ -24,17 +32,31 @@ from . import render
 from .lane import LaneContext
 from .requests import request_id
 
+log = logging.getLogger(__name__)
+
 MIN_EDIT_INTERVAL = 5.0  # a training runs for minutes: fewer, calmer progress edits
+DM_UPLOAD_LIMIT = 10 << 20  # what a bot may attach in a DM (the guild's limit may be higher)
+
+
+class PrivateMessages(Protocol):
+    """A message to a job's owner only (bot/jobs/delivery.py: Delivery.post_private)."""
+
+    async def post_private(self, job: Job, content: str, make_files: Callable[[], list[discord.File]]) -> bool: ...
+
+
+class OutsideOutput(Exception):
+    """A checkpoint frame named a file outside the job's output folder."""
 
 
 class TrainingLane:
     kind = JobKind.TRAIN
 
-    def __init__(self, context: LaneContext, loras: LoraStore, signer: LinkSigner):
+    def __init__(self, context: LaneContext, loras: LoraStore, signer: LinkSigner, private: PrivateMessages):
         self.settings, self.worker = context.settings, context.worker
         self.store, self.messages, self.positions = context.store, context.messages, context.positions
-        self.loras = loras    # each checkpoint becomes the LoRA's current file
-        self.signer = signer  # links for LoRA files too big to attach
+        self.loras = loras      # each checkpoint becomes the LoRA's current file
+        self.signer = signer    # links for LoRA files too big to attach
+        self.private = private  # a private LoRA's file goes to its owner only
 
     async def run(self, job: Job) -> None:
         params = TrainParams(dataset_dir=job.params["dataset_dir"], output_dir=job.params["output_dir"],
@@ -61,26 +83,52 @@ class TrainingLane:
         await self.messages.edit_status(job, render.training_done_text(job))
 
     async def _post_checkpoint(self, job: Job, checkpoint: CheckpointReady) -> None:
-        lora_file = Path(checkpoint.lora_file)
+        try:
+            lora_file, sample, curve, lora_size = await asyncio.to_thread(
+                _read_checkpoint, checkpoint, Path(job.params["output_dir"]))
+        except OutsideOutput as exc:
+            log.error("job %s: checkpoint at step %s not posted: %s", job.id, checkpoint.step, exc)
+            return
+        except OSError as exc:  # pruned already (KEEP_CHECKPOINTS) when the worker ran far ahead of the posts
+            log.warning("job %s: checkpoint at step %s not posted: %s", job.id, checkpoint.step, exc)
+            return
         await self.loras.set_checkpoint(job.params["lora_id"], str(lora_file), checkpoint.step)
-        sample, curve, lora_size = await asyncio.to_thread(_read_checkpoint, checkpoint)
+        lora = await self.loras.get(job.params["lora_id"])
+        shared = lora is not None and lora.shared
+        name, step = job.params["name"], checkpoint.step
         limit = int(job.params.get("upload_limit", 10 << 20))
-        attach_lora = lora_size + len(sample) + len(curve) <= limit
+        # Shared: the file rides with the sample in the channel. Private: to the owner alone (maybe in a DM).
+        attach_lora = lora_size + len(sample) + len(curve) <= limit if shared else lora_size <= min(limit, DM_UPLOAD_LIMIT)
         link = None if attach_lora else self.signer.link(lora_file)
         lora_bytes = await asyncio.to_thread(lora_file.read_bytes) if attach_lora else b""
-        name = job.params["name"]
+
+        def lora_attachment() -> list[discord.File]:
+            return [discord.File(io.BytesIO(lora_bytes), filename=f"{name}_step{step}.safetensors")] if attach_lora else []
 
         def files() -> list[discord.File]:
-            attached = [discord.File(io.BytesIO(sample), filename=f"{name}_step{checkpoint.step}_sample.png"),
-                        discord.File(io.BytesIO(curve), filename=f"{name}_step{checkpoint.step}_loss.png")]
-            if attach_lora:
-                attached.append(discord.File(io.BytesIO(lora_bytes), filename=f"{name}_step{checkpoint.step}.safetensors"))
-            return attached
+            return [discord.File(io.BytesIO(sample), filename=f"{name}_step{step}_sample.png"),
+                    discord.File(io.BytesIO(curve), filename=f"{name}_step{step}_loss.png"),
+                    *(lora_attachment() if shared else [])]
 
-        await self.messages.post_extra(job, render.checkpoint_text(job, checkpoint, link), files)
+        await self.messages.post_extra(job, render.checkpoint_text(job, checkpoint, link if shared else None,
+                                                                   private=not shared), files)
+        if not shared:
+            await self.private.post_private(job, render.private_checkpoint_text(job, checkpoint, link), lora_attachment)
 
 
-def _read_checkpoint(checkpoint: CheckpointReady) -> tuple[bytes, bytes, int]:
-    """Blocking: runs in a thread."""
-    return (Path(checkpoint.sample_png).read_bytes(), Path(checkpoint.loss_png).read_bytes(),
-            Path(checkpoint.lora_file).stat().st_size)
+def _inside(path: str, folder: Path) -> Path:
+    """`path` resolved (links followed), if it is a file inside `folder`; else OutsideOutput."""
+    resolved = Path(path).resolve()
+    if not resolved.is_relative_to(folder):
+        raise OutsideOutput(f"{path!r} is outside the job's output folder {str(folder)!r}")
+    if not resolved.is_file():
+        raise FileNotFoundError(f"{path!r} is not a file (any more)")
+    return resolved
+
+
+def _read_checkpoint(checkpoint: CheckpointReady, output_dir: Path) -> tuple[Path, bytes, bytes, int]:
+    """The LoRA file (resolved), the sample and loss curve PNGs and the LoRA's size. Blocking: runs in a thread."""
+    folder = output_dir.resolve()
+    lora_file, sample, curve = (_inside(path, folder) for path in (checkpoint.lora_file, checkpoint.sample_png,
+                                                                   checkpoint.loss_png))
+    return lora_file, sample.read_bytes(), curve.read_bytes(), lora_file.stat().st_size

@@ -2,6 +2,11 @@
 
 Nothing is executed: pickles are refused by name and by content (bot/lora_import.py), the download is
 guarded (bot/training/download.py), and a refused file leaves nothing on disk.
+
+An import (and an export) is a request like /imagine: refused to banned members, and counted against the
+rate limit. Each member's imports in a server have a quota (LORA_IMPORT_MAX_COUNT LoRAs, LORA_IMPORT_MAX_MB
+of files; /mod limits overrides both); a member runs one import at a time, LORA_IMPORTS_AT_ONCE run in all,
+and none starts while DATA_DIR has less than FREE_DISK_FACTOR times the largest file free.
 """
 
 from __future__ import annotations
@@ -9,6 +14,10 @@ from __future__ import annotations
 import asyncio
 import secrets
 import shutil
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from shutil import disk_usage
 from typing import Protocol
 
 import aiohttp
@@ -17,12 +26,15 @@ from zimage_protocol.constants import LORA_FILE
 
 from .. import lora_import as lib
 from ..attachments import save_attachment
-from ..db.models import Lora
+from ..db.models import GuildSettings, Lora
 from ..errors import UserFacingError
+from ..limits import UserLimits
 from ..moderation import RequestRules
 from ..settings import Settings
 from ..training import DownloadError, download_zip
-from .library import LoraLibrary, check_name
+from .library import LoraLibrary, check_name, public_origin
+
+FREE_DISK_FACTOR = 2  # free space DATA_DIR must have, in largest imported files (LORA_MAX_MB), before an import starts
 
 
 class Upload(Protocol):
@@ -34,10 +46,25 @@ class Upload(Protocol):
 
 
 class LoraImporter:
-    def __init__(self, settings: Settings, library: LoraLibrary, rules: RequestRules):
+    def __init__(self, settings: Settings, library: LoraLibrary, rules: RequestRules, limits: UserLimits):
         self.settings = settings
         self.library = library
         self.rules = rules
+        self.limits = limits  # the request rate limit, shared with /imagine
+        self._running: set[int] = set()  # members whose import runs now
+
+    @asynccontextmanager
+    async def slot(self, user_id: int) -> AsyncIterator[None]:
+        """Hold one of the LORA_IMPORTS_AT_ONCE import slots, one per member, while the import runs; refuses at once."""
+        if user_id in self._running:
+            raise UserFacingError("Your previous import is still running: wait for it to finish.")
+        if len(self._running) >= self.settings.lora_imports_at_once:
+            raise UserFacingError("The bot is busy importing other LoRAs; try again in a minute.")
+        self._running.add(user_id)
+        try:
+            yield
+        finally:
+            self._running.discard(user_id)
 
     async def check(self, guild_id: int, user_id: int, name: str, file: Upload | None, url: str | None) -> None:
         """The cheap checks, before deferring: each failure is an ephemeral reply."""
@@ -52,8 +79,44 @@ class LoraImporter:
             raise UserFacingError(f"`{file.filename}` is not a .safetensors file.")
         if file is not None and file.size > max_bytes:
             raise UserFacingError(f"The file is {file.size >> 20} MiB; the limit is {max_bytes >> 20} MiB.")
-        await self.library.check_new_name(guild_id, name)
+        await self.library.check_new_name(guild_id, name, user_id)
         await self.rules.check_not_banned(guild_id, user_id)
+        guild = await self.rules.moderation.settings(guild_id)
+        await self._check_quota(guild, user_id, file.size if file is not None else 1)
+        free = (await asyncio.to_thread(disk_usage, self.settings.data_dir)).free
+        if free < FREE_DISK_FACTOR * max_bytes:
+            raise UserFacingError("The bot's disk is nearly full, so imports are paused; please tell its operator.")
+        await self.limits.take_request(user_id, guild)  # last: a refused import does not use up the allowance
+
+    async def check_export(self, guild_id: int, user_id: int) -> None:
+        """/lora export is a request too: refused to banned members, counted against the rate limit."""
+        await self.rules.check_not_banned(guild_id, user_id)
+        await self.limits.take_request(user_id, await self.rules.moderation.settings(guild_id))
+
+    def _quota(self, guild: GuildSettings) -> tuple[int, int]:
+        """(LoRAs, bytes) a member may import in the guild: its /mod limits, else the settings."""
+        return (guild.lora_import_max_count or self.settings.lora_import_max_count,
+                (guild.lora_import_max_mb << 20) if guild.lora_import_max_mb else self.settings.lora_import_max_bytes)
+
+    async def _used(self, guild_id: int, user_id: int) -> tuple[int, int]:
+        imported = await self.library.loras.imported_by(user_id, guild_id)
+        return len(imported), await asyncio.to_thread(_total_size, [lora.path for lora in imported])
+
+    async def room_left(self, guild_id: int, user_id: int) -> int:
+        """Bytes the member may still import in the guild (a download by link is capped to it)."""
+        _, limit = self._quota(await self.rules.moderation.settings(guild_id))
+        return max(0, limit - (await self._used(guild_id, user_id))[1])
+
+    async def _check_quota(self, guild: GuildSettings, user_id: int, incoming: int) -> None:
+        max_count, max_bytes = self._quota(guild)
+        count, used = await self._used(guild.guild_id, user_id)
+        if count >= max_count:
+            raise UserFacingError(f"You already have {count} imported LoRAs in this server, the most allowed "
+                                  f"({max_count}). Delete one with `/lora delete` first.")
+        if used + incoming > max_bytes:
+            raise UserFacingError(f"Your imported LoRAs here take {used / (1 << 20):.0f} MiB: with this file they would "
+                                  f"pass this server's {max_bytes >> 20} MiB limit per member. Delete one with "
+                                  "`/lora delete` first.")
 
     async def run(self, key: int, guild_id: int, user_id: int, name: str, file: Upload | None,
                   url: str | None) -> tuple[Lora, lib.ImportResult]:
@@ -62,18 +125,22 @@ class LoraImporter:
         incoming = settings.data_dir / "loras" / "incoming" / f"{key}.safetensors"
         folder = settings.data_dir / "loras" / secrets.token_hex(8)
         try:
+            room = await self.room_left(guild_id, user_id)  # the quota: a link's download stops there
             if file is not None:
                 await save_attachment(file.url, incoming, max_bytes)
                 origin = file.filename
             elif url is not None:
-                await download_zip(url, incoming, max_bytes=max_bytes, timeout=settings.lora_download_timeout)
-                origin = url
+                await download_zip(url, incoming, max_bytes=min(max_bytes, room), timeout=settings.lora_download_timeout)
+                origin = public_origin(url)
             else:  # check() refused this before deferring
                 raise UserFacingError("Attach a .safetensors LoRA as `file`, or give an https `url` to one (not both).")
             layers = await asyncio.to_thread(lambda: lib.expected_layers(lib.transformer_config(settings.zimage_model,
                                                                                                 settings.data_dir)))
             result = await asyncio.to_thread(lib.convert, incoming, folder / LORA_FILE, layers, max_bytes=max_bytes,
                                              max_header=settings.lora_max_header_bytes, max_rank=settings.lora.max_rank)
+            if result.size > room:  # converted (lower ranks padded) it may be larger than the upload
+                raise UserFacingError(f"Converted, the LoRA takes {result.size / (1 << 20):.1f} MiB: more than the "
+                                      f"{room / (1 << 20):.1f} MiB left of your import quota in this server.")
             lora = await self.library.create(guild_id=guild_id, owner_id=user_id, name=name, rank=result.rank,
                                              path=str(folder / LORA_FILE), source=result.format,
                                              origin=origin[:500])
@@ -88,3 +155,14 @@ class LoraImporter:
             await asyncio.to_thread(incoming.unlink, True)
             if not done:
                 await asyncio.to_thread(shutil.rmtree, folder, True)
+
+
+def _total_size(paths: list[str | None]) -> int:
+    """Blocking: the bytes of the files that exist."""
+    total = 0
+    for path in paths:
+        try:
+            total += Path(path).stat().st_size if path else 0
+        except OSError:
+            continue
+    return total

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from discord import app_commands
 from sqlalchemy.exc import IntegrityError
+from yarl import URL
 
 from .. import lora_import as lib
 from ..db.loras import LoraStore
@@ -22,7 +23,7 @@ from ..db.models import Lora
 from ..errors import UserFacingError
 from ..files_server import LinkSigner
 from ..settings import Settings
-from .files import export_files, read_details, remove_files
+from .files import export_files, read_details, remove_files, revoke_links
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{1,31}$")
 NAME_RULES = "Names are 2-32 characters: lowercase letters, digits, `-` and `_`, e.g. `ada-lovelace`."
@@ -40,6 +41,20 @@ def check_name(name: str) -> None:
 def label(lora: Lora) -> str:
     """Where a LoRA comes from, in a few words: its training step, or the format it was imported from."""
     return f"step {lora.steps}" if lora.source is None else f"imported ({lora.source})"
+
+
+def public_origin(origin: str | None) -> str:
+    """Where an import came from, fit to show: a link without its user, password, query or fragment (which may carry
+    access tokens), a file name as it was."""
+    if not origin:
+        return "?"
+    try:
+        url = URL(origin)
+    except ValueError:
+        return "a link"
+    if not url.is_absolute():
+        return origin
+    return str(url.with_user(None).with_password(None).with_query(None).with_fragment(None))
 
 
 def missing(name: str) -> UserFacingError:
@@ -66,10 +81,17 @@ class LoraLibrary:
 
     # -- names and lookups -------------------------------------------------------------------------------------
 
-    async def check_new_name(self, guild_id: int, name: str) -> None:
+    async def check_new_name(self, guild_id: int, name: str, user_id: int) -> None:
         check_name(name)
-        if await self.loras.by_name(guild_id, name):
-            raise UserFacingError(f"A LoRA named `{name}` already exists in this server; pick another name.")
+        if (taken := await self.loras.by_name(guild_id, name)) is not None:
+            raise self._taken(taken, user_id)
+
+    @staticmethod
+    def _taken(lora: Lora, user_id: int) -> UserFacingError:
+        """A name in use: said plainly when the member may see that LoRA, generically when it is someone's private one."""
+        if lora.owner_id == user_id or lora.shared:
+            return UserFacingError(f"A LoRA named `{lora.name}` already exists in this server; pick another name.")
+        return UserFacingError(f"The name `{lora.name}` is not available in this server; pick another name.")
 
     async def create(self, *, guild_id: int, owner_id: int, name: str, rank: int, path: str | None = None,
                      source: str | None = None, origin: str | None = None) -> Lora:
@@ -116,17 +138,21 @@ class LoraLibrary:
         return lora
 
     async def unshare(self, user_id: int, guild_id: int, name: str) -> tuple[Lora, int]:
-        """Returns the LoRA and how many other members stopped using it."""
+        """Returns the LoRA and how many other members stopped using it. Every file link made so far dies."""
         lora = await self.owned(user_id, guild_id, name)
-        return lora, await self.loras.set_shared(lora.id, False)
+        dropped = await self.loras.set_shared(lora.id, False)
+        await self.revoke_links(lora)
+        return lora, dropped
 
     async def rename(self, user_id: int, guild_id: int, name: str, new_name: str) -> tuple[Lora, str]:
         lora, new_name = await self.owned(user_id, guild_id, name), clean_name(new_name)
         check_name(new_name)
+        if (taken := await self.loras.by_name(guild_id, new_name)) is not None and taken.id != lora.id:
+            raise self._taken(taken, user_id)
         try:
             await self.loras.rename(lora.id, new_name)
         except IntegrityError:
-            raise UserFacingError(f"A LoRA named `{new_name}` already exists in this server; pick another name.") from None
+            raise UserFacingError(f"The name `{new_name}` was just taken; pick another name.") from None
         return lora, new_name
 
     async def delete(self, user_id: int, guild_id: int, name: str, *, moderator: bool) -> Lora:
@@ -141,10 +167,14 @@ class LoraLibrary:
         if await self.loras.training_active(lora.id):
             raise UserFacingError(f"`{lora.name}` is still training: cancel its job with `/cancel` first.")
         await self.loras.delete(lora.id)
+        await self.revoke_links(lora)  # at once: its files are removed only after the reply
         return lora
 
     async def remove_files(self, lora: Lora) -> None:
         await asyncio.to_thread(remove_files, lora.path, self.settings.data_dir, lora.id)
+
+    async def revoke_links(self, lora: Lora) -> None:
+        await asyncio.to_thread(revoke_links, lora.path, self.settings.data_dir, lora.id)
 
     async def export(self, lora: Lora) -> list[tuple[Path, str]]:
         """The LoRA in our (diffusers) and the ComfyUI format, each with a signed download link."""
@@ -185,8 +215,7 @@ class LoraLibrary:
 
     async def for_request(self, user_id: int, guild_id: int | None, override: str | None = None) -> list[dict]:
         """The adapters of an /imagine request: the member's stack, or only `override` (a LoRA name, at the default
-        scale), as worker params. The name carries the step and a digest of the path, so every file version (a newer
-        checkpoint, a re-import reusing an id) is a new adapter to the worker's cache, not a stale hit."""
+        scale), as worker params (see `adapter`)."""
         if override is None:
             picked = await self.loras.selection(user_id, guild_id)
         else:
@@ -195,6 +224,50 @@ class LoraLibrary:
             if not picked:
                 raise UserFacingError(f"You have no LoRA `{override}` here (yours, or one shared in this server).")
         check_stack(picked, self.settings)
-        return [{"name": f"lora{lora.id}-s{lora.steps}-{hashlib.sha1(lora.path.encode()).hexdigest()[:8]}",
-                 "path": lora.path, "scale": scale, "label": lora.name} for lora, scale in picked
-                if lora.path is not None]  # always: selection and usable_by leave out LoRAs without a file
+        # always: selection and usable_by leave out LoRAs without a file
+        return [adapter(lora, scale) for lora, scale in picked if lora.path is not None]
+
+    async def for_rerun(self, user_id: int, guild_id: int | None, adapters: list[dict]) -> list[dict]:
+        """The adapters of a job made from a result's button (Reroll, Variations): those of the earlier job, each
+        looked up again by LoRA id with the clicker's rights and its current file. A path stored in the earlier job is
+        never reused: the LoRA may have been unshared, deleted or replaced since, and the clicker may not be its owner.
+        Raises UserFacingError (before anything is queued) when one of them may not be used."""
+        picked = []
+        for old in adapters:
+            lora_id = adapter_id(old)
+            lora = await self.loras.get(lora_id) if lora_id is not None else None
+            if lora is None or not may_use(lora, user_id, guild_id):
+                name = str(old.get("label") or "?")[:32].replace("`", "")
+                raise UserFacingError(f"This image was made with the LoRA `{name}`, which you may not use: it is private "
+                                      "to its owner, of another server, or no longer exists. Make a new image with "
+                                      "`/imagine` instead.")
+            scale = old.get("scale")
+            scale = float(scale) if isinstance(scale, int | float) and 0 <= scale <= 2 else self.settings.lora_default_scale
+            picked.append((lora, scale))
+        check_stack(picked, self.settings)
+        return [adapter(lora, scale) for lora, scale in picked]
+
+
+_ADAPTER_NAME = re.compile(r"^lora([0-9]{1,18})-s[0-9]+-[0-9a-f]{8}$")
+
+
+def adapter(lora: Lora, scale: float) -> dict:
+    """A LoRA as a job's worker params. The name carries the step and a digest of the path, so every file version is a
+    new adapter to the worker's cache; `id` lets a later button find the LoRA again (LoraLibrary.for_rerun)."""
+    assert lora.path is not None  # only LoRAs with a file are usable
+    return {"name": f"lora{lora.id}-s{lora.steps}-{hashlib.sha1(lora.path.encode()).hexdigest()[:8]}",
+            "path": lora.path, "scale": scale, "label": lora.name, "id": lora.id}
+
+
+def adapter_id(params: dict) -> int | None:
+    """The LoRA id of an adapter in a job's params (`id`, or read from the name in jobs made before it was stored)."""
+    if isinstance(params.get("id"), int) and not isinstance(params.get("id"), bool):
+        return params["id"]
+    match = _ADAPTER_NAME.match(str(params.get("name", "")))
+    return int(match[1]) if match else None
+
+
+def may_use(lora: Lora, user_id: int, guild_id: int | None) -> bool:
+    """The privacy rule (see LoraStore.usable_by) for one LoRA: in this server, with a file, and own or shared."""
+    return (guild_id is not None and lora.guild_id == guild_id and lora.path is not None
+            and (lora.owner_id == user_id or lora.shared))

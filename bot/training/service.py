@@ -70,7 +70,7 @@ class TrainService:
             raise UserFacingError("Attach a zip of photos as `photos`, or give an https `url` to one (not both).")
         if photos is not None and not photos.filename.lower().endswith(".zip"):
             raise UserFacingError(f"`{photos.filename}` is not a .zip file.")
-        await self.library.check_new_name(interaction.guild_id, name)
+        await self.library.check_new_name(interaction.guild_id, name, interaction.user.id)
         await self.rules.check_not_banned(interaction.guild_id, interaction.user.id)
         guild = await self.moderation.settings(interaction.guild_id)
         if guild.trainings_per_day:

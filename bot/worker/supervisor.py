@@ -14,6 +14,7 @@ log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 60.0
 HEALTHY_AFTER = 60.0  # a worker that lived this long resets the back-off
+WORKER_SECRETS = ("DISCORD_TOKEN", "DATABASE_URL")  # left out of the worker's environment
 
 
 class WorkerSupervisor:
@@ -34,7 +35,8 @@ class WorkerSupervisor:
     async def _spawn(self) -> asyncio.subprocess.Process:
         command = [sys.executable, "-m", "gpu", "--model", self.settings.zimage_model,
                    "--data-dir", str(self.settings.data_dir), "--socket", str(self.settings.socket_path), "--exit-with-parent"]
-        env = {**os.environ, "LOG_LEVEL": self.settings.log_level}
+        # The worker needs neither the bot's Discord token nor its database: secrets it does not hold cannot leak.
+        env = {**{k: v for k, v in os.environ.items() if k not in WORKER_SECRETS}, "LOG_LEVEL": self.settings.log_level}
         # The worker's logs go to our stdout/stderr: one place to read for an operator.
         return await asyncio.create_subprocess_exec(*command, env=env, start_new_session=True)
 

@@ -85,14 +85,16 @@ class TrainingSession:
         """Closing freed the training's CUDA graphs and with them every compiled graph (gpu/training/graphs.py)."""
         return self.trainer.needs_warm_up
 
-    # Around a generation on the GPU thread. A generation queued behind close() finds the trainer closed:
-    # the base model is already clean then.
+    # Around a generation on the GPU thread. A generation queued behind close() finds the trainer closed, and one
+    # that runs before prepare() (the scheduler registers the session first) finds it not prepared: either way the
+    # base model is clean, and there is nothing to set aside. (prepare() and close() run on the GPU thread too, so
+    # neither state changes during a generation.)
     def suspend(self) -> None:
-        if not self.trainer.closed:
+        if self.trainer.prepared and not self.trainer.closed:
             self.trainer.suspend()
 
     def resume(self) -> None:
-        if not self.trainer.closed:
+        if self.trainer.prepared and not self.trainer.closed:
             self.trainer.resume()
 
 

@@ -153,6 +153,10 @@ class LoraTrainer:
         return self._closed
 
     @property
+    def prepared(self) -> bool:
+        return self._prepared
+
+    @property
     def has_training_adapter(self) -> bool:
         return self.config.training_adapter is not None
 

@@ -57,6 +57,7 @@ class FakeDiscord(WorldMixin, InteractionsMixin):
         self.global_commands: list = []
         self.guild_commands: dict[int, list] = {}
         self._command_ids: dict = {}
+        self.command_overrides: dict[str, set[int]] = {}  # command name -> user/role ids (allow_command)
         self.command_syncs = 0
         self.requests: list = []
         self.spec_violations: list[str] = []

@@ -91,6 +91,13 @@ class InteractionsMixin:
         return await self._send_interaction(MODAL_SUBMIT, data, user or self.users[ix.user_id],
                                             ix.channel_id, msg, triggered_by=ix)
 
+    def allow_command(self, name: str, *, role: int | None = None, user: dict | None = None) -> None:
+        """A server admin lets ``role`` (the guild id: @everyone) or ``user`` use a command whose
+        ``default_member_permissions`` hide it from them (Server Settings → Integrations: Discord's
+        application command permission overrides; the bot is not told)."""
+        target = int(user["id"]) if user is not None else int(role if role is not None else self.guild_id)
+        self.command_overrides.setdefault(name, set()).add(target)
+
     # -- helpers ----------------------------------------------------------------
     def find_command(self, name: str) -> dict:
         """A registered command (guild commands first, then global) by top-level name."""
@@ -102,11 +109,14 @@ class InteractionsMixin:
 
     def _check_can_use(self, path: str, user: dict | None, channel_id: int | None) -> None:
         """What Discord's client enforces before a user can even send the command:
-        ``default_member_permissions`` and age-restricted (``nsfw``) commands."""
+        ``default_member_permissions`` (unless ``allow_command`` overrode them) and age-restricted
+        (``nsfw``) commands."""
         cmd = self.find_command(path.split()[0])
         uid = int((user or self.alice)["id"])
         needed = cmd.get("default_member_permissions")
-        if needed is not None and (int(needed) & self.permissions(uid)) != int(needed):
+        allowed = self.command_overrides.get(cmd["name"], set())
+        overridden = bool(allowed & {uid, self.guild_id, *(int(r) for r in self.members.get(uid, {}).get("roles", []))})
+        if needed is not None and (int(needed) & self.permissions(uid)) != int(needed) and not overridden:
             raise PermissionError(f"/{path} needs permissions {needed}; user {uid} has {self.permissions(uid)}, "
                                   f"so Discord does not offer the command to them")
         channel = self.channels[int(channel_id or self.channel_id)]

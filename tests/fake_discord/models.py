@@ -245,6 +245,7 @@ class Interaction:
     original: Message | None = None
     followups: list = field(default_factory=list)  # Message records
     created_at: float = field(default_factory=time.monotonic)
+    answered_at: float | None = None  # time.monotonic() of the first callback, late or not
     expired: bool = False
     component_message_id: int | None = None
     triggered_by: Interaction | None = field(default=None, repr=False)  # modal submit: the opener

@@ -66,6 +66,8 @@ async def interaction_callback(fake: FakeDiscord, req: Req):
     _check_expiry(fake, ix)
     body = req.json
     cb_type = body.get("type")
+    if ix.answered_at is None:
+        ix.answered_at = time.monotonic()
     if ix.callbacks:
         fake.record_violation(f"interaction {ix.id} ({ix.name}) acknowledged twice (callback type {cb_type})")
         raise DiscordError(400, 40060, "Interaction has already been acknowledged.")
