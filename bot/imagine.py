@@ -12,6 +12,7 @@ import random
 
 import discord
 
+from .db.admission import AdmissionRefused, NewJob, admit
 from .db.jobs import JobStore
 from .db.models import Job
 from .db.moderation import ModerationStore
@@ -75,16 +76,22 @@ class ImagineService:
         return prompt
 
     async def submit(self, interaction: discord.Interaction, params: dict) -> None:
-        """Checks, then defer, queue and show the position. Raises UserFacingError before deferring."""
-        user_id = interaction.user.id
+        """Checks, the job admitted into the queue (its caps checked inside the INSERT: bot/db/admission.py), then
+        defer and show the position. Raises UserFacingError before deferring, so a refusal stays private."""
         params["prompt"] = await self.clean_prompt(params["prompt"])
         guild = await self.rules.check(interaction, params)
-        await self.limits.check_queue(user_id, guild)
-        await self.limits.take_request(user_id, guild)
+        caps = self.limits.caps(guild)
+        new = NewJob(user_id=interaction.user.id, guild_id=interaction.guild_id, channel_id=channel_id_of(interaction),
+                     params=params, interaction_id=interaction.id, interaction_token=interaction.token)
+        try:
+            async with self.store.session() as session, session.begin():
+                job_id = await admit(session, new, caps)
+        except AdmissionRefused as refused:
+            raise self.limits.refusal(refused, caps) from None
         await interaction.response.defer(thinking=True)
-        job = await self.store.enqueue(
-            user_id=user_id, guild_id=interaction.guild_id, channel_id=channel_id_of(interaction),
-            params=params, interaction_id=interaction.id, interaction_token=interaction.token)
+        job = await self.store.get(job_id)
+        if job is None:  # rows are never deleted; this only narrows the type
+            return
         position = await self.store.position(job)
         try:
             message = await interaction.edit_original_response(

@@ -1,14 +1,19 @@
-"""Per-user limits: jobs waiting in the queue, and requests per period (asyncio-throttle).
+"""Per-user limits: jobs waiting in the queue, and requests per period.
 
-A guild's moderators may override both with /mod limits; otherwise the settings apply.
+A guild's moderators may override both with /mod limits; otherwise the settings apply. For a job the
+database decides (``caps`` → bot/db/admission.py: checked inside the job's INSERT, exact under any
+concurrency and across processes); requests that queue no job (/lora import, /train's intake) take
+an in-memory allowance (asyncio-throttle, ``take_request``).
 """
 
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 
 from asyncio_throttle import Throttler
 
+from .db.admission import AdmissionRefused, Caps
 from .db.jobs import JobStore
 from .db.models import GuildSettings
 from .errors import UserFacingError
@@ -29,13 +34,32 @@ class UserLimits:
             return guild.requests_per_minute, 60.0
         return self.settings.rate_limit_count, self.settings.rate_limit_period
 
+    def caps(self, guild: GuildSettings | None = None) -> Caps:
+        count, period = self._rate(guild)
+        return Caps(max_active=self._max_queued(guild), rate_count=count, rate_period=timedelta(seconds=period))
+
+    def refusal(self, refused: AdmissionRefused, caps: Caps) -> UserFacingError:
+        """What a member reads when the database did not admit their job."""
+        if refused.reason == "queue_full":
+            return self._queue_full(refused.count, caps.max_active)
+        if refused.reason == "rate_limited":
+            return self._slow_down(caps.rate_count, caps.rate_period.total_seconds())
+        return UserFacingError("You are banned from using this bot here.")
+
     async def check_queue(self, user_id: int, guild: GuildSettings | None = None) -> None:
         active = await self.store.count_active_of(user_id)
         limit = self._max_queued(guild)
         if active >= limit:
-            raise UserFacingError(
-                f"You already have {active} jobs in the queue (the limit is {limit}). "
-                "Wait for one to finish, or cancel one with `/cancel`.")
+            raise self._queue_full(active, limit)
+
+    @staticmethod
+    def _queue_full(active: int, limit: int) -> UserFacingError:
+        return UserFacingError(f"You already have {active} jobs in the queue (the limit is {limit}). "
+                               "Wait for one to finish, or cancel one with `/cancel`.")
+
+    @staticmethod
+    def _slow_down(count: int, period: float) -> UserFacingError:
+        return UserFacingError(f"Slow down: at most {count} requests every {period:g} seconds.")
 
     async def take_request(self, user_id: int, guild: GuildSettings | None = None) -> None:
         """Use up one request of the user's allowance, or refuse without waiting."""
@@ -47,4 +71,4 @@ class UserLimits:
         try:
             await asyncio.wait_for(throttler.acquire(), timeout=0.05)
         except TimeoutError:
-            raise UserFacingError(f"Slow down: at most {count} requests every {period:g} seconds.") from None
+            raise self._slow_down(count, period) from None

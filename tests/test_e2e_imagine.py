@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from bot_process import BotProcess
@@ -153,5 +155,26 @@ async def test_rate_limit_refuses_politely(fake, data_dir):
         third = await fake.slash_command("imagine", {"prompt": "p", "steps": 1}, user=fake.bob)
         answer = await third.wait_response(timeout=3)
         assert answer["data"]["flags"] & 64 and "Slow down" in answer["data"]["content"]
+    finally:
+        await bot.stop()
+
+
+async def test_five_at_once_with_a_cap_of_three_queue_exactly_three(fake, data_dir):
+    """The cap holds under a burst: the check is part of the job's INSERT (bot/db/admission.py), not a read before it."""
+    bot = BotProcess(fake, data_dir, RATE_LIMIT_COUNT="100", MAX_QUEUED_PER_USER="3")
+    await bot.start()
+    try:
+        burst = await asyncio.gather(*(fake.slash_command("imagine", {"prompt": f"burst {i}", "steps": 1}, user=fake.bob)
+                                       for i in range(5)))
+        answers = await asyncio.gather(*(ix.wait_response(timeout=30) for ix in burst))
+        refused = [a for a in answers if a["type"] == 4]
+        assert len(refused) == 2, answers
+        assert all(a["data"]["flags"] & 64 and "the limit is 3" in a["data"]["content"] for a in refused)
+        queued = [ix for ix, a in zip(burst, answers, strict=True) if a["type"] == 5]
+        jobs = [await queued_job(ix) for ix in queued]
+        assert len(set(jobs)) == 3
+        for job_id in jobs:
+            await wait_result(fake, job_id, timeout=120)
+        assert fake.spec_violations == []
     finally:
         await bot.stop()
