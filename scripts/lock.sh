@@ -18,7 +18,7 @@ pip=("$scratch/venv/bin/python" -m pip)
   cat <<'HEADER'
 # Every package zimage-bot and its tests install, at the exact version (pip constraints, not requirements):
 #   pip install -c requirements.lock -e ".[test]"
-# Refresh with `bash scripts/lock.sh` (README, "Troubleshooting"); tests/test_lock.py checks it against pyproject.toml.
+# Refresh with `bash scripts/lock.sh` (README, "Troubleshooting"); tests/unit/project/test_lock.py checks it against pyproject.toml.
 # torch carries no local label (+cpu, +cu128): the CUDA build of the same version satisfies the pin too.
 # torchao (extra fp8), bitsandbytes (extra cuda) and asyncpg (extra postgres): resolved here, not imported by the CPU tests.
 HEADER

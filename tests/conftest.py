@@ -1,17 +1,15 @@
-"""Shared fixtures: the tiny model is built once per test session and shared read-only."""
+"""Shared fixtures: the tiny model (built once per session, shared read-only), a fake Discord, and the bot.
+
+tests/support is on sys.path through pytest's `pythonpath` setting (pyproject.toml), so its helpers import by name."""
 
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
@@ -36,7 +34,7 @@ def data_dir(tmp_path, tiny_models_dir) -> Path:
 
 @pytest.fixture
 async def fake():
-    """A fresh fake Discord per test (see tests/fake_discord)."""
+    """A fresh fake Discord per test (see tests/support/fake_discord)."""
     from fake_discord import FakeDiscord
 
     fake = FakeDiscord()
@@ -47,7 +45,7 @@ async def fake():
 
 @pytest.fixture
 def ws(tmp_path):
-    """The intake tests' workspace (tests/intake_helpers.py): afterwards, nothing written outside job_dir."""
+    """The intake tests' workspace (tests/support/intake_helpers.py): afterwards, nothing written outside job_dir."""
     upload = tmp_path / "upload"
     upload.mkdir()
     job = tmp_path / "job"
@@ -60,3 +58,31 @@ def ws(tmp_path):
     if job.exists():
         assert not list(job.glob(".intake-*")), "staging folder left behind"
     assert not Path("/abs.png").exists()
+
+
+@pytest.fixture
+async def bot_process(fake, data_dir):
+    """A factory of real bots (`python -m bot` subprocesses) on this test's fake Discord and DATA_DIR:
+    `bot_process(**env)` makes one (start it with `await bot.start()`); all are stopped afterwards and the
+    end of each one's log is printed, so a failing test shows what the bot said."""
+    from bot_process import BotProcess
+
+    made: list[BotProcess] = []
+
+    def make(**env: str) -> BotProcess:
+        process = BotProcess(fake, data_dir, **env)
+        made.append(process)
+        return process
+
+    yield make
+    for process in made:
+        await process.stop()
+        print(process.log()[-4000:])
+
+
+@pytest.fixture
+async def bot(request, bot_process):
+    """The bot most e2e tests need, started and ready; a test module sets its environment with BOT_ENV."""
+    process = bot_process(**getattr(request.module, "BOT_ENV", {}))
+    await process.start()
+    return process

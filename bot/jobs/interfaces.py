@@ -1,7 +1,7 @@
 """The narrow interfaces the runner, its lanes and the queue positions use.
 
 The real ones are bot.db.jobs.JobStore, bot.worker.client.WorkerClient and bot.jobs.delivery.Delivery;
-the unit tests (tests/test_runner_unit.py) run the runner against small in-memory fakes of them.
+the unit tests (tests/unit/bot/test_runner_unit.py) run the runner against small in-memory fakes of them.
 """
 
 from __future__ import annotations

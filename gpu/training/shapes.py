@@ -13,7 +13,7 @@ first of ``CAPTION_LENGTHS`` that holds its caption. Whatever the dataset, a run
 the result: :func:`padded_forward` is the transformer's own forward (batch 1, the pipeline's patch
 size) with the extra tokens masked out of every attention, so the real tokens, their positions
 (RoPE ids), the DiT's own pad-to-32 tokens and the output are what ``transformer([latent], t, [embeds])``
-computes, up to float rounding (tests/test_train_shapes.py compares the two).
+computes, up to float rounding (tests/unit/gpu/test_train_shapes.py compares the two).
 
 Only for compiled blocks (shapes cost nothing in eager mode, and padding costs a little compute)
 and attention backends that take a boolean mask (``MASKED_BACKENDS``; with another backend training

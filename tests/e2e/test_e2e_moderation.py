@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from bot_process import BotProcess
 from e2e_helpers import pngs, queued_job, wait_result
 
 pytestmark = pytest.mark.e2e
@@ -12,13 +11,7 @@ pytestmark = pytest.mark.e2e
 QUICK = {"prompt": "a quick sketch", "steps": 1}
 
 
-@pytest.fixture
-async def bot(fake, data_dir):
-    process = BotProcess(fake, data_dir, RATE_LIMIT_COUNT="50")
-    await process.start()
-    yield process
-    await process.stop()
-    print(process.log()[-3000:])
+BOT_ENV = {"RATE_LIMIT_COUNT": "50"}
 
 
 async def mod(fake, name, options=None, user=None) -> dict:
@@ -153,14 +146,14 @@ async def test_blocklist_age_restriction_and_spoilers(fake, bot):
     assert "empty" in (await mod(fake, "blocklist list"))["content"]
 
 
-async def test_limits_and_bans_survive_a_restart_and_audit_lists_actions(fake, data_dir):
-    bot = BotProcess(fake, data_dir)
+async def test_limits_and_bans_survive_a_restart_and_audit_lists_actions(fake, data_dir, bot_process):
+    bot = bot_process()
     await bot.start()
     await mod(fake, "limits", {"max_count": 2, "max_steps": 4, "per_minute": 30})
     await mod(fake, "ban", {"user": fake.bob, "reason": "testing"})
     await mod(fake, "approve-training on")
     await bot.stop()
-    restarted = BotProcess(fake, data_dir)
+    restarted = bot_process()
     await restarted.start()
     try:
         limits = (await mod(fake, "limits"))["content"]

@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+from paths import ROOT
 
 from bot.settings import SettingsError, load_settings
 
@@ -79,7 +80,7 @@ def test_bot_exits_with_one_line_on_bad_settings(tmp_path):
     import sys
 
     result = subprocess.run([sys.executable, "-m", "bot"], cwd=tmp_path, capture_output=True, text=True, timeout=60,
-                            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+                            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)})
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "configuration error: DISCORD_TOKEN is not set: put your bot token in the environment or in .env"]

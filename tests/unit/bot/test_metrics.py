@@ -9,6 +9,7 @@ from datetime import timedelta
 import aiohttp
 import pytest
 from aiohttp import web
+from paths import ROOT
 from prometheus_client.parser import text_string_to_metric_families
 
 from bot import metrics
@@ -381,9 +382,8 @@ def test_gpu_stats_are_none_off_cuda_and_read_from_torch_on_it(monkeypatch):
 def test_the_dashboard_and_the_readme_name_only_series_that_exist():
     import json
     import re
-    from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    root = ROOT
     metrics.publish(metrics.Snapshot(jobs={}, worker_restarts=0, gpu_memory_used=1, gpu_memory_total=1,
                                      gpu_utilization=0.1, gateway_latency=0.1))
     families_now = {family.name for family in metrics.REGISTRY.collect()}

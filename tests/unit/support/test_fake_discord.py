@@ -18,7 +18,7 @@ from discord import app_commands
 from discord.ext import commands
 from PIL import Image
 
-from tests.fake_discord import FakeDiscord, get_validator
+from fake_discord import FakeDiscord, get_validator
 
 
 def png(color: str = "red", size: tuple = (8, 4)) -> bytes:

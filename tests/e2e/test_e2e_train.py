@@ -11,7 +11,6 @@ import zipfile
 import pytest
 from PIL import Image
 
-from bot_process import BotProcess
 from e2e_helpers import pixels, pngs, queued_job, wait_result
 from fake_discord import FakeDiscord
 
@@ -39,13 +38,7 @@ def photo_zip(count: int = 12, junk: bool = True) -> bytes:
     return buffer.getvalue()
 
 
-@pytest.fixture
-async def bot(fake, data_dir):
-    process = BotProcess(fake, data_dir, **TRAIN_ENV)
-    await process.start()
-    yield process
-    await process.stop()
-    print(process.log()[-5000:])
+BOT_ENV = TRAIN_ENV
 
 
 def checkpoint_messages(fake, name):
@@ -206,13 +199,13 @@ async def test_once_the_token_is_gone_the_file_goes_by_dm_and_once_shared_to_the
     assert not any(m.ephemeral for m in ix.followups) and fake.spec_violations == []
 
 
-async def test_lora_too_big_for_discord_gets_a_signed_expiring_link(data_dir):
+async def test_lora_too_big_for_discord_gets_a_signed_expiring_link(data_dir, bot_process):
     import aiohttp
     from safetensors import safe_open
 
     fake = FakeDiscord(attachment_size_limit=200_000)
     await fake.start()
-    bot = BotProcess(fake, data_dir, **{**TRAIN_ENV, "TRAIN_RANK": "64"})
+    bot = bot_process(**{**TRAIN_ENV, "TRAIN_RANK": "64"})
     await bot.start()
     try:
         ix = await fake.slash_command("train", {"name": "big", "steps": 5}, user=fake.alice,

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from bot_process import BotProcess
 from e2e_helpers import queued_job, wait_result
 
 pytestmark = pytest.mark.e2e
@@ -26,9 +25,9 @@ def readable_by_others(root: Path) -> list[str]:
     return found
 
 
-async def test_data_dir_and_everything_written_in_it_are_owner_only(fake, data_dir):
+async def test_data_dir_and_everything_written_in_it_are_owner_only(fake, data_dir, bot_process):
     data_dir.chmod(0o755)  # as a DATA_DIR made by hand, or by an older version, would be
-    bot = BotProcess(fake, data_dir)
+    bot = bot_process()
     await bot.start()
     try:
         ix = await fake.slash_command("imagine", {"prompt": "a private fox", "seed": 1, "steps": 1}, user=fake.alice)

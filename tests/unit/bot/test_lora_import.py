@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_helpers import tiny_image
 
 from bot import lora_import
 from bot.lora_import import REAL_CONFIG, LoraImportError, SafeTensors, expected_layers, transformer_config
 from bot.settings import Settings
 from gpu.lora.peft import AdapterManager
-from tests.tiny_helpers import tiny_image
 
 HEADER = Settings.lora_max_header_bytes
 LIMITS = {"max_bytes": Settings.lora_max_bytes, "max_header": HEADER, "max_rank": Settings.lora.max_rank}

@@ -1,4 +1,4 @@
-"""`python tests/bench_e2e.py` keeps working: a small burst on the tiny model, every field present and sane.
+"""`python tests/support/bench_e2e.py` keeps working: a small burst on the tiny model, every field present and sane.
 
 No speed is asserted (CI machines are shared); the counts must add up: every interaction is either
 accepted or refused, every accepted job is delivered exactly once, latencies are positive.
@@ -9,11 +9,10 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 NUMBER = r"-?\d+(?:\.\d+)?"
 MEMBERS, PER_MEMBER, CAP = 3, 2, 1
 
@@ -25,7 +24,7 @@ def test_e2e_bench_reports_every_field(tmp_path):
     env.update(HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="", PYTHONUNBUFFERED="1")
     out = tmp_path / "e2e.json"
     completed = subprocess.run(
-        [sys.executable, "tests/bench_e2e.py", "--members", str(MEMBERS), "--per-member", str(PER_MEMBER),
+        [sys.executable, "tests/support/bench_e2e.py", "--members", str(MEMBERS), "--per-member", str(PER_MEMBER),
          "--max-queued", str(CAP), "--steps", "2", "--single", "1", "--warmup", "1", "--json", str(out),
          "--work-dir", str(tmp_path / "work")],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=240,

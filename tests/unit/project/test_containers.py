@@ -17,10 +17,8 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
-
-from tests.test_lock import read_lock
-
-ROOT = Path(__file__).resolve().parents[1]
+from paths import ROOT
+from test_lock import read_lock
 
 
 def compose() -> dict:

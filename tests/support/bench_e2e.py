@@ -1,12 +1,11 @@
 """End-to-end benchmark (issue #12, "Keep the GPU busy"): the real bot, the tests' fake Discord, the real worker.
 
-Run from the repository root (the script puts the root and tests/ on sys.path itself, as
-tests/conftest.py does, so no PYTHONPATH is needed)::
+Run from the repository root (the script puts the root on sys.path itself, so no PYTHONPATH is needed)::
 
-    python tests/bench_e2e.py                                    # tiny model, 20 members x 5 /imagine
-    python tests/bench_e2e.py --members 4 --per-member 3 --steps 2 --json e2e.json   # a quick CPU run
-    python tests/bench_e2e.py --model /models/zimage --json e2e.json                 # a saved pipeline (GPU)
-    python tests/bench_e2e.py --model /tmp/zimage-random --build-model               # full-size random weights
+    python tests/support/bench_e2e.py                                    # tiny model, 20 members x 5 /imagine
+    python tests/support/bench_e2e.py --members 4 --per-member 3 --steps 2 --json e2e.json   # a quick CPU run
+    python tests/support/bench_e2e.py --model /models/zimage --json e2e.json                 # a saved pipeline (GPU)
+    python tests/support/bench_e2e.py --model /tmp/zimage-random --build-model               # full-size random weights
 
 In one run, on one machine, it measures:
 
@@ -14,10 +13,10 @@ In one run, on one machine, it measures:
    here, then the same jobs the burst will have accepted (members x min(per-member, cap), same
    prompts, seeds, size and steps) sent straight to it through ``bot.worker.client.WorkerClient``,
    one after another; the worker is stopped afterwards.
-2. **Through the bot**: ``python -m bot`` (``tests/bot_process.BotProcess``, WORKER_MODE=spawn,
+2. **Through the bot**: ``python -m bot`` (``tests/support/bot_process.py``, WORKER_MODE=spawn,
    RATE_LIMIT_COUNT high so only the per-member cap refuses, PROGRESS_INTERVAL left at its default,
    ZIMAGE_MODEL = the same model, the same DATA_DIR so a compile cache is shared) against
-   ``tests/fake_discord`` with Discord-like rate-limit buckets on; a burst of members x per-member
+   ``tests/support/fake_discord`` with Discord-like rate-limit buckets on; a burst of members x per-member
    ``/imagine`` interactions sent concurrently.
 
 Before either, one warm-up image (``--warmup``) and ``--single`` lone images: a single /imagine,
@@ -59,10 +58,12 @@ import time
 from collections import Counter
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-for _path in (ROOT / "tests", ROOT):  # as tests/conftest.py: the repository root and tests/
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
+from paths import ROOT
+
+# Run as a script: its own folder (tests/support, the helpers) is already first on sys.path; the repository
+# root is added so the bot's and the worker's packages import without an installed copy (the GPU machine).
+if str(ROOT) not in sys.path:
+    sys.path.insert(1, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bot.settings import Settings  # noqa: E402
@@ -483,7 +484,7 @@ async def run(args) -> dict:
     data_dir = work_dir / "data"
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     results: dict = {"config": {
-        "command": "python tests/bench_e2e.py " + " ".join(sys.argv[1:]), "model": args.model,
+        "command": "python tests/support/bench_e2e.py " + " ".join(sys.argv[1:]), "model": args.model,
         "aspect": args.aspect, "width": args.width, "height": args.height, "steps": args.steps,
         "members": args.members, "per_member": args.per_member, "interactions": args.members * args.per_member,
         "max_queued_per_user": args.cap, "rate_limit_count": args.rate_limit_count,
@@ -609,7 +610,7 @@ def render(results: dict) -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python tests/bench_e2e.py", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python tests/support/bench_e2e.py", description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="tiny", help="'tiny' (default; built in DATA_DIR/models) or a pipeline folder")
     parser.add_argument("--build-model", action="store_true",
                         help="first save full-size random weights to --model's folder (gpu.bench's save phase, CUDA) "

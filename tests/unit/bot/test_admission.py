@@ -8,10 +8,10 @@ import json
 import subprocess
 import sys
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from databases import BACKENDS, migrated_database
+from paths import ROOT
 from sqlalchemy import func, select
 
 from bot.db.admission import AdmissionRefused, Caps, NewJob, admit
@@ -101,7 +101,7 @@ asyncio.run(main(sys.argv[1]))
 
 
 async def test_two_processes_on_one_database_still_admit_exactly_three(store):
-    root = Path(__file__).resolve().parents[1]
+    root = ROOT
     children = [await asyncio.create_subprocess_exec(sys.executable, "-c", CHILD, str(store.engine.url.render_as_string(
         hide_password=False)), stdout=subprocess.PIPE, cwd=root, env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"})
         for _ in range(2)]

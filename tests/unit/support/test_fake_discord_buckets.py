@@ -1,4 +1,4 @@
-"""Tests of the fake Discord's rate-limit buckets (tests/fake_discord/ratelimits.py).
+"""Tests of the fake Discord's rate-limit buckets (tests/support/fake_discord/ratelimits.py).
 
 Why both clients: a plain aiohttp client sees exactly what the fake answers
 (headers, 429 bodies, windows); discord.py's own ``HTTPClient`` and webhook
@@ -17,7 +17,7 @@ import discord
 import pytest
 import pytest_asyncio
 
-from tests.fake_discord import BucketSpec, FakeDiscord, Interaction, RateLimits
+from fake_discord import BucketSpec, FakeDiscord, Interaction, RateLimits
 
 RATE_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset", "X-RateLimit-Reset-After",
                 "X-RateLimit-Bucket")

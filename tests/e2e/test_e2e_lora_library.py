@@ -9,7 +9,6 @@ import aiohttp
 import pytest
 import torch
 
-from bot_process import BotProcess
 from e2e_helpers import pixels, pngs, queued_job, wait_result
 
 pytestmark = pytest.mark.e2e
@@ -51,13 +50,7 @@ def lora_files(tiny_models_dir) -> dict[str, bytes]:
                                         "diffusion_model.layers.0.attention.to_q.lora_B.weight": torch.zeros(32, 4)})}
 
 
-@pytest.fixture
-async def bot(fake, data_dir):
-    process = BotProcess(fake, data_dir, **ENV)
-    await process.start()
-    yield process
-    await process.stop()
-    print(process.log()[-5000:])
+BOT_ENV = ENV
 
 
 async def say(fake, command: str, options: dict | None = None, user=None, **kwargs) -> str:

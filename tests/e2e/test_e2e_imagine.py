@@ -6,19 +6,12 @@ import asyncio
 
 import pytest
 
-from bot_process import BotProcess
 from e2e_helpers import contents, pixels, png_text, pngs, queued_job, wait_result
 
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture
-async def bot(fake, data_dir):
-    process = BotProcess(fake, data_dir, RATE_LIMIT_COUNT="20")
-    await process.start()
-    yield process
-    await process.stop()
-    print(process.log()[-4000:])
+BOT_ENV = {"RATE_LIMIT_COUNT": "20"}
 
 
 def command(fake, name):
@@ -146,8 +139,8 @@ async def test_queue_limit_queue_listing_and_cancel(fake, bot):
     assert fake.spec_violations == []
 
 
-async def test_rate_limit_refuses_politely(fake, data_dir):
-    bot = BotProcess(fake, data_dir, RATE_LIMIT_COUNT="2", RATE_LIMIT_PERIOD="3600", MAX_QUEUED_PER_USER="10")
+async def test_rate_limit_refuses_politely(fake, data_dir, bot_process):
+    bot = bot_process(RATE_LIMIT_COUNT="2", RATE_LIMIT_PERIOD="3600", MAX_QUEUED_PER_USER="10")
     await bot.start()
     try:
         for _ in range(2):
@@ -159,9 +152,9 @@ async def test_rate_limit_refuses_politely(fake, data_dir):
         await bot.stop()
 
 
-async def test_five_at_once_with_a_cap_of_three_queue_exactly_three(fake, data_dir):
+async def test_five_at_once_with_a_cap_of_three_queue_exactly_three(fake, data_dir, bot_process):
     """The cap holds under a burst: the check is part of the job's INSERT (bot/db/admission.py), not a read before it."""
-    bot = BotProcess(fake, data_dir, RATE_LIMIT_COUNT="100", MAX_QUEUED_PER_USER="3")
+    bot = bot_process(RATE_LIMIT_COUNT="100", MAX_QUEUED_PER_USER="3")
     await bot.start()
     try:
         burst = await asyncio.gather(*(fake.slash_command("imagine", {"prompt": f"burst {i}", "steps": 1}, user=fake.bob)

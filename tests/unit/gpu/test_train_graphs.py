@@ -15,13 +15,13 @@ import random
 import numpy as np
 import pytest
 import torch
+from tiny_helpers import tiny_image
 
 from gpu import accel
 from gpu.training.config import TrainConfig
 from gpu.training.graphs import MAX_SHAPES, TrainingGraphs, distinct_shapes, graphs_unsuitable
 from gpu.training.shapes import step_shapes, unpadded_shapes
 from gpu.training.trainer import LoraTrainer
-from tests.tiny_helpers import tiny_image
 
 TRAINING_OPTIONS = {"fullgraph": True, "backend": "aot_eager"}
 

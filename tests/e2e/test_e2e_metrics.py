@@ -18,14 +18,8 @@ pytestmark = pytest.mark.e2e
 SLOW = {"prompt": "a slow castle", "steps": 16, "count": 2}
 
 
-@pytest.fixture
-async def bot(fake, data_dir):
-    # JOB_MAX_ATTEMPTS=1: a worker killed mid-job fails it at once (cause worker_crashed), no retry.
-    process = BotProcess(fake, data_dir, RATE_LIMIT_COUNT="20", MAX_QUEUED_PER_USER="5", JOB_MAX_ATTEMPTS="1")
-    await process.start()
-    yield process
-    await process.stop()
-    print(process.log()[-4000:])
+# JOB_MAX_ATTEMPTS=1: a worker killed mid-job fails it at once (cause worker_crashed), no retry.
+BOT_ENV = {"RATE_LIMIT_COUNT": "20", "MAX_QUEUED_PER_USER": "5", "JOB_MAX_ATTEMPTS": "1"}
 
 
 class Scraper:

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import tomllib
 from importlib import metadata
-from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
-
-ROOT = Path(__file__).resolve().parents[1]
+from paths import ROOT
 
 
 def read_lock() -> dict[str, Version]:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from databases import BACKENDS, migrated_database
+from paths import ROOT
 
 from bot import check
 from bot.db.migrate import upgrade_to_head
@@ -20,7 +21,6 @@ from bot.settings import load_settings
 from bot_process import free_port
 from gpu import model_files, profiles
 
-ROOT = Path(__file__).resolve().parents[1]
 GIB = 1 << 30
 TOKEN = base64.b64encode(b"123456789012345678").decode().rstrip("=") + ".GhIjKl.abcdefghijklmnopqrstuvwxyz0123456789_-"
 

@@ -15,12 +15,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from paths import ROOT
 
 from bot.startup_errors import ExitCode
 from bot_process import free_port
 from gpu.startup_errors import WorkerExit, explain_load_error
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 async def run_bot(data_dir: Path, **env: str) -> tuple[int, list[str], str]:

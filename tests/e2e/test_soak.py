@@ -236,9 +236,9 @@ def files_outside(tmp_path: Path, data_dir: Path) -> list[str]:
     return outside
 
 
-async def test_soak(fake, data_dir, tmp_path, lora_files):
+async def test_soak(fake, data_dir, tmp_path, lora_files, bot_process):
     Path("/tmp/zimage-soak-pwned").unlink(missing_ok=True)
-    bot = BotProcess(fake, data_dir, **ENV)
+    bot = bot_process(**ENV)
     await bot.start()
     try:
         soak = Soak(fake, bot, lora_files)

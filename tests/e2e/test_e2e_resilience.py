@@ -7,7 +7,6 @@ import signal
 
 import pytest
 
-from bot_process import BotProcess
 from e2e_helpers import pngs, queued_job, result_messages, wait_result
 
 pytestmark = pytest.mark.e2e
@@ -15,23 +14,16 @@ pytestmark = pytest.mark.e2e
 SLOW = {"prompt": "a slow castle", "steps": 16, "count": 2}
 
 
-@pytest.fixture
-async def bot(fake, data_dir):
-    process = BotProcess(fake, data_dir)
-    await process.start()
-    yield process
-    await process.stop()
-    print(process.log()[-4000:])
 
 
-async def test_restart_with_jobs_queued_delivers_each_once(fake, data_dir):
-    bot = BotProcess(fake, data_dir)
+async def test_restart_with_jobs_queued_delivers_each_once(fake, data_dir, bot_process):
+    bot = bot_process()
     await bot.start()
     jobs = []
     for user in (fake.alice, fake.alice, fake.bob):
         jobs.append(await queued_job(await fake.slash_command("imagine", SLOW, user=user)))
     await bot.kill()  # mid-queue, no clean shutdown
-    restarted = BotProcess(fake, data_dir)
+    restarted = bot_process()
     await restarted.start()
     try:
         for job_id in jobs:
@@ -101,14 +93,14 @@ async def test_rate_limited_edits_are_retried(fake, bot):
     assert fake.spec_violations == []
 
 
-async def test_buttons_work_after_a_restart(fake, data_dir):
-    bot = BotProcess(fake, data_dir)
+async def test_buttons_work_after_a_restart(fake, data_dir, bot_process):
+    bot = bot_process()
     await bot.start()
     ix = await fake.slash_command("imagine", {"prompt": "a bridge", "steps": 2}, user=fake.alice)
     job_id = await queued_job(ix)
     [result] = await wait_result(fake, job_id)
     assert await bot.stop() == 0  # a clean shutdown on SIGTERM
-    restarted = BotProcess(fake, data_dir)
+    restarted = bot_process()
     await restarted.start()
     try:
         reroll = await fake.click_button(result, f"zimage:reroll:{job_id}", user=fake.bob)
@@ -121,12 +113,12 @@ async def test_buttons_work_after_a_restart(fake, data_dir):
         await restarted.stop()
 
 
-async def test_global_commands_are_synced_only_when_they_change(fake, data_dir):
-    first = BotProcess(fake, data_dir, DEV_GUILD_ID="")
+async def test_global_commands_are_synced_only_when_they_change(fake, data_dir, bot_process):
+    first = bot_process(DEV_GUILD_ID="")
     await first.start()
     assert fake.command_syncs == 1 and {c["name"] for c in fake.global_commands} >= {"imagine", "queue", "cancel"}
     await first.stop()
-    second = BotProcess(fake, data_dir, DEV_GUILD_ID="")
+    second = bot_process(DEV_GUILD_ID="")
     await second.start(require_commands=False)
     try:
         await second.wait_worker()
