@@ -34,9 +34,12 @@ class UserLimits:
             return guild.requests_per_minute, 60.0
         return self.settings.rate_limit_count, self.settings.rate_limit_period
 
-    def caps(self, guild: GuildSettings | None = None) -> Caps:
+    def caps(self, guild: GuildSettings | None = None, *, trainings: bool = False) -> Caps:
+        """The member's caps for a new job; for a training also the server's trainings per member per day."""
         count, period = self._rate(guild)
-        return Caps(max_active=self._max_queued(guild), rate_count=count, rate_period=timedelta(seconds=period))
+        per_day = guild.trainings_per_day if trainings and guild is not None else None
+        return Caps(max_active=self._max_queued(guild), rate_count=count, rate_period=timedelta(seconds=period),
+                    kind_per_day=per_day or None)
 
     def refusal(self, refused: AdmissionRefused, caps: Caps) -> UserFacingError:
         """What a member reads when the database did not admit their job."""
@@ -44,6 +47,8 @@ class UserLimits:
             return self._queue_full(refused.count, caps.max_active)
         if refused.reason == "rate_limited":
             return self._slow_down(caps.rate_count, caps.rate_period.total_seconds())
+        if refused.reason == "daily_limit":
+            return UserFacingError(f"This server allows {caps.kind_per_day} training(s) per member per day.")
         return UserFacingError("You are banned from using this bot here.")
 
     async def check_queue(self, user_id: int, guild: GuildSettings | None = None) -> None:

@@ -22,7 +22,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from .jobs import INTERACTION_TOKEN_LIFETIME
 from .models import Ban, Job, JobKind, JobStatus, utcnow
 
-RefusalReason = Literal["banned", "queue_full", "rate_limited"]
+RefusalReason = Literal["banned", "queue_full", "rate_limited", "daily_limit"]
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,7 @@ class Caps:
     max_active: int  # jobs waiting, running or being delivered
     rate_count: int  # requests admitted ...
     rate_period: timedelta  # ... within this period
+    kind_per_day: int | None = None  # jobs of the new job's kind per member and guild in 24 hours (/mod limits trainings_per_day)
 
 
 class AdmissionRefused(Exception):
@@ -60,10 +61,11 @@ def _active_of(user_id: int):
             .where(Job.user_id == user_id, Job.status.in_(JobStatus.active())).scalar_subquery())
 
 
-def _recent_of(user_id: int, guild_id: int | None, since: datetime):
+def _recent_of(user_id: int, guild_id: int | None, since: datetime, kind: str | None = None):
     same_guild = Job.guild_id.is_(None) if guild_id is None else Job.guild_id == guild_id
+    same_kind = [Job.kind == kind] if kind is not None else []
     return (select(func.count()).select_from(Job)
-            .where(Job.user_id == user_id, same_guild, Job.created_at >= since).scalar_subquery())
+            .where(Job.user_id == user_id, same_guild, Job.created_at >= since, *same_kind).scalar_subquery())
 
 
 def _banned(user_id: int, guild_id: int | None, now: datetime):
@@ -89,9 +91,13 @@ async def admit(session: AsyncSession, new: NewJob, caps: Caps) -> int:
         "token_expires_at": literal(now + INTERACTION_TOKEN_LIFETIME if new.interaction_token else None, DateTime),
         "params": literal(new.params, JSON), "attempts": literal(0, Integer), "created_at": literal(now, DateTime),
     }
-    admitted = and_(_active_of(new.user_id) < caps.max_active,
-                    _recent_of(new.user_id, new.guild_id, since) < caps.rate_count,
-                    ~_banned(new.user_id, new.guild_id, now))
+    conditions = [_active_of(new.user_id) < caps.max_active,
+                  _recent_of(new.user_id, new.guild_id, since) < caps.rate_count,
+                  ~_banned(new.user_id, new.guild_id, now)]
+    day_ago = now - timedelta(days=1)
+    if caps.kind_per_day:
+        conditions.append(_recent_of(new.user_id, new.guild_id, day_ago, str(new.kind)) < caps.kind_per_day)
+    admitted = and_(*conditions)
     statement = (insert(Job).from_select(list(values), select(*values.values()).where(admitted))
                  .returning(Job.id))
     job_id = (await session.execute(statement)).scalar_one_or_none()
@@ -102,4 +108,8 @@ async def admit(session: AsyncSession, new: NewJob, caps: Caps) -> int:
     active = await session.scalar(select(_active_of(new.user_id))) or 0
     if active >= caps.max_active:
         raise AdmissionRefused("queue_full", active)
+    if caps.kind_per_day:
+        today = await session.scalar(select(_recent_of(new.user_id, new.guild_id, day_ago, str(new.kind)))) or 0
+        if today >= caps.kind_per_day:
+            raise AdmissionRefused("daily_limit", today)
     raise AdmissionRefused("rate_limited", await session.scalar(select(_recent_of(new.user_id, new.guild_id, since))) or 0)

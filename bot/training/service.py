@@ -18,6 +18,7 @@ import aiohttp
 import discord
 
 from ..attachments import save_attachment
+from ..db.admission import AdmissionRefused, NewJob, admit
 from ..db.jobs import JobStore
 from ..db.models import Job, JobKind, JobStatus
 from ..db.moderation import ModerationStore
@@ -93,11 +94,23 @@ class TrainService:
         params = {"name": name, "lora_id": lora.id, "dataset_dir": str(job_dir / "dataset"),
                   "output_dir": str(job_dir / "output"), "config": config, "upload_limit": interaction.filesize_limit}
         guild = await self.moderation.settings(interaction.guild_id)
-        job = await self.store.enqueue(
-            kind=JobKind.TRAIN, user_id=interaction.user.id, guild_id=interaction.guild_id,
-            channel_id=channel_id_of(interaction), params=params, interaction_id=interaction.id,
-            interaction_token=interaction.token,
-            status=JobStatus.AWAITING_APPROVAL if guild.approve_training else JobStatus.QUEUED)
+        # The caps checked before the download are checked again inside the INSERT (bot/db/admission.py): a
+        # member's parallel /train requests all passed the first check minutes ago.
+        caps = self.limits.caps(guild, trainings=True)
+        new = NewJob(kind=JobKind.TRAIN, user_id=interaction.user.id, guild_id=interaction.guild_id,
+                     channel_id=channel_id_of(interaction), params=params, interaction_id=interaction.id,
+                     interaction_token=interaction.token,
+                     status=JobStatus.AWAITING_APPROVAL if guild.approve_training else JobStatus.QUEUED)
+        try:
+            async with self.store.session() as session, session.begin():
+                job_id = await admit(session, new, caps)
+        except AdmissionRefused as refused:
+            await self.library.loras.delete(lora.id)
+            await asyncio.to_thread(shutil.rmtree, job_dir, True)
+            raise self.limits.refusal(refused, caps) from None
+        job = await self.store.get(job_id)
+        if job is None:  # rows are never deleted; this only narrows the type
+            raise UserFacingError("The training job vanished; please try again.")
         device = self.worker.device or "cuda"
         estimate = config["steps"] * SECONDS_PER_STEP.get(device, 0.5)
         return QueuedTraining(

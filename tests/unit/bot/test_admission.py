@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 
 from bot.db.admission import AdmissionRefused, Caps, NewJob, admit
 from bot.db.jobs import JobStore
-from bot.db.models import Ban, Job, JobStatus, utcnow
+from bot.db.models import Ban, Job, JobKind, JobStatus, utcnow
 
 CAPS = Caps(max_active=3, rate_count=100, rate_period=timedelta(minutes=1))
 
@@ -109,3 +109,12 @@ async def test_two_processes_on_one_database_still_admit_exactly_three(store):
     assert all(child.returncode == 0 for child in children)
     assert sum(output.count("admitted") for output in outputs) == 3
     assert await active_count(store) == 3
+
+
+async def test_trainings_per_day_hold_inside_the_insert(store):
+    """/train's daily cap is checked again when the job is inserted: parallel requests all passed the first check."""
+    caps = Caps(max_active=10, rate_count=100, rate_period=timedelta(minutes=1), kind_per_day=2)
+    train = NewJob(user_id=1, guild_id=10, channel_id=5, params={}, kind=JobKind.TRAIN)
+    outcomes = await asyncio.gather(*(try_admit(store, train, caps) for _ in range(4)))
+    assert sorted(map(str, outcomes)).count("daily_limit") == 2
+    assert isinstance(await try_admit(store, new_job(), caps), int)  # an /imagine is not a training
