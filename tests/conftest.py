@@ -63,14 +63,14 @@ def ws(tmp_path):
 @pytest.fixture
 async def bot_process(fake, data_dir):
     """A factory of real bots (`python -m bot` subprocesses) on this test's fake Discord and DATA_DIR:
-    `bot_process(**env)` makes one (start it with `await bot.start()`); all are stopped afterwards and the
-    end of each one's log is printed, so a failing test shows what the bot said."""
+    `bot_process(**env)` makes one (start it with `await bot.start()`; `discord=` points it at another fake);
+    all are stopped afterwards and the end of each one's log is printed, so a failing test shows what the bot said."""
     from bot_process import BotProcess
 
     made: list[BotProcess] = []
 
-    def make(**env: str) -> BotProcess:
-        process = BotProcess(fake, data_dir, **env)
+    def make(discord=None, **env: str) -> BotProcess:  # discord: another FakeDiscord than the test's `fake`
+        process = BotProcess(discord or fake, data_dir, **env)
         made.append(process)
         return process
 

@@ -205,7 +205,7 @@ async def test_lora_too_big_for_discord_gets_a_signed_expiring_link(data_dir, bo
 
     fake = FakeDiscord(attachment_size_limit=200_000)
     await fake.start()
-    bot = bot_process(**{**TRAIN_ENV, "TRAIN_RANK": "64"})
+    bot = bot_process(discord=fake, **{**TRAIN_ENV, "TRAIN_RANK": "64"})
     await bot.start()
     try:
         ix = await fake.slash_command("train", {"name": "big", "steps": 5}, user=fake.alice,
