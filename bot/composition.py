@@ -22,6 +22,7 @@ from .jobs.imagine_lane import ImagineLane
 from .jobs.lane import LaneContext
 from .jobs.positions import Positions
 from .jobs.runner import JobRunner
+from .jobs.status_edits import StatusEdits
 from .jobs.training_lane import TrainingLane
 from .limits import UserLimits
 from .lora_library import LoraImporter, LoraLibrary
@@ -54,8 +55,10 @@ async def build_services(settings: Settings, client: discord.Client) -> Services
     files_server = FilesServer(signer, settings.http_host, settings.http_port, routes=monitor.routes())
 
     delivery = Delivery(DiscordRoutes(client))
-    positions = Positions(store, delivery)
-    context = LaneContext(settings=settings, store=store, worker=worker, messages=delivery, positions=positions)
+    status = StatusEdits(delivery, min_interval=settings.progress_interval)
+    positions = Positions(store, status)
+    context = LaneContext(settings=settings, store=store, worker=worker, messages=delivery, positions=positions,
+                          status=status)
     lanes = (ImagineLane(context, moderation, result_view), TrainingLane(context, loras, signer, delivery))
     runner = JobRunner(context, lanes, max_attempts=settings.max_attempts)
 
@@ -63,8 +66,8 @@ async def build_services(settings: Settings, client: discord.Client) -> Services
     approvals = TrainingApprovals(store, moderation, delivery, runner, approval_view)
     return Services(
         settings=settings, store=store, moderation=moderation, worker=worker, supervisor=supervisor,
-        files_server=files_server, monitor=monitor, delivery=delivery, positions=positions, runner=runner,
-        imagine=ImagineService(store, moderation, rules, limits, worker, runner, library),
+        files_server=files_server, monitor=monitor, delivery=delivery, positions=positions, status=status, runner=runner,
+        imagine=ImagineService(store, moderation, rules, limits, worker, runner, library, status, positions),
         library=library,
         importer=LoraImporter(settings, library, rules, limits),
         training=TrainService(settings, store, moderation, rules, limits, library, worker, runner, approvals),

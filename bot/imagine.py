@@ -2,13 +2,22 @@
 
 Shared by the slash command and the reroll / variations buttons, so both get the same
 checks: prompt, moderation rules, queue limit, rate limit, and the model's token limit (asked
-of the worker). Every refusal is raised before the interaction is deferred, so it stays private.
+of the worker).
+
+The interaction is answered first, within milliseconds whatever else the bot is doing (Discord
+gives 3 s): cheap checks that need no I/O (an empty prompt, a DM) refuse at once, privately; then
+the public "thinking…" that becomes the job's message, and only then the checks that need the
+database or the worker, a few requests at a time (INTAKE_CONCURRENCY), ending in the job's INSERT with
+its caps inside (bot/db/admission.py). A refusal after that answer deletes the "thinking…" message
+and tells the member alone (an ephemeral follow-up: reporting.refuse_privately).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
+from collections.abc import Awaitable, Callable
 
 import discord
 
@@ -19,11 +28,14 @@ from .db.moderation import ModerationStore
 from .errors import UserFacingError
 from .interaction_ids import channel_id_of
 from .jobs import render
+from .jobs.positions import Positions
 from .jobs.runner import JobRunner
+from .jobs.status_edits import StatusEdits
 from .limits import UserLimits
 from .lora_library import LoraLibrary
 from .moderation import RequestRules
 from .permissions import can_delete_results
+from .reporting import refuse_privately
 from .sizes import ASPECT_SIZES
 from .worker.client import WorkerClient, WorkerUnavailable
 
@@ -31,7 +43,10 @@ log = logging.getLogger(__name__)
 
 MAX_PROMPT_CHARS = 4000
 MAX_SEED = 2**32 - 1
-TOKEN_CHECK_TIMEOUT = 1.5  # the interaction must be answered within 3 s
+TOKEN_CHECK_TIMEOUT = 1.5  # a slow worker does not hold a request long: it re-checks before generating
+INTAKE_CONCURRENCY = 4  # requests checked and admitted at once; the rest wait (already answered)
+
+PrepareParams = Callable[[], Awaitable[dict]]
 
 
 def random_seed() -> int:
@@ -49,9 +64,20 @@ def consecutive_seeds(seed: int, count: int) -> list[int]:
     return [(seed + offset) % (MAX_SEED + 1) for offset in range(count)]
 
 
+def check_prompt_text(prompt: str) -> str:
+    """The prompt stripped, or a refusal that needs no I/O."""
+    prompt = prompt.strip()
+    if not prompt:
+        raise UserFacingError("Your prompt is empty. Describe the image you want, e.g. `/imagine a red fox in snow`.")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise UserFacingError(f"Your prompt is {len(prompt)} characters; the limit is {MAX_PROMPT_CHARS}.")
+    return prompt
+
+
 class ImagineService:
     def __init__(self, store: JobStore, moderation: ModerationStore, rules: RequestRules, limits: UserLimits,
-                 worker: WorkerClient, runner: JobRunner, library: LoraLibrary):
+                 worker: WorkerClient, runner: JobRunner, library: LoraLibrary, status: StatusEdits,
+                 positions: Positions, intake_concurrency: int = INTAKE_CONCURRENCY):
         self.store = store
         self.moderation = moderation
         self.rules = rules
@@ -59,49 +85,66 @@ class ImagineService:
         self.worker = worker  # counts a prompt's tokens
         self.runner = runner  # woken when a job is queued
         self.library = library  # the LoRAs a button's clicker may use now
+        self.status = status  # the job's first position on its message
+        self.positions = positions  # others' positions may move when a job is queued
+        self._intake = asyncio.Semaphore(intake_concurrency)
 
     async def clean_prompt(self, prompt: str) -> str:
-        prompt = prompt.strip()
-        if not prompt:
-            raise UserFacingError("Your prompt is empty. Describe the image you want, e.g. `/imagine a red fox in snow`.")
-        if len(prompt) > MAX_PROMPT_CHARS:
-            raise UserFacingError(f"Your prompt is {len(prompt)} characters; the limit is {MAX_PROMPT_CHARS}.")
+        prompt = check_prompt_text(prompt)
+        if not self.worker.connected:
+            return prompt  # the worker re-checks before generating; don't refuse (or wait) while it restarts
         try:
-            await self.worker.wait_connected(TOKEN_CHECK_TIMEOUT / 2)
-            tokens, limit = await self.worker.count_tokens(prompt, timeout=TOKEN_CHECK_TIMEOUT / 2)
+            tokens, limit = await self.worker.count_tokens(prompt, timeout=TOKEN_CHECK_TIMEOUT)
         except WorkerUnavailable:
-            return prompt  # the worker re-checks before generating; don't refuse while it restarts
+            return prompt
         if tokens > limit:
             raise UserFacingError(f"Your prompt is {tokens} tokens long; the model reads at most {limit}. Please shorten it.")
         return prompt
 
-    async def submit(self, interaction: discord.Interaction, params: dict) -> None:
-        """Checks, the job admitted into the queue (its caps checked inside the INSERT: bot/db/admission.py), then
-        defer and show the position. Raises UserFacingError before deferring, so a refusal stays private."""
+    async def submit(self, interaction: discord.Interaction, prepare: PrepareParams, prompt: str | None = None) -> None:
+        """Answer at once, then check and admit the job that `prepare` describes (see the module's docstring).
+
+        `prompt`, when the caller has it, is checked before the answer (a refusal is then an ephemeral reply)."""
+        if prompt is not None:
+            check_prompt_text(prompt)
+        self.rules.check_place(interaction)
+        answer = await interaction.response.defer(thinking=True)
+        try:
+            async with self._intake:
+                # Discord names the "thinking…" message (the job's message) in its answer; asked for if not.
+                message_id = answer.message_id if answer is not None else None
+                if message_id is None:
+                    message_id = (await interaction.original_response()).id
+                job, position, paused = await self._admit(interaction, await prepare(), message_id)
+        except Exception as error:  # noqa: BLE001 - every refusal (and any failure) is told to the member alone
+            await refuse_privately(interaction, error)
+            return
+        self.runner.wake()
+        if paused or position is not None:  # None: not waiting any more (a lane took it already)
+            self.status.show_position(job, "paused" if paused else position,
+                                      render.queued_text(job, position, paused=paused))
+        await self.positions.refresh()
+
+    async def _admit(self, interaction: discord.Interaction, params: dict,
+                     message_id: int) -> tuple[Job, int | None, bool]:
+        """The job queued (its caps checked inside the INSERT: bot/db/admission.py), its position, whether it waits
+        for a paused guild; raises UserFacingError for a refusal."""
         params["prompt"] = await self.clean_prompt(params["prompt"])
         guild = await self.rules.check(interaction, params)
         caps = self.limits.caps(guild)
         new = NewJob(user_id=interaction.user.id, guild_id=interaction.guild_id, channel_id=channel_id_of(interaction),
-                     params=params, interaction_id=interaction.id, interaction_token=interaction.token)
+                     params=params, interaction_id=interaction.id, interaction_token=interaction.token,
+                     message_id=message_id)
         try:
             async with self.store.session() as session, session.begin():
                 job_id = await admit(session, new, caps)
         except AdmissionRefused as refused:
             raise self.limits.refusal(refused, caps) from None
-        await interaction.response.defer(thinking=True)
         job = await self.store.get(job_id)
-        if job is None:  # rows are never deleted; this only narrows the type
-            return
+        if job is None:  # rows are never deleted
+            raise RuntimeError(f"job {job_id} vanished after its INSERT")
         position = await self.store.position(job)
-        try:
-            message = await interaction.edit_original_response(
-                content=render.queued_text(job, position, paused=guild.paused))
-            job.message_id = message.id
-            await self.store.set_message(job.id, message.id)
-        except discord.HTTPException as exc:
-            # The job is safely queued; its result will be posted to the channel instead.
-            log.warning("job %s: could not show its queue position: %s", job.id, exc)
-        self.runner.wake()
+        return job, position, guild.paused
 
     # -- the result's buttons ----------------------------------------------------------------------------------
 
@@ -110,19 +153,23 @@ class ImagineService:
 
     async def reroll(self, interaction: discord.Interaction, job_id: int) -> None:
         """Same prompt, size, steps and count; a new random seed."""
-        old = (await self.result(job_id)).params
-        loras = await self.library.for_rerun(interaction.user.id, interaction.guild_id, old.get("loras") or [])
-        await self.submit(interaction, build_params(
-            old["prompt"], old["aspect"], old["steps"], consecutive_seeds(random_seed(), len(old["seeds"])),
-            interaction.filesize_limit, loras))
+        async def params() -> dict:
+            old = (await self.result(job_id)).params
+            loras = await self.library.for_rerun(interaction.user.id, interaction.guild_id, old.get("loras") or [])
+            return build_params(old["prompt"], old["aspect"], old["steps"],
+                                consecutive_seeds(random_seed(), len(old["seeds"])), interaction.filesize_limit, loras)
+
+        await self.submit(interaction, params)
 
     async def vary(self, interaction: discord.Interaction, job_id: int) -> None:
         """Same prompt and settings, as many images with independent new seeds."""
-        old = (await self.result(job_id)).params
-        loras = await self.library.for_rerun(interaction.user.id, interaction.guild_id, old.get("loras") or [])
-        await self.submit(interaction, build_params(
-            old["prompt"], old["aspect"], old["steps"], [random_seed() for _ in old["seeds"]],
-            interaction.filesize_limit, loras))
+        async def params() -> dict:
+            old = (await self.result(job_id)).params
+            loras = await self.library.for_rerun(interaction.user.id, interaction.guild_id, old.get("loras") or [])
+            return build_params(old["prompt"], old["aspect"], old["steps"], [random_seed() for _ in old["seeds"]],
+                                interaction.filesize_limit, loras)
+
+        await self.submit(interaction, params)
 
     async def check_delete(self, interaction: discord.Interaction, job_id: int) -> None:
         """A result may be removed by its requester or a moderator (whose delete is audited)."""

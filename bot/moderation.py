@@ -54,12 +54,16 @@ class RequestRules:
             reason = f" Reason: {ban.reason}" if ban.reason else ""
             raise UserFacingError(f"You are banned from using this bot here {describe_expiry(ban.expires_at)}.{reason}")
 
+    def check_place(self, interaction: discord.Interaction) -> None:
+        """A DM is refused unless ALLOW_DMS: known without any I/O, so said before the interaction is answered."""
+        if interaction.guild_id is None and not self.allow_dms:
+            raise UserFacingError("Images are made in a server's channels, where its moderators' rules apply: "
+                                  "use /imagine there.")
+
     async def check(self, interaction: discord.Interaction, params: dict) -> GuildSettings:
         guild_id = interaction.guild_id
+        self.check_place(interaction)
         if guild_id is None:
-            if not self.allow_dms:
-                raise UserFacingError("Images are made in a server's channels, where its moderators' rules apply: "
-                                      "use /imagine there.")
             ban = await self.moderation.ban_anywhere(interaction.user.id)
             if ban is not None:
                 raise UserFacingError("You are banned from using this bot in a server, so not in DMs either.")

@@ -3,9 +3,9 @@
 A UserFacingError (or a failed check) is shown as it is; anything else is logged and the member
 is told it was. The reply goes where the member is looking: an unanswered interaction gets an
 ephemeral message; a deferred "thinking…" reply is edited into "❌ <message>" and keeps the
-deferral's visibility (private for /train and /lora import; /imagine refuses only before it
-defers); a button whose update was deferred gets an ephemeral follow-up, never an edit of the
-message it sits on.
+deferral's visibility (private for /train and /lora import); a button whose update was deferred
+gets an ephemeral follow-up, never an edit of the message it sits on. /imagine answers with a public
+"thinking…" before its checks: its refusals go through refuse_privately.
 """
 
 from __future__ import annotations
@@ -44,3 +44,17 @@ async def report_error(interaction: discord.Interaction, error: Exception) -> No
             await interaction.response.send_message(message, ephemeral=True)
     except discord.HTTPException as exc:
         log.warning("could not tell the user about an error: %s", exc)
+
+
+async def refuse_privately(interaction: discord.Interaction, error: Exception) -> None:
+    """After a public "thinking…" answer: delete it, and tell the member alone why (an ephemeral follow-up; after a
+    deferral Discord turns the first follow-up into the deferred message, so it is deleted first)."""
+    message = user_message(error)
+    try:
+        await interaction.delete_original_response()
+    except discord.HTTPException as exc:
+        log.warning("could not delete the answer to a refused request: %s", exc)
+    try:
+        await interaction.followup.send(message, ephemeral=True)
+    except discord.HTTPException as exc:
+        log.warning("could not tell the user about a refusal: %s", exc)

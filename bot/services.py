@@ -19,6 +19,7 @@ from .imagine import ImagineService
 from .jobs.delivery import Delivery
 from .jobs.positions import Positions
 from .jobs.runner import JobRunner
+from .jobs.status_edits import StatusEdits
 from .lora_library import LoraImporter, LoraLibrary
 from .retention import Retention
 from .settings import Settings
@@ -43,6 +44,7 @@ class Services:
     monitor: Monitor  # /healthz, /readyz, /metrics on the files server; polls the worker's health
     delivery: Delivery
     positions: Positions
+    status: StatusEdits  # job status lines, edited in the background
     runner: JobRunner
     imagine: ImagineService
     library: LoraLibrary
@@ -70,11 +72,14 @@ class Services:
         except WorkerUnavailable:
             log.warning("the GPU worker is not up yet; jobs will wait in the queue for it")
         await self.runner.recover()
+        self.positions.start()
         self.runner.start()
 
     async def close(self) -> None:
         await self.retention.stop()
         await self.runner.stop()
+        await self.positions.stop()
+        await self.status.stop()
         await self.monitor.stop()
         await self.worker.close()
         if self.supervisor:

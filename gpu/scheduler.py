@@ -32,7 +32,7 @@ from typing import Any, NamedTuple
 from zimage_protocol.errors import ErrorCode, UserError
 from zimage_protocol.messages import Accepted, GenerateParams, Message, TrainParams
 
-from .engine import GeneratedImage, ImageEngine
+from .engine import GeneratedImage, GenerationCancelled, ImageEngine
 from .png import encode_png
 from .training.session import TrainingSession
 
@@ -137,8 +137,9 @@ class GpuScheduler:
         """Make the request's images once the model is ready and the GPU is free (between training steps).
 
         ``on_step`` and ``on_image`` run on the event loop; all of them have completed when this returns.
-        Returns the seconds from the model being ready to the last image delivered, the wait for the GPU
-        included (what the reply reports). Raises what the engine raises (``Cancelled`` after a cancel)."""
+        Returns the seconds from its turn among the generations (requests wait in the order they came) to the last
+        image delivered, a training step it waited for included (what the reply reports). Raises what the engine
+        raises (``Cancelled`` after a cancel, also one that came while the request waited for its turn)."""
         await self._ready.wait()
         loop = asyncio.get_running_loop()
         stop = threading.Event()
@@ -159,10 +160,14 @@ class GpuScheduler:
         def should_stop() -> bool:
             return stop.is_set() or request_id in self._cancelled
 
-        started = time.perf_counter()
         async with self._gpu_lock:
+            # From here, not from the request: a generation sent ahead (the bot keeps one waiting behind the
+            # running one) reports its own time, not its wait for the one before it.
+            started = time.perf_counter()
             self._busy_with = request_id
             try:
+                if should_stop():  # cancelled while it waited: the GPU never starts it
+                    raise GenerationCancelled()
                 await loop.run_in_executor(
                     self._gpu, lambda: self._generate_on_gpu(params, step_done, should_stop, image_done))
                 await asyncio.gather(*map(asyncio.wrap_future, pending))

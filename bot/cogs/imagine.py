@@ -49,9 +49,12 @@ class ImagineCog(commands.Cog):
         if aspect not in ASPECT_SIZES:
             aspect = DEFAULT_ASPECT
         seeds = consecutive_seeds(random_seed() if seed is None else seed, count)
-        loras = await self.library.for_request(interaction.user.id, interaction.guild_id, lora)
-        params = build_params(prompt, aspect, steps, seeds, interaction.filesize_limit, loras)
-        await self.service.submit(interaction, params)
+
+        async def params() -> dict:  # after the interaction is answered: it reads the database
+            loras = await self.library.for_request(interaction.user.id, interaction.guild_id, lora)
+            return build_params(prompt, aspect, steps, seeds, interaction.filesize_limit, loras)
+
+        await self.service.submit(interaction, params, prompt=prompt)
 
 
 async def setup(bot: commands.Bot) -> None:

@@ -54,6 +54,7 @@ class NewJob:
     status: JobStatus = JobStatus.QUEUED
     interaction_id: int | None = None
     interaction_token: str | None = None
+    message_id: int | None = None  # the interaction's "thinking…" message, when it was answered first
 
 
 def _active_of(user_id: int):
@@ -87,7 +88,7 @@ async def admit(session: AsyncSession, new: NewJob, caps: Caps) -> int:
         "kind": literal(str(new.kind), String), "status": literal(str(new.status), String),
         "user_id": literal(new.user_id, BigInteger), "guild_id": literal(new.guild_id, BigInteger),
         "channel_id": literal(new.channel_id, BigInteger), "interaction_id": literal(new.interaction_id, BigInteger),
-        "interaction_token": literal(new.interaction_token, String),
+        "interaction_token": literal(new.interaction_token, String), "message_id": literal(new.message_id, BigInteger),
         "token_expires_at": literal(now + INTERACTION_TOKEN_LIFETIME if new.interaction_token else None, DateTime),
         "params": literal(new.params, JSON), "attempts": literal(0, Integer), "created_at": literal(now, DateTime),
     }

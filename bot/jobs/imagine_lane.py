@@ -1,11 +1,16 @@
-"""The generation lane: one /imagine job through the worker, its PNGs saved, then posted."""
+"""The generation lane: one /imagine job through a worker, its PNGs saved, then posted.
+
+It is a PipelinedLane (bot/jobs/lane.py): the runner calls ``generate`` on the worker it serves
+(bot/jobs/pipeline.py), then ``keep`` and ``resume`` in a background task beside the next job's
+generation. ``generate`` never waits for Discord: its status lines go through StatusEdits.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import io
-import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -17,9 +22,19 @@ from .. import metrics
 from ..db.models import Job, JobKind, JobStatus
 from ..db.moderation import ModerationStore
 from . import render
+from .interfaces import WorkerLink
 from .lane import LaneContext
 from .outcomes import JobFailed
 from .requests import request_id
+
+
+@dataclass(frozen=True)
+class Generated:
+    """What the worker made for a job: {index: (seed, png)}, its own seconds, and its model."""
+
+    images: dict[int, tuple[int, bytes]]
+    seconds: float
+    model: str
 
 
 class ImagineLane:
@@ -29,51 +44,46 @@ class ImagineLane:
     kind = JobKind.IMAGINE
 
     def __init__(self, context: LaneContext, moderation: ModerationStore, make_view: Callable[[Job], discord.ui.View]):
-        self.settings, self.store, self.worker = context.settings, context.store, context.worker
-        self.messages, self.positions = context.messages, context.positions
+        self.settings, self.store = context.settings, context.store
+        self.messages, self.positions, self.status = context.messages, context.positions, context.status
         self.moderation = moderation  # the guild's spoiler setting
         self.make_view = make_view    # the result buttons (bot/views.py)
 
-    async def run(self, job: Job) -> None:
-        await self.messages.edit_status(job, render.starting_text(job))
-        await self.positions.refresh()
-        images, seconds = await self._generate(job)
-        metrics.generated(job, seconds)
-        job.result = result = await asyncio.to_thread(self._save_images, job, images, seconds)
-        await self.store.mark_delivering(job.id, result)
-        await self.resume(job)
-
-    async def _generate(self, job: Job) -> tuple[dict[int, tuple[int, bytes]], float]:
-        """Stream the job through the worker; returns {index: (seed, png)} and GPU seconds."""
+    async def generate(self, job: Job, worker: WorkerLink) -> Generated:
+        """Stream the job through `worker`; progress goes to the job's message in the background."""
+        self.status.show(job, render.starting_text(job))
         params = GenerateParams.from_json(job.params)
         images: dict[int, tuple[int, bytes]] = {}
         seconds = 0.0
-        last_edit = 0.0
-        async for message in self.worker.generate(request_id(job), params):
+        async for message in worker.generate(request_id(job), params):
             match message:
-                case Progress(step=step, total=total):
-                    now = time.monotonic()
-                    # Discord rate-limits edits: at most one per interval, but always show the last step.
-                    if now - last_edit >= self.settings.progress_interval or step == total:
-                        last_edit = now
-                        await self.messages.edit_status(job, render.progress_text(job, step, total))
+                case Progress(step=step, total=total) if step < total:
+                    # StatusEdits sends at most one edit per PROGRESS_INTERVAL, the newest text; the last
+                    # step is not shown: the result replaces it a moment later.
+                    self.status.show(job, render.progress_text(job, step, total))
                 case ImageReady(index=index, seed=seed, png=png):
                     images[index] = (seed, png)
                 case Done(seconds=done_seconds):
                     seconds = done_seconds
-        return images, seconds
+        metrics.generated(job, seconds)
+        return Generated(images, seconds, worker.model_name)
 
-    def _save_images(self, job: Job, images: dict[int, tuple[int, bytes]], seconds: float) -> dict:
+    async def keep(self, job: Job, made: Generated) -> None:
+        job.result = result = await asyncio.to_thread(self._save_images, job, made)
+        await self.store.mark_delivering(job.id, result)
+        job.status = JobStatus.DELIVERING
+
+    def _save_images(self, job: Job, made: Generated) -> dict:
         """Blocking file I/O: runs in a thread."""
         folder = self.settings.outputs_dir / str(job.id)
         folder.mkdir(parents=True, exist_ok=True)
         files = []
-        for index in sorted(images):
-            seed, png = images[index]
+        for index in sorted(made.images):
+            seed, png = made.images[index]
             path = folder / f"zimage_{job.id}_{index + 1}_{seed}.png"
             path.write_bytes(png)
             files.append(path.name)
-        return {"files": files, "seconds": seconds, "model": self.worker.model_name}
+        return {"files": files, "seconds": made.seconds, "model": made.model}
 
     async def resume(self, job: Job) -> None:
         """Post the saved images; also what a restart does for a job it caught DELIVERING."""
@@ -84,6 +94,7 @@ class ImagineLane:
         if job.guild_id and (await self.moderation.settings(job.guild_id)).spoiler_images:
             images = [(f"SPOILER_{name}", data) for name, data in images]
         groups = _upload_groups(images, int(job.params.get("upload_limit", 10 << 20)))
+        await self.status.settle(job.id)  # the result lands after the last status edit, never under one
         delivered = await self.messages.post_final(
             job, render.done_text(job, 0, len(groups)), lambda: _as_files(groups[0]),
             embed=render.result_embed(job), view=self.make_view(job))

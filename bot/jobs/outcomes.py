@@ -5,6 +5,8 @@
                                 with the last training: the lane waits a little and asks again)
     WorkerError(other code)  -> failed, with the code's message (worker_error_message)
     WorkerUnavailable        -> back in the queue until JOB_MAX_ATTEMPTS, then failed (worker_crashed_message)
+    WorkerUnavailable, for a job that waited behind another one on the worker (prefetched: it never
+                             reached the GPU) -> back in the queue in its fair place, the attempt not counted
     JobFailed                -> failed, with its reason
     anything else            -> failed, logged, and the worker told to drop the request, so no job
                                 is left RUNNING until the next restart
@@ -69,17 +71,25 @@ class Outcome(enum.Enum):
     FAILED = "failed"
     RETRY = "retry"        # back in the queue, the attempt counted
     BUSY = "busy"          # back in the queue, the attempt not counted; wait before claiming again
+    RELEASED = "released"  # a prefetched job back in the queue, the attempt not counted
 
 
 class JobOutcomes:
     def __init__(self, context: LaneContext, max_attempts: int):
         self.store, self.worker, self.messages = context.store, context.worker, context.messages
-        self.positions = context.positions
+        self.positions, self.status = context.positions, context.status
         self.max_attempts = max_attempts
 
-    async def settle(self, job: Job, error: Exception) -> Outcome:
-        """Put a job whose lane raised `error` in the state that error means."""
+    async def settle(self, job: Job, error: Exception, *, prefetched: bool = False) -> Outcome:
+        """Put a job whose lane raised `error` in the state that error means. `prefetched`: the job waited on the
+        worker behind another one that was lost with it (bot/jobs/pipeline.py)."""
+        await self.status.settle(job.id)  # no status edit lands after what is said below
         match error:
+            case WorkerUnavailable() if prefetched:
+                log.info("job %s: the worker went away before it started; back in the queue", job.id)
+                await self.store.release(job.id)
+                await self.positions.refresh()
+                return Outcome.RELEASED
             case WorkerError(code=ErrorCode.CANCELLED):
                 await self.store.finish(job.id, JobStatus.CANCELLED)
                 await self.messages.edit_status(job, render.cancelled_text(job), view=None)
@@ -95,6 +105,7 @@ class JobOutcomes:
             case WorkerUnavailable() if job.attempts < self.max_attempts:
                 log.warning("job %s: %s; retrying", job.id, error)
                 await self.store.requeue(job.id, error=str(error))
+                await self.positions.refresh()
                 return Outcome.RETRY
             case WorkerUnavailable():
                 metrics.job_failed(job, "worker_crashed")
@@ -114,6 +125,7 @@ class JobOutcomes:
         await self.messages.post_final(job, render.failed_text(job, reason), embed=None, view=None)
 
     async def cancelled_while_queued(self, job: Job) -> None:
+        await self.status.settle(job.id)
         await self.messages.edit_status(job, render.cancelled_text(job), view=None)
         await self.positions.refresh()
 

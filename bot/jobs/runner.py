@@ -3,8 +3,10 @@
 submit -> queued -> running (progress) -> delivering (files on disk) -> done
                                       \\-> failed | cancelled
 Generation and training are separate lanes that run side by side: the worker interleaves
-them between training steps, so a long training never blocks /imagine. Whatever a lane raises
-is mapped to the job's state in one place (bot/jobs/outcomes.py), so no error leaves a job running.
+them between training steps, so a long training never blocks /imagine. Generation is pipelined
+(bot/jobs/pipeline.py: one job ahead on the worker, results posted beside the lane); training
+runs one job at a time from start to end. Whatever a lane raises is mapped to the job's state in
+one place (bot/jobs/outcomes.py), so no error leaves a job running.
 """
 
 from __future__ import annotations
@@ -16,8 +18,11 @@ from collections.abc import Awaitable, Callable, Iterable
 from .. import metrics
 from ..db.models import Job, JobStatus
 from ..worker.client import WorkerUnavailable
-from .lane import Lane, LaneContext
+from .deliveries import Deliveries
+from .interfaces import WorkerLink
+from .lane import Lane, LaneContext, PipelinedLane
 from .outcomes import JobOutcomes, Outcome
+from .pipeline import PREFETCH, GenerationPipeline
 from .requests import request_id
 
 log = logging.getLogger(__name__)
@@ -27,28 +32,41 @@ BUSY_RETRY_DELAY = 5.0   # how long a lane waits after the worker said it is bus
 
 
 class JobRunner:
-    def __init__(self, context: LaneContext, lanes: Iterable[Lane], *, max_attempts: int,
-                 busy_retry_delay: float = BUSY_RETRY_DELAY):
+    def __init__(self, context: LaneContext, lanes: Iterable[Lane | PipelinedLane], *, max_attempts: int,
+                 busy_retry_delay: float = BUSY_RETRY_DELAY, prefetch: int = PREFETCH,
+                 deliveries: Deliveries | None = None):
         self.store, self.worker = context.store, context.worker
         self.outcomes = JobOutcomes(context, max_attempts)
-        self.lanes: dict[str, Lane] = {lane.kind: lane for lane in lanes}
+        self.lanes: dict[str, Lane | PipelinedLane] = {lane.kind: lane for lane in lanes}
         self.busy_retry_delay = busy_retry_delay
-        self.current: dict[str, Job] = {}  # the job each lane runs now
-        self._wake = {kind: asyncio.Event() for kind in self.lanes}
+        self.deliveries = deliveries or Deliveries()
+        self.on_worker: dict[int, tuple[Job, WorkerLink]] = {}  # job id -> the job and the worker that has it
+        # One generation loop per worker (one worker today); each is handed its worker link.
+        self.pipelines = [GenerationPipeline(lane, context.worker, store=self.store, outcomes=self.outcomes,
+                                             positions=context.positions, deliveries=self.deliveries,
+                                             on_worker=self.on_worker, ahead=prefetch, idle_wait=WORKER_WAIT)
+                          for lane in self.lanes.values() if isinstance(lane, PipelinedLane)]
+        self._serial = {kind: lane for kind, lane in self.lanes.items() if not isinstance(lane, PipelinedLane)}
+        self._wake = {kind: asyncio.Event() for kind in self._serial}
         self._tasks: list[asyncio.Task] = []
 
     def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._serve(kind), name=f"lane-{kind}") for kind in self.lanes]
+        self._tasks = [asyncio.create_task(self._serve(kind), name=f"lane-{kind}") for kind in self._serial]
+        self._tasks += [asyncio.create_task(pipeline.serve(), name=f"pipeline-{pipeline.lane.kind}")
+                        for pipeline in self.pipelines]
 
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.deliveries.stop()
 
     def wake(self) -> None:
         """A job was queued (or a guild resumed): look at the queue now rather than at the next poll."""
         for event in self._wake.values():
             event.set()
+        for pipeline in self.pipelines:
+            pipeline.wake.set()
 
     async def recover(self) -> None:
         """At start-up: re-queue interrupted jobs and re-post finished ones never delivered."""
@@ -58,35 +76,42 @@ class JobRunner:
             await self._run(job, self.lanes[job.kind].resume)
 
     async def cancel(self, job: Job) -> bool:
-        """Cancel a queued job, or ask the worker to stop the running one (its lane then ends it)."""
+        """Cancel a queued job, or ask the worker that has it to stop it (its lane then ends it)."""
         if await self.store.cancel_if_queued(job.id):
             await self.outcomes.cancelled_while_queued(job)
             return True
-        running = self.current.get(job.kind)
-        if running is not None and running.id == job.id:
-            try:
-                await self.worker.cancel(request_id(running))
-            except WorkerUnavailable:
-                return False
-            return True
-        return False
+        held = self.on_worker.get(job.id)
+        if held is None:
+            return False
+        running, worker = held
+        try:
+            await worker.cancel(request_id(running))
+        except WorkerUnavailable:
+            return False
+        return True
 
     async def _serve(self, kind: str) -> None:
-        """One lane's loop: claim the next job in fair order, run it, and never die of one job."""
+        """A serial lane's loop: claim the next job in fair order, run it, and never die of one job."""
         wake = self._wake[kind]
+        lane = self._serial[kind]
         while True:
             try:
                 await self.worker.wait_connected(WORKER_WAIT)
+                wake.clear()
                 job = await self.store.claim_next(kind)
                 if job is None:
-                    wake.clear()
                     try:
                         await asyncio.wait_for(wake.wait(), WORKER_WAIT)
                     except TimeoutError:
                         pass
                     continue
                 metrics.job_started(job)
-                if await self._run(job, self.lanes[kind].run) is Outcome.BUSY:
+                self.on_worker[job.id] = (job, self.worker)
+                try:
+                    outcome = await self._run(job, lane.run)
+                finally:
+                    self.on_worker.pop(job.id, None)
+                if outcome is Outcome.BUSY:
                     await asyncio.sleep(self.busy_retry_delay)
             except WorkerUnavailable:
                 continue
@@ -98,7 +123,6 @@ class JobRunner:
 
     async def _run(self, job: Job, step: Callable[[Job], Awaitable[None]]) -> Outcome:
         """Run one step of a lane for a job; whatever it raises becomes the job's state."""
-        self.current[job.kind] = job
         try:
             await step(job)
             return Outcome.FINISHED
@@ -106,5 +130,3 @@ class JobRunner:
             raise  # the bot is stopping: the job stays RUNNING and is queued again at the next start
         except Exception as error:  # noqa: BLE001 - every error of a job ends the job, never the lane
             return await self.outcomes.settle(job, error)
-        finally:
-            self.current.pop(job.kind, None)

@@ -54,6 +54,7 @@ class TrainingLane:
     def __init__(self, context: LaneContext, loras: LoraStore, signer: LinkSigner, private: PrivateMessages):
         self.settings, self.worker = context.settings, context.worker
         self.store, self.messages, self.positions = context.store, context.messages, context.positions
+        self.status = context.status  # the job's status line, edited in the background
         self.loras = loras      # each checkpoint becomes the LoRA's current file
         self.signer = signer    # links for LoRA files too big to attach
         self.private = private  # a private LoRA's file goes to its owner only
@@ -61,7 +62,7 @@ class TrainingLane:
     async def run(self, job: Job) -> None:
         params = TrainParams(dataset_dir=job.params["dataset_dir"], output_dir=job.params["output_dir"],
                              config=job.params["config"])
-        await self.messages.edit_status(job, render.training_text(job, None))
+        self.status.show(job, render.training_text(job, None))
         await self.positions.refresh()
         interval = max(self.settings.progress_interval, MIN_EDIT_INTERVAL)
         last_edit = 0.0
@@ -72,7 +73,7 @@ class TrainingLane:
                     now = time.monotonic()
                     if now - last_edit >= interval:
                         last_edit = now
-                        await self.messages.edit_status(job, render.training_text(job, message))
+                        self.status.show(job, render.training_text(job, message))
                 case CheckpointReady():
                     await self._post_checkpoint(job, message)
         await self.resume(job)
@@ -80,6 +81,7 @@ class TrainingLane:
     async def resume(self, job: Job) -> None:
         """Every checkpoint was posted as it came: what is left is to say the training finished."""
         await self.store.finish(job.id, JobStatus.DONE)
+        await self.status.settle(job.id)
         await self.messages.edit_status(job, render.training_done_text(job))
 
     async def _post_checkpoint(self, job: Job, checkpoint: CheckpointReady) -> None:

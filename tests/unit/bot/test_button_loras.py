@@ -24,12 +24,12 @@ class Captured:
     def __init__(self):
         self.params: list[dict] = []
 
-    async def __call__(self, interaction, params: dict) -> None:
-        self.params.append(params)
+    async def __call__(self, interaction, prepare) -> None:
+        self.params.append(await prepare())  # submit answers first, then prepares: its refusal reaches the member
 
 
 def service_of(world) -> tuple[ImagineService, Captured]:
-    service = ImagineService(world.store, world.moderation, None, None, None, None, world.library)
+    service = ImagineService(world.store, world.moderation, None, None, None, None, world.library, None, None)
     captured = Captured()
     service.submit = captured  # the checks, defer and enqueue of submit are not what these tests are about
     return service, captured

@@ -14,6 +14,7 @@ from security_helpers import ALICE, GUILD, make_world
 
 from bot.db.models import Job, JobKind, JobStatus, utcnow
 from bot.jobs.lane import LaneContext
+from bot.jobs.status_edits import StatusEdits
 from bot.jobs.training_lane import TrainingLane
 from zimage_protocol.messages import CheckpointReady
 
@@ -100,7 +101,7 @@ def frame(lora: Path, sample: Path, loss: Path, step: int = 5) -> CheckpointRead
 async def run(world, job, *frames) -> Messages:
     messages = Messages()
     context = LaneContext(settings=world.settings, store=Store(), worker=Worker(*frames), messages=messages,
-                          positions=Positions())
+                          positions=Positions(), status=StatusEdits(messages, min_interval=0.0))
     await TrainingLane(context, world.loras, world.signer, messages).run(job)
     return messages
 

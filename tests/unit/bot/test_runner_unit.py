@@ -16,6 +16,7 @@ from bot.jobs.lane import LaneContext
 from bot.jobs.outcomes import BOT_ERROR_MESSAGE, JobFailed, worker_crashed_message
 from bot.jobs.positions import Positions
 from bot.jobs.runner import JobRunner
+from bot.jobs.status_edits import StatusEdits
 from bot.settings import Settings
 from bot.worker.client import WorkerError, WorkerUnavailable
 from zimage_protocol.errors import ErrorCode
@@ -147,24 +148,30 @@ class ScriptedLane:
 
 def build(*jobs: Job, errors=None, max_attempts: int = 2, busy_retry_delay: float = 0.01, resume_error=None):
     store, worker, messages = FakeStore(*jobs), FakeWorker(), FakeMessages()
+    status = StatusEdits(messages, min_interval=0.0, position_interval=0.0)
     context = LaneContext(settings=Settings(discord_token="t"), store=store, worker=worker, messages=messages,
-                          positions=Positions(store, messages))
+                          positions=Positions(store, status, pass_interval=0.01), status=status)
     imagine = ScriptedLane(store, JobKind.IMAGINE, errors, resume_error)
     training = ScriptedLane(store, JobKind.TRAIN)
     runner = JobRunner(context, [imagine, training], max_attempts=max_attempts, busy_retry_delay=busy_retry_delay)
     return runner, store, worker, messages, imagine
 
 
-async def run_until(runner: JobRunner, done, timeout: float = 5.0) -> None:
-    """Run the lanes until `done()` holds (or fail after `timeout`)."""
+async def run_until(runner: JobRunner, done, timeout: float = 5.0, settle: float = 0.1) -> None:
+    """Run the lanes (and the position refresh) until `done()` holds (or fail after `timeout`), then `settle` s more
+    for the background edits."""
+    positions = runner.outcomes.positions
+    positions.start()
     runner.start()
     try:
         deadline = time.monotonic() + timeout
         while not done():
             assert time.monotonic() < deadline, "the runner did not get there in time"
             await asyncio.sleep(0.01)
+        await asyncio.sleep(settle)
     finally:
         await runner.stop()
+        await positions.stop()
 
 
 def finished(store: FakeStore, *job_ids: int):
@@ -259,7 +266,7 @@ async def test_cancel_a_queued_job_and_the_running_one():
     assert await runner.cancel(store.jobs[1])
     assert store.jobs[1].status == JobStatus.CANCELLED and (1, "🚫 Job #1 was cancelled: *prompt 1*") in messages.statuses
     running = await store.claim_next(JobKind.IMAGINE)
-    runner.current[JobKind.IMAGINE] = running
+    runner.on_worker[running.id] = (running, worker)
     assert await runner.cancel(running) and worker.cancelled == ["job-2-1"]
-    runner.current.clear()
+    runner.on_worker.clear()
     assert not await runner.cancel(running)  # neither queued nor running any more: nothing to cancel
