@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 import torch
 
-from e2e_helpers import pixels, pngs, queued_job, wait_result
+from e2e_helpers import pixels, pngs, queued_job, refusal_text, wait_result
 
 pytestmark = pytest.mark.e2e
 
@@ -59,7 +59,9 @@ async def say(fake, command: str, options: dict | None = None, user=None, **kwar
     first = await ix.wait_response(timeout=5)
     if first["type"] == 4:
         return first["data"]["content"]
-    return (await ix.wait_original(lambda m: not m.loading, timeout=60)).content
+    # /imagine refuses after its public "thinking…": deleted, and an ephemeral follow-up says why
+    return await fake.wait_for(lambda: refusal_text(ix) or (ix.original.content if not ix.original.loading else None),
+                               timeout=60, what="the answer")
 
 
 async def image(fake, user=None, **options) -> bytes:

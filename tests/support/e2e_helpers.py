@@ -50,3 +50,31 @@ async def queued_job(ix, timeout: float = 30) -> int:
 
 def contents(message) -> list[str]:
     return [version["content"] for version in message.history] + [message.content]
+
+
+def refusal_text(ix) -> str | None:
+    """What a refused /imagine told its member privately, or None (not refused, or not yet): an ephemeral reply as
+    the first answer, or, after the public "thinking…", that message deleted and an ephemeral follow-up."""
+    if not ix.callbacks:
+        return None
+    first = ix.callbacks[0]
+    if first.get("type") == 4:
+        data = first.get("data") or {}
+        return data.get("content") if int(data.get("flags") or 0) & 64 else None
+    if ix.original is None or not ix.original.deleted:
+        return None
+    private = [m for m in ix.followups if m.ephemeral and not m.deleted]
+    return private[0].content if private else None
+
+
+async def wait_refusal(ix, timeout: float = 10) -> str:
+    return await ix.fake.wait_for(lambda: refusal_text(ix), timeout=timeout, what=f"a private refusal of {ix.id}")
+
+
+def queued_job_now(ix) -> int | None:
+    """The job number the interaction's message shows now, or None."""
+    message = ix.original
+    if message is None or message.loading or message.deleted:
+        return None
+    found = JOB_ID.search(message.content or "")
+    return int(found.group(1) or found.group(2)) if found else None
