@@ -65,12 +65,13 @@ class Services:
 
     async def start_queue(self) -> None:
         """Recover what a restart interrupted, then run the queue."""
-        try:
-            # The worker answers prompt checks within seconds (the model loads behind it), so
-            # waiting here means the first /imagine gets a checked prompt.
-            await self.worker.wait_connected(WORKER_CONNECT_WAIT)
-        except WorkerUnavailable:
-            log.warning("the GPU worker is not up yet; jobs will wait in the queue for it")
+        if self.supervisor is not None:  # an external worker may be down for long: nothing to wait for
+            try:
+                # The worker we spawned answers prompt checks within seconds (the model loads behind it),
+                # so waiting here means the first /imagine gets a checked prompt.
+                await self.worker.wait_connected(WORKER_CONNECT_WAIT)
+            except WorkerUnavailable:
+                log.warning("the GPU worker is not up yet; jobs will wait in the queue for it")
         await self.runner.recover()
         self.positions.start()
         self.runner.start()

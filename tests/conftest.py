@@ -63,14 +63,15 @@ def ws(tmp_path):
 @pytest.fixture
 async def bot_process(fake, data_dir):
     """A factory of real bots (`python -m bot` subprocesses) on this test's fake Discord and DATA_DIR:
-    `bot_process(**env)` makes one (start it with `await bot.start()`; `discord=` points it at another fake);
+    `bot_process(**env)` makes one (start it with `await bot.start()`; `discord=` points it at another fake,
+    `data=` at another DATA_DIR);
     all are stopped afterwards and the end of each one's log is printed, so a failing test shows what the bot said."""
     from bot_process import BotProcess
 
     made: list[BotProcess] = []
 
-    def make(discord=None, **env: str) -> BotProcess:  # discord: another FakeDiscord than the test's `fake`
-        process = BotProcess(discord or fake, data_dir, **env)
+    def make(discord=None, data=None, **env: str) -> BotProcess:  # another FakeDiscord, another DATA_DIR than the test's
+        process = BotProcess(discord or fake, data or data_dir, **env)
         made.append(process)
         return process
 
