@@ -27,6 +27,7 @@ import contextlib
 import logging
 from collections import deque
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from .. import metrics
@@ -97,9 +98,12 @@ class GenerationPipeline:
             metrics.job_started(job)
             self.on_worker[job.id] = (job, self.worker)
             task = asyncio.create_task(self.lane.generate(job, self.worker), name=f"generate-{job.id}")
-            task.add_done_callback(lambda _, job_id=job.id: self.on_worker.pop(job_id, None))
+            task.add_done_callback(partial(self._off_worker, job.id))
             window.append(_OnWorker(job, task))
             await self.positions.refresh()  # the queue moved
+
+    def _off_worker(self, job_id: int, _done: asyncio.Task[Any]) -> None:
+        self.on_worker.pop(job_id, None)
 
     async def _wait(self, window: deque[_OnWorker]) -> None:
         """Until the head's generation ends or, while there is room on the worker, a job is queued."""

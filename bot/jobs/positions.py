@@ -87,7 +87,7 @@ class Positions:
             for position, job in enumerate(jobs, start=1):
                 self._show(job, position, render.queued_text(job, position), now)
         for job in waiting:
-            if not self._show(job, "paused", render.queued_text(job, None, paused=True), now):
+            if not self._show(job, "paused", render.queued_text(job, None, paused=True), now) and job.guild_id:
                 self._paused.add(job.guild_id)  # its guild is looked at again in the retry pass
 
     def _show(self, job: Job, position: object, text: str, now: float) -> bool:

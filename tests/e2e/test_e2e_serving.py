@@ -18,11 +18,11 @@ import time
 from types import SimpleNamespace
 
 import pytest
-from e2e_helpers import pngs, queued_job_now, refusal_text, result_messages, wait_result
 from paths import ROOT
 
 from bot.jobs.scheduling import fair_order
 from bot.jobs.status_edits import POSITION_INTERVAL
+from e2e_helpers import pngs, queued_job_now, refusal_text, result_messages, wait_result
 
 pytestmark = pytest.mark.e2e
 

@@ -111,7 +111,8 @@ async def test_the_worker_holds_the_next_job_and_never_waits_for_delivery(store,
         assert all(status.ended <= final.at for status in messages.of(job_id, "status"))  # none lands on a result
     finals = [c.job_id for c in messages.calls if c.what == "final"]
     assert finals == ids  # one channel: results in the order the jobs finished
-    assert [(await store.get(i)).result["files"] for i in ids] == [[f"zimage_{i}_1_{user}.png"] for i, user in zip(ids, (1, 2, 3, 4), strict=True)]
+    files = [(await store.get(i)).result["files"] for i in ids]
+    assert files == [[f"zimage_{i}_1_{user}.png"] for i, user in zip(ids, (1, 2, 3, 4), strict=True)]
 
 
 async def test_progress_edits_are_coalesced_and_never_hold_up_the_lane(store, tmp_path):
