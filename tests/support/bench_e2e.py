@@ -69,7 +69,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from bot.settings import Settings  # noqa: E402
 from bot.worker.client import WorkerClient  # noqa: E402
 from bot_process import BotProcess  # noqa: E402
-from e2e_helpers import png_text, pngs  # noqa: E402
+from e2e_helpers import png_text, pngs, refusal_text  # noqa: E402
 from fake_discord import FakeDiscord  # noqa: E402
 from zimage_protocol.messages import Done, GenerateParams, ImageReady  # noqa: E402
 
@@ -279,6 +279,9 @@ class Tracker:
         if first.get("type") == 4:
             text = (first.get("data") or {}).get("content") or ""
             return {"state": "refused", "reason": refusal_reason(text), "text": text}
+        private = refusal_text(ix)  # refused after the public "thinking…": deleted, an ephemeral follow-up says why
+        if private:
+            return {"state": "refused", "reason": refusal_reason(private), "text": private}
         original = ix.original
         found = JOB_ID.search(original.content or "") if original is not None else None
         if found:
