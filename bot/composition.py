@@ -11,6 +11,7 @@ import asyncio
 import discord
 
 from .cogs.approval import approval_view
+from .db.claims import instance_id_for
 from .db.jobs import JobStore
 from .db.loras import LoraStore
 from .db.moderation import ModerationStore
@@ -43,7 +44,7 @@ async def build_services(settings: Settings, client: discord.Client) -> Services
     secret = await asyncio.to_thread(load_secret, settings.data_dir)
     signer = LinkSigner(secret, settings.data_dir, settings.link_base, settings.link_ttl)
 
-    store = JobStore(settings.database_url)
+    store = JobStore(settings.database_url, instance_id=instance_id_for(settings.data_dir))
     moderation = ModerationStore(store)
     loras = LoraStore(store)
     rules = RequestRules(moderation, allow_dms=settings.allow_dms)

@@ -75,12 +75,16 @@ class Services:
         await self.runner.recover()
         self.positions.start()
         self.runner.start()
+        # Other bot processes on the same database: their new jobs wake our lanes, their lapsed ones are ours.
+        self.store.start_background(on_work=self.runner.wake, on_undelivered=self.runner.resume_delivery)
 
     async def close(self) -> None:
         await self.retention.stop()
+        await self.store.stop_background()
         await self.runner.stop()
         await self.positions.stop()
         await self.status.stop()
+        await self.store.hand_back()  # what our lanes held, to the other processes now rather than after a lease
         await self.monitor.stop()
         await self.worker.close()
         if self.supervisor:

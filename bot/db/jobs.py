@@ -1,27 +1,72 @@
-"""The job queue, stored in the database: every state change of a job goes through here."""
+"""The job queue, stored in the database: every state change of a job goes through here.
+
+Several bot processes may share one database (PostgreSQL): each JobStore is one process, named by
+its ``instance_id``. A claimed job belongs to the process that claimed it (bot/db/claims.py) while
+its lease holds (bot/db/leases.py renews it); changes a process makes to a job it ran are fenced
+on that ownership, so a process that lost its lease cannot overwrite what the new owner does.
+"""
 
 from __future__ import annotations
 
+import logging
+import secrets
+import socket
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
 from ..jobs.scheduling import fair_order
+from .claims import DEFAULT_LEASE, claim_first, lapsed, lease_deadline, owned_by, take_over
+from .leases import LeaseKeeper, Undelivered
 from .models import BotState, GuildSettings, Job, JobKind, JobStatus, utcnow
 from .results import rowcount
+from .wakeups import QueueWakeups
+
+log = logging.getLogger(__name__)
 
 INTERACTION_TOKEN_LIFETIME = timedelta(minutes=15)
 
 
 class JobStore:
-    def __init__(self, database_url: str):
+    def __init__(self, database_url: str, *, instance_id: str | None = None, lease: timedelta = DEFAULT_LEASE):
+        """``instance_id``: this bot process's name in ``jobs.claimed_by`` (bot/db/claims.py instance_id_for);
+        by default one no other process has. ``lease``: how long a claim holds without renewal."""
         self.engine = create_async_engine(database_url)
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        self.instance_id = instance_id or f"{socket.gethostname()[:100]}:{secrets.token_hex(6)}"
+        self.lease = lease
+        self.wakeups = QueueWakeups(self.engine)
+        self._keeper: LeaseKeeper | None = None
 
     async def close(self) -> None:
+        await self.stop_background()
         await self.engine.dispose()
+
+    # --- running alongside other processes ---------------------------------------------------
+
+    def start_background(self, on_work: Callable[[], None] | None = None,
+                         on_undelivered: Undelivered | None = None) -> None:
+        """Renew this process's leases and recover other processes' lapsed jobs (bot/db/leases.py), and
+        call ``on_work`` whenever a job may have become runnable, in any process (bot/db/wakeups.py)."""
+        if on_work is not None:
+            self.wakeups.subscribe(on_work)
+        self.wakeups.start()
+        if self._keeper is None:
+            self._keeper = LeaseKeeper(self, on_undelivered)
+            self._keeper.start()
+
+    async def stop_background(self) -> None:
+        if self._keeper is not None:
+            await self._keeper.stop()
+            self._keeper = None
+        await self.wakeups.stop()
+
+    async def wait_for_work(self, timeout: float) -> bool:
+        """Until a job may have become runnable (True), or the timeout (False); needs start_background()."""
+        return await self.wakeups.wait(timeout)
 
     def session(self) -> AsyncSession:
         return self._sessions()
@@ -108,19 +153,15 @@ class JobStore:
         await self._update(job_id, message_id=message_id)
 
     async def claim_next(self, kind: str = JobKind.IMAGINE) -> Job | None:
-        """Move the lane's next job in fair order to RUNNING, counting the attempt. One consumer per lane."""
+        """Move the lane's next job in fair order to RUNNING, owned by this process, counting the attempt.
+
+        Any number of processes and lanes may call this at once: each job is claimed by exactly one."""
         async with self.session() as session, session.begin():
             order = await self._fair_order(session, kind)
-            if not order:
-                return None
-            job = order[0]
-            job.status = JobStatus.RUNNING
-            job.attempts += 1
-            job.started_at = utcnow()
-        return job
+            return await claim_first(session, order, self.instance_id, self.lease)
 
     async def requeue(self, job_id: int, error: str | None = None) -> None:
-        await self._update(job_id, status=JobStatus.QUEUED, error=error)
+        await self._fenced(job_id, status=JobStatus.QUEUED, error=error, claimed_by=None, lease_expires_at=None)
 
     async def release(self, job_id: int) -> None:
         """Back to the queue as if never claimed: the attempt is not counted (the worker was busy, not broken).
@@ -128,18 +169,20 @@ class JobStore:
         A first attempt also gives back its start time, so the member's turn in the fair order is not used up."""
         async with self.session() as session, session.begin():
             job = await session.get(Job, job_id)
-            if job is None or job.status != JobStatus.RUNNING:
+            if job is None or job.status != JobStatus.RUNNING or job.claimed_by not in (None, self.instance_id):
                 return
             job.status = JobStatus.QUEUED
             job.attempts = max(job.attempts - 1, 0)
+            job.claimed_by = job.lease_expires_at = None
             if job.attempts == 0:
                 job.started_at = None
 
     async def mark_delivering(self, job_id: int, result: dict[str, Any]) -> None:
-        await self._update(job_id, status=JobStatus.DELIVERING, result=result, error=None)
+        await self._fenced(job_id, status=JobStatus.DELIVERING, result=result, error=None)
 
     async def finish(self, job_id: int, status: JobStatus, error: str | None = None) -> None:
-        await self._update(job_id, status=status, error=error, finished_at=utcnow())
+        """The job's end; ``claimed_by`` stays, as the record of which process ran it."""
+        await self._fenced(job_id, status=status, error=error, finished_at=utcnow(), lease_expires_at=None)
 
     async def cancel_if_queued(self, job_id: int) -> bool:
         """Atomically cancel a job that has not started; False when it already left the queue."""
@@ -157,12 +200,73 @@ class JobStore:
                 .values(status=JobStatus.QUEUED))
             return rowcount(result) == 1
 
+    # --- ownership: leases and recovery (bot/db/leases.py runs these periodically) ---------------
+
     async def recover_interrupted(self) -> list[Job]:
-        """After a restart, jobs caught RUNNING go back to the queue (they were never delivered)."""
-        interrupted = await self.jobs_in(JobStatus.RUNNING)
-        for job in interrupted:
-            await self.requeue(job.id, error="interrupted by a restart")
-        return interrupted
+        """At start-up: RUNNING jobs this process held in its previous life (same instance id), or whose
+        owner's lease lapsed, or that nobody owns, go back to the queue (they were never delivered).
+        Jobs a live process is running are left to it."""
+        return await self._requeue_orphans("interrupted by a restart", lambda session: or_(
+            Job.claimed_by.is_(None), Job.claimed_by == self.instance_id, lapsed(session)))
+
+    async def recover_expired(self) -> list[Job]:
+        """While running: other processes' RUNNING jobs whose lease lapsed go back to the queue."""
+        return await self._requeue_orphans("its bot process stopped", lambda session: and_(
+            Job.claimed_by != self.instance_id, lapsed(session)))
+
+    async def adopt_undelivered(self) -> list[Job]:
+        """DELIVERING jobs nobody live owns (this process's previous life, a lapsed lease, no owner)
+        become this process's, to post their saved results; a job is adopted by one process only."""
+        adopted = []
+        async with self.session() as session, session.begin():
+            orphaned = or_(Job.claimed_by.is_(None), Job.claimed_by == self.instance_id, lapsed(session))
+            for job in await self._candidates(session, JobStatus.DELIVERING, orphaned):
+                if await take_over(session, job.id, and_(Job.status == JobStatus.DELIVERING, orphaned),
+                                   claimed_by=self.instance_id, lease_expires_at=lease_deadline(session, self.lease)):
+                    adopted.append(await session.get(Job, job.id, populate_existing=True))
+        return [job for job in adopted if job is not None]
+
+    async def renew_leases(self) -> int:
+        """Push forward the lease of every job this process runs or delivers; how many."""
+        async with self.session() as session, session.begin():
+            result = await session.execute(update(Job).where(
+                Job.claimed_by == self.instance_id, Job.status.in_((JobStatus.RUNNING, JobStatus.DELIVERING)))
+                .values(lease_expires_at=lease_deadline(session, self.lease)))
+            return rowcount(result)
+
+    async def hand_back(self) -> None:
+        """A graceful stop: this process's RUNNING jobs go back to the queue now, and its DELIVERING ones'
+        leases end, so another process takes them up without waiting a lease."""
+        await self._requeue_orphans("its bot process stopped", lambda session: Job.claimed_by == self.instance_id)
+        async with self.session() as session, session.begin():
+            await session.execute(update(Job).where(
+                Job.claimed_by == self.instance_id, Job.status == JobStatus.DELIVERING)
+                .values(lease_expires_at=lease_deadline(session, -self.lease)))
+
+    async def _requeue_orphans(self, error: str, condition: Callable[[AsyncSession], ColumnElement[bool]]) -> list[Job]:
+        requeued = []
+        async with self.session() as session, session.begin():
+            orphaned = condition(session)
+            for job in await self._candidates(session, JobStatus.RUNNING, orphaned):
+                if await take_over(session, job.id, and_(Job.status == JobStatus.RUNNING, orphaned),
+                                   status=JobStatus.QUEUED, error=error, claimed_by=None, lease_expires_at=None):
+                    requeued.append(job)  # as it was: claimed_by still names the process that lost it
+        return requeued
+
+    @staticmethod
+    async def _candidates(session: AsyncSession, status: JobStatus, condition: ColumnElement[bool]) -> list[Job]:
+        rows = await session.scalars(select(Job).where(Job.status == status, condition).order_by(Job.id))
+        jobs = list(rows)
+        for job in jobs:
+            session.expunge(job)  # keep them as read: the UPDATE that follows must not refresh them
+        return jobs
+
+    async def _fenced(self, job_id: int, **values: Any) -> None:
+        """Change a job this process owns (or nobody does); a job another process took over is left alone."""
+        async with self.session() as session, session.begin():
+            if not await take_over(session, job_id, owned_by(self.instance_id), **values):
+                log.warning("job %s: not changed (%s), another bot process owns it now",
+                            job_id, ", ".join(f"{key}={value}" for key, value in values.items() if key != "result"))
 
     async def _update(self, job_id: int, **values: Any) -> None:
         async with self.session() as session, session.begin():

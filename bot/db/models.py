@@ -62,6 +62,10 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    # A RUNNING or DELIVERING job belongs to one bot process (its instance id) while its lease holds;
+    # the owner renews the lease, and another process recovers the job once it lapses (bot/db/leases.py).
+    claimed_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
 
 
 class BotState(Base):

@@ -16,7 +16,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable
 
 from .. import metrics
-from ..db.models import Job, JobStatus
+from ..db.models import Job
 from ..worker.client import WorkerUnavailable
 from .deliveries import Deliveries
 from .interfaces import WorkerLink
@@ -72,8 +72,12 @@ class JobRunner:
         """At start-up: re-queue interrupted jobs and re-post finished ones never delivered."""
         for job in await self.store.recover_interrupted():
             log.info("job %s was interrupted by a restart; queued again", job.id)
-        for job in await self.store.jobs_in(JobStatus.DELIVERING):
-            await self._run(job, self.lanes[job.kind].resume)
+        for job in await self.store.adopt_undelivered():  # not those another live bot process is posting
+            await self.resume_delivery(job)
+
+    async def resume_delivery(self, job: Job) -> None:
+        """Post the saved result of a DELIVERING job this process took over (see recover)."""
+        await self._run(job, self.lanes[job.kind].resume)
 
     async def cancel(self, job: Job) -> bool:
         """Cancel a queued job, or ask the worker that has it to stop it (its lane then ends it)."""

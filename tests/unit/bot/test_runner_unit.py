@@ -72,6 +72,9 @@ class FakeStore:
             await self.requeue(job.id, "interrupted by a restart")
         return interrupted
 
+    async def adopt_undelivered(self) -> list[Job]:
+        return await self.jobs_in(JobStatus.DELIVERING)  # one process: every undelivered job is its own
+
     async def jobs_in(self, status: JobStatus) -> list[Job]:
         return [job for job in self.jobs.values() if job.status == status]
 

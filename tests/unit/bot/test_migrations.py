@@ -1,0 +1,64 @@
+"""Alembic's migrations up and down, on a real SQLite file and a real PostgreSQL server: every revision
+downgrades and upgrades again, and 0006 (job claims) adds and removes its columns and, on PostgreSQL,
+the NOTIFY triggers."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from alembic import command
+from databases import BACKENDS, migrated_database
+from sqlalchemy import inspect, text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from bot.db.migrate import alembic_config
+
+TRIGGERS = {"jobs_runnable_notify", "guild_resumed_notify"}
+
+
+@pytest.fixture(params=BACKENDS)
+async def url(request, tmp_path):
+    async with migrated_database(request.param, tmp_path) as url:
+        yield url
+
+
+async def schema(url: str) -> tuple[set[str], set[str], set[str]]:
+    """The tables, the jobs table's columns, and (PostgreSQL) the triggers."""
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as connection:
+            tables = set(await connection.run_sync(lambda sync: inspect(sync).get_table_names()))
+            columns = ({column["name"] for column in await connection.run_sync(
+                lambda sync: inspect(sync).get_columns("jobs"))} if "jobs" in tables else set())
+            triggers = set()
+            if engine.dialect.name == "postgresql":
+                triggers = set((await connection.execute(
+                    text("SELECT tgname FROM pg_trigger WHERE NOT tgisinternal"))).scalars())
+            return tables, columns, triggers
+    finally:
+        await engine.dispose()
+
+
+async def migrate(url: str, direction: str, revision: str) -> None:
+    await asyncio.to_thread(getattr(command, direction), alembic_config(url), revision)
+
+
+async def test_claims_migration_down_and_up(url):
+    tables, columns, triggers = await schema(url)
+    assert {"claimed_by", "lease_expires_at"} <= columns
+    assert triggers == (TRIGGERS if url.startswith("postgresql") else set())
+    await migrate(url, "downgrade", "0005")
+    tables, columns, triggers = await schema(url)
+    assert "jobs" in tables and not {"claimed_by", "lease_expires_at"} & columns and triggers == set()
+    await migrate(url, "upgrade", "head")
+    assert {"claimed_by", "lease_expires_at"} <= (await schema(url))[1]
+
+
+async def test_every_revision_downgrades_to_nothing_and_upgrades_again(url):
+    await migrate(url, "downgrade", "base")
+    tables, _, triggers = await schema(url)
+    assert tables <= {"alembic_version"} and triggers == set()
+    await migrate(url, "upgrade", "head")
+    tables, columns, _ = await schema(url)
+    assert {"jobs", "bot_state", "guild_settings", "bans", "loras", "lora_selections"} <= tables and "claimed_by" in columns
