@@ -1,8 +1,10 @@
-"""The bot <-> worker conversation, one typed class per message (protocol v2).
+"""The bot <-> worker conversation, one typed class per message (protocol v3).
 
     client (bot)                        worker
     ------------                        ------
-    Hello {version}               <->   Hello {version, model, device, pid, ready}
+                                  <-    Hello {version, model, device, pid, ready}
+    Hello {version, token}         ->   Welcome {} | Error {code: version_mismatch | unauthorized}, then close
+    Ping {}                        ->   Pong {}            (every heartbeat interval; silence = a dead link)
     Health {id}                    ->   HealthReport {id, ready, busy, model, device, pid,
                                                       gpu_memory_used?, gpu_memory_total?, gpu_utilization?}
     CountTokens {id, prompt}       ->   TokenCount {id, count, limit}
@@ -17,10 +19,16 @@
                                         Done {id, seconds} | Error {id, code, message}
     Cancel {id}                    ->   (the request in flight ends with Error code "cancelled";
                                          a cancelled training keeps the checkpoints it made)
+    FileChunk {id, sha256, size,  <-    FetchFile {id, sha256}        (a remote worker lacks a file a
+               offset} + data (many)     request named by sha256: the bot sends only files it named)
+    Done {id} | Error {id}
+                                  <-    FileChunk {id, sha256, size, offset, name, path} + data
+                                        (a remote training's checkpoint files, before its CheckpointReady)
 
 Both sides send Hello first; a version mismatch is refused by both with an Error(version_mismatch)
-that names the two versions. Files (datasets, checkpoints) are paths under the shared DATA_DIR.
-This module imports nothing heavy: the bot uses it without torch.
+that names the two versions. On a unix socket (same host) files are paths under the shared DATA_DIR;
+a remote worker gets them by content hash (zimage_protocol.files). This module imports nothing heavy:
+the bot uses it without torch.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ from enum import StrEnum
 from typing import Any, ClassVar
 
 from .errors import ErrorCode, ProtocolError
+from .files import MAX_FILES_PER_SET, FileRef, check_relative_name, check_sha256, check_size
 from .frames import PROTOCOL_VERSION, Frame, encode_frame
 
 
@@ -51,6 +60,11 @@ class Op(StrEnum):
     CHECKPOINT = "checkpoint"
     DONE = "done"
     ERROR = "error"
+    WELCOME = "welcome"
+    PING = "ping"
+    PONG = "pong"
+    FETCH_FILE = "fetch_file"
+    FILE_CHUNK = "file_chunk"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -59,11 +73,24 @@ class Op(StrEnum):
 
 @dataclass(frozen=True)
 class LoraRef:
-    """One adapter of a request: a unique name (the worker's cache key), its file, its scale."""
+    """One adapter of a request: a unique name (the worker's cache key), its file, its scale.
+
+    To a remote worker the file is ``sha256`` + ``size`` (and ``path`` is empty): it fetches what it lacks."""
 
     name: str
     path: str
     scale: float
+    sha256: str = ""
+    size: int = 0
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> LoraRef:
+        sha256 = str(data.get("sha256") or "")
+        size = data.get("size") or 0
+        if not isinstance(size, int) or isinstance(size, bool):
+            raise ProtocolError("a LoRA's size must be a whole number")
+        return cls(name=str(data["name"]), path=str(data.get("path") or ""), scale=float(data["scale"]),
+                   sha256=check_sha256(sha256) if sha256 else "", size=check_size(size))
 
 
 @dataclass(frozen=True)
@@ -94,8 +121,7 @@ class GenerateParams:
                 steps=int(data["steps"]),
                 seeds=[int(seed) for seed in data["seeds"]],
                 guidance_scale=float(data.get("guidance_scale", 0.0)),
-                loras=[LoraRef(name=str(lora["name"]), path=str(lora["path"]), scale=float(lora["scale"]))
-                       for lora in data.get("loras", [])],
+                loras=[LoraRef.from_json(lora) for lora in data.get("loras", [])],
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ProtocolError(f"bad generate params: {exc!r}") from None
@@ -110,11 +136,20 @@ class GenerateParams:
 
 @dataclass(frozen=True)
 class TrainParams:
-    """A LoRA training job: the prepared dataset, where checkpoints go, and the trainer config."""
+    """A LoRA training job: the prepared dataset, where checkpoints go, and the trainer config.
+
+    To a remote worker the dataset is ``files`` (relative names, by content) and the two dirs are the
+    bot's: the worker trains in a folder of its own named after ``output_dir`` and sends each
+    checkpoint's files back before its CheckpointReady."""
 
     dataset_dir: str
     output_dir: str
     config: dict[str, Any]
+    files: list[FileRef] = field(default_factory=list)
+
+    @property
+    def remote(self) -> bool:
+        return bool(self.files)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -123,9 +158,12 @@ class TrainParams:
     def from_json(cls, data: object) -> TrainParams:
         if not isinstance(data, dict) or not isinstance(data.get("config", {}), dict):
             raise ProtocolError("train params must be an object with a config object")
+        files = data.get("files") or []
+        if not isinstance(files, list) or len(files) > MAX_FILES_PER_SET:
+            raise ProtocolError(f"train params: files must be a list of at most {MAX_FILES_PER_SET}")
         try:
             return cls(dataset_dir=str(data["dataset_dir"]), output_dir=str(data["output_dir"]),
-                       config=dict(data.get("config") or {}))
+                       config=dict(data.get("config") or {}), files=[FileRef.from_json(item) for item in files])
         except KeyError as exc:
             raise ProtocolError(f"bad train params: missing {exc}") from None
 
@@ -148,7 +186,7 @@ class Message:
             value = getattr(self, item.name)
             if item.name == self.blob_field:
                 blob = value
-            elif isinstance(value, (GenerateParams, TrainParams)):
+            elif isinstance(value, GenerateParams | TrainParams):
                 header[item.name] = value.to_json()
             else:
                 header[item.name] = value.value if isinstance(value, StrEnum) else value
@@ -157,12 +195,32 @@ class Message:
 
 @dataclass(frozen=True)
 class Hello(Message):
+    """The worker's says what it runs; the client's says its version and, over TCP, the shared token."""
+
     op = Op.HELLO
     version: int
     model: str = ""
     device: str = ""
     pid: int = 0
     ready: bool = False
+    token: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True)
+class Welcome(Message):
+    """The worker accepted the client's Hello: requests may follow."""
+
+    op = Op.WELCOME
+
+
+@dataclass(frozen=True)
+class Ping(Message):
+    op = Op.PING
+
+
+@dataclass(frozen=True)
+class Pong(Message):
+    op = Op.PONG
 
 
 @dataclass(frozen=True)
@@ -271,6 +329,49 @@ class CheckpointReady(Message):
 
 
 @dataclass(frozen=True)
+class FetchFile(Message):
+    """A remote worker asks the bot for a file a request named by sha256 (it had no copy)."""
+
+    op = Op.FETCH_FILE
+    id: str
+    sha256: str
+
+    def __post_init__(self) -> None:
+        check_sha256(self.sha256)
+
+
+@dataclass(frozen=True)
+class FileChunk(Message):
+    """``data`` is the file's bytes from ``offset``; the file is complete when offset + len(data) == size.
+
+    Answering a FetchFile: ``id`` is the fetch's. A checkpoint file of a remote training: ``id`` is the
+    train request's, ``name`` its place relative to the training's output folder, ``path`` the worker's path
+    (the one its CheckpointReady names)."""
+
+    op = Op.FILE_CHUNK
+    blob_field = "data"
+    id: str
+    sha256: str
+    size: int
+    offset: int
+    name: str = ""
+    path: str = ""
+    data: bytes = b""
+
+    def __post_init__(self) -> None:
+        check_sha256(self.sha256)
+        check_size(self.size)
+        if self.name:
+            check_relative_name(self.name)
+        if self.offset < 0 or self.offset + len(self.data) > self.size:
+            raise ProtocolError(f"a file chunk at {self.offset} with {len(self.data)} bytes overruns {self.size}")
+
+    @property
+    def last(self) -> bool:
+        return self.offset + len(self.data) == self.size
+
+
+@dataclass(frozen=True)
 class Done(Message):
     op = Op.DONE
     id: str
@@ -287,7 +388,7 @@ class Error(Message):
 
 MESSAGES: dict[str, type[Message]] = {cls.op.value: cls for cls in (
     Hello, Health, HealthReport, CountTokens, TokenCount, ImagineRequest, TrainRequest, Cancel, Accepted, Progress,
-    ImageReady, TrainProgress, CheckpointReady, Done, Error)}
+    ImageReady, TrainProgress, CheckpointReady, Done, Error, Welcome, Ping, Pong, FetchFile, FileChunk)}
 
 _SCALARS: dict[str, tuple[type[Any], ...]] = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
 
