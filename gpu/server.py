@@ -120,8 +120,8 @@ class WorkerServer:
             try:
                 await writer.start_tls(self._tls, ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT)
             except (OSError, TimeoutError, ConnectionError) as exc:  # ssl.SSLError is an OSError
-                log.warning("refusing a client from %s: no TLS handshake (%s); clients must connect with TLS",
-                            peer, exc)
+                log.warning("refusing a client from %s: no TLS handshake (%s); a client must speak TLS and trust "
+                            "this worker's certificate", peer, str(exc) or type(exc).__name__)
                 return None
         connection = ClientConnection(reader, writer, peer, self.security.heartbeat_timeout)
         try:

@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 
 HELLO_TIMEOUT = 10.0
 MAX_RECONNECT_DELAY = 5.0
+REFUSED_RETRY_DELAY = 10.0  # a worker that refused us (token, version, certificate) is asked again this late
 
 
 class WorkerUnavailable(Exception):
@@ -154,7 +155,7 @@ class WorkerClient:
             except ssl.SSLCertVerificationError as exc:
                 self._refused(f"its TLS certificate is not trusted ({exc.verify_message}); set WORKER_TLS_CA to the "
                               f"CA that signed it, and connect by the name the certificate carries")
-                await asyncio.sleep(MAX_RECONNECT_DELAY)
+                await asyncio.sleep(REFUSED_RETRY_DELAY)
                 continue
             except (OSError, TimeoutError) as exc:
                 log.debug("worker %s not reachable yet: %s", self.endpoint, exc)
@@ -168,7 +169,7 @@ class WorkerClient:
                           else str(exc) or type(exc).__name__)
                 self._refused(reason)
                 writer.transport.abort()
-                await asyncio.sleep(max(delay, 2.0))
+                await asyncio.sleep(REFUSED_RETRY_DELAY)
                 continue
             delay = 0.1
             self.hello, self._writer, self._last_refusal = hello, writer, None

@@ -10,7 +10,8 @@ import pytest
 
 from bot.worker.client import WorkerClient
 from zimage_protocol import PROTOCOL_VERSION, ErrorCode, ProtocolError
-from zimage_protocol.frames import encode_frame, read_frame
+from zimage_protocol.files import FileRef
+from zimage_protocol.frames import FrameTooLarge, encode_frame, read_frame
 from zimage_protocol.messages import (
     MESSAGES,
     CheckpointReady,
@@ -32,8 +33,6 @@ from zimage_protocol.messages import (
     Welcome,
     decode,
 )
-from zimage_protocol.files import FileRef
-from zimage_protocol.frames import FrameTooLarge
 
 SHA = "ab" * 32
 
