@@ -67,7 +67,9 @@ def _parse_tcp(raw: str, rest: str, setting: str, listening: bool) -> TcpEndpoin
         host, _, port_text = rest[1:].partition("]")
         port_text = port_text.removeprefix(":") if port_text.startswith(":") else "\0"
     else:
-        host, _, port_text = rest.rpartition(":")
+        host, colon, port_text = rest.rpartition(":")
+        if not colon:
+            host, port_text = rest, ""
     if not host or "/" in rest or "@" in rest:
         raise SettingsError(f"{setting}: {raw!r} must be tcp://host:port (no path, no user)")
     try:
