@@ -134,7 +134,8 @@ class WorkerServer:
                 await asyncio.wait_for(connection.send(Error(id=None, code=code, message=reason)), HELLO_TIMEOUT)
                 return None
             await connection.send(Welcome())
-        except (OSError, TimeoutError, ConnectionError):
+        except (OSError, TimeoutError, asyncio.IncompleteReadError):  # it hung up, or went silent, mid-handshake
+            log.info("a client from %s left during the handshake", peer)
             return None
         log.info("client from %s connected", peer)
         return connection
@@ -144,7 +145,7 @@ class WorkerServer:
         try:
             hello = decode(await asyncio.wait_for(read_frame(reader, max_header=PRE_AUTH_HEADER_BYTES, max_blob=0),
                                                   HELLO_TIMEOUT))
-        except (TimeoutError, ProtocolError):
+        except (TimeoutError, ProtocolError):  # silence: a v1 client, which never said hello
             hello = None
         version = hello.version if isinstance(hello, Hello) else "1 or unknown"
         mismatch = hello_mismatch(version)

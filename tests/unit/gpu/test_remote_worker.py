@@ -209,3 +209,15 @@ async def test_a_training_set_and_a_lora_travel_to_a_worker_with_its_own_disk(re
         assert (cache / lora_sha).read_bytes() == Path(last.lora_file).read_bytes()  # fetched, hash-checked
     finally:
         await client.close()
+
+
+async def test_bot_check_probes_each_listed_worker(remote, pki):
+    from bot.worker.probe import probe_worker
+
+    port, _, _, _ = remote
+    ok, line = await probe_worker(TcpEndpoint("localhost", port), security(pki))
+    assert ok and line.startswith(f"tcp://localhost:{port}: worker pid") and "tiny on cpu" in line
+    ok, line = await probe_worker(TcpEndpoint("localhost", port), security(pki, token="x" * 20), timeout=5)
+    assert not ok and "wrong WORKER_TOKEN" in line
+    ok, line = await probe_worker(TcpEndpoint("127.0.0.1", free_port()), security(pki), timeout=1)
+    assert not ok and "nothing answers" in line
