@@ -42,12 +42,14 @@ def free_port() -> int:
 
 
 class CuttableProxy:
-    """Forwards host:port to 127.0.0.1:target_port until cut(); then it swallows every byte and closes nothing."""
+    """Forwards host:port to 127.0.0.1:target_port. cut() silences the connections open now (they swallow
+    every byte and close nothing, like a dead network path); connections made later are forwarded again."""
 
     def __init__(self, target_port: int):
         self.target_port = target_port
         self.port = 0
-        self.cut_off = False
+        self.cuts = 0
+        self._open: list[dict[str, bool]] = []
         self._server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task] = set()
 
@@ -56,18 +58,28 @@ class CuttableProxy:
         self.port = self._server.sockets[0].getsockname()[1]
 
     def cut(self) -> None:
-        self.cut_off = True
+        for state in self._open:
+            state["cut"] = True
+        self._open.clear()
+        self.cuts += 1
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:  # the worker is not listening yet: the client sees a closed connection and retries
+            writer.transport.abort()
+            return
+        state = {"cut": False}
+        self._open.append(state)
         for source, sink in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.create_task(self._pump(source, sink))
+            task = asyncio.create_task(self._pump(source, sink, state))
             self._tasks.add(task)
 
-    async def _pump(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+    @staticmethod
+    async def _pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter, state: dict[str, bool]) -> None:
         try:
             while data := await source.read(65536):
-                if not self.cut_off:
+                if not state["cut"]:
                     sink.write(data)
                     await sink.drain()
         except ConnectionError:
@@ -78,6 +90,23 @@ class CuttableProxy:
             task.cancel()
         if self._server:
             self._server.close()
+
+
+def start_remote_worker(worker_dir: Path, tiny_models_dir: Path, pki: TestPki, token: str, heartbeat: float,
+                        port: int) -> tuple[subprocess.Popen, Path]:
+    """`python -m gpu --listen tcp://127.0.0.1:port` with the tiny model and a DATA_DIR of its own; its log path."""
+    import os
+    import sys
+
+    worker_dir.mkdir(parents=True)
+    (worker_dir / "models").symlink_to(tiny_models_dir, target_is_directory=True)
+    log = worker_dir.parent / "worker.log"
+    env = {**os.environ, "WORKER_TLS_CERT": str(pki.cert), "WORKER_TLS_KEY": str(pki.key), "WORKER_TOKEN": token,
+           "WORKER_HEARTBEAT_TIMEOUT": str(heartbeat)}
+    with open(log, "wb") as sink:
+        process = subprocess.Popen([sys.executable, "-m", "gpu", "--model", "tiny", "--data-dir", str(worker_dir),
+                                    "--listen", f"tcp://127.0.0.1:{port}"], env=env, stderr=sink)
+    return process, log
 
 
 def write_dataset(root: Path, count: int = 4, size: int = 64) -> Path:

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from remote_helpers import CuttableProxy, free_port, make_pki, write_dataset
+from remote_helpers import CuttableProxy, free_port, make_pki, start_remote_worker, write_dataset
 
 from bot.worker.client import WorkerClient, WorkerUnavailable
 from zimage_protocol import GenerateParams
@@ -34,15 +34,8 @@ def pki(tmp_path_factory):
 def remote(tmp_path_factory, tiny_models_dir, pki):
     """One worker process for the module (starting one is the slow part); each test brings its own clients."""
     worker_dir = tmp_path_factory.mktemp("worker-host") / "data"
-    worker_dir.mkdir()
-    (worker_dir / "models").symlink_to(tiny_models_dir, target_is_directory=True)
     port = free_port()
-    log = worker_dir.parent / "worker.log"
-    env = {**os.environ, "WORKER_TLS_CERT": str(pki.cert), "WORKER_TLS_KEY": str(pki.key), "WORKER_TOKEN": TOKEN,
-           "WORKER_HEARTBEAT_TIMEOUT": str(HEARTBEAT)}
-    with open(log, "wb") as sink:
-        process = subprocess.Popen([sys.executable, "-m", "gpu", "--model", "tiny", "--data-dir", str(worker_dir),
-                                    "--listen", f"tcp://127.0.0.1:{port}"], env=env, stderr=sink)
+    process, log = start_remote_worker(worker_dir, tiny_models_dir, pki, TOKEN, HEARTBEAT, port)
     try:
         yield port, worker_dir, log, process
     finally:
@@ -150,7 +143,7 @@ async def test_a_silent_network_drop_is_noticed_in_seconds(remote, pki):
         stream = client.generate("dropped", params(steps=40, seeds=[1, 2, 3]))
         with pytest.raises(WorkerUnavailable):
             async for message in stream:
-                if isinstance(message, Progress) and not proxy.cut_off:
+                if isinstance(message, Progress) and not proxy.cuts:
                     proxy.cut()
                     cut_at = time.monotonic()
         noticed = time.monotonic() - cut_at
