@@ -21,6 +21,7 @@ from .file_cache import TransferFailed
 
 log = logging.getLogger(__name__)
 
+FETCH_CHUNK_TIMEOUT = 60.0  # a live bot that sends no next chunk (a chunk it sent was refused as malformed)
 FETCH_QUEUE_CHUNKS = 8  # file chunks read ahead of the disk, per fetch: the socket waits beyond that
 
 Handler = Callable[[Message, "ClientConnection"], Awaitable[None]]
@@ -105,7 +106,10 @@ class ClientConnection:
         try:
             await self.send(FetchFile(id=fetch_id, sha256=sha256))
             while True:
-                message = await queue.get()
+                try:
+                    message = await asyncio.wait_for(queue.get(), FETCH_CHUNK_TIMEOUT)
+                except TimeoutError:
+                    raise TransferFailed(f"no part of the file came for {FETCH_CHUNK_TIMEOUT:.0f} s") from None
                 if isinstance(message, _Lost):
                     raise TransferFailed("the bot's connection ended")
                 if isinstance(message, Error):

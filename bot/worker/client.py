@@ -234,7 +234,7 @@ class WorkerClient:
             if isinstance(message, Pong):
                 continue
             if isinstance(message, FetchFile):  # a remote worker wants a file a request of ours named
-                task = asyncio.create_task(self._offers.serve(message, self._send))
+                task = asyncio.create_task(self._serve_file(message))
                 self._helpers.add(task)
                 task.add_done_callback(self._helpers.discard)
                 continue
@@ -244,6 +244,12 @@ class WorkerClient:
                 queue.put_nowait(message)
             elif isinstance(message, Error):
                 log.warning("the GPU worker reported %s: %s", message.code.value, message.message)
+
+    async def _serve_file(self, request: FetchFile) -> None:
+        try:
+            await self._offers.serve(request, self._send)
+        except WorkerUnavailable as exc:  # the connection went while sending: the worker's request fails there
+            log.info("stopped sending a file to the GPU worker: %s", exc)
 
     async def _send(self, message: Message) -> None:
         if self._writer is None:
