@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         return fail(*explain_load_error(args.model, exc))
     try:
-        return asyncio.run(serve(engine, endpoint, security, warm_up=not args.no_warm_up))
+        return asyncio.run(serve(engine, endpoint, warm_up=not args.no_warm_up, security=security))
     except KeyboardInterrupt:
         return 0
 
@@ -100,13 +100,14 @@ def fail(code: WorkerExit, line: str) -> int:
     return code
 
 
-async def serve(engine: ImageEngine, endpoint: Endpoint, security: WireSecurity, warm_up: bool) -> int:
+async def serve(engine: ImageEngine, endpoint: Endpoint | Path, warm_up: bool, security: WireSecurity | None = None) -> int:
     scheduler = GpuScheduler(engine)
-    server = WorkerServer(scheduler, endpoint, security, engine.data_dir)
+    server = WorkerServer(scheduler, endpoint, security)
+    where = endpoint.path if isinstance(endpoint, UnixEndpoint) else endpoint
     try:
         await server.listen()
     except OSError as exc:
-        return fail(WorkerExit.SOCKET, f"cannot listen on {endpoint}: {exc.strerror or exc}")
+        return fail(WorkerExit.SOCKET, f"cannot listen on {where}: {exc.strerror or exc}")
     except SystemExit as exc:  # listen() refuses a path too long for a unix socket
         return fail(WorkerExit.SOCKET, str(exc))
     try:

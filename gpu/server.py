@@ -63,11 +63,22 @@ class WorkerServer:
         self.engine = scheduler.engine
         self.endpoint = UnixEndpoint(endpoint) if isinstance(endpoint, Path) else endpoint
         self.security = security or WireSecurity()
-        self.data_dir = data_dir or Path(self.engine.data_dir)
-        self.files = FileCache(self.data_dir / "cache" / "files")
+        self._data_dir = data_dir
+        self._files: FileCache | None = None
         self._strangers = asyncio.Semaphore(MAX_STRANGERS)
         self._tls: ssl.SSLContext | None = None
         self._server: asyncio.AbstractServer | None = None
+
+    @property
+    def data_dir(self) -> Path:
+        return self._data_dir or Path(self.engine.data_dir)
+
+    @property
+    def files(self) -> FileCache:
+        """DATA_DIR/cache/files: what remote bots sent this worker, by sha256."""
+        if self._files is None:
+            self._files = FileCache(self.data_dir / "cache" / "files")
+        return self._files
 
     async def serve_forever(self) -> None:
         assert self._server is not None
