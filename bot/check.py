@@ -249,6 +249,14 @@ def check_external_worker(socket_path: Path) -> Check:
                                   f"(python -m gpu --socket {socket_path}) and check it with `python -m bot check --worker`")
 
 
+def check_listed_workers(settings: Settings) -> list[Check]:
+    """WORKERS: each endpoint connected to as the bot will (TLS, certificate, token, protocol version)."""
+    from .worker.probe import probe_worker
+
+    return [Check(ok, "worker", line) for ok, line in
+            (asyncio.run(probe_worker(endpoint, settings.worker_security)) for endpoint in settings.workers)]
+
+
 def _guarded(name: str, run: Callable[[], Check | list[Check]]) -> list[Check]:
     """A check that raises is a failed check, on one line."""
     try:
@@ -283,6 +291,9 @@ def all_checks(worker_only: bool) -> Iterator[Check]:
     yield check_token(settings.discord_token)
     yield from _guarded("database", lambda: check_database(settings))
     yield from _guarded("disk", lambda: check_disk(settings.data_dir))
+    if settings.worker_mode == "external" and settings.workers:
+        yield from _guarded("worker", lambda: check_listed_workers(settings))
+        return
     if settings.worker_mode == "external":
         yield from _guarded("worker", lambda: check_external_worker(settings.socket_path))
         return

@@ -50,7 +50,7 @@ async def build_services(settings: Settings, client: discord.Client) -> Services
     rules = RequestRules(moderation, allow_dms=settings.allow_dms)
     limits = UserLimits(settings, store)
 
-    worker = WorkerClient(settings.socket_path)
+    worker = WorkerClient.for_settings(settings)
     supervisor = WorkerSupervisor(settings) if settings.worker_mode == "spawn" else None
     monitor = Monitor(client, store, worker, supervisor)
     files_server = FilesServer(signer, settings.http_host, settings.http_port, routes=monitor.routes())

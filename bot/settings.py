@@ -12,6 +12,8 @@ from pathlib import Path
 from yarl import URL
 
 from zimage_protocol.constants import DEFAULT_MODEL
+from zimage_protocol.endpoints import Endpoint, TcpEndpoint, UnixEndpoint, parse_endpoints
+from zimage_protocol.security import WireSecurity
 from zimage_protocol.settings import (
     LoraLimits,
     SettingsError,
@@ -35,6 +37,10 @@ class Settings:
     zimage_model: str = DEFAULT_MODEL
     worker_mode: str = "spawn"  # spawn: the bot runs `python -m gpu`; external: connect only
     worker_socket: Path | None = None
+    # WORKERS (external mode): unix:/path and tcp://host:port endpoints; empty: the one socket above.
+    workers: tuple[Endpoint, ...] = ()
+    # WORKER_TLS_CERT/KEY/CA, WORKER_TOKEN, WORKER_HEARTBEAT_TIMEOUT: read by the worker too, one parser for both
+    worker_security: WireSecurity = WireSecurity()
     max_queued_per_user: int = 3
     rate_limit_count: int = 5
     rate_limit_period: float = 60.0
@@ -76,6 +82,11 @@ class Settings:
     @property
     def socket_path(self) -> Path:
         return self.worker_socket or self.data_dir / "worker.sock"
+
+    @property
+    def worker_endpoints(self) -> tuple[Endpoint, ...]:
+        """The workers the bot connects to: WORKERS, or the one unix socket (spawn mode, or external without WORKERS)."""
+        return self.workers or (UnixEndpoint(self.socket_path),)
 
     @property
     def outputs_dir(self) -> Path:
@@ -133,6 +144,7 @@ def load_settings(env: dict[str, str] | None = None, dotenv_path: str | None = "
         zimage_model=env.get("ZIMAGE_MODEL", "").strip() or DEFAULT_MODEL,
         worker_mode=read_choice(env, "WORKER_MODE", d.worker_mode, ("spawn", "external")),
         worker_socket=Path(socket).expanduser().resolve() if socket else None,
+        **_worker_endpoint_settings(env),
         max_queued_per_user=read_int(env, "MAX_QUEUED_PER_USER", d.max_queued_per_user, minimum=1),
         rate_limit_count=read_int(env, "RATE_LIMIT_COUNT", d.rate_limit_count, minimum=1),
         rate_limit_period=read_float(env, "RATE_LIMIT_PERIOD", d.rate_limit_period, minimum=0.1),
@@ -143,6 +155,19 @@ def load_settings(env: dict[str, str] | None = None, dotenv_path: str | None = "
         **_training_settings(env),
         **_lora_settings(env),
     )
+
+
+def _worker_endpoint_settings(env: dict[str, str]) -> dict:
+    workers = parse_endpoints(env.get("WORKERS", ""))
+    mode = read_choice(env, "WORKER_MODE", Settings.worker_mode, ("spawn", "external"))
+    if workers and mode != "external":
+        raise SettingsError("WORKERS lists workers the bot connects to: set WORKER_MODE=external with it "
+                            "(in spawn mode the bot starts its worker itself)")
+    security = WireSecurity.from_env(env)
+    if any(isinstance(endpoint, TcpEndpoint) for endpoint in workers):
+        security.require_client_token()
+        security.client_context()  # a WORKER_TLS_CA that does not load stops the bot here, with one line
+    return {"workers": workers, "worker_security": security}
 
 
 def _training_settings(env: dict[str, str]) -> dict:

@@ -12,6 +12,9 @@ import time
 from pathlib import Path
 
 from zimage_protocol.constants import DEFAULT_MODEL
+from zimage_protocol.endpoints import Endpoint, UnixEndpoint, parse_endpoint
+from zimage_protocol.security import WireSecurity
+from zimage_protocol.settings import SettingsError
 
 from .engine import ImageEngine
 from .scheduler import GpuScheduler
@@ -26,6 +29,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="hub id, local folder, or 'tiny'")
     parser.add_argument("--data-dir", type=Path, default=data_dir)
     parser.add_argument("--socket", type=Path, default=None, help="default: DATA_DIR/worker.sock")
+    parser.add_argument("--listen", default=None, metavar="ENDPOINT",
+                        help="unix:/path or tcp://host:port (TCP needs WORKER_TLS_CERT, WORKER_TLS_KEY and "
+                             "WORKER_TOKEN); default: the unix socket of --socket")
     parser.add_argument("--no-warm-up", action="store_true")
     parser.add_argument("--exit-with-parent", action="store_true",
                         help="exit when the process that started us dies (the bot's supervisor)")
@@ -54,13 +60,20 @@ def main(argv: list[str] | None = None) -> int:
         exit_with_parent()
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"),
                         format="%(asctime)s worker %(levelname)s %(name)s: %(message)s")
-    socket_path = args.socket or args.data_dir / "worker.sock"
+    try:
+        endpoint = listen_endpoint(args)
+        security = WireSecurity.from_env(os.environ)
+        if not isinstance(endpoint, UnixEndpoint):
+            security.require_server_tls()
+            security.server_context()  # a certificate that does not load stops us here, with one line
+    except SettingsError as exc:
+        return fail(WorkerExit.SOCKET, str(exc))
     # Owner-only files (checkpoints, LoRAs, caches), as in the bot (bot/__main__.py make_private); a
     # worker spawned by the bot inherits this umask, an external one sets it here.
     os.umask(0o077)
     args.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if socket_is_live(socket_path):
-        print(f"another worker already serves {socket_path}", file=sys.stderr)
+    if isinstance(endpoint, UnixEndpoint) and socket_is_live(endpoint.path):
+        print(f"another worker already serves {endpoint.path}", file=sys.stderr)
         return WorkerExit.SOCKET
     engine = ImageEngine(args.model, args.data_dir)
     try:
@@ -68,9 +81,17 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         return fail(*explain_load_error(args.model, exc))
     try:
-        return asyncio.run(serve(engine, socket_path, warm_up=not args.no_warm_up))
+        return asyncio.run(serve(engine, endpoint, warm_up=not args.no_warm_up, security=security))
     except KeyboardInterrupt:
         return 0
+
+
+def listen_endpoint(args: argparse.Namespace) -> Endpoint:
+    if args.listen and args.socket:
+        raise SettingsError("give --listen or --socket, not both")
+    if args.listen:
+        return parse_endpoint(args.listen, "--listen", listening=True)
+    return UnixEndpoint(args.socket or args.data_dir / "worker.sock")
 
 
 def fail(code: WorkerExit, line: str) -> int:
@@ -79,13 +100,14 @@ def fail(code: WorkerExit, line: str) -> int:
     return code
 
 
-async def serve(engine: ImageEngine, socket_path: Path, warm_up: bool) -> int:
+async def serve(engine: ImageEngine, endpoint: Endpoint | Path, warm_up: bool, security: WireSecurity | None = None) -> int:
     scheduler = GpuScheduler(engine)
-    server = WorkerServer(scheduler, socket_path)
+    server = WorkerServer(scheduler, endpoint, security)
+    where = endpoint.path if isinstance(endpoint, UnixEndpoint) else endpoint
     try:
         await server.listen()
     except OSError as exc:
-        return fail(WorkerExit.SOCKET, f"cannot listen on {socket_path}: {exc.strerror or exc}")
+        return fail(WorkerExit.SOCKET, f"cannot listen on {where}: {exc.strerror or exc}")
     except SystemExit as exc:  # listen() refuses a path too long for a unix socket
         return fail(WorkerExit.SOCKET, str(exc))
     try:

@@ -1,8 +1,11 @@
-"""The worker's socket transport: accept clients, check their protocol version, decode, dispatch, reply.
+"""The worker's transport: listen (unix socket, or TCP with TLS), authenticate clients, dispatch, reply.
 
-Each request runs as its own task, so a cancel or a health check is read while a generation runs.
-What runs on the GPU, and when, is gpu/scheduler.py's; this module only turns requests into its calls
-and their outcomes into replies. :func:`error_reply` is the one place an exception becomes an Error.
+A client is let in only after its Hello: the same protocol version and, over TCP, after a TLS
+handshake, the worker's ``WORKER_TOKEN`` (compared in constant time). Until then it may send only
+a small frame, within a deadline, and only a few strangers are handled at once. Each request then
+runs as its own task (gpu/connection.py). What runs on the GPU, and when, is gpu/scheduler.py's;
+this module only turns requests into its calls and their outcomes into replies. :func:`error_reply`
+is the one place an exception becomes an Error.
 """
 
 from __future__ import annotations
@@ -11,12 +14,14 @@ import asyncio
 import logging
 import os
 import socket
+import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from zimage_protocol.constants import MAX_SEQUENCE_LENGTH
+from zimage_protocol.endpoints import Endpoint, TcpEndpoint, UnixEndpoint
 from zimage_protocol.errors import ErrorCode, ProtocolError, UserError
-from zimage_protocol.frames import PROTOCOL_VERSION, FrameTooLarge, read_frame
+from zimage_protocol.frames import PRE_AUTH_HEADER_BYTES, PROTOCOL_VERSION, read_frame
 from zimage_protocol.messages import (
     Accepted,
     Cancel,
@@ -32,25 +37,48 @@ from zimage_protocol.messages import (
     Progress,
     TokenCount,
     TrainRequest,
+    Welcome,
     decode,
     hello_mismatch,
 )
+from zimage_protocol.security import TLS_HANDSHAKE_TIMEOUT, WireSecurity, enable_keepalive
 
+from .connection import ClientConnection
+from .file_cache import FileCache
+from .remote_files import checkpoint_sender, localize_generate, localize_train
 from .scheduler import GpuScheduler
 
 log = logging.getLogger(__name__)
 
-HELLO_TIMEOUT = 10.0  # a client says its protocol version first
+HELLO_TIMEOUT = 10.0  # a client says its protocol version (and token) first
+MAX_STRANGERS = 16  # connections not yet through TLS and Hello, at once; more are closed at once
 
 Send = Callable[[Message], Awaitable[None]]
 
 
 class WorkerServer:
-    def __init__(self, scheduler: GpuScheduler, socket_path: Path):
+    def __init__(self, scheduler: GpuScheduler, endpoint: Endpoint | Path, security: WireSecurity | None = None,
+                 data_dir: Path | None = None):
         self.scheduler = scheduler
         self.engine = scheduler.engine
-        self.socket_path = socket_path
+        self.endpoint = UnixEndpoint(endpoint) if isinstance(endpoint, Path) else endpoint
+        self.security = security or WireSecurity()
+        self._data_dir = data_dir
+        self._files: FileCache | None = None
+        self._strangers = asyncio.Semaphore(MAX_STRANGERS)
+        self._tls: ssl.SSLContext | None = None
         self._server: asyncio.AbstractServer | None = None
+
+    @property
+    def data_dir(self) -> Path:
+        return self._data_dir or Path(self.engine.data_dir)
+
+    @property
+    def files(self) -> FileCache:
+        """DATA_DIR/cache/files: what remote bots sent this worker, by sha256."""
+        if self._files is None:
+            self._files = FileCache(self.data_dir / "cache" / "files")
+        return self._files
 
     async def serve_forever(self) -> None:
         assert self._server is not None
@@ -58,78 +86,89 @@ class WorkerServer:
             await self._server.serve_forever()
 
     async def listen(self) -> None:
-        """Bind the socket. Health and token counts work from here on; generate waits for the model."""
-        path = str(self.socket_path)
+        """Bind. Health and token counts work from here on; generate waits for the model."""
+        if isinstance(self.endpoint, TcpEndpoint):
+            self.security.require_server_tls()  # SettingsError: no TCP without TLS and a token
+            self._tls = self.security.server_context()
+            self._server = await asyncio.start_server(self._accept, self.endpoint.host, self.endpoint.port)
+            port = self._server.sockets[0].getsockname()[1]
+            log.info("worker listening on tcp://%s:%s (TLS, token required)", self.endpoint.host, port)
+            return
+        path = str(self.endpoint.path)
         if len(path.encode()) > 100:
             raise SystemExit(f"socket path too long for a unix socket: {path}")
-        self.socket_path.unlink(missing_ok=True)
+        self.endpoint.path.unlink(missing_ok=True)
         # Owner-only from the first moment: the umask applies to bind(), chmod makes it explicit.
         old_umask = os.umask(0o077)
         try:
-            server = await asyncio.start_unix_server(self._serve_client, path=path)
+            server = await asyncio.start_unix_server(self._accept, path=path)
         finally:
             os.umask(old_umask)
         os.chmod(path, 0o600)
         self._server = server
         log.info("worker listening on %s", path)
 
-    async def _serve_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        send_lock = asyncio.Lock()
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        tcp = isinstance(self.endpoint, TcpEndpoint)
+        peer = _peer_name(writer) if tcp else "unix socket"
+        if self._strangers.locked():
+            log.warning("refusing a client from %s: %d connections are already authenticating", peer, MAX_STRANGERS)
+            writer.transport.abort()
+            return
+        async with self._strangers:
+            connection = await self._authenticate(reader, writer, peer, tcp)
+        if connection is None:
+            writer.transport.abort()
+            return
+        await connection.serve(self._handle)
 
-        async def send(message: Message) -> None:
-            async with send_lock:
-                writer.write(message.encode())
-                await writer.drain()
-
-        tasks: set[asyncio.Task[None]] = set()
+    async def _authenticate(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str,
+                            tcp: bool) -> ClientConnection | None:
+        """TLS (over TCP), then Hello: version, and the token over TCP. Refusals are logged and said to the client."""
+        if tcp:
+            enable_keepalive(writer.get_extra_info("socket"), self.security.heartbeat_timeout)
+            assert self._tls is not None
+            try:
+                await writer.start_tls(self._tls, ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT)
+            except (OSError, TimeoutError, ConnectionError) as exc:  # ssl.SSLError is an OSError
+                log.warning("refusing a client from %s: no TLS handshake (%s); a client must speak TLS and trust "
+                            "this worker's certificate", peer, str(exc) or type(exc).__name__)
+                return None
+        connection = ClientConnection(reader, writer, peer, self.security.heartbeat_timeout)
         try:
-            await send(Hello(version=PROTOCOL_VERSION, model=self.engine.model_name, device=self.engine.device,
-                             pid=os.getpid(), ready=self.scheduler.ready))
-            if not await self._accept_hello(reader, send):
-                return
-            while True:
-                try:
-                    frame = await read_frame(reader)
-                except FrameTooLarge:
-                    raise  # its body was not read: the stream is out of step, the connection ends
-                except ProtocolError as exc:  # a header that is not JSON: refused, the next frame is read
-                    await send(Error(id=None, code=ErrorCode.BAD_REQUEST, message=str(exc)[:500]))
-                    continue
-                try:
-                    message = decode(frame)
-                except ProtocolError as exc:  # one bad request is refused; the connection goes on
-                    await send(Error(id=frame.id, code=ErrorCode.BAD_REQUEST, message=str(exc)[:500]))
-                    continue
-                # Each request runs as its own task so a cancel is read while a generate runs.
-                task = asyncio.create_task(self._handle(message, send))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        except ProtocolError as exc:
-            log.warning("dropping client: %s", exc)
-        finally:
-            # The bot went away: cancel whatever it asked for, nobody will read the result.
-            for task in tasks:
-                task.cancel()
-            writer.close()
+            await connection.send(Hello(version=PROTOCOL_VERSION, model=self.engine.model_name,
+                                        device=self.engine.device, pid=os.getpid(), ready=self.scheduler.ready))
+            refusal = await self._hello_refusal(reader, tcp)
+            if refusal is not None:
+                code, reason = refusal
+                log.error("refusing a client from %s: %s", peer, reason)
+                await asyncio.wait_for(connection.send(Error(id=None, code=code, message=reason)), HELLO_TIMEOUT)
+                return None
+            await connection.send(Welcome())
+        except (OSError, TimeoutError, asyncio.IncompleteReadError):  # it hung up, or went silent, mid-handshake
+            log.info("a client from %s left during the handshake", peer)
+            return None
+        log.info("client from %s connected", peer)
+        return connection
 
-    @staticmethod
-    async def _accept_hello(reader: asyncio.StreamReader, send: Send) -> bool:
-        """The client's first frame is its Hello; another version is refused with a message both sides log."""
+    async def _hello_refusal(self, reader: asyncio.StreamReader, tcp: bool) -> tuple[ErrorCode, str] | None:
+        """Why the client's Hello is refused, or None. Only a small frame is read from a client not yet known."""
         try:
-            hello = decode(await asyncio.wait_for(read_frame(reader), HELLO_TIMEOUT))
-        except (TimeoutError, ProtocolError):
+            hello = decode(await asyncio.wait_for(read_frame(reader, max_header=PRE_AUTH_HEADER_BYTES, max_blob=0),
+                                                  HELLO_TIMEOUT))
+        except (TimeoutError, ProtocolError):  # silence: a v1 client, which never said hello
             hello = None
         version = hello.version if isinstance(hello, Hello) else "1 or unknown"
         mismatch = hello_mismatch(version)
-        if mismatch is None:
-            return True
-        log.error("refusing a client: %s", mismatch)
-        await send(Error(id=None, code=ErrorCode.VERSION_MISMATCH, message=mismatch))
-        return False
+        if mismatch is not None:
+            return ErrorCode.VERSION_MISMATCH, mismatch
+        assert isinstance(hello, Hello)
+        if tcp and not self.security.token_matches(hello.token):
+            return ErrorCode.UNAUTHORIZED, "wrong WORKER_TOKEN: the bot's token is not this worker's"
+        return None
 
-    async def _handle(self, message: Message, send: Send) -> None:
+    async def _handle(self, message: Message, connection: ClientConnection) -> None:
+        send = connection.send
         match message:
             case Health(id=request_id):
                 await send(HealthReport(id=request_id, ready=self.scheduler.ready, busy=self.scheduler.busy,
@@ -140,16 +179,21 @@ class WorkerServer:
             case Cancel(id=request_id):
                 self.scheduler.cancel(request_id)
             case ImagineRequest():
-                await self._generate(message, send)
-            case TrainRequest(id=request_id, params=params):
-                # The scheduler says Accepted itself: only once the run holds the trainer (else: busy).
-                await self._until_done(request_id, self.scheduler.train(request_id, params, send), send)
+                await self._generate(message, connection)
+            case TrainRequest(id=request_id):
+                await self._until_done(request_id, self._train(message, connection), send)
             case _:
                 await send(Error(id=getattr(message, "id", None), code=ErrorCode.BAD_REQUEST,
                                  message=f"a worker does not take {message.op.value!r}"))
 
-    async def _generate(self, request: ImagineRequest, send: Send) -> None:
-        request_id, params = request.id, request.params
+    async def _train(self, request: TrainRequest, connection: ClientConnection) -> float:
+        """A remote bot's training set is fetched first; its checkpoints go back as bytes (gpu/remote_files.py)."""
+        params = await localize_train(request.params, self.data_dir, self.files, connection.fetch)
+        # The scheduler says Accepted itself: only once the run holds the trainer (else: busy).
+        return await self.scheduler.train(request.id, params, checkpoint_sender(params, connection.send))
+
+    async def _generate(self, request: ImagineRequest, connection: ClientConnection) -> None:
+        request_id, params, send = request.id, request.params, connection.send
         if self.engine.count_tokens(params.prompt) > MAX_SEQUENCE_LENGTH:
             await send(Error(id=request_id, code=ErrorCode.PROMPT_TOO_LONG,
                              message=f"the prompt is longer than {MAX_SEQUENCE_LENGTH} tokens"))
@@ -162,7 +206,11 @@ class WorkerServer:
         async def on_image(index: int, seed: int, png: bytes) -> None:
             await send(ImageReady(id=request_id, index=index, seed=seed, png=png))
 
-        await self._until_done(request_id, self.scheduler.generate(request_id, params, on_step, on_image), send)
+        async def work() -> float:
+            local = await localize_generate(params, self.files, connection.fetch)  # a remote bot's LoRAs, by hash
+            return await self.scheduler.generate(request_id, local, on_step, on_image)
+
+        await self._until_done(request_id, work(), send)
 
     @staticmethod
     async def _until_done(request_id: str, work: Awaitable[float], send: Send) -> None:
@@ -192,6 +240,11 @@ def _is_out_of_memory(exc: BaseException) -> bool:
     import torch  # already loaded in a worker; not imported by the protocol tests
 
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def _peer_name(writer: asyncio.StreamWriter) -> str:
+    peer = writer.get_extra_info("peername")
+    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
 
 
 def socket_is_live(path: Path) -> bool:

@@ -8,6 +8,9 @@ discord.py, but both speak exactly these frames, messages, error codes and setti
 - :mod:`.errors`: error codes and :class:`UserError`, the worker's errors a user may read.
 - :mod:`.constants`: names and limits both sides must agree on.
 - :mod:`.settings`: the environment variables both processes read, parsed once.
+- :mod:`.endpoints`: ``unix:/path`` and ``tcp://host:port``, parsed once for ``--listen`` and ``WORKERS``.
+- :mod:`.security`: TLS, the shared token and heartbeats of a connection.
+- :mod:`.files`: files named by content (sha256) for workers on another host.
 """
 
 from .errors import ErrorCode, ProtocolError, UserError

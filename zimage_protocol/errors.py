@@ -20,6 +20,7 @@ class ErrorCode(StrEnum):
     TRAINING = "training"  # a training could not start or go on (dataset, config, checkpoint); the message says why
     UNSUPPORTED = "unsupported"  # this worker cannot do it (training on a quantized worker)
     VERSION_MISMATCH = "version_mismatch"
+    UNAUTHORIZED = "unauthorized"  # a TCP client without the worker's WORKER_TOKEN
     INTERNAL = "internal"
 
     @classmethod

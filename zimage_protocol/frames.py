@@ -17,9 +17,13 @@ from typing import Any
 from .errors import ProtocolError
 
 # v2: typed messages (zimage_protocol.messages), the client's hello, error codes from ErrorCode.
-PROTOCOL_VERSION = 2
+# v3: endpoints over TCP (the token in the client's Hello, Welcome), Ping/Pong heartbeats, files by content hash.
+PROTOCOL_VERSION = 3
 MAX_HEADER_BYTES = 1 << 20
 MAX_BLOB_BYTES = 256 << 20
+# Before a client is authenticated it may send only a small Hello: nothing big is read from a stranger.
+PRE_AUTH_HEADER_BYTES = 16 << 10
+READ_CHUNK_BYTES = 1 << 20  # a big blob is read in chunks, so the idle timeout measures silence, not frame size
 _HEAD = struct.Struct(">II")
 
 
@@ -42,18 +46,20 @@ def encode_frame(op: str, blob: bytes = b"", **fields: Any) -> bytes:
     return _HEAD.pack(len(header), len(blob)) + header + blob
 
 
-async def read_frame(reader: asyncio.StreamReader) -> Frame:
+async def read_frame(reader: asyncio.StreamReader, idle_timeout: float | None = None,
+                     max_header: int = MAX_HEADER_BYTES, max_blob: int = MAX_BLOB_BYTES) -> Frame:
     """Read one frame; raises asyncio.IncompleteReadError when the peer hangs up.
 
     A frame over the limits is a ProtocolError before its body is read (the stream cannot be
     resynchronised after it, so the caller closes the connection); a malformed header is a
     ProtocolError after the whole frame was consumed (the caller may go on reading).
+    ``idle_timeout``: TimeoutError when no byte arrives for that long (the caller closes the connection).
     """
-    header_len, blob_len = _HEAD.unpack(await reader.readexactly(_HEAD.size))
-    if header_len > MAX_HEADER_BYTES or blob_len > MAX_BLOB_BYTES:
+    header_len, blob_len = _HEAD.unpack(await _read(reader, _HEAD.size, idle_timeout))
+    if header_len > max_header or blob_len > max_blob:
         raise FrameTooLarge(f"frame too large ({header_len} + {blob_len} bytes)")
-    raw = await reader.readexactly(header_len)
-    blob = await reader.readexactly(blob_len) if blob_len else b""
+    raw = await _read(reader, header_len, idle_timeout)
+    blob = await _read(reader, blob_len, idle_timeout) if blob_len else b""
     try:
         header = json.loads(raw)
     except (UnicodeDecodeError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
@@ -61,6 +67,17 @@ async def read_frame(reader: asyncio.StreamReader) -> Frame:
     if not isinstance(header, dict) or not isinstance(header.get("op"), str):
         raise ProtocolError("frame header must be an object with an 'op'")
     return Frame(op=header.pop("op"), header=header, blob=blob)
+
+
+async def _read(reader: asyncio.StreamReader, size: int, idle_timeout: float | None) -> bytes:
+    if idle_timeout is None:
+        return await reader.readexactly(size)
+    parts = []
+    while size > 0:
+        part = await asyncio.wait_for(reader.readexactly(min(size, READ_CHUNK_BYTES)), idle_timeout)
+        parts.append(part)
+        size -= len(part)
+    return b"".join(parts)
 
 
 class FrameTooLarge(ProtocolError):

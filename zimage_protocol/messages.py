@@ -1,8 +1,10 @@
-"""The bot <-> worker conversation, one typed class per message (protocol v2).
+"""The bot <-> worker conversation, one typed class per message (protocol v3).
 
     client (bot)                        worker
     ------------                        ------
-    Hello {version}               <->   Hello {version, model, device, pid, ready}
+                                  <-    Hello {version, model, device, pid, ready}
+    Hello {version, token}         ->   Welcome {} | Error {code: version_mismatch | unauthorized}, then close
+    Ping {}                        ->   Pong {}            (every heartbeat interval; silence = a dead link)
     Health {id}                    ->   HealthReport {id, ready, busy, model, device, pid,
                                                       gpu_memory_used?, gpu_memory_total?, gpu_utilization?}
     CountTokens {id, prompt}       ->   TokenCount {id, count, limit}
@@ -17,22 +19,32 @@
                                         Done {id, seconds} | Error {id, code, message}
     Cancel {id}                    ->   (the request in flight ends with Error code "cancelled";
                                          a cancelled training keeps the checkpoints it made)
+    FileChunk {id, sha256, size,  <-    FetchFile {id, sha256}        (a remote worker lacks a file a
+               offset} + data (many)     request named by sha256: the bot sends only files it named)
+    (or Error {id}: not a file it named)
+                                  <-    FileChunk {id, sha256, size, offset, name, path} + data
+                                        (a remote training's checkpoint files, before its CheckpointReady)
 
 Both sides send Hello first; a version mismatch is refused by both with an Error(version_mismatch)
-that names the two versions. Files (datasets, checkpoints) are paths under the shared DATA_DIR.
-This module imports nothing heavy: the bot uses it without torch.
+that names the two versions. On a unix socket (same host) files are paths under the shared DATA_DIR;
+a remote worker gets them by content hash (zimage_protocol.files). This module imports nothing heavy:
+the bot uses it without torch.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar
 
 from .errors import ErrorCode, ProtocolError
+from .files import check_relative_name, check_sha256, check_size
 from .frames import PROTOCOL_VERSION, Frame, encode_frame
+from .params import GenerateParams, LoraRef, TrainParams
+
+__all__ = ["GenerateParams", "LoraRef", "TrainParams"]  # re-exported: requests' parameters live in .params
 
 
 class Op(StrEnum):
@@ -51,83 +63,11 @@ class Op(StrEnum):
     CHECKPOINT = "checkpoint"
     DONE = "done"
     ERROR = "error"
-
-
-# ---------------------------------------------------------------------------------------------
-# Request parameters
-
-
-@dataclass(frozen=True)
-class LoraRef:
-    """One adapter of a request: a unique name (the worker's cache key), its file, its scale."""
-
-    name: str
-    path: str
-    scale: float
-
-
-@dataclass(frozen=True)
-class GenerateParams:
-    """What one /imagine job asks the worker for. One seed per image keeps pixels reproducible."""
-
-    prompt: str
-    width: int
-    height: int
-    steps: int
-    seeds: list[int]
-    guidance_scale: float = 0.0
-    loras: list[LoraRef] = field(default_factory=list)
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: object) -> GenerateParams:
-        """Also reads a job's stored params: keys the worker does not need (upload_limit, a LoRA's label) are dropped."""
-        if not isinstance(data, dict):
-            raise ProtocolError("generate params must be an object")
-        try:
-            params = cls(
-                prompt=str(data["prompt"]),
-                width=int(data["width"]),
-                height=int(data["height"]),
-                steps=int(data["steps"]),
-                seeds=[int(seed) for seed in data["seeds"]],
-                guidance_scale=float(data.get("guidance_scale", 0.0)),
-                loras=[LoraRef(name=str(lora["name"]), path=str(lora["path"]), scale=float(lora["scale"]))
-                       for lora in data.get("loras", [])],
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ProtocolError(f"bad generate params: {exc!r}") from None
-        if params.width % 16 or params.height % 16 or params.width < 16 or params.height < 16:
-            raise ProtocolError("width and height must be positive multiples of 16")
-        if not params.seeds or params.steps < 1:
-            raise ProtocolError("a generation needs at least one seed and one step")
-        if not all(math.isfinite(value) for value in (params.guidance_scale, *(lora.scale for lora in params.loras))):
-            raise ProtocolError("scales must be finite numbers")
-        return params
-
-
-@dataclass(frozen=True)
-class TrainParams:
-    """A LoRA training job: the prepared dataset, where checkpoints go, and the trainer config."""
-
-    dataset_dir: str
-    output_dir: str
-    config: dict[str, Any]
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: object) -> TrainParams:
-        if not isinstance(data, dict) or not isinstance(data.get("config", {}), dict):
-            raise ProtocolError("train params must be an object with a config object")
-        try:
-            return cls(dataset_dir=str(data["dataset_dir"]), output_dir=str(data["output_dir"]),
-                       config=dict(data.get("config") or {}))
-        except KeyError as exc:
-            raise ProtocolError(f"bad train params: missing {exc}") from None
+    WELCOME = "welcome"
+    PING = "ping"
+    PONG = "pong"
+    FETCH_FILE = "fetch_file"
+    FILE_CHUNK = "file_chunk"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -148,7 +88,7 @@ class Message:
             value = getattr(self, item.name)
             if item.name == self.blob_field:
                 blob = value
-            elif isinstance(value, (GenerateParams, TrainParams)):
+            elif isinstance(value, GenerateParams | TrainParams):
                 header[item.name] = value.to_json()
             else:
                 header[item.name] = value.value if isinstance(value, StrEnum) else value
@@ -157,12 +97,32 @@ class Message:
 
 @dataclass(frozen=True)
 class Hello(Message):
+    """The worker's says what it runs; the client's says its version and, over TCP, the shared token."""
+
     op = Op.HELLO
     version: int
     model: str = ""
     device: str = ""
     pid: int = 0
     ready: bool = False
+    token: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True)
+class Welcome(Message):
+    """The worker accepted the client's Hello: requests may follow."""
+
+    op = Op.WELCOME
+
+
+@dataclass(frozen=True)
+class Ping(Message):
+    op = Op.PING
+
+
+@dataclass(frozen=True)
+class Pong(Message):
+    op = Op.PONG
 
 
 @dataclass(frozen=True)
@@ -271,6 +231,49 @@ class CheckpointReady(Message):
 
 
 @dataclass(frozen=True)
+class FetchFile(Message):
+    """A remote worker asks the bot for a file a request named by sha256 (it had no copy)."""
+
+    op = Op.FETCH_FILE
+    id: str
+    sha256: str
+
+    def __post_init__(self) -> None:
+        check_sha256(self.sha256)
+
+
+@dataclass(frozen=True)
+class FileChunk(Message):
+    """``data`` is the file's bytes from ``offset``; the file is complete when offset + len(data) == size.
+
+    Answering a FetchFile: ``id`` is the fetch's. A checkpoint file of a remote training: ``id`` is the
+    train request's, ``name`` its place relative to the training's output folder, ``path`` the worker's path
+    (the one its CheckpointReady names)."""
+
+    op = Op.FILE_CHUNK
+    blob_field = "data"
+    id: str
+    sha256: str
+    size: int
+    offset: int
+    name: str = ""
+    path: str = ""
+    data: bytes = b""
+
+    def __post_init__(self) -> None:
+        check_sha256(self.sha256)
+        check_size(self.size)
+        if self.name:
+            check_relative_name(self.name)
+        if self.offset < 0 or self.offset + len(self.data) > self.size:
+            raise ProtocolError(f"a file chunk at {self.offset} with {len(self.data)} bytes overruns {self.size}")
+
+    @property
+    def last(self) -> bool:
+        return self.offset + len(self.data) == self.size
+
+
+@dataclass(frozen=True)
 class Done(Message):
     op = Op.DONE
     id: str
@@ -287,7 +290,7 @@ class Error(Message):
 
 MESSAGES: dict[str, type[Message]] = {cls.op.value: cls for cls in (
     Hello, Health, HealthReport, CountTokens, TokenCount, ImagineRequest, TrainRequest, Cancel, Accepted, Progress,
-    ImageReady, TrainProgress, CheckpointReady, Done, Error)}
+    ImageReady, TrainProgress, CheckpointReady, Done, Error, Welcome, Ping, Pong, FetchFile, FileChunk)}
 
 _SCALARS: dict[str, tuple[type[Any], ...]] = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
 

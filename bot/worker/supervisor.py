@@ -14,7 +14,7 @@ log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 60.0
 HEALTHY_AFTER = 60.0  # a worker that lived this long resets the back-off
-WORKER_SECRETS = ("DISCORD_TOKEN", "DATABASE_URL")  # left out of the worker's environment
+WORKER_SECRETS = ("DISCORD_TOKEN", "DATABASE_URL", "WORKER_TOKEN")  # left out of the worker's environment
 
 
 class WorkerSupervisor:

@@ -14,7 +14,18 @@ from bot.worker.client import WorkerClient, WorkerError, WorkerUnavailable
 from gpu.png import read_png_text
 from zimage_protocol import PROTOCOL_VERSION, ErrorCode, GenerateParams
 from zimage_protocol.frames import encode_frame, read_frame
-from zimage_protocol.messages import Accepted, Done, Error, Health, HealthReport, Hello, ImageReady, Progress, decode
+from zimage_protocol.messages import (
+    Accepted,
+    Done,
+    Error,
+    Health,
+    HealthReport,
+    Hello,
+    ImageReady,
+    Progress,
+    Welcome,
+    decode,
+)
 
 
 @pytest.fixture
@@ -112,6 +123,8 @@ async def raw_connection(socket_path, version=PROTOCOL_VERSION):
     assert isinstance(decode(await read_frame(reader)), Hello)
     writer.write(Hello(version=version).encode())
     await writer.drain()
+    if version == PROTOCOL_VERSION:
+        assert isinstance(decode(await read_frame(reader)), Welcome)
     return reader, writer
 
 

@@ -10,11 +10,14 @@ import pytest
 
 from bot.worker.client import WorkerClient
 from zimage_protocol import PROTOCOL_VERSION, ErrorCode, ProtocolError
-from zimage_protocol.frames import encode_frame, read_frame
+from zimage_protocol.files import FileRef
+from zimage_protocol.frames import FrameTooLarge, encode_frame, read_frame
 from zimage_protocol.messages import (
     MESSAGES,
     CheckpointReady,
     Error,
+    FetchFile,
+    FileChunk,
     GenerateParams,
     Health,
     HealthReport,
@@ -22,11 +25,16 @@ from zimage_protocol.messages import (
     ImageReady,
     ImagineRequest,
     LoraRef,
+    Ping,
+    Pong,
     Progress,
     TrainParams,
     TrainRequest,
+    Welcome,
     decode,
 )
+
+SHA = "ab" * 32
 
 EXAMPLES = [
     Hello(version=PROTOCOL_VERSION, model="tiny", device="cpu", pid=7, ready=True),
@@ -39,6 +47,16 @@ EXAMPLES = [
     CheckpointReady(id="t", step=5, total=10, loss=0.25, seconds_per_step=0.5, lora_file="/o/a", sample_png="/o/s",
                     loss_png="/o/l"),
     Error(id=None, code=ErrorCode.BUSY, message="a LoRA is already training"),
+    Hello(version=PROTOCOL_VERSION, token="s3cret-token-0123456789"),
+    Welcome(),
+    Ping(),
+    Pong(),
+    ImagineRequest(id="g", params=GenerateParams("a fox", 64, 48, 2, [1], loras=[LoraRef("l1", "", 0.8, SHA, 1234)])),
+    TrainRequest(id="t", params=TrainParams("/d", "/o", {}, files=[FileRef("images/a.png", SHA, 10),
+                                                                   FileRef("manifest.json", SHA, 0)])),
+    FetchFile(id="f1", sha256=SHA),
+    FileChunk(id="f1", sha256=SHA, size=5, offset=2, data=b"abc"),
+    FileChunk(id="t", sha256=SHA, size=0, offset=0, name="checkpoints/step-000005/sample.png", path="/w/o/s.png"),
 ]
 
 
@@ -69,6 +87,16 @@ def test_every_op_has_one_message_class():
     ("generate", {"id": "g", "params": {"prompt": "x", "width": 64, "height": 64, "steps": 1, "seeds": [1],
                                         "loras": [{"name": "a", "path": "b", "scale": float("inf")}]}}, "finite"),
     ("teleport", {"id": "x"}, "unknown op"),
+    ("fetch_file", {"id": "f", "sha256": "../../etc/passwd"}, "64 lowercase hex"),
+    ("file_chunk", {"id": "f", "sha256": SHA, "size": 2, "offset": 1, "name": "../../x"}, "plain relative path"),
+    ("file_chunk", {"id": "f", "sha256": SHA, "size": 2, "offset": 1, "name": "/abs"}, "plain relative path"),
+    ("file_chunk", {"id": "f", "sha256": SHA, "size": -1, "offset": 0}, "0 to"),
+    ("train", {"id": "t", "params": {"dataset_dir": "d", "output_dir": "o", "config": {},
+                                     "files": [{"name": "a/../../b", "sha256": SHA, "size": 1}]}}, "plain relative"),
+    ("train", {"id": "t", "params": {"dataset_dir": "d", "output_dir": "o", "config": {},
+                                     "files": [{"name": ".hidden", "sha256": SHA, "size": 1}]}}, "plain relative"),
+    ("generate", {"id": "g", "params": {"prompt": "x", "width": 64, "height": 64, "steps": 1, "seeds": [1],
+                                        "loras": [{"name": "a", "scale": 1.0, "sha256": "xyz", "size": 1}]}}, "hex"),
 ])
 async def test_malformed_messages_are_protocol_errors(op, fields, problem):
     with pytest.raises(ProtocolError, match=problem):
@@ -78,6 +106,26 @@ async def test_malformed_messages_are_protocol_errors(op, fields, problem):
 async def test_a_header_that_is_not_json_is_a_protocol_error_not_a_crash():
     with pytest.raises(ProtocolError, match="not JSON"):
         await read_back(struct.pack(">II", 4, 0) + b"\xff\xfe{]")
+
+
+async def test_a_file_chunk_beyond_its_size_is_refused():
+    with pytest.raises(ProtocolError, match="overruns"):
+        decode(await read_back(encode_frame("file_chunk", b"abcd", id="f", sha256=SHA, size=3, offset=0)))
+
+
+async def test_before_the_hello_only_a_small_frame_is_read():
+    """The worker reads a stranger's first frame with these limits: the body of a big one is never read."""
+    with pytest.raises(FrameTooLarge):
+        reader = asyncio.StreamReader()
+        reader.feed_data(struct.pack(">II", 1 << 20, 0))
+        await read_frame(reader, max_header=16 << 10, max_blob=0)
+
+
+async def test_an_idle_timeout_measures_silence_not_frame_size():
+    reader = asyncio.StreamReader()
+    reader.feed_data(Ping().encode()[:5])  # half a frame, then nothing
+    with pytest.raises(TimeoutError):
+        await read_frame(reader, idle_timeout=0.2)
 
 
 def test_unknown_error_codes_from_a_newer_worker_read_as_internal():
@@ -94,7 +142,7 @@ async def fake_worker(tmp_path, hello_version: int, after_hello: bytes = b""):
         await writer.drain()
         try:
             decode(await read_frame(reader))  # the client's hello
-            writer.write(after_hello)
+            writer.write(Welcome().encode() + after_hello)
             await writer.drain()
             while True:
                 request = decode(await read_frame(reader))

@@ -1,0 +1,109 @@
+"""What a request asks the worker for: the parameters of a generation and of a training (protocol v3)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .errors import ProtocolError
+from .files import MAX_FILES_PER_SET, FileRef, check_sha256, check_size
+
+
+@dataclass(frozen=True)
+class LoraRef:
+    """One adapter of a request: a unique name (the worker's cache key), its file, its scale.
+
+    To a remote worker the file is ``sha256`` + ``size`` (and ``path`` is empty): it fetches what it lacks."""
+
+    name: str
+    path: str
+    scale: float
+    sha256: str = ""
+    size: int = 0
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> LoraRef:
+        sha256 = str(data.get("sha256") or "")
+        size = data.get("size") or 0
+        if not isinstance(size, int) or isinstance(size, bool):
+            raise ProtocolError("a LoRA's size must be a whole number")
+        return cls(name=str(data["name"]), path=str(data.get("path") or ""), scale=float(data["scale"]),
+                   sha256=check_sha256(sha256) if sha256 else "", size=check_size(size))
+
+
+@dataclass(frozen=True)
+class GenerateParams:
+    """What one /imagine job asks the worker for. One seed per image keeps pixels reproducible."""
+
+    prompt: str
+    width: int
+    height: int
+    steps: int
+    seeds: list[int]
+    guidance_scale: float = 0.0
+    loras: list[LoraRef] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: object) -> GenerateParams:
+        """Also reads a job's stored params: keys the worker does not need (upload_limit, a LoRA's label) are dropped."""
+        if not isinstance(data, dict):
+            raise ProtocolError("generate params must be an object")
+        try:
+            params = cls(
+                prompt=str(data["prompt"]),
+                width=int(data["width"]),
+                height=int(data["height"]),
+                steps=int(data["steps"]),
+                seeds=[int(seed) for seed in data["seeds"]],
+                guidance_scale=float(data.get("guidance_scale", 0.0)),
+                loras=[LoraRef.from_json(lora) for lora in data.get("loras", [])],
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ProtocolError(f"bad generate params: {exc!r}") from None
+        if params.width % 16 or params.height % 16 or params.width < 16 or params.height < 16:
+            raise ProtocolError("width and height must be positive multiples of 16")
+        if not params.seeds or params.steps < 1:
+            raise ProtocolError("a generation needs at least one seed and one step")
+        if not all(math.isfinite(value) for value in (params.guidance_scale, *(lora.scale for lora in params.loras))):
+            raise ProtocolError("scales must be finite numbers")
+        return params
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    """A LoRA training job: the prepared dataset, where checkpoints go, and the trainer config.
+
+    To a remote worker the dataset is ``files`` (relative names, by content) and the two dirs are the
+    bot's: the worker trains in a folder of its own named after ``output_dir`` and sends each
+    checkpoint's files back before its CheckpointReady."""
+
+    dataset_dir: str
+    output_dir: str
+    config: dict[str, Any]
+    files: list[FileRef] = field(default_factory=list)
+
+    @property
+    def remote(self) -> bool:
+        return bool(self.files)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: object) -> TrainParams:
+        if not isinstance(data, dict) or not isinstance(data.get("config", {}), dict):
+            raise ProtocolError("train params must be an object with a config object")
+        files = data.get("files") or []
+        if not isinstance(files, list) or len(files) > MAX_FILES_PER_SET:
+            raise ProtocolError(f"train params: files must be a list of at most {MAX_FILES_PER_SET}")
+        try:
+            return cls(dataset_dir=str(data["dataset_dir"]), output_dir=str(data["output_dir"]),
+                       config=dict(data.get("config") or {}), files=[FileRef.from_json(item) for item in files])
+        except KeyError as exc:
+            raise ProtocolError(f"bad train params: missing {exc}") from None
+
+
