@@ -128,12 +128,12 @@ def resolve(env: Mapping[str, str], total_memory: int, capability: tuple[int, in
 
     Raises ProfileError when the profile is left to the card and none fits it."""
     if not is_auto(env):
-        return Pick(configured_profile(env), False, total_memory, tuple(capability))
+        return Pick(configured_profile(env), False, total_memory, (capability[0], capability[1]))
     best = choose_profile(total_memory, capability)
     if best is None:
         raise ProfileError(f"no speed profile fits {total_memory / GIB:.1f} GiB of GPU memory: the smallest, "
                            f"{SMALLEST.settings}, needs about {SMALLEST.min_gib:.0f} GiB")
-    return Pick(best, True, total_memory, tuple(capability))
+    return Pick(best, True, total_memory, (capability[0], capability[1]))
 
 
 def describe_pick(pick: Pick, gpu_name: str = "GPU") -> str:
