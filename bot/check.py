@@ -155,30 +155,42 @@ def check_gpu(model: str, env: dict[str, str]) -> list[Check]:
     capability = (device.major, device.minor)
     checks = [Check(True, "GPU", f"{device.name}, {device.total_memory / profiles.GIB:.1f} GiB, compute capability "
                                  f"{device.major}.{device.minor} ({build})")]
-    checks.append(profile_check(device.total_memory, capability, env))
-    configured = profiles.configured_profile(env)
-    if configured is not profiles.BF16 and not _importable("torchao"):
-        checks.append(Check(False, "torchao", f"{configured.settings} needs torchao: "
+    checks.append(profile_check(device.total_memory, capability, env, device.name))
+    chosen = _chosen_profile(device.total_memory, capability, env)
+    if chosen is not None and chosen is not profiles.BF16 and not _importable("torchao"):
+        checks.append(Check(False, "torchao", f"{chosen.settings} needs torchao: "
                                               "pip install -c requirements.lock -e \".[fp8]\""))
     return checks
 
 
-def profile_check(total_memory: int, capability: tuple[int, int], env: dict[str, str]) -> Check:
-    """The configured profile against the one that fits (pure: tested without a GPU)."""
+def _chosen_profile(total_memory: int, capability: tuple[int, int], env: dict[str, str]) -> profiles.Profile | None:
+    try:
+        return profiles.resolve(env, total_memory, capability).profile
+    except profiles.ProfileError:
+        return None
+
+
+def profile_check(total_memory: int, capability: tuple[int, int], env: dict[str, str], gpu_name: str = "GPU") -> Check:
+    """The profile the worker will run (picked from the card unless ZIMAGE_VRAM / ZIMAGE_QUANT set one), checked
+    against the card (pure: tested without a GPU)."""
+    try:
+        pick = profiles.resolve(env, total_memory, capability)
+    except profiles.ProfileError as exc:
+        return Check(False, "speed profile", str(exc))
+    if pick.auto:  # the worker's own start line, word for word
+        return Check(True, "speed profile", profiles.describe_pick(pick, gpu_name))
+    configured = pick.profile
     best = profiles.choose_profile(total_memory, capability)
-    configured = profiles.configured_profile(env)
-    if best is None:
-        return Check(False, "speed profile", f"no profile fits {total_memory / profiles.GIB:.1f} GiB: "
-                                             f"the smallest, {profiles.LOW_VRAM.settings}, needs about "
-                                             f"{profiles.LOW_VRAM_MIN_GIB:.0f} GiB")
     problem = profiles.fits(configured, total_memory, capability)
     if problem:
-        return Check(False, "speed profile", f"{problem}; set {best.settings}")
+        hint = f"set {best.settings}" if best is not None else "no profile fits this GPU"
+        return Check(False, "speed profile", f"{problem}; {hint} (or unset ZIMAGE_VRAM / ZIMAGE_QUANT: the worker "
+                                             "picks from the card)")
     detail = f"{configured.name} ({configured.settings}) fits"
-    if best is not configured and best.min_gib > configured.min_gib:
+    if best is not None and best is not configured and best.min_gib > configured.min_gib:
         detail += f"; {best.name} ({best.settings}) fits too and is faster"
     if not configured.trains:
-        detail += "; a quantized worker refuses /train"
+        detail += "; generation only: /train needs 16 GB"
     return Check(True, "speed profile", detail)
 
 

@@ -42,13 +42,19 @@ Settings (environment variables; all optional):
     package (``pip install torchao``, or the project's ``fp8`` extra) and a CUDA GPU of compute
     capability 8.9 or newer (Ada, Hopper, Blackwell); the worker refuses to start with one clear
     message otherwise. Slightly changes pixels; stores those weights in 8 bits instead of 16.
-    ``int8``: int8 weight-only on the same linears (any CUDA GPU; saves memory, not time).
+    ``int8``: int8 weight-only on the same linears (any CUDA GPU, and the CPU; saves memory, not time).
+    Both are quantized block by block while the transformer moves to the GPU (gpu/quantize.py), so
+    the bf16 transformer is never resident whole.
 
-``ZIMAGE_VRAM`` = ``full`` | ``16gb`` (default ``full``)
+``ZIMAGE_VRAM`` = ``auto`` | ``full`` | ``16gb`` | ``12gb`` (default ``auto``)
+    ``auto`` (or unset, with ZIMAGE_QUANT unset too): the worker picks the profile from the card's
+    memory and compute capability (gpu/profiles.py) and logs the pick; on the CPU it means ``full``.
     ``16gb`` keeps the worker under 16 GiB of GPU memory (gpu/quantize.py): the transformer
     blocks in fp8 (int8 weight-only below compute capability 8.9), the text encoder int8
     weight-only, both quantized block by block while they move to the GPU, so the bf16 model is
-    never resident. Needs torchao and CUDA; LoRA training is refused (it needs the bf16 weights).
+    never resident. ``12gb``: the same transformer, the text encoder left on the CPU (prompts are
+    encoded there; generation only, /train is refused). Both need torchao and CUDA. LoRA training
+    on a quantized base: gpu/training/quantized.py.
 
 ``ZIMAGE_TRAIN_GRAPHS`` = ``auto`` | ``off`` (default ``auto``)
     LoRA training steps replay CUDA graphs of the compiled blocks (gpu/training/graphs.py): a 512 px
@@ -102,7 +108,8 @@ WARM_UP_PROMPTS = (
 RECOMPILE_LIMIT = 64
 
 COMPILE_CHOICES = ("auto", "on", "off")
-VRAM_CHOICES = ("full", "16gb")
+VRAM_CHOICES = ("full", "16gb", "12gb")
+LOW_VRAM_CHOICES = ("16gb", "12gb")  # placed block by block, quantization chosen by the card
 
 
 class AccelConfigError(ValueError):
@@ -129,10 +136,12 @@ class AccelSettings:
         if quant not in quantize.QUANT_CHOICES:
             raise AccelConfigError(f"ZIMAGE_QUANT must be one of {'|'.join(quantize.QUANT_CHOICES)}, not {quant!r}")
         vram = env.get("ZIMAGE_VRAM", "full").strip().lower() or "full"
+        if vram == "auto":  # the engine resolves auto on a GPU (gpu/profiles.py); what is left means full
+            vram = "full"
         if vram not in VRAM_CHOICES:
-            raise AccelConfigError(f"ZIMAGE_VRAM must be one of {'|'.join(VRAM_CHOICES)}, not {vram!r}")
-        if vram == "16gb" and (device != "cuda" or quant != "none"):
-            raise AccelConfigError("ZIMAGE_VRAM=16gb needs a CUDA GPU and chooses its own quantization: "
+            raise AccelConfigError(f"ZIMAGE_VRAM must be one of auto|{'|'.join(VRAM_CHOICES)}, not {vram!r}")
+        if vram in LOW_VRAM_CHOICES and (device != "cuda" or quant != "none"):
+            raise AccelConfigError(f"ZIMAGE_VRAM={vram} needs a CUDA GPU and chooses its own quantization: "
                                    "leave ZIMAGE_QUANT unset")
         attention = env.get("ZIMAGE_ATTENTION", "").strip() or None
         cache = env.get("ZIMAGE_COMPILE_CACHE", "").strip()
@@ -256,17 +265,20 @@ def gpu_postprocess(processor, image, output_type: str = "pil", do_denormalize=N
     return [Image.fromarray(frame) for frame in pixels]
 
 
-def apply(pipe, settings: AccelSettings) -> AccelReport:
-    """Apply the configured speed path to a loaded pipeline, in place. Compile itself is lazy."""
+def apply(pipe, settings: AccelSettings, placed: bool = False) -> AccelReport:
+    """Apply the configured speed path to a loaded pipeline, in place. Compile itself is lazy.
+
+    `placed`: the transformer was already quantized while it moved to the GPU (ImageEngine.load)."""
     started = time.perf_counter()
     report = AccelReport()
     transformer = pipe.transformer
     if settings.quant != "none":
-        count = quantize.quantize_transformer(transformer, settings.quant, f"ZIMAGE_QUANT={settings.quant}")
+        if not placed:
+            count = quantize.quantize_transformer(transformer, settings.quant, f"ZIMAGE_QUANT={settings.quant}")
+            report.notes.append(f"{settings.quant} on {count} linears")
         report.quant = settings.quant
-        report.notes.append(f"{settings.quant} on {count} linears")
-    elif settings.vram == "16gb":
-        report.quant = "16gb"  # quantized while placed on the GPU (ImageEngine.load, gpu/quantize.py)
+    elif settings.vram in LOW_VRAM_CHOICES:
+        report.quant = settings.vram  # quantized while placed on the GPU (ImageEngine.load, gpu/quantize.py)
     if settings.attention:
         chosen = set_attention(transformer, settings.attention)
         if chosen:

@@ -7,6 +7,7 @@ decides what runs there and when, gpu/server.py owns the socket.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from zimage_protocol.constants import MAX_LORA_STACK, MAX_SEQUENCE_LENGTH
 from zimage_protocol.errors import Cancelled
 from zimage_protocol.messages import GenerateParams
 
-from . import accel, quantize
+from . import accel, profiles, quantize
 from .lora.backend import AdapterBackend
 from .lora.common import LoraSettings
 
@@ -62,10 +63,13 @@ class ImageEngine:
         self._prompt_cache: OrderedDict[str, list] = OrderedDict()
         self._adapters: AdapterBackend | None = None  # chosen by _new_adapters()
         self.lora_settings = LoraSettings(hotswap=False)  # read from the environment in load()
+        self.profile = profiles.BF16  # the speed profile, set by load() (picked from the card by default)
+        self.profile_line = ""  # the log line of that pick (GPU only)
 
     def load(self, pipe=None) -> None:
         """Load the pipeline (or take `pipe`, already built: the benchmark injects one) and apply
-        the speed path configured by ZIMAGE_COMPILE[_VAE] / ZIMAGE_ATTENTION / ZIMAGE_QUANT (gpu/accel.py)."""
+        the speed path configured by ZIMAGE_COMPILE[_VAE] / ZIMAGE_ATTENTION / ZIMAGE_QUANT (gpu/accel.py),
+        in the profile ZIMAGE_VRAM sets or, by default, the one picked from the card (gpu/profiles.py)."""
         import torch
 
         if torch.cuda.is_available():
@@ -73,8 +77,10 @@ class ImageEngine:
         else:
             self.device, dtype = "cpu", torch.float32
         started = time.perf_counter()
-        settings = accel.AccelSettings.from_env(self.device, self.data_dir)  # bad settings fail before loading
-        self.lora_settings = LoraSettings.from_env(compiled=settings.compile, low_vram=settings.vram == "16gb")
+        environ = self._pick_profile()
+        settings = accel.AccelSettings.from_env(self.device, self.data_dir, environ)  # bad settings fail before loading
+        self.lora_settings = LoraSettings.from_env(compiled=settings.compile,
+                                                   low_vram=settings.vram in accel.LOW_VRAM_CHOICES)
         if pipe is None:
             from diffusers import ZImagePipeline
 
@@ -85,19 +91,48 @@ class ImageEngine:
         if self.tokenizer is None:  # load_tokenizer() not called first (an injected pipe, the benchmark)
             self.tokenizer = self.pipe.tokenizer
         # LoRA hot-swap slots must exist before the transformer is quantized and compiled.
-        if settings.vram == "16gb":  # never the whole bf16 model on the GPU: quantized block by block
+        placed = settings.vram in accel.LOW_VRAM_CHOICES or settings.quant != "none"
+        if placed:  # never the whole bf16 transformer on the GPU: quantized block by block as it moves there
             self._add_lora_slots()
-            notes = quantize.place_16gb(self.pipe, self.device)
+            if settings.vram in accel.LOW_VRAM_CHOICES:
+                notes = quantize.place_low_vram(self.pipe, self.device, settings.vram)
+            else:
+                notes = quantize.place_transformer(self.pipe, self.device, settings.quant)
             if self._adapters is not None:
                 self._adapters.follow_device()
         else:
             notes = []
             self.pipe.to(self.device)
             self._add_lora_slots()
-        self.accel = accel.apply(self.pipe, settings)
+        self.accel = accel.apply(self.pipe, settings, placed=placed)
         self.accel.notes.extend(notes)
         self.warm_up_timings: list[dict] = []
         log.info("loaded %s on %s in %.1f s", self.model_name, self.device, time.perf_counter() - started)
+
+    def _pick_profile(self) -> dict[str, str]:
+        """The worker's settings with the speed profile resolved: on a GPU, ZIMAGE_VRAM unset or ``auto`` (and
+        ZIMAGE_QUANT unset) picks it from the card; one log line says which and why. On the CPU the settings
+        stand as they are (unset: the full model)."""
+        environ = dict(os.environ)
+        if self.device != "cuda":
+            self.profile = profiles.configured_profile(environ)
+            return environ
+        import torch
+
+        pick, line = profiles.pick_for_device(environ)
+        log.info("%s", line)
+        self.profile = pick.profile
+        self.profile_line = line
+        if pick.profile.vram != "full" and "PYTORCH_CUDA_ALLOC_CONF" not in os.environ:
+            # What gpu/__main__.py sets before torch starts for an explicit ZIMAGE_VRAM=16gb; a pick made here
+            # turns it on at run time (it applies to the segments allocated from now on: all of the model).
+            torch.cuda.memory._set_allocator_settings(quantize.LOW_VRAM_ALLOC_CONF)
+        return pick.worker_env(environ)
+
+    @property
+    def trains(self) -> bool:
+        """/train works on this worker's profile (all but 12gb: gpu/profiles.py)."""
+        return self.profile.trains
 
     def warm_up(self) -> None:
         """Pay lazy initialisation (and, when compiled, every compile) before the first user.

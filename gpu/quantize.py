@@ -1,9 +1,12 @@
-"""Weight quantization (torchao) and the 16 GB placement of ``ZIMAGE_VRAM=16gb``.
+"""Weight quantization (torchao) and the block-wise placement of the quantized profiles.
 
-``ZIMAGE_QUANT=fp8`` quantizes the transformer blocks' big linears in place after the pipeline is on
-the GPU. ``ZIMAGE_VRAM=16gb`` must never hold the bf16 model on the GPU at all (12 GB transformer +
-8 GB text encoder): :func:`place_quantized` moves a component to the GPU one block at a time and
-quantizes each block as it arrives, so the load peaks at the quantized model plus one bf16 block.
+``ZIMAGE_QUANT=fp8|int8`` quantizes the transformer blocks' big linears while the transformer moves to
+the GPU (:func:`place_transformer`), so a 24 GB card never holds the 12 GB bf16 transformer beside the
+8 GB text encoder. ``ZIMAGE_VRAM=16gb`` must never hold the bf16 model on the GPU at all (12 GB
+transformer + 8 GB text encoder): :func:`place_quantized` moves a component to the GPU one block at a
+time and quantizes each block as it arrives, so the load peaks at the quantized model plus one bf16
+block. ``ZIMAGE_VRAM=12gb`` places the transformer the same way and leaves the text encoder on the CPU.
+LoRA training on top of these weights: gpu/training/quantized.py.
 """
 
 from __future__ import annotations
@@ -58,16 +61,16 @@ def config_for(kind: str, setting: str = "ZIMAGE_QUANT"):
     except ImportError as exc:
         raise QuantizationError(f"{setting} needs the torchao package ({exc}); install it with `pip install torchao` "
                                 "or turn the setting off") from exc
-    if not torch.cuda.is_available():
-        raise QuantizationError(f"{setting} needs a CUDA GPU")
     if kind == "fp8":
+        if not torch.cuda.is_available():
+            raise QuantizationError(f"{setting}: fp8 needs a CUDA GPU")
         if torch.cuda.get_device_capability() < (8, 9):
             raise QuantizationError(f"{setting}: fp8 needs a CUDA GPU of compute capability 8.9 or newer "
                                     "(Ada, Hopper, Blackwell); use ZIMAGE_QUANT=none (or int8)")
         # set_inductor_config=False: torchao's recommended inductor settings turn on coordinate-descent
         # tuning, which multiplied the first compile time (about 250 s measured) for little gain.
         return Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(), set_inductor_config=False)
-    if kind == "int8":
+    if kind == "int8":  # runs on the CPU too (the tests' quantized worker)
         return Int8WeightOnlyConfig(version=2, set_inductor_config=False)
     raise QuantizationError(f"unknown quantization {kind!r}")
 
@@ -110,19 +113,53 @@ def place_quantized(module, device, kind: str | None, filter_fn, prefix: str = "
     return count
 
 
-def place_16gb(pipe, device) -> list[str]:
+def _allocated(device) -> int:
+    import torch
+
+    return torch.cuda.memory_allocated() if torch.device(device).type == "cuda" else 0
+
+
+def _release(device) -> None:
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()  # the bf16 blocks that were quantized: give their memory back
+
+
+def place_transformer(pipe, device, kind: str) -> list[str]:
+    """ZIMAGE_QUANT=fp8|int8: the transformer's block linears quantized as they move to `device`, then the
+    rest of the pipeline moved whole. Returns notes for the log."""
+    started = _allocated(device)
+    count = place_quantized(pipe.transformer, device, kind, block_linear_filter)
+    pipe.to(device)
+    _release(device)
+    notes = [f"{kind} on {count} transformer linears (placed block by block), "
+             f"{(_allocated(device) - started) / 2**30:.2f} GiB resident"]
+    log.info(notes[0])
+    return notes
+
+
+def place_low_vram(pipe, device, vram: str) -> list[str]:
     """ZIMAGE_VRAM=16gb: transformer blocks in fp8 (int8 weight-only below compute capability 8.9), the text
-    encoder's linears int8 weight-only, the rest (VAE, embeddings, norms) bf16. Returns notes for the log."""
+    encoder's linears int8 weight-only, the rest (VAE, embeddings, norms) bf16. ZIMAGE_VRAM=12gb: the same
+    transformer, the text encoder left where it is (the CPU: prompts are encoded there). Returns notes for the log."""
     import torch
 
     kind = "fp8" if torch.cuda.get_device_capability() >= (8, 9) else "int8"
-    started = torch.cuda.memory_allocated()
+    started = _allocated(device)
     transformer = place_quantized(pipe.transformer, device, kind, block_linear_filter)
-    encoder = place_quantized(pipe.text_encoder, device, "int8", any_linear_filter)
-    pipe.to(device)  # the VAE and anything small left behind
-    torch.cuda.empty_cache()  # the bf16 blocks that were quantized: give their memory back
-    gib = (torch.cuda.memory_allocated() - started) / 2**30
-    notes = [f"16gb: {kind} on {transformer} transformer linears, int8 on {encoder} text-encoder linears, "
-             f"{gib:.2f} GiB resident"]
+    encoder = pipe.text_encoder
+    if vram == "16gb":
+        encoded = place_quantized(encoder, device, "int8", any_linear_filter)
+        where = f"int8 on {encoded} text-encoder linears"
+        pipe.to(device)  # the VAE and anything small left behind
+    else:
+        where = "the text encoder on the CPU"
+        for component in pipe.components.values():  # the VAE and anything small left behind, not the encoder
+            if component is not encoder and isinstance(component, torch.nn.Module):
+                component.to(device)
+    _release(device)
+    gib = (_allocated(device) - started) / 2**30
+    notes = [f"{vram}: {kind} on {transformer} transformer linears, {where}, {gib:.2f} GiB resident"]
     log.info(notes[0])
     return notes

@@ -207,9 +207,10 @@ class GpuScheduler:
         try:
             await emit(Accepted(id=request_id))
             await self._ready.wait()
-            if self.engine.accel.quant != "none":
-                raise UserError(f"LoRA training needs the bf16 model; this worker runs quantized "
-                                f"({self.engine.accel.quant}: ZIMAGE_QUANT / ZIMAGE_VRAM)", ErrorCode.UNSUPPORTED)
+            if not self.engine.trains:  # a quantized base trains (gpu/training/quantized.py); 12gb has no room
+                raise UserError(f"LoRA training needs a GPU of 16 GB or more; this worker runs the "
+                                f"{self.engine.profile.name} profile (generation only: ZIMAGE_VRAM)",
+                                ErrorCode.UNSUPPORTED)
             started = time.perf_counter()
             session = TrainingSession(self.engine.pipe, params, self.engine.device, self._gpu, self._encoder,
                                       cuda_graphs=self.engine.accel.train_graphs)

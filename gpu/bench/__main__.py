@@ -274,6 +274,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--from-disk", action="store_true",
                         help="warm start loads the random pipeline with from_pretrained from a saved folder (as the "
                              "worker loads a model) instead of building it in the new process")
+    card = parser.add_argument_group("card run (gpu/bench/card.py): a consumer card under a hard allocator cap")
+    card.add_argument("--card", type=float, default=None, metavar="GIB",
+                      help="instead of the sections: one process capped at GIB (22: a 24 GB card, 15: a 16 GB card, "
+                           "0: no cap): load from --model, warm-up, --images images, --train-steps training steps "
+                           "with /imagine interleaved, an image with the trained LoRA")
+    card.add_argument("--model", type=Path, default=None,
+                      help="model folder for --card (default /tmp/zimage-random; the random full-size pipeline is "
+                           "saved there first if missing)")
+    card.add_argument("--images", type=int, default=30, help="--card: 1024x1024 images timed (default 30)")
+    card.add_argument("--train-steps", type=int, default=200, help="--card: training steps (default 200)")
+    card.add_argument("--imagine-every", type=int, default=25,
+                      help="--card: an /imagine between two training steps every N steps (default 25; 0: none)")
     parser.add_argument("--phase", choices=["main", "warm-start", "ours", "save"], default="main", help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child-json", type=Path, help=argparse.SUPPRESS)
@@ -296,6 +308,16 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit("--data-dir is required for a child phase")
         result = phase_child(args)
         args.child_json.write_text(json.dumps(result, default=str))
+        return 0
+    if args.card is not None:
+        from .card import render_card, run_card
+
+        if args.tiny:  # the CPU smoke run of the card path: the quantized worker that runs there (int8)
+            os.environ.setdefault("ZIMAGE_QUANT", "int8")
+        card_results = run_card(args)
+        if args.json:
+            Path(args.json).write_text(json.dumps(card_results, indent=2, default=str))
+        print(render_card(card_results), flush=True)
         return 0
     results = phase_main(args)
     print(render_report(results), flush=True)

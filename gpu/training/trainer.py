@@ -65,6 +65,7 @@ from .data import Sample, encode_caption, load_or_build
 from .flow_matching import autocast, derived_seed, flow_matching_loss, sample_index
 from .graphs import TrainingGraphs, graphs_unsuitable
 from .loss_curve import render_loss_curve
+from .quantized import QuantizedBase, quantized_linears
 from .shapes import step_shapes, unpadded_shapes
 from .shapes import supported as padding_supported
 
@@ -109,6 +110,7 @@ class LoraTrainer:
         self._probe = None
         self._checkpointing_on = False  # gradient checkpointing (configured, or turned on by an out-of-memory step)
         self._graphs = graphs or TrainingGraphs([])  # CUDA graphs for training steps (gpu/training/graphs.py)
+        self._quantized: QuantizedBase | None = None  # the base's quantized layers (gpu/training/quantized.py)
         self._prepared = False
         self._closed = False
 
@@ -178,8 +180,9 @@ class LoraTrainer:
         self._latents = [sample.latent.to(self.device) for sample in self.samples]  # float32
         self._embeds = [sample.embeds.to(self.device, self.dtype) for sample in self.samples]
         self.encode_prompt(self._sample_prompt())  # while the text encoder is still on the accelerator
-        self._shapes = self._choose_shapes()
-        unsuitable = graphs_unsuitable(self.step_shapes, self.config.gradient_checkpointing)
+        quantized = bool(quantized_linears(self.transformer))  # trains eager, checkpointed (gpu/training/quantized.py)
+        self._shapes = [None] * len(self.samples) if quantized else self._choose_shapes()
+        unsuitable = graphs_unsuitable(self.step_shapes, self.config.gradient_checkpointing or quantized)
         if self._graphs.blocks and unsuitable:
             log.info("training without CUDA graphs: %s", unsuitable)
             self._graphs = self._graphs.release()
@@ -219,7 +222,10 @@ class LoraTrainer:
     def _add_adapters(self) -> None:
         self._saved.requires_grad = {param: param.requires_grad for param in self.transformer.parameters()}
         self._trainee_params = add_trainee(self.pipe, self.transformer, self.config, self.device)
-        if self.config.gradient_checkpointing:
+        self._quantized = QuantizedBase.find(self.transformer)
+        if self._quantized is not None:
+            log.info("training on a quantized base: %s", self._quantized.describe())
+        if self.config.gradient_checkpointing or self._quantized is not None:
             self._enable_checkpointing()
 
     def _enable_checkpointing(self) -> None:
@@ -240,6 +246,8 @@ class LoraTrainer:
         set_training_state(self.transformer, self._trainee_params, self.has_training_adapter)
         self._training_state = self._adapter_signature()
         self._graphs.enter()
+        if self._quantized is not None:
+            self._quantized.enter()
 
     def _ensure_training_state(self) -> None:
         if self._training_state is None or self._adapter_signature() != self._training_state:
@@ -250,11 +258,16 @@ class LoraTrainer:
         self._require_prepared()
         apply_adapters(self.transformer, [], [])
         self._training_state = None
-        self._graphs.exit()  # generation's compiled blocks for what comes next
+        self._exit_training_layers()  # generation's compiled blocks for what comes next
 
     def resume(self) -> None:
         self._require_prepared()
         self._configure_training()
+
+    def _exit_training_layers(self) -> None:
+        self._graphs.exit()
+        if self._quantized is not None:
+            self._quantized.exit()
 
     def _require_prepared(self) -> None:
         if not self._prepared or self._closed:
@@ -376,7 +389,7 @@ class LoraTrainer:
         embeds = self.encode_prompt(prompt or self._sample_prompt())
         apply_adapters(self.transformer, [TRAINEE_ADAPTER], [1.0])
         self._training_state = None
-        self._graphs.exit()  # generation's compiled blocks for what comes next
+        self._exit_training_layers()  # generation's compiled blocks for what comes next
         try:
             generator = torch.Generator("cpu").manual_seed(self.config.sample_seed)
             with torch.inference_mode():
@@ -398,6 +411,9 @@ class LoraTrainer:
             return
         self._closed = True
         self._graphs = self._graphs.release()
+        if self._quantized is not None:
+            self._quantized.exit()
+            self._quantized = None
         remove_trainer_adapters(self.pipe, self.transformer)
         for param, flag in self._saved.requires_grad.items():
             param.requires_grad_(flag)

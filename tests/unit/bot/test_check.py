@@ -35,8 +35,9 @@ TOKEN = base64.b64encode(b"123456789012345678").decode().rstrip("=") + ".GhIjKl.
     ("V100 32GB", 31.7, (7, 0), "int8"),
     ("RTX 4060 Ti 16GB", 15.6, (8, 9), "16gb"),
     ("RTX 4080 16GB", 15.7, (8, 9), "16gb"),
-    ("T4 16GB", 14.6, (7, 5), None),
-    ("RTX 3060 12GB", 11.8, (8, 6), None),
+    ("T4 16GB", 14.6, (7, 5), "12gb"),
+    ("RTX 3060 12GB", 11.8, (8, 6), "12gb"),
+    ("RTX 3080 10GB", 9.8, (8, 6), None),
 ])
 def test_the_profile_that_fits_each_card(gpu, total_gib, capability, expected):
     profile = profiles.choose_profile(int(total_gib * GIB), capability)
@@ -46,12 +47,21 @@ def test_the_profile_that_fits_each_card(gpu, total_gib, capability, expected):
 
 
 @pytest.mark.parametrize("env, total_gib, capability, ok, fragment", [
-    ({}, 79.1, (9, 0), True, "bf16 (ZIMAGE_QUANT=none ZIMAGE_VRAM=full) fits"),
-    ({}, 23.6, (8, 9), False, "needs about 38 GiB of GPU memory, this GPU has 23.6 GiB; set ZIMAGE_QUANT=fp8"),
-    ({"ZIMAGE_QUANT": "fp8"}, 23.6, (8, 9), True, "fp8 (ZIMAGE_QUANT=fp8) fits; a quantized worker refuses /train"),
+    ({}, 79.1, (9, 0), True, "profile bf16 (ZIMAGE_QUANT=none ZIMAGE_VRAM=full) picked from the card: GPU, 79.1 GiB"),
+    ({}, 23.6, (8, 9), True, "profile fp8 (ZIMAGE_QUANT=fp8) picked from the card: GPU, 23.6 GiB, compute capability "
+                             "8.9; 23.6 GiB >= 22 GiB, compute capability >= 8.9 runs fp8; LoRA training beside"),
+    ({"ZIMAGE_VRAM": "auto"}, 23.6, (8, 6), True, "profile int8 (ZIMAGE_QUANT=int8) picked from the card"),
+    ({}, 11.8, (8, 6), True, "profile 12gb (ZIMAGE_VRAM=12gb) picked from the card: GPU, 11.8 GiB, compute capability "
+                             "8.6; 11.8 GiB >= 11 GiB; generation only (no /train)"),
+    ({}, 9.8, (8, 6), False, "no speed profile fits 9.8 GiB of GPU memory: the smallest, ZIMAGE_VRAM=12gb"),
+    ({"ZIMAGE_QUANT": "none"}, 23.6, (8, 9), False, "needs about 38 GiB of GPU memory, this GPU has 23.6 GiB; "
+                                                    "set ZIMAGE_QUANT=fp8"),
+    ({"ZIMAGE_QUANT": "fp8"}, 23.6, (8, 9), True, "fp8 (ZIMAGE_QUANT=fp8) fits"),
     ({"ZIMAGE_QUANT": "fp8"}, 23.6, (8, 6), False, "fp8 needs compute capability 8.9 or newer"),
     ({"ZIMAGE_VRAM": "16gb"}, 79.1, (9, 0), True, "bf16 (ZIMAGE_QUANT=none ZIMAGE_VRAM=full) fits too and is faster"),
-    ({"ZIMAGE_VRAM": "16gb"}, 11.8, (8, 6), False, "no profile fits 11.8 GiB"),
+    ({"ZIMAGE_VRAM": "12gb"}, 15.6, (8, 9), True, "16gb (ZIMAGE_VRAM=16gb) fits too and is faster; generation only"),
+    ({"ZIMAGE_VRAM": "16gb"}, 11.8, (8, 6), False, "needs about 15 GiB of GPU memory, this GPU has 11.8 GiB; "
+                                                   "set ZIMAGE_VRAM=12gb"),
 ])
 def test_the_configured_profile_against_the_card(env, total_gib, capability, ok, fragment):
     result = check.profile_check(int(total_gib * GIB), capability, env)

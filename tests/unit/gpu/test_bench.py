@@ -1,6 +1,7 @@
 """`python -m gpu.bench --tiny` keeps working: the same code as the GPU benchmark, on the CPU."""
 
 import json
+import math
 import os
 import re
 import subprocess
@@ -77,6 +78,31 @@ def test_tiny_bench_prints_the_table_with_numbers(tmp_path):
     assert latency["idle"]["latency_s"]["n"] == latency["training"]["latency_s"]["n"] == 3
     assert latency["training"]["training_steps_during"] > 0 and latency["training"]["training_error"] is None
     assert latency["target"]["ratio"] > 0
+
+
+def test_tiny_card_run_goes_through_every_phase_on_a_quantized_base(tmp_path):
+    """--card on the CPU: a model folder saved by a child, an int8 worker engine, images, training with /imagine
+    interleaved, an image with the trained LoRA; every phase without error, the figures in the table."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ZIMAGE_")}
+    env.update(HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="", PYTHONUNBUFFERED="1")
+    out = tmp_path / "card.json"
+    completed = subprocess.run(
+        [sys.executable, "-m", "gpu.bench", "--tiny", "--card", "0", "--model", str(tmp_path / "model"),
+         "--data-dir", str(tmp_path / "work"), "--images", "2", "--train-steps", "4", "--imagine-every", "2",
+         "--json", str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=240,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert results["card"]["model"]["built"] and results["card"]["profile"] == "int8"
+    phases = results["phases"]
+    assert list(phases) == ["load", "warm-up", "images", "training", "lora image"]
+    assert all("error" not in phase and phase["oom"] == "no OOM" for phase in phases.values()), phases
+    training = phases["training"]
+    assert training["s_per_step"]["n"] >= 3 and training["imagine_while_training_s"]["n"] == 2
+    assert all(math.isfinite(loss) for loss in training["loss_first_last"])
+    assert re.search(rf"\| training \| {NUMBER} \| {NUMBER} s/step = {NUMBER} min for 4000; /imagine while training "
+                     rf"{NUMBER} s \|", completed.stdout), completed.stdout
 
 
 def test_synthetic_dataset_is_a_realistic_photo_set(tmp_path):
