@@ -108,3 +108,22 @@ async def test_only_zh_cn_is_localised():
     for locale in discord.Locale:
         if locale != discord.Locale.chinese:
             assert await translator.translate(string, locale, context) is None  # type: ignore[arg-type]
+
+
+def test_the_fake_discord_accepts_these_payloads_and_refuses_bad_localisations(payloads):
+    """The e2e fake enforces the same rules (tests/support/fake_discord/rest.py): it must pass the real payloads
+    and refuse what Discord refuses, or the e2e locale test proves nothing."""
+    import copy
+
+    from fake_discord.rest import _validate_commands
+    from fake_discord.wire import DiscordError
+
+    _validate_commands(payloads)
+    for break_it in (lambda imagine: imagine["name_localizations"].update({ZH: "画 图"}),       # a space
+                     lambda imagine: imagine["name_localizations"].update({ZH: "Imagine"}),   # a capital
+                     lambda imagine: imagine["name_localizations"].update({"zh": "画图"}),     # not a Discord locale
+                     lambda imagine: imagine["options"][1].update(name_localizations={ZH: "提示词"})):  # a duplicate
+        broken = copy.deepcopy(payloads)
+        break_it(next(command for command in broken if command["name"] == "imagine"))
+        with pytest.raises(DiscordError):
+            _validate_commands(broken)
