@@ -127,3 +127,37 @@ def test_the_fake_discord_accepts_these_payloads_and_refuses_bad_localisations(p
         break_it(next(command for command in broken if command["name"] == "imagine"))
         with pytest.raises(DiscordError):
             _validate_commands(broken)
+
+
+async def test_a_changed_translation_syncs_the_global_commands_again(monkeypatch):
+    """Without a dev guild the bot syncs globally only when the commands changed: a translation is a change."""
+    from types import SimpleNamespace
+
+    from bot.client import ZImageBot
+    from bot.i18n import commands as strings
+    from bot.settings import Settings
+
+    state: dict[str, str] = {}
+
+    async def get_state(key: str) -> str | None:
+        return state.get(key)
+
+    async def set_state(key: str, value: str) -> None:
+        state[key] = value
+
+    bot = ZImageBot(Settings(discord_token="x"))
+    bot.services = SimpleNamespace(store=SimpleNamespace(get_state=get_state, set_state=set_state))  # type: ignore[assignment]
+    await bot.add_cog(QueueCog(None, None))  # type: ignore[arg-type]
+    await bot.tree.set_translator(CommandTranslator())
+    syncs = []
+
+    async def sync(*, guild=None):
+        syncs.append(await bot.tree.get_commands()[0].get_translated_payload(bot.tree, bot.tree.translator))
+
+    monkeypatch.setattr(bot.tree, "sync", sync)
+    await bot.sync_commands()
+    await bot.sync_commands()
+    assert len(syncs) == 1
+    monkeypatch.setitem(strings.COMMAND_NAMES, "queue", "排队")
+    await bot.sync_commands()
+    assert len(syncs) == 2 and syncs[-1]["name_localizations"] == {ZH: "排队"}
