@@ -54,6 +54,22 @@ _DIACRITICS = ((0x0300, 0x036F), (0x1AB0, 0x1AFF), (0x1DC0, 0x1DFF), (0x20D0, 0x
                (0xFE20, 0xFE2F), (0xE0100, 0xE01EF))
 
 
+# Chinese, Japanese, Thai and a few others are written without spaces between words: a blocklisted word
+# of theirs is found anywhere in a prompt (一个裸体的女人 contains 裸体), and their characters do not
+# join a Latin word next to them (一个nude女人 contains "nude"). Only letters and digits of scripts that
+# do space their words make a word boundary ("nudes" does not contain "nude").
+_UNSPACED_SCRIPTS = r"\p{Han}\p{Hiragana}\p{Katakana}\p{Thai}\p{Lao}\p{Khmer}\p{Myanmar}"
+_SPACED_WORD_CHARACTER = rf"[^\W{_UNSPACED_SCRIPTS}]"
+
+
+def _word_pattern(word: str) -> str:
+    """`word` (normalised) as a regex that matches it as a whole word, in spaced and unspaced scripts alike."""
+    joins = regex.compile(_SPACED_WORD_CHARACTER)
+    before = rf"(?<!{_SPACED_WORD_CHARACTER})" if joins.match(word[0]) else ""
+    after = rf"(?!{_SPACED_WORD_CHARACTER})" if joins.match(word[-1]) else ""
+    return before + regex.escape(word) + after
+
+
 def _invisible(ch: str) -> bool:
     if unicodedata.category(ch) == "Cf":  # zero-width space/joiners, soft hyphen, BOM, bidi controls, tags
         return True
@@ -85,10 +101,11 @@ def _compiled(body: str) -> regex.Pattern:
 
 
 def prompt_matches(pattern: str, prompt: str) -> bool:
-    """`re:<regex>` is a regular expression; anything else is a whole word or phrase, any case and disguise."""
+    """`re:<regex>` is a regular expression; anything else is a whole word or phrase, any case and disguise
+    (in Chinese and other unspaced scripts, anywhere: `_word_pattern`)."""
     if not pattern.startswith("re:"):
         word = normalise(pattern)
-        return bool(word) and re.search(rf"(?<!\w){re.escape(word)}(?!\w)", normalise(prompt)) is not None
+        return bool(word) and regex.search(_word_pattern(word), normalise(prompt)) is not None
     try:
         compiled = _compiled(pattern[3:])
     except regex.error:

@@ -17,6 +17,7 @@ from . import metrics
 from .cogs.approval import APPROVAL_BUTTONS
 from .cogs.mod_views import MOD_BUTTONS
 from .composition import build_services
+from .i18n import CommandTranslator
 from .reporting import report_error
 from .services import Services
 from .settings import Settings
@@ -46,6 +47,7 @@ class ZImageBot(commands.Bot):
         for extension in EXTENSIONS:
             await self.load_extension(extension)
         self.add_dynamic_items(*BUTTONS, *MOD_BUTTONS, *APPROVAL_BUTTONS)
+        await self.tree.set_translator(CommandTranslator())  # zh-CN command names (bot/i18n)
         await self.sync_commands()
         await self.services.start_queue()
 
@@ -59,7 +61,10 @@ class ZImageBot(commands.Bot):
             return
         assert self.services is not None  # built first thing in setup_hook
         store = self.services.store
-        payload = json.dumps([command.to_dict(self.tree) for command in self.tree.get_commands()], sort_keys=True)
+        # The payload sync would send, translations included: a changed translation is a changed command set.
+        translator = self.tree.translator or CommandTranslator()
+        synced = [await command.get_translated_payload(self.tree, translator) for command in self.tree.get_commands()]
+        payload = json.dumps(synced, sort_keys=True)
         digest = hashlib.sha256(payload.encode()).hexdigest()
         if await store.get_state(COMMANDS_HASH_KEY) == digest:
             return

@@ -3,7 +3,8 @@
 A guild's moderators may override both with /mod limits; otherwise the settings apply. For a job the
 database decides (``caps`` → bot/db/admission.py: checked inside the job's INSERT, exact under any
 concurrency and across processes); requests that queue no job (/lora import, /train's intake) take
-an in-memory allowance (asyncio-throttle, ``take_request``).
+an in-memory allowance (asyncio-throttle, ``take_request``). Refusals carry a `Text` (bot/i18n), so the
+member reads them in their language.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from .db.admission import AdmissionRefused, Caps
 from .db.jobs import JobStore
 from .db.models import GuildSettings
 from .errors import UserFacingError
+from .i18n import Text
 from .settings import Settings
 
 
@@ -48,8 +50,8 @@ class UserLimits:
         if refused.reason == "rate_limited":
             return self._slow_down(caps.rate_count, caps.rate_period.total_seconds())
         if refused.reason == "daily_limit":
-            return UserFacingError(f"This server allows {caps.kind_per_day} training(s) per member per day.")
-        return UserFacingError("You are banned from using this bot here.")
+            return UserFacingError(Text("limits.daily_trainings", count=caps.kind_per_day))
+        return UserFacingError(Text("limits.banned"))
 
     async def check_queue(self, user_id: int, guild: GuildSettings | None = None) -> None:
         active = await self.store.count_active_of(user_id)
@@ -59,12 +61,11 @@ class UserLimits:
 
     @staticmethod
     def _queue_full(active: int, limit: int) -> UserFacingError:
-        return UserFacingError(f"You already have {active} jobs in the queue (the limit is {limit}). "
-                               "Wait for one to finish, or cancel one with `/cancel`.")
+        return UserFacingError(Text("limits.queue_full", active=active, limit=limit))
 
     @staticmethod
     def _slow_down(count: int, period: float) -> UserFacingError:
-        return UserFacingError(f"Slow down: at most {count} requests every {period:g} seconds.")
+        return UserFacingError(Text("limits.slow_down", count=count, period=period))
 
     async def take_request(self, user_id: int, guild: GuildSettings | None = None) -> None:
         """Use up one request of the user's allowance, or refuse without waiting."""

@@ -6,6 +6,9 @@ ephemeral message; a deferred "thinking…" reply is edited into "❌ <message>"
 deferral's visibility (private for /train and /lora import); a button whose update was deferred
 gets an ephemeral follow-up, never an edit of the message it sits on. /imagine answers with a public
 "thinking…" before its checks: its refusals go through refuse_privately.
+
+The reply is in the member's language (bot/i18n): an error raised with a `Text` message is rendered
+again for their locale; a plain message is shown as it was written.
 """
 
 from __future__ import annotations
@@ -16,25 +19,23 @@ import discord
 from discord import app_commands
 
 from .errors import UserFacingError
-from .jobs.outcomes import BOT_ERROR_MESSAGE
+from .i18n import LocaleLike, localised_message, tr
 
 log = logging.getLogger(__name__)
 
 
-def user_message(error: Exception) -> str:
-    """What the member reads for an error; logs the ones they cannot act on."""
+def user_message(error: Exception, locale: LocaleLike = None) -> str:
+    """What the member reads for an error, in their locale's language; logs the ones they cannot act on."""
     original = getattr(error, "original", error)  # app_commands wraps errors raised in a command
-    if isinstance(original, UserFacingError):
-        return str(original)
-    if isinstance(original, app_commands.CheckFailure):
-        return str(original) or "You are not allowed to use this command here."
+    if isinstance(original, (UserFacingError, app_commands.CheckFailure)):
+        return localised_message(original, locale) or str(original) or tr(locale, "error.not_allowed")
     log.error("command failed", exc_info=original)
-    return BOT_ERROR_MESSAGE
+    return tr(locale, "error.bot")
 
 
 async def report_error(interaction: discord.Interaction, error: Exception) -> None:
     """tree.on_error, and the error path of every button (bot/buttons.py)."""
-    message = user_message(error)
+    message = user_message(error, interaction)
     try:
         if interaction.response.type == discord.InteractionResponseType.deferred_channel_message:
             await interaction.edit_original_response(content=f"❌ {message}")
@@ -49,7 +50,7 @@ async def report_error(interaction: discord.Interaction, error: Exception) -> No
 async def refuse_privately(interaction: discord.Interaction, error: Exception) -> None:
     """After a public "thinking…" answer: delete it, and tell the member alone why (an ephemeral follow-up; after a
     deferral Discord turns the first follow-up into the deferred message, so it is deleted first)."""
-    message = user_message(error)
+    message = user_message(error, interaction)
     try:
         await interaction.delete_original_response()
     except discord.HTTPException as exc:

@@ -12,21 +12,22 @@ Server Settings → Integrations → the bot.
 
 from __future__ import annotations
 
-from datetime import UTC
+from datetime import UTC, datetime
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
 from ..db.jobs import JobStore
-from ..db.models import JobStatus
+from ..db.models import GuildSettings, JobStatus
 from ..db.moderation import ModerationStore, valid_pattern
 from ..errors import UserFacingError
+from ..i18n import Text, tr
 from ..interaction_ids import guild_id_of
 from ..jobs.positions import Positions
 from ..jobs.runner import JobRunner
 from ..listing import fit_lines
-from ..moderation import describe_expiry, expiry_from, parse_duration
+from ..moderation import expiry_from, parse_duration
 from ..permissions import NotModerator, is_moderator
 from ..services import services_of
 from ..settings import Settings
@@ -50,9 +51,9 @@ class ModCog(commands.GroupCog, group_name="mod", group_description="Moderator t
 
     async def interaction_check(self, interaction: discord.Interaction) -> bool:
         if interaction.guild_id is None:
-            raise NotModerator("Moderator commands work in a server, not in DMs.")
+            raise NotModerator(Text("mod.dm"))
         if not is_moderator(interaction, await self.moderation.settings(interaction.guild_id)):
-            raise NotModerator("Only moderators (Manage Server, or the moderator role) can use /mod commands.")
+            raise NotModerator(Text("mod.only"))
         return True
 
     async def _moderates(self, interaction: discord.Interaction) -> bool:
@@ -72,21 +73,22 @@ class ModCog(commands.GroupCog, group_name="mod", group_description="Moderator t
     @app_commands.describe(role="Leave empty to clear: then only Manage Server members moderate")
     async def role(self, interaction: discord.Interaction, role: discord.Role | None = None) -> None:
         if not (interaction.permissions.manage_guild or interaction.permissions.administrator):
-            raise NotModerator("Only members with Manage Server can choose the moderator role.")
+            raise NotModerator(Text("mod.role_needs_manage"))
         await self.moderation.update_settings(guild_id_of(interaction), mod_role_id=role.id if role else None)
-        text = f"Members with {role.mention} are now moderators." if role else "The moderator role is cleared."
+        text = tr(interaction, "mod.role_set", role=role.mention) if role else tr(interaction, "mod.role_cleared")
         await self._done(interaction, "role", text, target=role.name if role else None)
 
     @app_commands.command(name="channel", description="Channel where moderator approvals are posted")
     async def channel(self, interaction: discord.Interaction, channel: discord.TextChannel) -> None:
         await self.moderation.update_settings(guild_id_of(interaction), mod_channel_id=channel.id)
-        await self._done(interaction, "channel", f"Approvals will be posted in {channel.mention}.", target=channel.name)
+        await self._done(interaction, "channel", tr(interaction, "mod.channel_set", channel=channel.mention),
+                         target=channel.name)
 
     # --- the queue -------------------------------------------------------------------------
 
     @app_commands.command(name="queue", description="All active jobs of this server")
     async def queue(self, interaction: discord.Interaction) -> None:
-        content, view = await queue_page(self.store, self.moderation, guild_id_of(interaction), 0)
+        content, view = await queue_page(self.store, self.moderation, guild_id_of(interaction), 0, interaction.locale)
         await interaction.response.send_message(content, view=view or discord.utils.MISSING, ephemeral=True)
 
     @app_commands.command(name="cancel", description="Cancel any job of this server")
@@ -94,12 +96,12 @@ class ModCog(commands.GroupCog, group_name="mod", group_description="Moderator t
     async def cancel(self, interaction: discord.Interaction, job: int) -> None:
         record = await self.store.get(job)
         if record is None or record.guild_id != interaction.guild_id:
-            raise UserFacingError(f"There is no job #{job} in this server.")
+            raise UserFacingError(Text("mod.no_such_job", job=job))
         if record.status not in JobStatus.cancellable():
-            raise UserFacingError(f"Job #{job} is already {record.status}.")
+            raise UserFacingError(Text("mod.already", job=job, status=Text(f"status.{record.status}")))
         if not await self.runner.cancel(record):
-            raise UserFacingError(f"Job #{job} could not be cancelled right now; it may have just finished.")
-        await self._done(interaction, "cancel", f"Job #{job} of <@{record.user_id}> is cancelled.",
+            raise UserFacingError(Text("cancel.not_now", job=job))
+        await self._done(interaction, "cancel", tr(interaction, "mod.cancelled", job=job, user=record.user_id),
                          target=f"job #{job} of <@{record.user_id}>")
 
     @cancel.autocomplete("job")
@@ -113,8 +115,9 @@ class ModCog(commands.GroupCog, group_name="mod", group_description="Moderator t
     @app_commands.command(name="clear", description="Cancel every waiting or running job (of one member)")
     async def clear(self, interaction: discord.Interaction, user: discord.User | None = None) -> None:
         cancelled = await self._cancel_jobs(guild_id_of(interaction), user.id if user else None)
-        whose = f"of {user.mention} " if user else ""
-        await self._done(interaction, "clear", f"Cancelled {cancelled} job(s) {whose}in this server.",
+        text = (tr(interaction, "mod.cleared_of", count=cancelled, user=user.mention) if user
+                else tr(interaction, "mod.cleared_all", count=cancelled))
+        await self._done(interaction, "clear", text,
                          target=user.mention if user else "everyone", details=f"{cancelled} job(s)")
 
     async def _cancel_jobs(self, guild_id: int, user_id: int | None) -> int:
@@ -127,13 +130,13 @@ class ModCog(commands.GroupCog, group_name="mod", group_description="Moderator t
     @app_commands.command(name="pause", description="Pause this server's queue; jobs keep their place")
     async def pause(self, interaction: discord.Interaction) -> None:
         await self.moderation.update_settings(guild_id_of(interaction), paused=True)
-        await self._done(interaction, "pause", "⏸️ The queue is paused. Jobs wait and keep their place; `/mod resume` to go on.")
+        await self._done(interaction, "pause", tr(interaction, "mod.paused"))
         await self.positions.refresh(paused_guild=interaction.guild_id)
 
     @app_commands.command(name="resume", description="Resume this server's queue")
     async def resume(self, interaction: discord.Interaction) -> None:
         await self.moderation.update_settings(guild_id_of(interaction), paused=False)
-        await self._done(interaction, "resume", "▶️ The queue runs again.")
+        await self._done(interaction, "resume", tr(interaction, "mod.resumed"))
         self.runner.wake()
         await self.positions.refresh()
 
@@ -144,26 +147,28 @@ class ModCog(commands.GroupCog, group_name="mod", group_description="Moderator t
     async def ban(self, interaction: discord.Interaction, user: discord.User,
                   reason: app_commands.Range[str, 1, 300] | None = None, duration: str | None = None) -> None:
         if user.id == interaction.user.id:
-            raise UserFacingError("You cannot ban yourself.")
+            raise UserFacingError(Text("mod.ban_self"))
         expires_at = expiry_from(parse_duration(duration))
         await self.moderation.ban(guild_id_of(interaction), user.id, interaction.user.id, reason, expires_at)
         cancelled = await self._cancel_jobs(guild_id_of(interaction), user.id)
         await self._done(interaction, "ban",
-                         f"{user.mention} is banned {describe_expiry(expires_at)}; {cancelled} of their job(s) cancelled.",
+                         tr(interaction, "mod.banned", user=user.mention, expiry=expiry(interaction, expires_at),
+                            count=cancelled),
                          target=user.mention, details=f"reason: {reason or '-'}; duration: {duration or 'permanent'}")
 
     @app_commands.command(name="unban", description="Let a banned member use the bot again")
     async def unban(self, interaction: discord.Interaction, user: discord.User) -> None:
         if not await self.moderation.unban(guild_id_of(interaction), user.id):
-            raise UserFacingError(f"{user.mention} is not banned here.")
-        await self._done(interaction, "unban", f"{user.mention} may use the bot again.", target=user.mention)
+            raise UserFacingError(Text("mod.not_banned", user=user.mention))
+        await self._done(interaction, "unban", tr(interaction, "mod.unbanned", user=user.mention), target=user.mention)
 
     @app_commands.command(name="bans", description="Members banned from the bot in this server")
     async def bans(self, interaction: discord.Interaction) -> None:
         bans = await self.moderation.bans(guild_id_of(interaction))
-        lines = [f"<@{ban.user_id}> {describe_expiry(ban.expires_at)} (by <@{ban.moderator_id}>)"
-                 + (f": {ban.reason}" if ban.reason else "") for ban in bans]
-        await interaction.response.send_message(fit_lines(lines) or "Nobody is banned.", ephemeral=True,
+        lines = [tr(interaction, "mod.ban_line", user=ban.user_id, expiry=expiry(interaction, ban.expires_at),
+                    moderator=ban.moderator_id) + (tr(interaction, "mod.ban_reason", reason=ban.reason) if ban.reason else "")
+                 for ban in bans]
+        await interaction.response.send_message(fit_lines(lines) or tr(interaction, "mod.no_bans"), ephemeral=True,
                                                 allowed_mentions=discord.AllowedMentions.none())
 
     # --- limits and content --------------------------------------------------------------------
@@ -188,23 +193,32 @@ class ModCog(commands.GroupCog, group_name="mod", group_description="Moderator t
             settings = await self.moderation.update_settings(guild_id_of(interaction), **changes)
         else:
             settings = await self.moderation.settings(interaction.guild_id)
-        defaults = self.settings
-        text = "\n".join([
-            "**Limits in this server**",
-            f"Jobs waiting per member: {settings.max_queued_per_user or f'{defaults.max_queued_per_user} (default)'}",
-            "Requests per member: " + (f"{settings.requests_per_minute} per minute" if settings.requests_per_minute else
-                                       f"{defaults.rate_limit_count} per {defaults.rate_limit_period:g} s (default)"),
-            f"Trainings per member per day: {settings.trainings_per_day or 'no limit set'}",
-            f"Images per request: {settings.max_count or '4 (default)'}",
-            f"Steps per image: {settings.max_steps or '16 (default)'}",
-            "Imported LoRAs per member: "
-            f"{settings.lora_import_max_count or f'{defaults.lora_import_max_count} (default)'}, "
-            f"{settings.lora_import_max_mb or f'{defaults.lora_import_max_bytes >> 20} (default)'} MiB",
-        ])
+        text = self._limits_text(interaction, settings)
         if changes:
             await self._done(interaction, "limits", text, details=", ".join(f"{k}={v}" for k, v in changes.items()))
         else:
             await interaction.response.send_message(text, ephemeral=True)
+
+    def _limits_text(self, interaction: discord.Interaction, settings: GuildSettings) -> str:
+        defaults = self.settings
+
+        def value(setting: int | None, default: object) -> object:
+            return setting or tr(interaction, "mod.limits_default", value=default)
+
+        rate = (tr(interaction, "mod.limits_rate", count=settings.requests_per_minute) if settings.requests_per_minute
+                else tr(interaction, "mod.limits_rate_default", count=defaults.rate_limit_count,
+                        period=defaults.rate_limit_period))
+        return "\n".join([
+            tr(interaction, "mod.limits_title"),
+            tr(interaction, "mod.limits_queued", value=value(settings.max_queued_per_user, defaults.max_queued_per_user)),
+            rate,
+            tr(interaction, "mod.limits_trainings",
+               value=settings.trainings_per_day or tr(interaction, "mod.limits_no_limit")),
+            tr(interaction, "mod.limits_count", value=value(settings.max_count, 4)),
+            tr(interaction, "mod.limits_steps", value=value(settings.max_steps, 16)),
+            tr(interaction, "mod.limits_imports", count=value(settings.lora_import_max_count, defaults.lora_import_max_count),
+               mib=value(settings.lora_import_max_mb, defaults.lora_import_max_bytes >> 20)),
+        ])
 
     @app_commands.command(name="content", description="Age-restricted content: blocklist exemption and spoilers")
     @app_commands.describe(allow_in_age_restricted="Blocklisted prompts pass in age-restricted channels",
@@ -217,9 +231,9 @@ class ModCog(commands.GroupCog, group_name="mod", group_description="Moderator t
         if spoilers is not None:
             changes["spoiler_images"] = spoilers
         settings = await self.moderation.update_settings(guild_id_of(interaction), **changes)
-        exempt = "allowed" if settings.allow_blocklisted_in_nsfw else "refused"
-        text = (f"Blocklisted prompts in age-restricted channels: {exempt}\n"
-                f"Images as spoilers: {'on' if settings.spoiler_images else 'off'}")
+        text = tr(interaction, "mod.content",
+                  exempt=tr(interaction, "mod.allowed" if settings.allow_blocklisted_in_nsfw else "mod.refused"),
+                  spoilers=tr(interaction, "mod.on" if settings.spoiler_images else "mod.off"))
         await self._done(interaction, "content", text, details=", ".join(f"{k}={v}" for k, v in changes.items()) or None)
 
     # --- blocklist -------------------------------------------------------------------------
@@ -230,14 +244,16 @@ class ModCog(commands.GroupCog, group_name="mod", group_description="Moderator t
         if problem := valid_pattern(pattern):
             raise UserFacingError(problem)
         if not await self.moderation.add_blocked(guild_id_of(interaction), pattern, interaction.user.id):
-            raise UserFacingError(f"`{pattern}` is already on the blocklist.")
-        await self._done(interaction, "blocklist-add", f"Prompts containing `{pattern}` are now refused.", target=pattern)
+            raise UserFacingError(Text("mod.blocklist_already", pattern=pattern))
+        await self._done(interaction, "blocklist-add", tr(interaction, "mod.blocklist_added", pattern=pattern),
+                         target=pattern)
 
     @blocklist.command(name="remove", description="Take a pattern off the blocklist")
     async def blocklist_remove(self, interaction: discord.Interaction, pattern: str) -> None:
         if not await self.moderation.remove_blocked(guild_id_of(interaction), pattern.strip()):
-            raise UserFacingError(f"`{pattern}` is not on the blocklist.")
-        await self._done(interaction, "blocklist-remove", f"`{pattern}` is off the blocklist.", target=pattern)
+            raise UserFacingError(Text("mod.blocklist_missing", pattern=pattern))
+        await self._done(interaction, "blocklist-remove", tr(interaction, "mod.blocklist_removed", pattern=pattern),
+                         target=pattern)
 
     @blocklist_remove.autocomplete("pattern")
     async def blocklist_autocomplete(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
@@ -249,7 +265,7 @@ class ModCog(commands.GroupCog, group_name="mod", group_description="Moderator t
     @blocklist.command(name="list", description="The patterns refused in prompts here")
     async def blocklist_list(self, interaction: discord.Interaction) -> None:
         patterns = await self.moderation.blocklist(guild_id_of(interaction))
-        text = fit_lines([f"`{p}`" for p in patterns]) or "The blocklist is empty."
+        text = fit_lines([f"`{p}`" for p in patterns]) or tr(interaction, "mod.blocklist_empty")
         await interaction.response.send_message(text, ephemeral=True)
 
     # --- training approval -------------------------------------------------------------------
@@ -257,13 +273,13 @@ class ModCog(commands.GroupCog, group_name="mod", group_description="Moderator t
     @approve_training.command(name="on", description="/train jobs wait for a moderator's approval")
     async def approve_training_on(self, interaction: discord.Interaction) -> None:
         settings = await self.moderation.update_settings(guild_id_of(interaction), approve_training=True)
-        where = f"<#{settings.mod_channel_id}>" if settings.mod_channel_id else "the channel set with `/mod channel` (none yet)"
-        await self._done(interaction, "approve-training", f"Training jobs now wait for approval in {where}.", details="on")
+        where = f"<#{settings.mod_channel_id}>" if settings.mod_channel_id else tr(interaction, "mod.approval_nowhere")
+        await self._done(interaction, "approve-training", tr(interaction, "mod.approval_on", where=where), details="on")
 
     @approve_training.command(name="off", description="/train jobs start without approval")
     async def approve_training_off(self, interaction: discord.Interaction) -> None:
         await self.moderation.update_settings(guild_id_of(interaction), approve_training=False)
-        await self._done(interaction, "approve-training", "Training jobs no longer need approval.", details="off")
+        await self._done(interaction, "approve-training", tr(interaction, "mod.approval_off"), details="off")
 
     # --- audit -------------------------------------------------------------------------------
 
@@ -273,8 +289,15 @@ class ModCog(commands.GroupCog, group_name="mod", group_description="Moderator t
         lines = [f"{discord.utils.format_dt(entry.created_at.replace(tzinfo=UTC), 'R')} "
                  f"<@{entry.moderator_id}> **{entry.action}**" + (f" {entry.target}" if entry.target else "")
                  + (f" ({entry.details})" if entry.details else "") for entry in entries]
-        await interaction.response.send_message(fit_lines(lines) or "No moderator actions yet.", ephemeral=True,
+        await interaction.response.send_message(fit_lines(lines) or tr(interaction, "mod.no_audit"), ephemeral=True,
                                                 allowed_mentions=discord.AllowedMentions.none())
+
+
+def expiry(interaction: discord.Interaction, expires_at: datetime | None) -> str:
+    """How long a ban lasts, in the moderator's language."""
+    if expires_at is None:
+        return tr(interaction, "expiry.permanent")
+    return tr(interaction, "expiry.until", when=discord.utils.format_dt(expires_at.replace(tzinfo=UTC), "f"))
 
 
 async def setup(bot: commands.Bot) -> None:

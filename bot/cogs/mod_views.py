@@ -12,6 +12,7 @@ from ..buttons import ReportingButton
 from ..db.jobs import JobStore
 from ..db.models import Job, JobStatus, utcnow
 from ..db.moderation import ModerationStore
+from ..i18n import Text, tr
 from ..interaction_ids import guild_id_of
 from ..jobs import render
 from ..permissions import NotModerator, is_moderator
@@ -29,35 +30,37 @@ def _age(created: datetime) -> str:
     return f"{seconds // 3600}h"
 
 
-async def queue_page(store: JobStore, moderation: ModerationStore, guild_id: int,
-                     page: int) -> tuple[str, discord.ui.View | None]:
+async def queue_page(store: JobStore, moderation: ModerationStore, guild_id: int, page: int,
+                     locale: discord.Locale | None = None) -> tuple[str, discord.ui.View | None]:
+    """One page of the listing, in the moderator's language (`locale`)."""
     jobs = await store.guild_jobs(guild_id)
     settings = await moderation.settings(guild_id)
     order = await store.positions()
     pages = max(1, -(-len(jobs) // PAGE_SIZE))
     page = min(max(page, 0), pages - 1)
-    header = f"**Queue of this server**: {len(jobs)} active job(s)" + (" — ⏸️ paused" if settings.paused else "")
+    header = tr(locale, "modq.header", count=len(jobs)) + (tr(locale, "modq.paused") if settings.paused else "")
     lines = [header]
     for job in jobs[page * PAGE_SIZE:(page + 1) * PAGE_SIZE]:
-        lines.append(_line(job, order))
+        lines.append(_line(job, order, locale))
     if not jobs:
-        lines.append("Nothing is waiting or running.")
+        lines.append(tr(locale, "modq.nothing"))
     view = None
     if pages > 1:
-        lines.append(f"Page {page + 1}/{pages}")
+        lines.append(tr(locale, "modq.page", page=page + 1, pages=pages))
         view = discord.ui.View(timeout=None)
-        view.add_item(ModQueuePage(page - 1, "◀ Previous", disabled=page == 0))
-        view.add_item(ModQueuePage(page + 1, "Next ▶", disabled=page >= pages - 1))
+        view.add_item(ModQueuePage(page - 1, tr(locale, "modq.previous"), disabled=page == 0))
+        view.add_item(ModQueuePage(page + 1, tr(locale, "modq.next"), disabled=page >= pages - 1))
     return "\n".join(lines), view
 
 
-def _line(job: Job, order: dict[int, int]) -> str:
+def _line(job: Job, order: dict[int, int], locale: discord.Locale | None) -> str:
     if job.status == JobStatus.QUEUED:
-        state = f"queued, position {order[job.id]}" if job.id in order else "queued (paused)"
+        state = (tr(locale, "modq.queued_at", position=order[job.id]) if job.id in order
+                 else tr(locale, "modq.queued_paused"))
     else:
-        state = str(job.status)
-    return (f"**#{job.id}** <@{job.user_id}> {job.kind}, {state}, {_age(job.created_at)} old: "
-            f"*{render.describe(job, 50)}*")
+        state = tr(locale, f"status.{job.status}")
+    return tr(locale, "modq.line", job=job.id, user=job.user_id, kind=job.kind, state=state, age=_age(job.created_at),
+              what=render.describe(job, 50))
 
 
 class ModQueuePage(ReportingButton, discord.ui.DynamicItem[discord.ui.Button],
@@ -79,8 +82,9 @@ class ModQueuePage(ReportingButton, discord.ui.DynamicItem[discord.ui.Button],
     async def handle(self, interaction: discord.Interaction) -> None:
         services = services_of(interaction)
         if not is_moderator(interaction, await services.moderation.settings(interaction.guild_id)):
-            raise NotModerator("Only moderators can page through the server's queue.")
-        content, view = await queue_page(services.store, services.moderation, guild_id_of(interaction), self.page)
+            raise NotModerator(Text("modq.only"))
+        content, view = await queue_page(services.store, services.moderation, guild_id_of(interaction), self.page,
+                                         interaction.locale)
         await interaction.response.edit_message(content=content, view=view)
 
 

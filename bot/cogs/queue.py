@@ -9,6 +9,7 @@ from discord.ext import commands
 from ..db.jobs import JobStore
 from ..db.models import JobKind, JobStatus
 from ..errors import UserFacingError
+from ..i18n import Text, tr
 from ..jobs import render
 from ..jobs.runner import JobRunner
 from ..listing import fit_lines
@@ -24,23 +25,23 @@ class QueueCog(commands.Cog):
     async def queue(self, interaction: discord.Interaction) -> None:
         jobs = await self.store.active_jobs_of(interaction.user.id)
         if not jobs:
-            await interaction.response.send_message("You have no jobs in the queue.", ephemeral=True)
+            await interaction.response.send_message(tr(interaction, "queue.empty"), ephemeral=True)
             return
         places = await self.store.positions()
         lines = []
         for job in jobs:
             if job.status == JobStatus.QUEUED and job.id in places:
-                lane = "training queue" if job.kind == JobKind.TRAIN else "queue"
-                state = f"position {places[job.id]} in the {lane}"
+                lane = "queue.position_training" if job.kind == JobKind.TRAIN else "queue.position"
+                state = tr(interaction, lane, position=places[job.id])
             elif job.status == JobStatus.QUEUED:
-                state = "waiting: moderators paused the queue in this server"
+                state = tr(interaction, "queue.paused")
             elif job.status == JobStatus.AWAITING_APPROVAL:
-                state = "waiting for a moderator's approval"
+                state = tr(interaction, "queue.awaiting_approval")
             elif job.status == JobStatus.RUNNING:
-                state = "generating now"
+                state = tr(interaction, "queue.running")
             else:
-                state = "posting the result"
-            lines.append(f"**#{job.id}** {state}: *{render.describe(job, 60)}*")
+                state = tr(interaction, "queue.delivering")
+            lines.append(tr(interaction, "queue.line", job=job.id, state=state, what=render.describe(job, 60)))
         await interaction.response.send_message(fit_lines(lines), ephemeral=True)
 
     @app_commands.command(name="cancel", description="Cancel one of your jobs")
@@ -48,12 +49,12 @@ class QueueCog(commands.Cog):
     async def cancel(self, interaction: discord.Interaction, job: int) -> None:
         record = await self.store.get(job)
         if record is None or record.user_id != interaction.user.id:
-            raise UserFacingError(f"You have no job #{job}. See your jobs with `/queue`.")
+            raise UserFacingError(Text("cancel.no_such_job", job=job))
         if record.status not in JobStatus.cancellable():
-            raise UserFacingError(f"Job #{job} is already {record.status}; there is nothing to cancel.")
+            raise UserFacingError(Text("cancel.already", job=job, status=Text(f"status.{record.status}")))
         if not await self.runner.cancel(record):
-            raise UserFacingError(f"Job #{job} could not be cancelled right now; it may have just finished.")
-        await interaction.response.send_message(f"Job #{job} is cancelled.", ephemeral=True)
+            raise UserFacingError(Text("cancel.not_now", job=job))
+        await interaction.response.send_message(tr(interaction, "cancel.done", job=job), ephemeral=True)
 
     @cancel.autocomplete("job")
     async def cancel_autocomplete(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[int]]:

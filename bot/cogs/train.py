@@ -21,7 +21,7 @@ class TrainCog(commands.Cog):
     @app_commands.describe(name="Name of the LoRA (lowercase, digits, - and _)", photos="A .zip of 10+ photos",
                            caption="Caption for every image (default: 'a photo of <name>'); a .txt beside an image overrides it",
                            steps="Training steps (default from the server settings, usually 4000)",
-                           url="https https link to a zip, for archives over the upload limit")
+                           url="An https link to a zip, for archives over the upload limit")
     async def train(self, interaction: discord.Interaction, name: app_commands.Range[str, 2, 32],
                     photos: discord.Attachment | None = None, caption: app_commands.Range[str, 1, 300] | None = None,
                     steps: app_commands.Range[int, 1, 20000] | None = None, url: str | None = None) -> None:

@@ -29,34 +29,39 @@ class InteractionsMixin:
 
     async def slash_command(self, name: str, options: dict | None = None, *, user: dict | None = None,
                             channel_id: int | None = None,
-                            attachments: dict | None = None) -> Interaction:
-        """Send a chat-input command; ``attachments={"photos": ("x.zip", b"..."[, "mime"])}``."""
+                            attachments: dict | None = None, locale: str = "en-US",
+                            guild_locale: str = "en-US") -> Interaction:
+        """Send a chat-input command; ``attachments={"photos": ("x.zip", b"..."[, "mime"])}``; ``locale`` is the
+        member's client language, ``guild_locale`` the server's (Discord sends both)."""
         values = dict(options or {})
         values.update(attachments or {})
         self._check_can_use(name, user, channel_id)
         data = self._command_data(name, values, focused=None)
-        return await self._send_interaction(APPLICATION_COMMAND, data, user, channel_id)
+        return await self._send_interaction(APPLICATION_COMMAND, data, user, channel_id,
+                                            locales=(locale, guild_locale))
 
     async def autocomplete(self, name: str, options: dict | None = None, *, focused: str,
                            user: dict | None = None, channel_id: int | None = None,
-                           timeout: float = 5.0) -> list:
+                           timeout: float = 5.0, locale: str = "en-US", guild_locale: str = "en-US") -> list:
         """Send an autocomplete interaction; returns the ``choices`` of the type-8 callback."""
         self._check_can_use(name, user, channel_id)
         data = self._command_data(name, dict(options or {}), focused=focused)
-        ix = await self._send_interaction(AUTOCOMPLETE, data, user, channel_id)
+        ix = await self._send_interaction(AUTOCOMPLETE, data, user, channel_id, locales=(locale, guild_locale))
         body = await ix.wait_response(timeout)
         if body.get("type") != 8:
             raise AssertionError(f"autocomplete answered with callback type {body.get('type')}")
         return (body.get("data") or {}).get("choices", [])
 
     async def click_button(self, message: Message | int, custom_id: str, *,
-                           user: dict | None = None) -> Interaction:
+                           user: dict | None = None, locale: str = "en-US",
+                           guild_locale: str = "en-US") -> Interaction:
         msg, comp = self._component(message, custom_id, (2,))
         data = {"custom_id": custom_id, "component_type": 2}
-        return await self._send_interaction(MESSAGE_COMPONENT, data, user, msg.channel_id, msg)
+        return await self._send_interaction(MESSAGE_COMPONENT, data, user, msg.channel_id, msg,
+                                            locales=(locale, guild_locale))
 
     async def select(self, message: Message | int, custom_id: str, values: list, *,
-                     user: dict | None = None) -> Interaction:
+                     user: dict | None = None, locale: str = "en-US", guild_locale: str = "en-US") -> Interaction:
         """Choose ``values`` (option values) in a string select menu."""
         msg, comp = self._component(message, custom_id, (3,))
         allowed = [o["value"] for o in comp.get("options", [])]
@@ -64,7 +69,8 @@ class InteractionsMixin:
         if bad:
             raise ValueError(f"{bad} not among select options {allowed}")
         data = {"custom_id": custom_id, "component_type": 3, "values": list(values)}
-        return await self._send_interaction(MESSAGE_COMPONENT, data, user, msg.channel_id, msg)
+        return await self._send_interaction(MESSAGE_COMPONENT, data, user, msg.channel_id, msg,
+                                            locales=(locale, guild_locale))
 
     async def submit_modal(self, ix: Interaction, values: dict, *, user: dict | None = None) -> Interaction:
         """Submit the modal the bot opened (type-9 callback) with text input ``values`` by custom_id."""
@@ -89,7 +95,8 @@ class InteractionsMixin:
         data = {"custom_id": modal["custom_id"], "components": comps}
         msg = self.messages.get(ix.component_message_id) if ix.component_message_id else None
         return await self._send_interaction(MODAL_SUBMIT, data, user or self.users[ix.user_id],
-                                            ix.channel_id, msg, triggered_by=ix)
+                                            ix.channel_id, msg, triggered_by=ix,
+                                            locales=(ix.payload["locale"], ix.payload["guild_locale"]))
 
     def allow_command(self, name: str, *, role: int | None = None, user: dict | None = None) -> None:
         """A server admin lets ``role`` (the guild id: @everyone) or ``user`` use a command whose
@@ -226,21 +233,23 @@ class InteractionsMixin:
 
     async def _send_interaction(self, itype: int, data: dict, user: dict | None,
                                 channel_id: int | None, message: Message | None = None,
-                                triggered_by: Interaction | None = None) -> Interaction:
+                                triggered_by: Interaction | None = None,
+                                locales: tuple[str, str] = ("en-US", "en-US")) -> Interaction:
         if not self.gateway.connected:
             await self.wait_for(lambda: self.gateway.connected, timeout=10, what="the bot's gateway connection")
         user = user or self.alice
         uid = int(user["id"])
         channel_id = int(channel_id or self.channel_id)
         iid, token = self.snowflake(), "aW50ZXJhY3Rpb24" + secrets.token_urlsafe(60)
+        locale, guild_locale = locales
         payload = {
             "id": str(iid), "application_id": str(self.application_id), "type": itype, "data": data,
             "guild_id": str(self.guild_id),
-            "guild": {"id": str(self.guild_id), "locale": "en-US", "features": []},
+            "guild": {"id": str(self.guild_id), "locale": guild_locale, "features": []},
             "channel_id": str(channel_id),
             "channel": self.channel_json(channel_id, with_permissions_for=uid),
             "member": self.member_json(uid, with_permissions=True),
-            "token": token, "version": 1, "locale": "en-US", "guild_locale": "en-US",
+            "token": token, "version": 1, "locale": locale, "guild_locale": guild_locale,
             "app_permissions": str(self.permissions(self.application_id)),
             "entitlements": [], "authorizing_integration_owners": {"0": str(self.guild_id)},
             "context": 0, "attachment_size_limit": self.attachment_size_limit,

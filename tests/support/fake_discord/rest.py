@@ -5,15 +5,21 @@ Why: these are what ``Client.login``/``start`` and ``CommandTree.sync`` call
 the lookups a bot makes (``fetch_channel``, ``fetch_member``...).  Command sync
 echoes each command with ``id``, ``application_id`` and ``version`` (discord.py's
 ``AppCommand`` indexes them) and enforces Discord's own rules the schema cannot
-express: unique names, required options before optional ones.
+express: unique names, required options before optional ones, and names (localised ones too) that
+Discord's naming rule allows, for locales it knows.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
+import json
 from typing import TYPE_CHECKING
 
+import regex
+
 from .router import Req, RouteTable
+from .spec import SPEC_PATH
 from .wire import DiscordError, invalid_form_body, json_response, no_content
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -78,10 +84,41 @@ def _registered(fake: FakeDiscord, scope: int | None) -> list:
     return fake.global_commands if scope is None else fake.guild_commands.setdefault(scope, [])
 
 
+# Discord's rule for chat-input command and option names, localised ones included ("Application Command
+# Naming"): 1-32 letters (any script), digits, - or _, in lowercase where a letter has one.
+_NAME = regex.compile(r"^[-_\p{L}\p{N}\p{sc=Deva}\p{sc=Thai}]{1,32}$")
+
+
+@functools.cache
+def _locales() -> frozenset[str]:
+    schemas = json.loads(SPEC_PATH.read_text())["components"]["schemas"]
+    return frozenset(choice["const"] for choice in schemas["AvailableLocalesEnum"]["oneOf"])
+
+
+def _check_names(item: dict, where: str) -> None:
+    """The item's name and its localisations follow the naming rule; localisations are for Discord's locales."""
+    names = {None: item.get("name"), **(item.get("name_localizations") or {})}
+    for locale in [*names, *(item.get("description_localizations") or {})]:
+        if locale is not None and locale not in _locales():
+            raise invalid_form_body(f"Invalid locale {locale!r}", where)
+    for name in names.values():
+        if not isinstance(name, str) or not _NAME.match(name) or name != name.lower():
+            raise invalid_form_body(f"Invalid application command name {name!r}", where)
+
+
+def _localised_names(items: list, locale: str) -> list:
+    return [(item.get("name_localizations") or {}).get(locale, item.get("name")) for item in items]
+
+
 def _check_options(options: list, where: str) -> None:
     seen_optional = False
     names = set()
+    for locale in {loc for opt in options or [] for loc in (opt.get("name_localizations") or {})}:
+        localised = _localised_names(options, locale)
+        if len(localised) != len(set(localised)):
+            raise invalid_form_body(f"Option names must be unique in {locale} ({localised})", where)
     for opt in options or []:
+        _check_names(opt, f"{where}.{opt.get('name')}")
         if opt.get("name") in names:
             raise invalid_form_body(f"Option names must be unique ({opt.get('name')!r})", where)
         names.add(opt.get("name"))
@@ -120,7 +157,14 @@ def _validate_commands(commands: list) -> None:
         if key in names:
             raise invalid_form_body(f"Application command names must be unique ({cmd.get('name')!r})")
         names.add(key)
+        if cmd.get("type", 1) == 1:  # context menu names may have capitals and spaces
+            _check_names(cmd, str(cmd.get("name")))
         _check_options(cmd.get("options") or [], f"{cmd.get('name')}.options")
+    slash = [cmd for cmd in commands if cmd.get("type", 1) == 1]
+    for locale in {loc for cmd in slash for loc in (cmd.get("name_localizations") or {})}:
+        localised = _localised_names(slash, locale)
+        if len(localised) != len(set(localised)):
+            raise invalid_form_body(f"Application command names must be unique in {locale} ({localised})")
 
 
 async def _put_commands(fake: FakeDiscord, req: Req):
