@@ -24,7 +24,7 @@ from ..db.moderation import ModerationStore
 from . import render
 from .interfaces import WorkerLink
 from .lane import LaneContext
-from .outcomes import JobFailed
+from .outcomes import ResultNotHere
 from .requests import request_id
 
 
@@ -89,8 +89,8 @@ class ImagineLane:
         """Post the saved images; also what a restart does for a job it caught DELIVERING."""
         folder = self.settings.outputs_dir / str(job.id)
         images = await asyncio.to_thread(_read_files, folder, (job.result or {}).get("files", []))
-        if not images:
-            raise JobFailed("the finished images were lost before they could be posted")
+        if not images:  # saved by another bot process (or lost with a disk): make them again rather than fail
+            raise ResultNotHere("the finished images are not on this host")
         if job.guild_id and (await self.moderation.settings(job.guild_id)).spoiler_images:
             images = [(f"SPOILER_{name}", data) for name, data in images]
         groups = _upload_groups(images, int(job.params.get("upload_limit", 10 << 20)))

@@ -8,6 +8,8 @@
     WorkerUnavailable, for a job that waited behind another one on the worker (prefetched: it never
                              reached the GPU) -> back in the queue in its fair place, the attempt not counted
     JobFailed                -> failed, with its reason
+    ResultNotHere            -> back in the queue to render again (its images were saved by another bot
+                                process, on its disk, and that process died before posting them)
     anything else            -> failed, logged, and the worker told to drop the request, so no job
                                 is left RUNNING until the next restart
 """
@@ -65,6 +67,10 @@ class JobFailed(Exception):
     """A lane's own reason to fail a job; the message is shown to the user."""
 
 
+class ResultNotHere(Exception):
+    """A DELIVERING job adopted from another bot process whose saved result is not on this host's disk."""
+
+
 class Outcome(enum.Enum):
     FINISHED = "finished"  # the lane ran to its end (done, or failed to post: the lane set that)
     CANCELLED = "cancelled"
@@ -110,6 +116,11 @@ class JobOutcomes:
             case WorkerUnavailable():
                 metrics.job_failed(job, "worker_crashed")
                 await self.fail(job, worker_crashed_message(job.kind, job.attempts))
+            case ResultNotHere():
+                log.warning("job %s: %s; rendering it again", job.id, error)
+                await self.store.requeue(job.id, error=str(error))
+                await self.positions.refresh()
+                return Outcome.RETRY
             case JobFailed():
                 metrics.job_failed(job, "job_failed")
                 await self.fail(job, str(error))

@@ -121,7 +121,8 @@ async def test_every_failure_case_of_the_outcomes_mapping_is_counted_with_its_ca
                 return True
             return anything
 
-    context = types.SimpleNamespace(store=Nothing(), worker=Nothing(), messages=Nothing(), positions=Nothing())
+    context = types.SimpleNamespace(store=Nothing(), worker=Nothing(), messages=Nothing(), positions=Nothing(),
+                                    status=Nothing())
     outcomes = JobOutcomes(context, max_attempts=2)
     cases = [(WorkerError(ErrorCode.OUT_OF_MEMORY, "oom"), 1, "out_of_memory"),
              (WorkerError(ErrorCode.LORA, "bad lora"), 1, "lora"),

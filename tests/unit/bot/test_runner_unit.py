@@ -13,7 +13,7 @@ import pytest
 
 from bot.db.models import Job, JobKind, JobStatus, utcnow
 from bot.jobs.lane import LaneContext
-from bot.jobs.outcomes import BOT_ERROR_MESSAGE, JobFailed, worker_crashed_message
+from bot.jobs.outcomes import BOT_ERROR_MESSAGE, JobFailed, ResultNotHere, worker_crashed_message
 from bot.jobs.positions import Positions
 from bot.jobs.runner import JobRunner
 from bot.jobs.status_edits import StatusEdits
@@ -262,6 +262,13 @@ async def test_a_failing_redelivery_fails_the_job_with_its_reason():
     await runner.recover()
     assert store.jobs[2].status == JobStatus.FAILED and store.jobs[2].error == str(lost)
     assert "Job #2 failed: the finished images were lost" in messages.finals[0][1]
+
+
+async def test_a_result_saved_by_another_bot_process_is_rendered_again():
+    elsewhere = ResultNotHere("the finished images are not on this host")
+    runner, store, _, messages, _ = build(make_job(2, status=JobStatus.DELIVERING), resume_error=elsewhere)
+    await runner.recover()
+    assert store.jobs[2].status == JobStatus.QUEUED and not messages.finals
 
 
 async def test_cancel_a_queued_job_and_the_running_one():
