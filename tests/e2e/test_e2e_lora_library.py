@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 import torch
 
-from e2e_helpers import pixels, pngs, queued_job, refusal_text, wait_result
+from e2e_helpers import pixels, pngs, queued_job, refusal_text, wait_refusal, wait_result
 
 pytestmark = pytest.mark.e2e
 
@@ -184,20 +184,23 @@ async def test_buttons_use_only_the_loras_the_clicker_may_use_now(fake, bot, lor
     job_id = await queued_job(ix)
     [result] = await wait_result(fake, job_id)
 
-    async def click(action: str, user) -> dict:
-        return await (await fake.click_button(result, f"zimage:{action}:{job_id}", user=user)).wait_response(timeout=3)
+    async def click(action: str, user) -> str:
+        """What the clicker was told privately: the button's job refuses like /imagine (bot/reporting.py)."""
+        ix = await fake.click_button(result, f"zimage:{action}:{job_id}", user=user)
+        await ix.wait_response(timeout=3)
+        return await wait_refusal(ix, timeout=30)
 
     for action in ("reroll", "vary"):  # alice's LoRA is private: bob may not use it through her buttons either
-        refused = await click(action, fake.bob)
-        assert refused["type"] == 4 and refused["data"]["flags"] & 64 and "may not use" in refused["data"]["content"]
+        assert "may not use" in await click(action, fake.bob)
+    assert not [m for m in fake.messages.values() if not m.deleted and not m.ephemeral and "may not use" in (m.content or "")]
     await say(fake, "lora share", {"name": "ink"})
     shared = await fake.click_button(result, f"zimage:reroll:{job_id}", user=fake.bob)
     [rerolled] = await wait_result(fake, await queued_job(shared))
     assert any(field["name"] == "LoRA" for field in rerolled.embeds[0]["fields"])
     await say(fake, "lora unshare", {"name": "ink"})
-    assert "may not use" in (await click("vary", fake.bob))["data"]["content"]
+    assert "may not use" in await click("vary", fake.bob)
     await say(fake, "lora delete", {"name": "ink"})
-    assert "may not use" in (await click("reroll", fake.alice))["data"]["content"]  # gone, for its owner too
+    assert "may not use" in await click("reroll", fake.alice)  # gone, for its owner too
     assert fake.spec_violations == []
 
 

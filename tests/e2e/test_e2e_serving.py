@@ -96,6 +96,7 @@ async def test_with_rate_limits_on_each_job_is_delivered_once_and_positions_are_
         times = [version["at"] for version in by_job[job].original.history if shown_position(version["content"])]
         assert all(b - a >= POSITION_INTERVAL - 0.1 for a, b in zip(times, times[1:], strict=False)), times
 
+    worker_started = time.time()  # every job is admitted by now: from here the queue only moves forward
     worker = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "gpu", "--model", "tiny", "--data-dir", str(data_dir), "--socket", str(socket_path),
         cwd=str(ROOT), env={**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""})
@@ -109,8 +110,11 @@ async def test_with_rate_limits_on_each_job_is_delivered_once_and_positions_are_
     for job in jobs:
         [result] = result_messages(fake, job)
         assert len(pngs(result)) == 1 and result is by_job[job].original  # the job's own message, once
-        shown = [p for version in result.history if (p := shown_position(version["content"])) is not None]
-        assert shown == sorted(shown, reverse=True), (job, shown)  # the queue only moved forward
+        # While members' jobs were still being admitted, a new member's first job could go ahead (fair order);
+        # once all are in, positions only move forward.
+        shown = [p for version in result.history
+                 if version["at"] >= worker_started and (p := shown_position(version["content"])) is not None]
+        assert shown == sorted(shown, reverse=True), (job, shown)
     assert fake.spec_violations == []
 
 

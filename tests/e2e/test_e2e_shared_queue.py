@@ -75,7 +75,8 @@ async def test_two_bot_processes_share_a_burst_and_recover_each_other(fake, seco
         else:
             pytest.fail("bot B never ran a job of the shared queue")
         await bot_b.kill()
-        [orphan] = await b_running()
+        orphans = await b_running()  # the job on B's GPU, and the one sent ahead of it
+        assert orphans
 
         # Bot A delivers every job, B's interrupted one once its lease lapsed (about 30-40 s).
         for job_id in jobs:
@@ -88,7 +89,8 @@ async def test_two_bot_processes_share_a_burst_and_recover_each_other(fake, seco
                 break
             await asyncio.sleep(0.1)
         assert set(ended) == set(jobs), {job.id: (job.status, job.error) for job in await store.guild_jobs(fake.guild_id)}
-        assert ended[orphan.id].claimed_by == instance_id_for(data_dir) and ended[orphan.id].attempts == 2
+        for orphan in orphans:
+            assert ended[orphan.id].claimed_by == instance_id_for(data_dir) and ended[orphan.id].attempts == 2
         assert {job.id for job in b_done} <= set(jobs) and all(ended[job.id].claimed_by == b_id for job in b_done)
         assert fake.spec_violations == []
     finally:
