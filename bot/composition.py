@@ -10,6 +10,8 @@ import asyncio
 
 import discord
 
+from zimage_protocol.endpoints import Endpoint, UnixEndpoint
+
 from .cogs.approval import approval_view
 from .db.claims import instance_id_for
 from .db.jobs import JobStore
@@ -35,6 +37,8 @@ from .training.approvals import TrainingApprovals
 from .training.service import TrainService
 from .views import result_view
 from .worker.client import WorkerClient
+from .worker.gpus import local_workers
+from .worker.pool import WorkerPool
 from .worker.supervisor import WorkerSupervisor
 
 
@@ -50,9 +54,14 @@ async def build_services(settings: Settings, client: discord.Client) -> Services
     rules = RequestRules(moderation, allow_dms=settings.allow_dms)
     limits = UserLimits(settings, store)
 
-    worker = WorkerClient.for_settings(settings)
-    supervisor = WorkerSupervisor(settings) if settings.worker_mode == "spawn" else None
-    monitor = Monitor(client, store, worker, supervisor)
+    if settings.worker_mode == "spawn":  # one supervised worker per GPU (WORKER_GPUS), each on its own socket
+        spawned = await local_workers(settings)
+        supervisors = [WorkerSupervisor(settings, local) for local in spawned]
+        endpoints: list[Endpoint] = [UnixEndpoint(local.socket) for local in spawned]
+    else:
+        supervisors, endpoints = [], list(settings.worker_endpoints)
+    worker = WorkerPool([WorkerClient(endpoint, settings.worker_security) for endpoint in endpoints])
+    monitor = Monitor(client, store, worker, supervisors)
     files_server = FilesServer(signer, settings.http_host, settings.http_port, routes=monitor.routes())
 
     delivery = Delivery(DiscordRoutes(client))
@@ -61,12 +70,12 @@ async def build_services(settings: Settings, client: discord.Client) -> Services
     context = LaneContext(settings=settings, store=store, worker=worker, messages=delivery, positions=positions,
                           status=status)
     lanes = (ImagineLane(context, moderation, result_view), TrainingLane(context, loras, signer, delivery))
-    runner = JobRunner(context, lanes, max_attempts=settings.max_attempts)
+    runner = JobRunner(context, lanes, workers=worker.clients, max_attempts=settings.max_attempts)
 
     library = LoraLibrary(settings, loras, signer)
     approvals = TrainingApprovals(store, moderation, delivery, runner, approval_view)
     return Services(
-        settings=settings, store=store, moderation=moderation, worker=worker, supervisor=supervisor,
+        settings=settings, store=store, moderation=moderation, worker=worker, supervisors=supervisors,
         files_server=files_server, monitor=monitor, delivery=delivery, positions=positions, status=status, runner=runner,
         imagine=ImagineService(store, moderation, rules, limits, worker, runner, library, status, positions),
         library=library,

@@ -37,7 +37,8 @@ from .moderation import RequestRules
 from .permissions import can_delete_results
 from .reporting import refuse_privately
 from .sizes import ASPECT_SIZES
-from .worker.client import WorkerClient, WorkerUnavailable
+from .worker.client import WorkerUnavailable
+from .worker.pool import WorkerPool
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ def check_prompt_text(prompt: str) -> str:
 
 class ImagineService:
     def __init__(self, store: JobStore, moderation: ModerationStore, rules: RequestRules, limits: UserLimits,
-                 worker: WorkerClient, runner: JobRunner, library: LoraLibrary, status: StatusEdits,
+                 worker: WorkerPool, runner: JobRunner, library: LoraLibrary, status: StatusEdits,
                  positions: Positions, intake_concurrency: int = INTAKE_CONCURRENCY):
         self.store = store
         self.moderation = moderation

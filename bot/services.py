@@ -6,6 +6,7 @@ services it uses, and a button looks up the one it needs through services_of(int
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 
@@ -25,7 +26,8 @@ from .retention import Retention
 from .settings import Settings
 from .training.approvals import TrainingApprovals
 from .training.service import TrainService
-from .worker.client import WorkerClient, WorkerUnavailable
+from .worker.client import WorkerUnavailable
+from .worker.pool import WorkerPool
 from .worker.supervisor import WorkerSupervisor
 
 log = logging.getLogger(__name__)
@@ -38,8 +40,8 @@ class Services:
     settings: Settings
     store: JobStore
     moderation: ModerationStore
-    worker: WorkerClient
-    supervisor: WorkerSupervisor | None  # None when WORKER_MODE=external
+    worker: WorkerPool  # every worker the bot drives (bot/worker/pool.py)
+    supervisors: list[WorkerSupervisor]  # one per spawned worker; none when WORKER_MODE=external
     files_server: FilesServer
     monitor: Monitor  # /healthz, /readyz, /metrics on the files server; polls the worker's health
     delivery: Delivery
@@ -57,15 +59,15 @@ class Services:
         """The background parts: file links, the worker process and the connection to it, its health checks,
         retention (now, then daily)."""
         await self.files_server.start()
-        if self.supervisor:
-            self.supervisor.start()
+        for supervisor in self.supervisors:
+            supervisor.start()
         self.worker.start()
         self.monitor.start()
         self.retention.start()
 
     async def start_queue(self) -> None:
         """Recover what a restart interrupted, then run the queue."""
-        if self.supervisor is not None:  # an external worker may be down for long: nothing to wait for
+        if self.supervisors:  # an external worker may be down for long: nothing to wait for
             try:
                 # The worker we spawned answers prompt checks within seconds (the model loads behind it),
                 # so waiting here means the first /imagine gets a checked prompt.
@@ -87,8 +89,7 @@ class Services:
         await self.store.hand_back()  # what our lanes held, to the other processes now rather than after a lease
         await self.monitor.stop()
         await self.worker.close()
-        if self.supervisor:
-            await self.supervisor.stop()
+        await asyncio.gather(*(supervisor.stop() for supervisor in self.supervisors))
         await self.files_server.stop()
         await self.store.close()
 

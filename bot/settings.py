@@ -37,6 +37,8 @@ class Settings:
     zimage_model: str = DEFAULT_MODEL
     worker_mode: str = "spawn"  # spawn: the bot runs `python -m gpu`; external: connect only
     worker_socket: Path | None = None
+    # WORKER_GPUS (spawn mode): one supervised worker per GPU; None = auto (every CUDA device, or one CPU worker)
+    worker_gpus: tuple[int, ...] | None = None
     # WORKERS (external mode): unix:/path and tcp://host:port endpoints; empty: the one socket above.
     workers: tuple[Endpoint, ...] = ()
     # WORKER_TLS_CERT/KEY/CA, WORKER_TOKEN, WORKER_HEARTBEAT_TIMEOUT: read by the worker too, one parser for both
@@ -160,6 +162,10 @@ def load_settings(env: dict[str, str] | None = None, dotenv_path: str | None = "
 def _worker_endpoint_settings(env: dict[str, str]) -> dict:
     workers = parse_endpoints(env.get("WORKERS", ""))
     mode = read_choice(env, "WORKER_MODE", Settings.worker_mode, ("spawn", "external"))
+    gpus = _worker_gpus(env.get("WORKER_GPUS", ""))
+    if gpus is not None and mode != "spawn":
+        raise SettingsError("WORKER_GPUS says which GPUs the bot starts workers on: it needs WORKER_MODE=spawn "
+                            "(in external mode, list the workers in WORKERS)")
     if workers and mode != "external":
         raise SettingsError("WORKERS lists workers the bot connects to: set WORKER_MODE=external with it "
                             "(in spawn mode the bot starts its worker itself)")
@@ -167,7 +173,21 @@ def _worker_endpoint_settings(env: dict[str, str]) -> dict:
     if any(isinstance(endpoint, TcpEndpoint) for endpoint in workers):
         security.require_client_token()
         security.client_context()  # a WORKER_TLS_CA that does not load stops the bot here, with one line
-    return {"workers": workers, "worker_security": security}
+    return {"workers": workers, "worker_security": security, "worker_gpus": gpus}
+
+
+def _worker_gpus(raw: str) -> tuple[int, ...] | None:
+    """WORKER_GPUS: `auto` (or empty) or CUDA device indices such as `0,1`, each given one worker."""
+    raw = raw.strip().lower()
+    if raw in ("", "auto"):
+        return None
+    try:
+        gpus = tuple(int(part) for part in raw.split(","))
+    except ValueError:
+        raise SettingsError(f"WORKER_GPUS must be auto or GPU indices such as 0,1; got {raw!r}") from None
+    if any(gpu < 0 for gpu in gpus) or len(set(gpus)) != len(gpus):
+        raise SettingsError(f"WORKER_GPUS must list each GPU index (0 or more) once; got {raw!r}")
+    return gpus
 
 
 def _training_settings(env: dict[str, str]) -> dict:

@@ -16,7 +16,7 @@ import aiohttp
 import discord
 from yarl import URL
 
-from .settings import Settings
+from .settings import Settings, SettingsError
 
 
 class ExitCode(IntEnum):
@@ -33,6 +33,8 @@ PORTAL = "https://discord.com/developers/applications"
 
 def explain(exc: BaseException, settings: Settings) -> tuple[ExitCode, str] | None:
     """The exit code and the one line for a failure while logging in or starting; None for a real bug."""
+    if isinstance(exc, SettingsError):  # found at start-up, e.g. WORKER_GPUS against the GPUs really there
+        return ExitCode.CONFIG, f"configuration error: {exc}"
     api = URL(settings.discord_api_base)
     where = f"{api.host}:{api.port}" if api.port else str(api.host)
     if isinstance(exc, discord.LoginFailure) or (isinstance(exc, discord.ConnectionClosed) and exc.code == 4004):

@@ -17,7 +17,11 @@
   stops leaves the jobs RUNNING, and the next start queues them again (``recover_interrupted``); the
   worker drops what a departed bot asked for.
 
-The loop is given its worker link, so several loops (one per worker) can share one queue.
+The loop is given its worker link, and the runner runs one loop per worker, all on one queue: a worker
+with room claims the next job in fair order, so the fair order decides *which* job runs next and
+whichever worker is free runs it. **LoRA affinity:** a loop that claims a job with LoRAs its worker was
+not lately given hands it to an idle peer whose worker was (it has them in memory; loading them costs
+seconds), if there is one; the job stays RUNNING in between and is released if that peer's worker goes.
 """
 
 from __future__ import annotations
@@ -62,9 +66,22 @@ class GenerationPipeline:
         self.ahead = ahead
         self.idle_wait = idle_wait
         self.wake = asyncio.Event()  # set when a job was queued
+        self.peers: list[GenerationPipeline] = []  # the loops of the other workers, on the same queue
+        self._window: deque[_OnWorker] = deque()
+        self._handed: deque[Job] = deque()  # claimed by a peer, handed to us for our worker's LoRAs
+
+    @property
+    def idle(self) -> bool:
+        """Nothing on this loop's worker, nothing handed to it, and the worker connected."""
+        return not self._window and not self._handed and self.worker.connected
+
+    def take(self, job: Job) -> None:
+        """A peer claimed `job` (RUNNING) and hands it over: it goes to this loop's worker next."""
+        self._handed.append(job)
+        self.wake.set()
 
     async def serve(self) -> None:
-        window: deque[_OnWorker] = deque()
+        window = self._window
         try:
             while True:
                 try:
@@ -77,6 +94,7 @@ class GenerationPipeline:
                     while window and window[0].task.done():
                         await self._finished(window.popleft(), window)
                 except WorkerUnavailable:
+                    await self._release_handed()  # no worker here: a peer's loop runs them instead
                     continue  # no worker to send to yet: _fill waited for it
                 except asyncio.CancelledError:
                     raise
@@ -92,15 +110,36 @@ class GenerationPipeline:
             if not window:
                 await self.worker.wait_connected(self.idle_wait)
             self.wake.clear()  # before the claim: a job queued after it wakes the loop again
-            job = await self.store.claim_next(self.lane.kind)
-            if job is None:
-                return
-            metrics.job_started(job)
+            if self._handed:
+                job = self._handed.popleft()
+            else:
+                claimed = await self.store.claim_next(self.lane.kind)
+                if claimed is None:
+                    return
+                job = claimed
+                metrics.job_started(job)
+                peer = self._peer_holding_loras(job)
+                if peer is not None:
+                    peer.take(job)
+                    continue
             self.on_worker[job.id] = (job, self.worker)
             task = asyncio.create_task(self.lane.generate(job, self.worker), name=f"generate-{job.id}")
             task.add_done_callback(partial(self._off_worker, job.id))
             window.append(_OnWorker(job, task))
             await self.positions.refresh()  # the queue moved
+
+    def _peer_holding_loras(self, job: Job) -> GenerationPipeline | None:
+        """An idle peer whose worker holds the job's LoRAs, when ours does not (see the module's docstring)."""
+        names = lora_names(job)
+        if not names or self.worker.holds_loras(names):
+            return None
+        return next((peer for peer in self.peers if peer.idle and peer.worker.holds_loras(names)), None)
+
+    async def _release_handed(self) -> None:
+        while self._handed:
+            job = self._handed.popleft()
+            await self.store.release(job.id)
+            log.info("job %s: its worker went before it started; back in the queue", job.id)
 
     def _off_worker(self, job_id: int, _done: asyncio.Task[Any]) -> None:
         self.on_worker.pop(job_id, None)
@@ -141,9 +180,16 @@ class GenerationPipeline:
             await self.outcomes.settle(job, error)
 
     async def _abandon(self, window: deque[_OnWorker]) -> None:
-        """The bot is stopping: stop reading the streams. The jobs stay RUNNING; the next start queues them again."""
+        """The bot is stopping: stop reading the streams. The jobs stay RUNNING (those handed to this loop and not
+        sent yet too); the next start queues them again."""
         for entry in window:
             entry.task.cancel()
         await asyncio.gather(*(entry.task for entry in window), return_exceptions=True)
         for entry in window:
             self.on_worker.pop(entry.job.id, None)
+
+
+def lora_names(job: Job) -> list[str]:
+    """The cache names of the LoRAs a generation job asks for (its stored params, as bot/imagine.py wrote them)."""
+    params = job.params if isinstance(job.params, dict) else {}
+    return [str(lora.get("name")) for lora in params.get("loras", ()) if isinstance(lora, dict)]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 from .. import metrics
 from ..db.models import Job
@@ -33,27 +33,36 @@ BUSY_RETRY_DELAY = 5.0   # how long a lane waits after the worker said it is bus
 
 class JobRunner:
     def __init__(self, context: LaneContext, lanes: Iterable[Lane | PipelinedLane], *, max_attempts: int,
-                 busy_retry_delay: float = BUSY_RETRY_DELAY, prefetch: int = PREFETCH,
-                 deliveries: Deliveries | None = None):
+                 workers: Sequence[WorkerLink] = (), busy_retry_delay: float = BUSY_RETRY_DELAY,
+                 prefetch: int = PREFETCH, deliveries: Deliveries | None = None):
+        """`workers`: the links generation loops run on, one loop each (default: the context's one worker).
+        Serial lanes (training) go through the context's worker: the pool picks where a training runs."""
         self.store, self.worker = context.store, context.worker
         self.outcomes = JobOutcomes(context, max_attempts)
         self.lanes: dict[str, Lane | PipelinedLane] = {lane.kind: lane for lane in lanes}
         self.busy_retry_delay = busy_retry_delay
         self.deliveries = deliveries or Deliveries()
         self.on_worker: dict[int, tuple[Job, WorkerLink]] = {}  # job id -> the job and the worker that has it
-        # One generation loop per worker (one worker today); each is handed its worker link.
-        self.pipelines = [GenerationPipeline(lane, context.worker, store=self.store, outcomes=self.outcomes,
-                                             positions=context.positions, deliveries=self.deliveries,
-                                             on_worker=self.on_worker, ahead=prefetch, idle_wait=WORKER_WAIT)
-                          for lane in self.lanes.values() if isinstance(lane, PipelinedLane)]
+        # One generation loop per worker, each handed its worker link; the loops of one lane know each other.
+        self.pipelines: list[GenerationPipeline] = []
+        for lane in self.lanes.values():
+            if not isinstance(lane, PipelinedLane):
+                continue
+            loops = [GenerationPipeline(lane, link, store=self.store, outcomes=self.outcomes,
+                                        positions=context.positions, deliveries=self.deliveries,
+                                        on_worker=self.on_worker, ahead=prefetch, idle_wait=WORKER_WAIT)
+                     for link in (workers or (context.worker,))]
+            for loop in loops:
+                loop.peers = [peer for peer in loops if peer is not loop]
+            self.pipelines += loops
         self._serial = {kind: lane for kind, lane in self.lanes.items() if not isinstance(lane, PipelinedLane)}
         self._wake = {kind: asyncio.Event() for kind in self._serial}
         self._tasks: list[asyncio.Task] = []
 
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._serve(kind), name=f"lane-{kind}") for kind in self._serial]
-        self._tasks += [asyncio.create_task(pipeline.serve(), name=f"pipeline-{pipeline.lane.kind}")
-                        for pipeline in self.pipelines]
+        self._tasks += [asyncio.create_task(pipeline.serve(), name=f"pipeline-{pipeline.lane.kind}-{number}")
+                        for number, pipeline in enumerate(self.pipelines)]
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -78,6 +87,10 @@ class JobRunner:
     async def resume_delivery(self, job: Job) -> None:
         """Post the saved result of a DELIVERING job this process took over (see recover)."""
         await self._run(job, self.lanes[job.kind].resume)
+
+    def jobs_on(self, worker: WorkerLink) -> list[Job]:
+        """The jobs a worker has now (generating, or waiting there behind the one that is), for /workers."""
+        return [job for job, link in self.on_worker.values() if link is worker]
 
     async def cancel(self, job: Job) -> bool:
         """Cancel a queued job, or ask the worker that has it to stop it (its lane then ends it)."""

@@ -30,7 +30,7 @@ from ..limits import UserLimits
 from ..lora_library import LoraLibrary, Upload, check_name
 from ..moderation import RequestRules
 from ..settings import Settings
-from ..worker.client import WorkerClient
+from ..worker.pool import WorkerPool
 from . import DownloadError, IntakeError, IntakeLimits, download_zip, prepare_dataset
 from .approvals import TrainingApprovals
 
@@ -49,7 +49,7 @@ class QueuedTraining:
 
 class TrainService:
     def __init__(self, settings: Settings, store: JobStore, moderation: ModerationStore, rules: RequestRules,
-                 limits: UserLimits, library: LoraLibrary, worker: WorkerClient, runner: JobRunner,
+                 limits: UserLimits, library: LoraLibrary, worker: WorkerPool, runner: JobRunner,
                  approvals: TrainingApprovals):
         self.settings = settings
         self.store = store

@@ -18,7 +18,9 @@ import dataclasses
 import itertools
 import logging
 import ssl
-from collections.abc import AsyncIterator
+import time
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 
 from zimage_protocol.endpoints import Endpoint, TcpEndpoint, UnixEndpoint
@@ -36,6 +38,7 @@ from zimage_protocol.messages import (
     Health,
     HealthReport,
     Hello,
+    ImageReady,
     ImagineRequest,
     Message,
     Ping,
@@ -49,7 +52,6 @@ from zimage_protocol.messages import (
 )
 from zimage_protocol.security import TLS_HANDSHAKE_TIMEOUT, WireSecurity, enable_keepalive
 
-from ..settings import Settings
 from .files import CheckpointReceiver, FileOffers
 
 log = logging.getLogger(__name__)
@@ -69,6 +71,41 @@ class WorkerError(Exception):
     def __init__(self, code: ErrorCode, message: str):
         super().__init__(message)
         self.code = code
+
+
+class WorkerStats:
+    """What one worker did lately, as its client saw it pass: the images it sent back (for images/min) and the
+    LoRAs it was last given (so a job goes to a worker that already holds its LoRAs: bot/jobs/pipeline.py)."""
+
+    WINDOW = 300.0    # images/min is counted over the last five minutes
+    LORAS_KEPT = 16   # the LoRA names remembered per worker (about what its cache holds)
+
+    def __init__(self) -> None:
+        self._images: deque[float] = deque()
+        self._loras: OrderedDict[str, None] = OrderedDict()
+
+    def image_made(self, now: float | None = None) -> None:
+        self._images.append(time.monotonic() if now is None else now)
+        self._forget_old(self._images[-1])
+
+    def images_per_minute(self, now: float | None = None) -> float:
+        now = time.monotonic() if now is None else now
+        self._forget_old(now)
+        return len(self._images) * 60.0 / self.WINDOW
+
+    def _forget_old(self, now: float) -> None:
+        while self._images and self._images[0] < now - self.WINDOW:
+            self._images.popleft()
+
+    def loras_sent(self, names: Iterable[str]) -> None:
+        for name in names:
+            self._loras[name] = None
+            self._loras.move_to_end(name)
+        while len(self._loras) > self.LORAS_KEPT:
+            self._loras.popitem(last=False)
+
+    def holds_loras(self, names: Iterable[str]) -> bool:
+        return all(name in self._loras for name in names)
 
 
 class _ConnectionLost:
@@ -91,18 +128,24 @@ class WorkerClient:
         self._last_refusal: str | None = None
         self._offers = FileOffers()
         self._helpers: set[asyncio.Task] = set()
-
-    @classmethod
-    def for_settings(cls, settings: Settings) -> WorkerClient:
-        """The client of the first worker in WORKERS (or of the one socket)."""
-        endpoints = settings.worker_endpoints
-        if len(endpoints) > 1:  # the pool that drives one client per endpoint is not here yet
-            log.warning("WORKERS lists %d workers; this version uses the first, %s", len(endpoints), endpoints[0])
-        return cls(endpoints[0], settings.worker_security)
+        self.stats = WorkerStats()
 
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
+
+    @property
+    def last_refusal(self) -> str | None:
+        """Why the worker answered but could not be used (token, version, certificate), if it did."""
+        return self._last_refusal
+
+    def holds_loras(self, names: Iterable[str]) -> bool:
+        """Whether this worker was lately given all these LoRAs (so it likely has them in memory)."""
+        return self.stats.holds_loras(names)
+
+    def has_request(self, request_id: str) -> bool:
+        """Whether a request of that id is in flight on this worker (the pool sends a cancel where it is)."""
+        return request_id in self._pending
 
     @property
     def model_name(self) -> str:
@@ -313,7 +356,10 @@ class WorkerClient:
                 params = dataclasses.replace(params, loras=[await self._offers.lora(lora) for lora in params.loras])
             except OSError as exc:
                 raise WorkerError(ErrorCode.LORA, f"a LoRA file is missing on the bot: {exc.strerror}") from None
+        self.stats.loras_sent(lora.name for lora in params.loras)
         async for message in self._stream(ImagineRequest(id=request_id, params=params), request_id):
+            if isinstance(message, ImageReady):
+                self.stats.image_made()
             yield message
 
     async def train(self, request_id: str, params: TrainParams) -> AsyncIterator[Message]:

@@ -1,4 +1,6 @@
-"""Runs ``python -m gpu`` as a child process and restarts it, with back-off, when it dies."""
+"""Runs ``python -m gpu`` as a child process and restarts it, with back-off, when it dies.
+
+Spawn mode runs one per GPU (bot/worker/gpus.py); each is restarted on its own."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import sys
 import time
 
 from ..settings import Settings
+from .gpus import LocalWorker
 
 log = logging.getLogger(__name__)
 
@@ -18,8 +21,9 @@ WORKER_SECRETS = ("DISCORD_TOKEN", "DATABASE_URL", "WORKER_TOKEN")  # left out o
 
 
 class WorkerSupervisor:
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, worker: LocalWorker | None = None):
         self.settings = settings
+        self.worker = worker or LocalWorker(None, settings.socket_path)
         self.process: asyncio.subprocess.Process | None = None
         self.restarts = 0
         self._task: asyncio.Task | None = None
@@ -30,13 +34,16 @@ class WorkerSupervisor:
         return self.process.pid if self.process and self.process.returncode is None else None
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._supervise(), name="worker-supervisor")
+        self._task = asyncio.create_task(self._supervise(), name=f"worker-supervisor {self.worker.label}")
 
     async def _spawn(self) -> asyncio.subprocess.Process:
         command = [sys.executable, "-m", "gpu", "--model", self.settings.zimage_model,
-                   "--data-dir", str(self.settings.data_dir), "--socket", str(self.settings.socket_path), "--exit-with-parent"]
+                   "--data-dir", str(self.settings.data_dir), "--socket", str(self.worker.socket), "--exit-with-parent"]
         # The worker needs neither the bot's Discord token nor its database: secrets it does not hold cannot leak.
         env = {**{k: v for k, v in os.environ.items() if k not in WORKER_SECRETS}, "LOG_LEVEL": self.settings.log_level}
+        device = self.worker.cuda_visible_devices(os.environ.get("CUDA_VISIBLE_DEVICES"))
+        if device is not None:
+            env["CUDA_VISIBLE_DEVICES"] = device  # the worker sees its one GPU, as cuda:0
         # The worker's logs go to our stdout/stderr: one place to read for an operator.
         return await asyncio.create_subprocess_exec(*command, env=env, start_new_session=True)
 
@@ -45,7 +52,7 @@ class WorkerSupervisor:
         while not self._stopping:
             started = time.monotonic()
             self.process = await self._spawn()
-            log.info("started GPU worker pid %s", self.process.pid)
+            log.info("started GPU worker pid %s (%s)", self.process.pid, self.worker.label)
             code = await self.process.wait()
             if self._stopping:
                 return
@@ -53,7 +60,8 @@ class WorkerSupervisor:
             if lived > HEALTHY_AFTER:
                 backoff = 1.0
             self.restarts += 1
-            log.error("GPU worker exited with code %s after %.0f s; restarting in %.0f s", code, lived, backoff)
+            log.error("GPU worker (%s) exited with code %s after %.0f s; restarting in %.0f s", self.worker.label, code,
+                      lived, backoff)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, MAX_BACKOFF)
 

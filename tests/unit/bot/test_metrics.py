@@ -19,6 +19,7 @@ from bot.db.models import Job, JobKind, JobStatus, utcnow
 from bot.files_server import FilesServer, LinkSigner
 from bot.health import Monitor
 from bot.worker.client import WorkerUnavailable
+from bot.worker.pool import WorkerPool
 from bot_process import free_port
 from zimage_protocol.errors import ProtocolError
 from zimage_protocol.frames import encode_frame, read_frame
@@ -222,6 +223,8 @@ def render_with(snapshot: metrics.Snapshot) -> dict:
 
 
 class FakeWorker:
+    endpoint = "unix:/fake.sock"
+
     def __init__(self):
         self.connected, self.hello, self.answer = False, None, None
 
@@ -257,14 +260,14 @@ async def store(tmp_path):
 
 @pytest.fixture
 async def served(tmp_path, store):
-    worker, client = FakeWorker(), FakeClient()
-    supervisor = types.SimpleNamespace(restarts=1)
-    monitor = Monitor(client, store, worker, supervisor)  # type: ignore[arg-type]
+    worker, other, client = FakeWorker(), FakeWorker(), FakeClient()
+    supervisors = [types.SimpleNamespace(restarts=1), types.SimpleNamespace(restarts=0)]
+    monitor = Monitor(client, store, WorkerPool([worker, other]), supervisors)  # type: ignore[arg-type, list-item]
     port = free_port()
     server = FilesServer(LinkSigner(b"k" * 64, tmp_path, "http://x", 60), "127.0.0.1", port, routes=monitor.routes())
     await server.start()
     async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as http:
-        yield types.SimpleNamespace(monitor=monitor, worker=worker, client=client, http=http, store=store)
+        yield types.SimpleNamespace(monitor=monitor, worker=worker, other=other, client=client, http=http, store=store)
     await server.stop()
 
 
@@ -277,7 +280,7 @@ async def test_readyz_needs_the_gateway_and_a_warm_worker_of_the_pid_connected_n
     monitor, worker, client, http = served.monitor, served.worker, served.client, served.http
 
     async def ready() -> tuple[int, str]:
-        await monitor.check_worker(1.0)
+        await monitor.check_workers(1.0)
         return await get(http, "/readyz")
 
     assert (await ready())[0] == 503 and "gateway" in (await ready())[1]
@@ -301,18 +304,34 @@ async def test_readyz_needs_the_gateway_and_a_warm_worker_of_the_pid_connected_n
     assert await get(http, "/healthz") == (200, '{"ok": true}')
 
 
+async def test_one_warm_worker_of_the_pool_is_enough_for_readyz(served):
+    monitor, worker, other, http = served.monitor, served.worker, served.other, served.http
+    served.client.up = True
+    worker.connect(pid=20, ready=False)  # still loading
+    other.connect(pid=21, ready=False)
+    await monitor.check_workers(1.0)
+    assert (await get(http, "/readyz"))[0] == 503
+    other.connect(pid=21, ready=True)
+    await monitor.check_workers(1.0)
+    assert await get(http, "/readyz") == (200, '{"ready": true}')
+    other.connected = False  # the warm one died: the loading one is not enough
+    await monitor.check_workers(1.0)
+    status, body = await get(http, "/readyz")
+    assert status == 503 and "loading" in body
+
+
 async def test_a_missed_health_check_is_forgiven_once(served):
     monitor, worker = served.monitor, served.worker
     served.client.up = True
     worker.connect(pid=5, ready=True)
-    await monitor.check_worker(1.0)
+    await monitor.check_workers(1.0)
     answer, worker.answer = worker.answer, None  # the worker stops answering
-    await monitor.check_worker(1.0)
+    await monitor.check_workers(1.0)
     assert monitor.readiness()[0]
-    await monitor.check_worker(1.0)
+    await monitor.check_workers(1.0)
     assert monitor.readiness() == (False, "the GPU worker has not answered a health check yet")
     worker.answer = answer
-    await monitor.check_worker(1.0)
+    await monitor.check_workers(1.0)
     assert monitor.readiness() == (True, "ready")
 
 
@@ -320,6 +339,8 @@ async def test_metrics_route_reads_the_jobs_the_worker_and_the_gpu(served):
     store, worker, http = served.store, served.worker, served.http
     served.client.up = True
     worker.connect(pid=7, ready=True, busy=True, gpu_memory_used=3 << 30, gpu_memory_total=80 << 30, gpu_utilization=0.9)
+    served.other.connect(pid=8, ready=True, busy=False, gpu_memory_used=1 << 30, gpu_memory_total=80 << 30,
+                         gpu_utilization=0.5)
     for guild in (1, 1, 2, None):
         await store.enqueue(user_id=1, guild_id=guild, channel_id=5, params={})
     running = await store.claim_next()
@@ -344,8 +365,9 @@ async def test_metrics_route_reads_the_jobs_the_worker_and_the_gpu(served):
     assert jobs == {k: v for k, v in expected.items() if v}
     assert found["zimage_worker_busy"].samples[0].value == 1
     assert found["zimage_worker_restarts"].samples[0].value == 1
-    assert found["zimage_gpu_memory_used_bytes"].samples[0].value == 3 << 30
-    assert found["zimage_gpu_utilization_ratio"].samples[0].value == 0.9
+    assert found["zimage_gpu_memory_used_bytes"].samples[0].value == 4 << 30  # both workers' GPUs, added up
+    assert found["zimage_gpu_memory_total_bytes"].samples[0].value == 160 << 30
+    assert found["zimage_gpu_utilization_ratio"].samples[0].value == 0.7  # their mean
     assert found["zimage_discord_latency_seconds"].samples[0].value == 0.02
 
     async with http.get("/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"}) as response:
