@@ -42,8 +42,16 @@ class FakeGpuWorker:
         self._gpu = asyncio.Lock()
         self._open: dict[str, asyncio.Queue] = {}
         self._work: set[asyncio.Task] = set()
+        self.loras_given: set[str] = set()  # the LoRA names of every request sent (a real worker keeps them cached)
 
     # -- WorkerLink ------------------------------------------------------------------------------------
+    @property
+    def connected(self) -> bool:
+        return self._up.is_set()
+
+    def holds_loras(self, names) -> bool:
+        return all(name in self.loras_given for name in names)
+
     async def wait_connected(self, timeout: float) -> None:
         try:
             await asyncio.wait_for(self._up.wait(), timeout)
@@ -98,6 +106,7 @@ class FakeGpuWorker:
     async def _stream(self, request_id: str, params):
         if not self._up.is_set():
             raise WorkerUnavailable("the GPU worker is not running")
+        self.loras_given.update(lora.name for lora in params.loras)
         replies: asyncio.Queue = asyncio.Queue()
         self._open[request_id] = replies
         self.requests[request_id] = request = Request(request_id, time.monotonic())
