@@ -45,11 +45,18 @@ def test_bot_and_worker_meet_on_the_shared_data_volume():
     assert "models:/models" in worker["volumes"]
 
 
-def test_only_the_worker_gets_the_gpu_and_postgres_is_optional():
+def test_only_the_workers_get_a_gpu_each_and_postgres_is_optional():
     services = compose()["services"]
-    devices = services["worker"]["deploy"]["resources"]["reservations"]["devices"]
-    assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+    for name, gpu in (("worker", "0"), ("worker-2", "1")):
+        devices = services[name]["deploy"]["resources"]["reservations"]["devices"]
+        assert devices == [{"driver": "nvidia", "device_ids": [gpu], "capabilities": ["gpu"]}]
     assert "deploy" not in services["bot"]
+    # The second worker is optional, and the bot's WORKERS example names both workers' sockets.
+    second = services["worker-2"]
+    assert second["profiles"] == ["second-gpu"] and services["bot"]["depends_on"]["worker-2"]["required"] is False
+    sockets = [command[command.index("--socket") + 1] for command in (services["worker"]["command"], second["command"])]
+    example = re.search(r"WORKERS=(\S+)", (ROOT / "docker-compose.yml").read_text()).group(1)
+    assert example == ",".join(f"unix:{socket}" for socket in sockets)
     assert services["postgres"]["profiles"] == ["postgres"] and "profiles" not in services["bot"]
     assert services["bot"]["depends_on"]["postgres"]["required"] is False
     env = services["postgres"]["environment"]
