@@ -25,7 +25,8 @@ from .views import BUTTONS
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("bot.cogs.imagine", "bot.cogs.queue", "bot.cogs.mod", "bot.cogs.train", "bot.cogs.lora")
+EXTENSIONS = ("bot.cogs.imagine", "bot.cogs.queue", "bot.cogs.mod", "bot.cogs.workers", "bot.cogs.train",
+              "bot.cogs.lora")
 COMMANDS_HASH_KEY = "global_commands_hash"
 
 

@@ -32,6 +32,7 @@ from ..permissions import NotModerator, is_moderator
 from ..services import services_of
 from ..settings import Settings
 from .mod_views import queue_page
+from .workers import RowsOf, rows_source
 
 
 @app_commands.guild_only()  # Discord hides it in DMs; interaction_check still refuses them
@@ -41,12 +42,13 @@ class ModCog(commands.GroupCog, group_name="mod", group_description="Moderator t
     approve_training = app_commands.Group(name="approve-training", description="Require approval of /train jobs")
 
     def __init__(self, settings: Settings, moderation: ModerationStore, store: JobStore, runner: JobRunner,
-                 positions: Positions):
+                 positions: Positions, rows_of: RowsOf):
         self.settings = settings  # the defaults /mod limits shows
         self.moderation = moderation
         self.store = store
         self.runner = runner
         self.positions = positions
+        self.rows_of = rows_of  # the GPU workers, under the /mod queue listing
         super().__init__()
 
     async def interaction_check(self, interaction: discord.Interaction) -> bool:
@@ -88,7 +90,9 @@ class ModCog(commands.GroupCog, group_name="mod", group_description="Moderator t
 
     @app_commands.command(name="queue", description="All active jobs of this server")
     async def queue(self, interaction: discord.Interaction) -> None:
-        content, view = await queue_page(self.store, self.moderation, guild_id_of(interaction), 0, interaction.locale)
+        guild_id = guild_id_of(interaction)
+        content, view = await queue_page(self.store, self.moderation, guild_id, 0, interaction.locale,
+                                         self.rows_of(guild_id))
         await interaction.response.send_message(content, view=view or discord.utils.MISSING, ephemeral=True)
 
     @app_commands.command(name="cancel", description="Cancel any job of this server")
@@ -302,4 +306,5 @@ def expiry(interaction: discord.Interaction, expires_at: datetime | None) -> str
 
 async def setup(bot: commands.Bot) -> None:
     services = services_of(bot)
-    await bot.add_cog(ModCog(services.settings, services.moderation, services.store, services.runner, services.positions))
+    await bot.add_cog(ModCog(services.settings, services.moderation, services.store, services.runner, services.positions,
+                             rows_source(bot)))

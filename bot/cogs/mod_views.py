@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Self
 
@@ -15,8 +16,11 @@ from ..db.moderation import ModerationStore
 from ..i18n import Text, tr
 from ..interaction_ids import guild_id_of
 from ..jobs import render
+from ..listing import MESSAGE_LIMIT
 from ..permissions import NotModerator, is_moderator
 from ..services import services_of
+from ..workers_overview import WorkerRow, render_section
+from .workers import rows_source
 
 PAGE_SIZE = 10
 
@@ -31,8 +35,10 @@ def _age(created: datetime) -> str:
 
 
 async def queue_page(store: JobStore, moderation: ModerationStore, guild_id: int, page: int,
-                     locale: discord.Locale | None = None) -> tuple[str, discord.ui.View | None]:
-    """One page of the listing, in the moderator's language (`locale`)."""
+                     locale: discord.Locale | None = None,
+                     workers: Sequence[WorkerRow] = ()) -> tuple[str, discord.ui.View | None]:
+    """One page of the listing, in the moderator's language (`locale`), then the GPU workers in short
+    (`workers`, bot/workers_overview.py) in what room the page leaves."""
     jobs = await store.guild_jobs(guild_id)
     settings = await moderation.settings(guild_id)
     order = await store.positions()
@@ -50,7 +56,10 @@ async def queue_page(store: JobStore, moderation: ModerationStore, guild_id: int
         view = discord.ui.View(timeout=None)
         view.add_item(ModQueuePage(page - 1, tr(locale, "modq.previous"), disabled=page == 0))
         view.add_item(ModQueuePage(page + 1, tr(locale, "modq.next"), disabled=page >= pages - 1))
-    return "\n".join(lines), view
+    listing = "\n".join(lines)
+    if workers:
+        listing += "\n\n" + render_section(workers, locale, MESSAGE_LIMIT - len(listing) - 2)
+    return listing, view
 
 
 def _line(job: Job, order: dict[int, int], locale: discord.Locale | None) -> str:
@@ -83,8 +92,9 @@ class ModQueuePage(ReportingButton, discord.ui.DynamicItem[discord.ui.Button],
         services = services_of(interaction)
         if not is_moderator(interaction, await services.moderation.settings(interaction.guild_id)):
             raise NotModerator(Text("modq.only"))
-        content, view = await queue_page(services.store, services.moderation, guild_id_of(interaction), self.page,
-                                         interaction.locale)
+        guild_id = guild_id_of(interaction)
+        content, view = await queue_page(services.store, services.moderation, guild_id, self.page,
+                                         interaction.locale, rows_source(interaction)(guild_id))
         await interaction.response.edit_message(content=content, view=view)
 
 

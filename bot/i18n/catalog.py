@@ -119,6 +119,32 @@ CATALOG: dict[str, tuple[str, str]] = {
                   "**#{job}** <@{user}> {kind}，{state}，已等 {age}：*{what}*"),
     "modq.only": ("Only moderators can page through the server's queue.", "只有管理员才能翻看本服务器的队列。"),
 
+    # -- /workers and the workers section of /mod queue (bot/workers_overview.py, bot/cogs/workers.py) ---------------
+    "worker_state.down": ("down", "未运行"),
+    "worker_state.refused": ("refused the connection", "拒绝连接"),
+    "worker_state.loading": ("loading the model", "正在加载模型"),
+    "worker_state.idle": ("ready, idle", "就绪，空闲"),
+    "worker_state.generating": ("generating", "生成中"),
+    "worker_state.training": ("training", "训练中"),
+    "workers.refusal": (" ({reason})", "（原因：{reason}）"),
+    "workers.header": ("**GPU workers**: {count}, {ready} ready", "**GPU 工作进程**：共 {count} 个，{ready} 个就绪"),
+    "workers.row": ("**{name}** (`{endpoint}`): {state}", "**{name}**（端点 `{endpoint}`）：{state}"),
+    "workers.row_unnamed": ("**`{endpoint}`**: {state}", "**端点 `{endpoint}`**：{state}"),
+    "workers.device": ("{device}, pid {pid}", "设备 {device}，pid {pid}"),
+    "workers.memory": ("GPU memory {used:.1f}/{total:.1f} GiB", "显存 {used:.1f}/{total:.1f} GiB"),
+    "workers.utilization": ("{percent:.0f}% busy", "利用率 {percent:.0f}%"),
+    "workers.jobs": ("jobs: {jobs}", "任务：{jobs}"),
+    "workers.no_jobs": ("no jobs", "无任务"),
+    "workers.elsewhere": ("{kind} of another server", "其他服务器的 {kind}"),
+    "workers.rate": ("{rate:.1f} images/min", "{rate:.1f} 张图片/分钟"),
+    "workers.restarts": ("restarted {count}×", "已重启 {count} 次"),
+    "workers.section": ("**GPU workers** (details: `/workers`)", "**GPU 工作进程**（详情：`/workers`）"),
+    "workers.short": ("{name}: {state}, {rate:.1f} images/min", "{name}：{state}，{rate:.1f} 张图片/分钟"),
+    "workers.short_jobs": (" — {jobs}", " — 任务：{jobs}"),
+    "workers.dm": ("/workers works in a server, not in DMs.", "/workers 只能在服务器中使用，不能在私信中使用。"),
+    "workers.only": ("Only moderators (Manage Server, or the moderator role) can see the GPU workers.",
+                     "只有管理员（拥有“管理服务器”权限或管理员身份组）才能查看 GPU 工作进程。"),
+
     # -- /lora ----------------------------------------------------------------------------------------------------
     "lora.dm": ("LoRAs belong to a server: use /lora in a server channel.", "LoRA 属于服务器：请在服务器频道中使用 /lora。"),
     "lora.imported": ("✅ Imported `{name}` ({format} format): rank {rank}, alpha {alpha:g}, {layers} layers, {mb:.1f} MB. "

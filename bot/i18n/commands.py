@@ -12,7 +12,7 @@ from __future__ import annotations
 
 # Command, subcommand and group names.
 COMMAND_NAMES: dict[str, str] = {
-    "imagine": "画图", "queue": "队列", "cancel": "取消", "train": "训练", "mod": "管理",
+    "imagine": "画图", "queue": "队列", "cancel": "取消", "train": "训练", "mod": "管理", "workers": "工作进程",
     # /lora
     "import": "导入", "list": "列表", "info": "详情", "share": "共享", "unshare": "取消共享", "rename": "重命名",
     "delete": "删除", "export": "导出", "use": "使用", "clear": "清除",
@@ -110,6 +110,8 @@ DESCRIPTIONS: dict[str, str] = {
     "/train jobs wait for a moderator's approval": "/train 任务需等待管理员审批",
     "/train jobs start without approval": "/train 任务无需审批即可开始",
     "Recent moderator actions in this server": "本服务器最近的管理操作",
+    # /workers
+    "The GPU workers: state, jobs and speed (moderators)": "GPU 工作进程：状态、任务和速度（管理员）",
 }
 
 # Choice names (the /imagine aspects are numbers and sizes: the same in both languages, none needed yet).

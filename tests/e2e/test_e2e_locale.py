@@ -59,7 +59,10 @@ async def test_a_chinese_moderator_runs_the_server_in_chinese(fake, bot):
 
     assert await mod("pause") == "⏸️ 队列已暂停。任务会保留位置继续等待；用 `/mod resume` 恢复。"
     assert await mod("resume", locale=EN) == "▶️ The queue runs again."
-    assert await mod("queue") == "**本服务器的队列**：0 个活动任务\n没有等待或运行中的任务。"
+    queue = await mod("queue")
+    assert queue.startswith("**本服务器的队列**：0 个活动任务\n没有等待或运行中的任务。\n\n"
+                            "**GPU 工作进程**（详情：`/workers`）\n")
+    assert "端点" not in queue and "worker.sock：" in queue  # the short workers section (/workers has the details)
     banned = await mod("ban", {"user": fake.bob, "duration": "2h"})
     assert banned.startswith(f"<@{fake.bob['id']}> 已被封禁（直到 <t:") and banned.endswith("）；其 0 个任务已取消。")
     assert "（由 <@" in await mod("bans")

@@ -18,6 +18,7 @@ from bot.cogs.lora import LoraCog
 from bot.cogs.mod import ModCog
 from bot.cogs.queue import QueueCog
 from bot.cogs.train import TrainCog
+from bot.cogs.workers import WorkersCog
 from bot.i18n import CommandTranslator
 
 ZH = discord.Locale.chinese.value
@@ -29,8 +30,8 @@ UNTRANSLATED = {"lora", "…"}
 
 async def synced_payloads() -> list[dict]:
     bot = commands.Bot(command_prefix="!", intents=discord.Intents.none())
-    for cog in (ImagineCog(None, None), QueueCog(None, None), ModCog(None, None, None, None, None),  # type: ignore[arg-type]
-                TrainCog(None), LoraCog(None, None, None, None)):  # type: ignore[arg-type]
+    for cog in (ImagineCog(None, None), QueueCog(None, None), ModCog(None, None, None, None, None, None),  # type: ignore[arg-type]
+                TrainCog(None), LoraCog(None, None, None, None), WorkersCog(None, None)):  # type: ignore[arg-type]
         await bot.add_cog(cog)
     translator = CommandTranslator()
     return [await command.get_translated_payload(bot.tree, translator) for command in bot.tree.get_commands()]

@@ -173,7 +173,7 @@ async def test_ban_listing_fits_a_message(world):
         for index in range(40):
             session.add(Ban(guild_id=GUILD, user_id=10_000 + index, moderator_id=MOD, reason="r" * 1000))
     ix = answered(MOD)
-    cog = ModCog(world.settings, world.moderation, world.store, None, None)
+    cog = ModCog(world.settings, world.moderation, world.store, None, None, lambda _: [])
     await cog.bans.callback(cog, ix)
     [(text, _)] = ix.response.sent
     assert len(text) <= 2000 and "… and " in text and "more" in text
@@ -185,7 +185,7 @@ async def test_blocklist_listing_ends_on_a_whole_line(world):
     for index in range(40):
         await world.moderation.add_blocked(GUILD, f"{index:03d}" + "w" * 150, MOD)
     ix = answered(MOD)
-    cog = ModCog(world.settings, world.moderation, world.store, None, None)
+    cog = ModCog(world.settings, world.moderation, world.store, None, None, lambda _: [])
     await cog.blocklist_list.callback(cog, ix)
     [(text, _)] = ix.response.sent
     assert len(text) <= 2000 and all(line.startswith("`") and line.endswith("`") for line in text.splitlines()[:-1])

@@ -32,7 +32,7 @@ def with_roles(ix, roles: tuple[int, ...]):
 async def seeded(world) -> ModCog:
     await world.store.enqueue(user_id=BOB, guild_id=GUILD, channel_id=1, params={"prompt": "bob's secret prompt"})
     await world.moderation.add_blocked(GUILD, "forbidden-word", MOD)
-    return ModCog(world.settings, world.moderation, world.store, None, None)
+    return ModCog(world.settings, world.moderation, world.store, None, None, lambda _: [])
 
 
 async def test_plain_members_get_no_choices(world):
@@ -62,5 +62,5 @@ async def test_no_choices_in_dms(world):
 
 async def test_mod_is_offered_to_manage_server_members_by_default(world):
     """Defence in depth: Discord hides /mod from others unless a server admin allows them (the bot still checks)."""
-    cog = ModCog(world.settings, world.moderation, world.store, None, None)
+    cog = ModCog(world.settings, world.moderation, world.store, None, None, lambda _: [])
     assert cog.app_command.default_permissions == discord.Permissions(manage_guild=True)
