@@ -108,6 +108,8 @@ class GenerationPipeline:
         """Claim and send jobs until the worker holds 1 + ahead of them, or the queue is empty."""
         while len(window) <= self.ahead:
             if not window:
+                if not self.worker.connected:
+                    await self._release_handed()  # not held while we wait: a peer's worker runs them now
                 await self.worker.wait_connected(self.idle_wait)
             self.wake.clear()  # before the claim: a job queued after it wakes the loop again
             if self._handed:
@@ -136,10 +138,14 @@ class GenerationPipeline:
         return next((peer for peer in self.peers if peer.idle and peer.worker.holds_loras(names)), None)
 
     async def _release_handed(self) -> None:
+        if not self._handed:
+            return
         while self._handed:
             job = self._handed.popleft()
             await self.store.release(job.id)
             log.info("job %s: its worker went before it started; back in the queue", job.id)
+        for peer in self.peers:
+            peer.wake.set()
 
     def _off_worker(self, job_id: int, _done: asyncio.Task[Any]) -> None:
         self.on_worker.pop(job_id, None)
@@ -169,6 +175,9 @@ class GenerationPipeline:
         if not isinstance(error, Exception):  # a BaseException other than a cancel: let it end the loop
             raise error
         await self.outcomes.settle(job, error, prefetched=done.behind_lost)
+        if isinstance(error, WorkerUnavailable):
+            for peer in self.peers:  # it is queued again: a live worker takes it now, not at its next poll
+                peer.wake.set()
 
     async def _deliver(self, job: Job, made: Any) -> None:
         try:
