@@ -798,6 +798,7 @@ def render(results: dict) -> str:
     cbs = [burst.get("first_callback_s", {}) for burst in bursts]
     wlat = alone.get("latency_if_sent_at_once_s", {})
     names = [workers_label(entry["workers"]) for entry in passes]
+    where = "one GPU" if str(cfg.get("device") or "").startswith("cuda") else f"the {cfg.get('device')}"
 
     def row(label: str, first: str, cells: list[str]) -> str:
         return "| " + " | ".join([label, first, *cells]) + " |"
@@ -809,7 +810,7 @@ def render(results: dict) -> str:
     lines = [
         f"## End-to-end /imagine: {cfg['model']} on {cfg.get('device')}, {cfg['width']}x{cfg['height']} "
         f"({cfg['aspect']}), {cfg['steps']} steps; burst {cfg['members']} members x {cfg['per_member']} = "
-        f"{cfg['interactions']} interactions" + (f"; passes with {', '.join(names)} on one GPU" if multi else ""),
+        f"{cfg['interactions']} interactions" + (f"; passes with {', '.join(names)} on {where}" if multi else ""),
         "",
     ]
     if multi:
@@ -886,7 +887,7 @@ def render(results: dict) -> str:
     for count, figures in results.get("by_workers", {}).items():
         if "images_per_min_ratio" in figures:
             base = results["by_workers"][str(figures["vs_workers"])]
-            lines.append(f"{workers_label(int(count))} on one GPU vs {workers_label(figures['vs_workers'])}: "
+            lines.append(f"{workers_label(int(count))} on {where} vs {workers_label(figures['vs_workers'])}: "
                          f"{fmt(figures['images_per_min_ratio'], 2)}x the images/min "
                          f"({fmt(figures['images_per_min'], 2)} vs {fmt(base['images_per_min'], 2)}), interaction -> PNG "
                          f"p50 {fmt(figures['png_latency_p50_s'])} vs {fmt(base['png_latency_p50_s'])} s")
