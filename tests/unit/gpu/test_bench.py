@@ -223,3 +223,17 @@ def test_step_profile_reports_host_ops_and_gpu_busy_union():
     assert any(name.startswith("aten::mm") for name, _, _ in result["top_host_ops_ms_per_step"])
     if not torch.cuda.is_available():
         assert result["kernels_per_step"] == 0 and result["gpu_busy_ms_per_step"] == 0
+
+
+def test_the_report_puts_the_cost_of_live_previews_next_to_the_same_run_without():
+    from gpu.bench.report import preview_cost
+
+    def column(median: float, per_image: int) -> dict:
+        return {"per_size": {"1024x1024": {"median_s": median}}, "previews": {"enabled": per_image > 0, "every": 2,
+                                                                             "per_image": per_image}}
+
+    line = preview_cost({"ours": column(0.84, 3), "ours, PREVIEWS=off": column(0.8, 0)})
+    assert line[-1] == ("Live previews (3 per image, every 2 steps) against PREVIEWS=off: "
+                        "1024x1024 0.800 -> 0.840 s/image (+5.0 %)")
+    assert preview_cost({"ours": column(0.84, 3)}) == []  # no PREVIEWS=off column: nothing to compare
+    assert preview_cost({"ours": column(0.8, 0), "ours, PREVIEWS=off": column(0.8, 0)}) == []  # no previews made
