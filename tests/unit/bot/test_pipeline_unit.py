@@ -273,3 +273,15 @@ async def test_a_cancel_mid_run_takes_the_preview_off_the_message(store, tmp_pat
         await bot.stop()
     last = messages.of(job_id, "status")[-1]
     assert "was cancelled" in last.content and last.files == []
+
+
+async def test_a_preview_is_a_spoiler_where_the_results_are():
+    class Spoilers:
+        async def settings(self, guild_id):
+            return SimpleNamespace(spoiler_images=guild_id == GUILD)
+
+    context = SimpleNamespace(settings=None, store=None, messages=None, positions=None, status=None)
+    lane = ImagineLane(context, Spoilers(), lambda job: None)
+    assert await lane._preview_name(SimpleNamespace(guild_id=GUILD)) == "SPOILER_preview.jpg"
+    assert await lane._preview_name(SimpleNamespace(guild_id=GUILD + 1)) == "preview.jpg"
+    assert await lane._preview_name(SimpleNamespace(guild_id=None)) == "preview.jpg"  # a DM
