@@ -16,6 +16,7 @@ from zimage_protocol.endpoints import Endpoint, TcpEndpoint, UnixEndpoint, parse
 from zimage_protocol.security import WireSecurity
 from zimage_protocol.settings import (
     LoraLimits,
+    PreviewSettings,
     SettingsError,
     read_choice,
     read_float,
@@ -48,6 +49,8 @@ class Settings:
     rate_limit_period: float = 60.0
     max_attempts: int = 2
     progress_interval: float = 1.0
+    # PREVIEWS / PREVIEW_EVERY: live previews on the progress message; read by the worker too, one parser for both
+    previews: PreviewSettings = PreviewSettings()
     log_level: str = "INFO"
     allow_dms: bool = False  # /imagine in DMs (no server's rules there: see bot/moderation.py)
     # LoRA training (/train); defaults follow the Z-Image character-LoRA guide.
@@ -152,6 +155,7 @@ def load_settings(env: dict[str, str] | None = None, dotenv_path: str | None = "
         rate_limit_period=read_float(env, "RATE_LIMIT_PERIOD", d.rate_limit_period, minimum=0.1),
         max_attempts=read_int(env, "JOB_MAX_ATTEMPTS", d.max_attempts, minimum=1),
         progress_interval=read_float(env, "PROGRESS_INTERVAL", d.progress_interval, minimum=0.0),
+        previews=PreviewSettings.from_env(env),
         log_level=log_level,
         allow_dms=read_choice(env, "ALLOW_DMS", "off", ("on", "off")) == "on",
         **_training_settings(env),

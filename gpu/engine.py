@@ -18,10 +18,12 @@ from typing import TYPE_CHECKING, Any
 from zimage_protocol.constants import MAX_LORA_STACK, MAX_SEQUENCE_LENGTH
 from zimage_protocol.errors import Cancelled
 from zimage_protocol.messages import GenerateParams
+from zimage_protocol.settings import PreviewSettings
 
 from . import accel, profiles, quantize
 from .lora.backend import AdapterBackend
 from .lora.common import LoraSettings
+from .previews import PreviewFrame, PreviewTap
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -65,6 +67,7 @@ class ImageEngine:
         self.lora_settings = LoraSettings(hotswap=False)  # read from the environment in load()
         self.profile = profiles.BF16  # the speed profile, set by load() (picked from the card by default)
         self.profile_line = ""  # the log line of that pick (GPU only)
+        self.previews = PreviewSettings()  # PREVIEWS / PREVIEW_EVERY, read in load()
 
     def load(self, pipe=None) -> None:
         """Load the pipeline (or take `pipe`, already built: the benchmark injects one) and apply
@@ -79,6 +82,7 @@ class ImageEngine:
         started = time.perf_counter()
         environ = self._pick_profile()
         settings = accel.AccelSettings.from_env(self.device, self.data_dir, environ)  # bad settings fail before loading
+        self.previews = PreviewSettings.from_env(environ)
         self.lora_settings = LoraSettings.from_env(compiled=settings.compile,
                                                    low_vram=settings.vram in accel.LOW_VRAM_CHOICES)
         if pipe is None:
@@ -248,8 +252,12 @@ class ImageEngine:
         on_step: Callable[[int, int], None] = lambda step, total: None,
         should_stop: Callable[[], bool] = lambda: False,
         on_image: Callable[[GeneratedImage], None] = lambda image: None,
+        on_preview: Callable[[PreviewFrame], None] | None = None,
     ) -> list[GeneratedImage]:
-        """Make one image per seed. Progress counts steps across all images of the request."""
+        """Make one image per seed. Progress counts steps across all images of the request.
+
+        ``on_preview``: live previews (gpu/previews.py) every PREVIEW_EVERY steps, unless PREVIEWS=off; the
+        frames are on their way to the host when it is called, and it encodes them off this thread."""
         import torch
 
         total = params.steps * len(params.seeds)
@@ -257,10 +265,14 @@ class ImageEngine:
         results = []
         for index, seed in enumerate(params.seeds):
             done_before = index * params.steps
+            tap = (PreviewTap(self.previews, params.steps, done_before, total, on_preview)
+                   if on_preview is not None and self.previews.enabled else None)
 
-            def step_end(pipe, step, timestep, tensors, done_before=done_before):
+            def step_end(pipe, step, timestep, tensors, done_before=done_before, tap=tap):
                 if should_stop():
                     raise GenerationCancelled()
+                if tap is not None:
+                    tap.after_step(pipe.scheduler, step, tensors["latents"])
                 on_step(done_before + step + 1, total)
                 return tensors
 

@@ -5,7 +5,7 @@ and torch keeps dynamo/inductor settings per thread. The event loop never waits 
 (gpu/server.py) keeps answering health checks, token counts and cancels while an image is made.
 
 - Generations run one at a time (the GPU lock). PNG encoding runs on a second thread, so image k+1
-  starts on the GPU while image k is encoded.
+  starts on the GPU while image k is encoded; so does the JPEG of each live preview (gpu/previews.py).
 - At most one LoRA training runs. Its session submits one step at a time, so a generation queued
   meanwhile runs after the step in progress, with the training's adapters set aside
   (``TrainingSession.suspend()`` / ``resume()`` around it). A new run is refused with
@@ -34,12 +34,14 @@ from zimage_protocol.messages import Accepted, GenerateParams, Message, TrainPar
 
 from .engine import GeneratedImage, GenerationCancelled, ImageEngine
 from .png import encode_png
+from .previews import PreviewFrame
 from .training.session import TrainingSession
 
 log = logging.getLogger(__name__)
 
 OnStep = Callable[[int, int], Coroutine[Any, Any, None]]  # (step, total) of a generation
 OnImage = Callable[[int, int, bytes], Coroutine[Any, Any, None]]  # (index, seed, png) of a generated image
+OnPreview = Callable[[int, int, bytes], Coroutine[Any, Any, None]]  # (step, total, jpeg) of a live preview
 Emit = Callable[[Message], Awaitable[None]]  # a training run's messages, to its client
 
 
@@ -133,10 +135,13 @@ class GpuScheduler:
 
     # -- generation -------------------------------------------------------------------------------------------
 
-    async def generate(self, request_id: str, params: GenerateParams, on_step: OnStep, on_image: OnImage) -> float:
+    async def generate(self, request_id: str, params: GenerateParams, on_step: OnStep, on_image: OnImage,
+                       on_preview: OnPreview | None = None) -> float:
         """Make the request's images once the model is ready and the GPU is free (between training steps).
 
-        ``on_step`` and ``on_image`` run on the event loop; all of them have completed when this returns.
+        ``on_step``, ``on_image`` and ``on_preview`` (live previews; none without it, nor with PREVIEWS=off) run
+        on the event loop; all of them have completed when this returns. A preview that fails to encode is logged
+        and skipped, never the request's failure.
         Returns the seconds from its turn among the generations (requests wait in the order they came) to the last
         image delivered, a training step it waited for included (what the reply reports). Raises what the engine
         raises (``Cancelled`` after a cancel, also one that came while the request waited for its turn)."""
@@ -157,6 +162,11 @@ class GpuScheduler:
             encoded = self._encoder.submit(encode_png, result.image, metadata)
             pending.append(asyncio.run_coroutine_threadsafe(_deliver(on_image, result, encoded), loop))
 
+        def preview_done(frame: PreviewFrame) -> None:
+            assert on_preview is not None
+            encoded = self._encoder.submit(frame.encode)
+            pending.append(asyncio.run_coroutine_threadsafe(_send_preview(on_preview, frame, encoded), loop))
+
         def should_stop() -> bool:
             return stop.is_set() or request_id in self._cancelled
 
@@ -168,8 +178,8 @@ class GpuScheduler:
             try:
                 if should_stop():  # cancelled while it waited: the GPU never starts it
                     raise GenerationCancelled()
-                await loop.run_in_executor(
-                    self._gpu, lambda: self._generate_on_gpu(params, step_done, should_stop, image_done))
+                await loop.run_in_executor(self._gpu, lambda: self._generate_on_gpu(
+                    params, step_done, should_stop, image_done, preview_done if on_preview else None))
                 await asyncio.gather(*map(asyncio.wrap_future, pending))
             except asyncio.CancelledError:
                 stop.set()  # the client hung up; let the GPU thread stop at its next step
@@ -180,14 +190,15 @@ class GpuScheduler:
         return time.perf_counter() - started
 
     def _generate_on_gpu(self, params: GenerateParams, on_step: Callable[[int, int], None],
-                         should_stop: Callable[[], bool], on_image: Callable[[GeneratedImage], None]) -> None:
+                         should_stop: Callable[[], bool], on_image: Callable[[GeneratedImage], None],
+                         on_preview: Callable[[PreviewFrame], None] | None) -> None:
         """On the GPU thread: the requested adapters only (a training run's adapters set aside)."""
         if self._session is not None:
             self._session.suspend()
         try:
             if params.loras or self.engine.uses_adapters:  # plain use never imports peft
                 self.engine.adapters().activate([(lora.name, lora.path, lora.scale) for lora in params.loras])
-            self.engine.generate(params, on_step, should_stop, on_image)
+            self.engine.generate(params, on_step, should_stop, on_image, on_preview)
         finally:
             if self._session is not None:
                 self._session.resume()
@@ -245,6 +256,16 @@ class GpuScheduler:
 async def _deliver(on_image: OnImage, result: GeneratedImage, encoded: Future[bytes]) -> None:
     png = await asyncio.wrap_future(encoded)
     await on_image(result.index, result.seed, png)
+
+
+async def _send_preview(on_preview: OnPreview, frame: PreviewFrame, encoded: Future[bytes]) -> None:
+    try:
+        jpeg = await asyncio.wrap_future(encoded)
+    except Exception:  # noqa: BLE001 - a preview is never worth a failed request
+        log.exception("encoding a live preview failed")
+        return
+    if jpeg:
+        await on_preview(frame.step, frame.total, jpeg)
 
 
 def _log_failure(what: str, done: asyncio.Future[Any]) -> None:

@@ -206,9 +206,13 @@ class WorkerServer:
         async def on_image(index: int, seed: int, png: bytes) -> None:
             await send(ImageReady(id=request_id, index=index, seed=seed, png=png))
 
+        async def on_preview(step: int, total: int, jpeg: bytes) -> None:
+            # Its own Progress, after the step's plain one (the JPEG is made off the GPU thread meanwhile).
+            await send(Progress(id=request_id, step=step, total=total, preview=jpeg))
+
         async def work() -> float:
             local = await localize_generate(params, self.files, connection.fetch)  # a remote bot's LoRAs, by hash
-            return await self.scheduler.generate(request_id, local, on_step, on_image)
+            return await self.scheduler.generate(request_id, local, on_step, on_image, on_preview)
 
         await self._until_done(request_id, work(), send)
 

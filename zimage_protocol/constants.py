@@ -15,3 +15,6 @@ MAX_SEQUENCE_LENGTH = 512  # the pipeline pads/truncates prompts to this many to
 LORA_FILE = "pytorch_lora_weights.safetensors"  # what diffusers' save_lora_weights writes, and what the library stores
 MAX_LORA_STACK = 8  # LoRAs in one request, at most: the worker keeps at most this many adapters loaded
 MAX_LORA_RANK = 1024  # highest LORA_MAX_RANK an admin may set
+# A live preview (Progress.preview) is a small JPEG at latent resolution (gpu/previews.py): a few KB. The bot
+# ignores bigger ones, and the worker never sends one.
+MAX_PREVIEW_BYTES = 64 << 10

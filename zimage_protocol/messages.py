@@ -9,7 +9,8 @@
                                                       gpu_memory_used?, gpu_memory_total?, gpu_utilization?}
     CountTokens {id, prompt}       ->   TokenCount {id, count, limit}
     ImagineRequest {id, params}    ->   Accepted {id}
-                                        Progress {id, step, total}             (many)
+                                        Progress {id, step, total} (many; a live preview: a second
+                                                  Progress of its step + a small JPEG)
                                         ImageReady {id, index, seed} + PNG     (one per image)
                                         Done {id, seconds} | Error {id, code, message}
     TrainRequest {id, params}      ->   Accepted {id}
@@ -191,10 +192,16 @@ class Accepted(Message):
 
 @dataclass(frozen=True)
 class Progress(Message):
+    """``preview``: empty, or a small JPEG of the image forming at ``step`` (gpu/previews.py; at most
+    MAX_PREVIEW_BYTES), sent as the frame's blob. No version bump: a worker that predates it sends no blob (an
+    empty preview), and a bot that predates it ignores the blob of a message whose class has no blob field."""
+
     op = Op.PROGRESS
+    blob_field = "preview"
     id: str
     step: int
     total: int
+    preview: bytes = field(default=b"", repr=False)
 
 
 @dataclass(frozen=True)

@@ -96,3 +96,19 @@ class LoraLimits:
                    train_rank=read_int(env, "TRAIN_RANK", cls.train_rank, minimum=1),
                    cache_mb=read_optional_int(env, "LORA_CACHE_MB", minimum=1),
                    hotswap=read_choice(env, "LORA_HOTSWAP", cls.hotswap, ("auto", "on", "off")))
+
+
+@dataclass(frozen=True)
+class PreviewSettings:
+    """``PREVIEWS`` (on|off, default on) and ``PREVIEW_EVERY`` (steps, default 2): while an image renders, the
+    worker sends a small preview of it every PREVIEW_EVERY steps (gpu/previews.py), and the bot shows the latest
+    on the job's progress message. The worker reads them; the bot checks them and, with PREVIEWS=off, also
+    ignores previews a worker sends."""
+
+    enabled: bool = True
+    every: int = 2
+
+    @classmethod
+    def from_env(cls, env: Env) -> PreviewSettings:
+        return cls(enabled=read_choice(env, "PREVIEWS", "on", ("on", "off")) == "on",
+                   every=read_int(env, "PREVIEW_EVERY", cls.every, minimum=1))

@@ -101,16 +101,23 @@ class Delivery:
             log.warning("could not post in channel %s: %s %s", channel_id, exc.status, exc.text)
             return False
 
-    async def edit_status(self, job: Job, content: str, **fields) -> bool:
-        """Edit the job's message in place (progress, queue position). True when it worked."""
+    async def edit_status(self, job: Job, content: str, make_files: Callable[[], list[discord.File]] | None = None,
+                          **fields) -> bool:
+        """Edit the job's message in place (progress, queue position). True when it worked.
+
+        ``make_files``: the message's attachments become these files (a live preview), made anew for every
+        attempt (an upload consumes them); without it the attachments stay as they are, unless ``fields`` says."""
         if (message_id := job.message_id) is None:
             return False
 
+        def with_files() -> dict:
+            return {**fields, "attachments": make_files()} if make_files else fields
+
         async def through_token(webhook: discord.Webhook) -> None:
-            await webhook.edit_message(message_id, content=content, **fields)
+            await webhook.edit_message(message_id, content=content, **with_files())
 
         async def through_channel(channel) -> None:
-            await channel.get_partial_message(job.message_id).edit(content=content, **fields)
+            await channel.get_partial_message(job.message_id).edit(content=content, **with_files())
 
         return await self._attempt(job, through_token, through_channel, what="status edit")
 
@@ -137,7 +144,8 @@ class Delivery:
         if await self._attempt(job, followup, None, what="final followup", quiet_missing=True):
             return True
         # The token is gone: point the old message at the new one, then post with a mention.
-        await self.edit_status(job, f"Job #{job.id} finished; the result is posted below.", embed=None, view=None)
+        await self.edit_status(job, f"Job #{job.id} finished; the result is posted below.", embed=None, view=None,
+                               attachments=[])  # no live preview left on it
         return await self._attempt(job, None, channel_post, what="final channel post")
 
     async def post_extra(self, job: Job, content: str, make_files: Callable[[], list[discord.File]]) -> bool:

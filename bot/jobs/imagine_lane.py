@@ -3,6 +3,12 @@
 It is a PipelinedLane (bot/jobs/lane.py): the runner calls ``generate`` on the worker it serves
 (bot/jobs/pipeline.py), then ``keep`` and ``resume`` in a background task beside the next job's
 generation. ``generate`` never waits for Discord: its status lines go through StatusEdits.
+
+Live previews: the worker sends a small JPEG of the image forming every PREVIEW_EVERY steps (a Progress
+with a preview). The latest one is attached to every progress edit from then on, so whichever edit
+StatusEdits sends (at most one per PROGRESS_INTERVAL, the newest) carries it: no extra Discord request.
+The result's edit replaces the message's attachments, and a failure's or a cancel's edit empties them,
+so no preview outlives the job's run.
 """
 
 from __future__ import annotations
@@ -16,13 +22,14 @@ from pathlib import Path
 
 import discord
 
+from zimage_protocol.constants import MAX_PREVIEW_BYTES
 from zimage_protocol.messages import Done, GenerateParams, ImageReady, Progress
 
 from .. import metrics
 from ..db.models import Job, JobKind, JobStatus
 from ..db.moderation import ModerationStore
 from . import render
-from .interfaces import WorkerLink
+from .interfaces import FileMaker, WorkerLink
 from .lane import LaneContext
 from .outcomes import ResultNotHere
 from .requests import request_id
@@ -35,6 +42,9 @@ class Generated:
     images: dict[int, tuple[int, bytes]]
     seconds: float
     model: str
+
+
+PREVIEW_NAME = "preview.jpg"
 
 
 class ImagineLane:
@@ -55,18 +65,31 @@ class ImagineLane:
         params = GenerateParams.from_json(job.params)
         images: dict[int, tuple[int, bytes]] = {}
         seconds = 0.0
+        shown = 0  # a preview's Progress follows its step's own, possibly after the next step's: never step back
+        preview: FileMaker | None = None
+        preview_name = ""
         async for message in worker.generate(request_id(job), params):
             match message:
-                case Progress(step=step, total=total) if step < total:
+                case Progress(step=step, total=total, preview=picture) if step < total:
+                    if picture and self.settings.previews.enabled and len(picture) <= MAX_PREVIEW_BYTES:
+                        preview_name = preview_name or await self._preview_name(job)
+                        preview = partial(_as_files, [(preview_name, picture)])
+                    shown = max(shown, step)
                     # StatusEdits sends at most one edit per PROGRESS_INTERVAL, the newest text; the last
                     # step is not shown: the result replaces it a moment later.
-                    self.status.show(job, render.progress_text(job, step, total))
+                    self.status.show(job, render.progress_text(job, shown, total), make_files=preview)
                 case ImageReady(index=index, seed=seed, png=png):
                     images[index] = (seed, png)
                 case Done(seconds=done_seconds):
                     seconds = done_seconds
         metrics.generated(job, seconds)
         return Generated(images, seconds, worker.model_name)
+
+    async def _preview_name(self, job: Job) -> str:
+        """A preview is hidden like the result (the guild's spoiler setting)."""
+        if job.guild_id and (await self.moderation.settings(job.guild_id)).spoiler_images:
+            return f"SPOILER_{PREVIEW_NAME}"
+        return PREVIEW_NAME
 
     async def keep(self, job: Job, made: Generated) -> None:
         job.result = result = await asyncio.to_thread(self._save_images, job, made)

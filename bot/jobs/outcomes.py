@@ -98,7 +98,8 @@ class JobOutcomes:
                 return Outcome.RELEASED
             case WorkerError(code=ErrorCode.CANCELLED):
                 await self.store.finish(job.id, JobStatus.CANCELLED)
-                await self.messages.edit_status(job, render.cancelled_text(job), view=None)
+                # attachments=[]: a live preview of the cancelled image does not stay on its message
+                await self.messages.edit_status(job, render.cancelled_text(job), view=None, attachments=[])
                 return Outcome.CANCELLED
             case WorkerError(code=ErrorCode.BUSY):
                 log.info("job %s: the worker is busy (%s); back in the queue", job.id, error)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import statistics
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from .. import accel
@@ -211,6 +212,9 @@ def _remove_lora_slots(transformer) -> None:
 def run_ours(pipe, cfg: dict, queue, data_dir: Path, model_name: str) -> tuple[dict, object, object]:
     """The worker's own path: ImageEngine.load(pipe) (accel applied) + warm_up + generate.
 
+    Live previews as the worker makes them (PREVIEWS, PREVIEW_EVERY; on by default): projected on the GPU thread,
+    encoded on a second thread, all encoded before the image counts as done (the worker sends them before Done).
+    ``--variant PREVIEWS=off`` is the same run without them: the cost of previews is the difference.
     Returns the numbers, the engine-backed run_one(width, height, prompt, seed) and the engine."""
     from zimage_protocol.messages import GenerateParams
 
@@ -231,11 +235,22 @@ def run_ours(pipe, cfg: dict, queue, data_dir: Path, model_name: str) -> tuple[d
     for prompt in {TIMING_PROMPT, *QUEUE_PROMPTS}:
         engine._prompt_embeds(prompt)  # prime the engine's prompt cache, as stock gets embeddings given
 
+    encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="preview")  # the worker's encoder thread
+    previews: list[int] = []
+
     def run_one(width, height, prompt, seed):
-        return engine.generate(GenerateParams(prompt=prompt, width=width, height=height, steps=cfg["steps"],
-                                              seeds=[seed]))
+        encoded: list[Future[bytes]] = []
+        images = engine.generate(GenerateParams(prompt=prompt, width=width, height=height, steps=cfg["steps"],
+                                                seeds=[seed]),
+                                 on_preview=lambda frame: encoded.append(encoder.submit(frame.encode)))
+        for future in encoded:
+            future.result()
+        previews.append(len(encoded))
+        return images
 
     result.update(measure(run_one, cfg, queue))
+    result["previews"] = {"enabled": engine.previews.enabled, "every": engine.previews.every,
+                          "per_image": max(previews, default=0)}
     result["peak_gib"] = peak_gib()
     result["peak_reserved_gib"] = peak_reserved_gib()
     return result, run_one, engine

@@ -43,6 +43,8 @@ def render_inference(results: dict) -> str:
     row("graphs compiled in warm-up", lambda c: c.get("graphs_compiled_in_warm_up"))
     row("peak GPU memory (GiB)", lambda c: c.get("peak_gib"))
     row("peak GPU memory reserved (GiB)", lambda c: c.get("peak_reserved_gib"))
+    row("live previews per image", lambda c: c.get("previews", {}).get("per_image"))
+    lines += preview_cost(columns)
     warm = results.get("warm_start")
     if warm is not None:
         lines.append("")
@@ -95,6 +97,23 @@ def render_lora(lora: dict) -> str:
     if control:
         lines.append(f"Control, the same LoRA as a plain peft adapter on the same compiled transformer: {control}")
     return "\n".join(lines)
+
+
+def preview_cost(columns: dict) -> list[str]:
+    """Live previews' cost: ours (previews on, the default) against the same run with --variant PREVIEWS=off."""
+    ours, off = columns.get("ours", {}), columns.get("ours, PREVIEWS=off", {})
+    if not ours.get("previews", {}).get("per_image") or "per_size" not in off:
+        return []
+    parts = []
+    for size, timing in ours.get("per_size", {}).items():
+        with_previews, without = timing.get("median_s"), off["per_size"].get(size, {}).get("median_s")
+        if with_previews and without:
+            parts.append(f"{size} {without:.3f} -> {with_previews:.3f} s/image "
+                         f"({100 * (with_previews / without - 1):+.1f} %)")
+    if not parts:
+        return []
+    return ["", f"Live previews ({ours['previews']['per_image']} per image, every {ours['previews']['every']} steps) "
+                f"against PREVIEWS=off: " + ", ".join(parts)]
 
 
 def _column_title(name: str) -> str:

@@ -30,9 +30,10 @@ class Request:
 class FakeGpuWorker:
     model_name = "fake-model"
 
-    def __init__(self, seconds: float = 0.1, steps: int = 4):
+    def __init__(self, seconds: float = 0.1, steps: int = 4, preview_every: int = 0):
         self.seconds = seconds  # GPU time per request
         self.steps = steps
+        self.preview_every = preview_every  # a Progress with a preview after every so many steps (0: none)
         self.requests: dict[str, Request] = {}  # the latest request of each id
         self.history: list[Request] = []  # every request, in the order sent
         self.flags: set[str] = set()
@@ -144,10 +145,16 @@ class FakeGpuWorker:
                     replies.put_nowait(WorkerError(ErrorCode.CANCELLED, "cancelled"))
                     return
                 replies.put_nowait(Progress(id=request_id, step=step, total=total))
+                if self.preview_every and step % self.preview_every == 0 and step < total:
+                    replies.put_nowait(Progress(id=request_id, step=step, total=total, preview=fake_preview(step)))
             for index, seed in enumerate(params.seeds):
                 replies.put_nowait(ImageReady(id=request_id, index=index, seed=seed, png=b"\x89PNG fake " + bytes([index])))
             request.outcome, request.finished = "done", time.monotonic()
             replies.put_nowait(Done(id=request_id, seconds=self.seconds))
+
+
+def fake_preview(step: int) -> bytes:
+    return b"\xff\xd8 fake preview of step " + str(step).encode()
 
 
 @dataclass
@@ -157,6 +164,7 @@ class Call:
     content: str
     at: float
     ended: float = 0.0
+    files: list[tuple[str, bytes]] | None = None  # what the call set as the message's attachments; None: unchanged
 
 
 @dataclass
@@ -167,17 +175,18 @@ class RecordingMessages:
     final_delay: float = 0.0
     calls: list[Call] = field(default_factory=list)
 
-    async def edit_status(self, job, content: str, **fields) -> bool:
-        return await self._record("status", job, content, self.status_delay)
+    async def edit_status(self, job, content: str, make_files=None, **fields) -> bool:
+        files = _made(make_files) if make_files else fields.get("attachments")
+        return await self._record("status", job, content, self.status_delay, files)
 
     async def post_final(self, job, content: str, make_files=None, **fields) -> bool:
-        return await self._record("final", job, content, self.final_delay)
+        return await self._record("final", job, content, self.final_delay, _made(make_files) if make_files else [])
 
     async def post_extra(self, job, content: str, make_files) -> bool:
         return await self._record("extra", job, content, 0.0)
 
-    async def _record(self, what: str, job, content: str, delay: float) -> bool:
-        call = Call(what, job.id, content, time.monotonic())
+    async def _record(self, what: str, job, content: str, delay: float, files=None) -> bool:
+        call = Call(what, job.id, content, time.monotonic(), files=files)
         self.calls.append(call)
         await asyncio.sleep(delay)
         call.ended = time.monotonic()
@@ -185,3 +194,8 @@ class RecordingMessages:
 
     def of(self, job_id: int, what: str | None = None) -> list[Call]:
         return [c for c in self.calls if c.job_id == job_id and (what is None or c.what == what)]
+
+
+def _made(make_files) -> list[tuple[str, bytes]]:
+    """The (filename, bytes) of the discord.File objects a FileMaker makes."""
+    return [(file.filename, file.fp.read()) for file in make_files()]

@@ -98,6 +98,24 @@ async def test_rate_limits_are_retried():
     assert routes.calls() == [("webhook", "edit")] * 3
 
 
+async def test_a_status_edit_with_a_preview_makes_fresh_files_for_every_attempt():
+    routes, made = FakeRoutes(webhook_errors=[RATE_LIMITED, UNKNOWN_MESSAGE]), []
+
+    def preview() -> list:
+        made.append(object())
+        return [made[-1]]
+
+    assert await Delivery(routes, rate_limit_wait=0).edit_status(make_job(), "step 4/8", preview)
+    assert routes.calls() == [("webhook", "edit"), ("webhook", "edit"), ("channel", "edit")]
+    assert [call[2]["attachments"] for call in routes.log] == [[one] for one in made] and len(set(map(id, made))) == 3
+
+
+async def test_the_pointer_to_a_result_posted_below_keeps_no_preview():
+    routes = FakeRoutes()
+    assert await Delivery(routes).post_final(make_job(token_left=None), "<@11> here is job #3", lambda: [])
+    assert routes.log[0][2]["attachments"] == []
+
+
 async def test_a_deleted_message_gets_the_result_as_a_followup_with_fresh_files():
     routes, made = FakeRoutes(webhook_errors=[UNKNOWN_MESSAGE]), []
 

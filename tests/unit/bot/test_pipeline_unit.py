@@ -10,12 +10,13 @@ with its attempt not counted; a bot restart finishes every job once.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from types import SimpleNamespace
 
 import pytest
 from databases import migrated_database
-from pipeline_fakes import FakeGpuWorker, RecordingMessages
+from pipeline_fakes import FakeGpuWorker, RecordingMessages, fake_preview
 
 from bot.db.jobs import JobStore
 from bot.db.models import JobStatus
@@ -26,6 +27,7 @@ from bot.jobs.positions import Positions
 from bot.jobs.runner import JobRunner
 from bot.jobs.status_edits import StatusEdits
 from bot.settings import Settings
+from zimage_protocol.settings import PreviewSettings
 
 GUILD, CHANNEL = 10, 20
 
@@ -47,8 +49,8 @@ class Bot:
     """The runner and what it is built with, as bot/composition.py builds them (one worker)."""
 
     def __init__(self, store: JobStore, worker: FakeGpuWorker, messages: RecordingMessages, data_dir,
-                 progress_interval: float = 0.05):
-        settings = Settings(discord_token="t", data_dir=data_dir, progress_interval=progress_interval)
+                 progress_interval: float = 0.05, previews: PreviewSettings = PreviewSettings()):
+        settings = Settings(discord_token="t", data_dir=data_dir, progress_interval=progress_interval, previews=previews)
         self.store, self.worker, self.messages = store, worker, messages
         self.status = StatusEdits(messages, min_interval=progress_interval, position_interval=0.0)
         self.positions = Positions(store, self.status, pass_interval=0.02)
@@ -208,3 +210,78 @@ async def test_a_bot_restart_finishes_the_running_and_the_waiting_job_once(store
         await again.stop()
     assert [len(messages.of(i, "final")) for i in (first, second)] == [1, 1]
     assert [r.id for r in worker.history if r.outcome == "done"] == [f"job-{first}-2", f"job-{second}-2"]
+
+
+STEP = re.compile(r"step (\d+)/")
+
+
+async def test_live_previews_ride_on_the_coalesced_progress_edits_and_the_result_replaces_them(store, tmp_path):
+    worker = FakeGpuWorker(seconds=0.8, steps=16, preview_every=2)
+    messages = RecordingMessages()
+    bot = Bot(store, worker, messages, tmp_path / "data", progress_interval=0.1)
+    [job_id] = await queue(store, 1)
+    await bot.start()
+    try:
+        await until(statuses_of(store, [job_id], JobStatus.DONE), what="the job done")
+    finally:
+        await bot.stop()
+    edits = messages.of(job_id, "status")
+    assert len(edits) <= 0.8 / 0.1 + 2  # one edit per PROGRESS_INTERVAL at most: previews add no request
+    with_preview = [edit for edit in edits if edit.files]
+    assert with_preview, [edit.content for edit in edits]
+    first = edits.index(with_preview[0])
+    assert all(edit.files for edit in edits[first:])  # once shown, every later edit keeps the latest
+    for edit in with_preview:
+        [(name, data)] = edit.files
+        step = int(STEP.search(edit.content).group(1))
+        previewed = int(data.rsplit(b" ", 1)[1])
+        assert name == "preview.jpg" and data == fake_preview(previewed)
+        assert previewed <= step  # never a picture from a later step than the text says
+    steps = [int(found.group(1)) for edit in edits if (found := STEP.search(edit.content))]
+    assert steps == sorted(steps)  # a preview's Progress (after its step's) never moves the text back
+    [final] = messages.of(job_id, "final")
+    assert [name for name, _ in final.files] == [f"zimage_{job_id}_1_1.png"]  # the preview is gone with the result
+
+
+async def test_previews_off_at_the_bot_attaches_nothing(store, tmp_path):
+    worker = FakeGpuWorker(seconds=0.4, steps=8, preview_every=2)
+    messages = RecordingMessages()
+    bot = Bot(store, worker, messages, tmp_path / "data", previews=PreviewSettings(enabled=False))
+    [job_id] = await queue(store, 1)
+    await bot.start()
+    try:
+        await until(statuses_of(store, [job_id], JobStatus.DONE), what="the job done")
+    finally:
+        await bot.stop()
+    assert any("step" in edit.content for edit in messages.of(job_id, "status"))
+    assert not any(edit.files for edit in messages.of(job_id, "status"))
+
+
+async def test_a_cancel_mid_run_takes_the_preview_off_the_message(store, tmp_path):
+    worker = FakeGpuWorker(seconds=2.0, steps=40, preview_every=2)
+    messages = RecordingMessages()
+    bot = Bot(store, worker, messages, tmp_path / "data")
+    [job_id] = await queue(store, 1)
+    await bot.start()
+    try:
+        async def previewed() -> bool:
+            return any(edit.files for edit in messages.of(job_id, "status"))
+        await until(previewed, what="a progress edit with a preview")
+        assert await bot.runner.cancel(await store.get(job_id))
+        await until(statuses_of(store, [job_id], JobStatus.CANCELLED), what="the job cancelled")
+    finally:
+        await bot.stop()
+    last = messages.of(job_id, "status")[-1]
+    assert "was cancelled" in last.content and last.files == []
+
+
+async def test_a_preview_is_a_spoiler_where_the_results_are():
+    class Spoilers:
+        async def settings(self, guild_id):
+            return SimpleNamespace(spoiler_images=guild_id == GUILD)
+
+    context = SimpleNamespace(settings=None, store=None, messages=None, positions=None, status=None)
+    lane = ImagineLane(context, Spoilers(), lambda job: None)
+    assert await lane._preview_name(SimpleNamespace(guild_id=GUILD)) == "SPOILER_preview.jpg"
+    assert await lane._preview_name(SimpleNamespace(guild_id=GUILD + 1)) == "preview.jpg"
+    assert await lane._preview_name(SimpleNamespace(guild_id=None)) == "preview.jpg"  # a DM

@@ -67,8 +67,15 @@ async def test_generate_streams_progress_and_tagged_pngs(worker):
     client, _, _ = worker
     messages, images = await collect(client, "g1", params())
     assert isinstance(messages[0], Accepted) and isinstance(messages[-1], Done)
-    progress = [message for message in messages if isinstance(message, Progress)]
+    progress = [message for message in messages if isinstance(message, Progress) and not message.preview]
     assert [message.step for message in progress] == list(range(1, 7)) and {message.total for message in progress} == {6}
+    # Live previews (PREVIEWS on, PREVIEW_EVERY 2 by default): step 2 of each image, a small JPEG at 1/8 size, the
+    # first one before the first PNG.
+    previews = [message for message in messages if isinstance(message, Progress) and message.preview]
+    assert [(message.step, message.total) for message in previews] == [(2, 6), (5, 6)]
+    assert all(message.preview.startswith(b"\xff\xd8") for message in previews)
+    first_png = min(index for index, message in enumerate(messages) if isinstance(message, ImageReady))
+    assert messages.index(previews[0]) < first_png
     assert sorted(images) == [0, 1]
     text = read_png_text(images[1])
     assert text["prompt"] == "a lighthouse at dusk" and text["seed"] == "8" and text["steps"] == "3"

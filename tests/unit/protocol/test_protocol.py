@@ -43,6 +43,7 @@ EXAMPLES = [
     ImagineRequest(id="g", params=GenerateParams("a fox", 64, 48, 2, [1, 2], loras=[LoraRef("l1", "/x.safetensors", 0.8)])),
     TrainRequest(id="t", params=TrainParams("/d", "/o", {"steps": 10})),
     Progress(id="g", step=1, total=8),
+    Progress(id="g", step=2, total=8, preview=b"\xff\xd8\xff\xe0 a small JPEG"),
     ImageReady(id="g", index=0, seed=1, png=b"\x89PNG..."),
     CheckpointReady(id="t", step=5, total=10, loss=0.25, seconds_per_step=0.5, lora_file="/o/a", sample_png="/o/s",
                     loss_png="/o/l"),
@@ -179,3 +180,13 @@ async def test_the_client_skips_a_malformed_frame_and_stays_connected(tmp_path):
     assert report.model == "fake" and client.connected
     await client.close()
     server.close()
+
+
+async def test_a_progress_preview_needs_no_version_bump():
+    """A worker that predates previews sends no blob; a bot that predates them decodes a Progress without one."""
+    plain = decode(await read_back(encode_frame("progress", id="g", step=3, total=8)))
+    assert plain == Progress(id="g", step=3, total=8) and plain.preview == b""
+    with_preview = Progress(id="g", step=4, total=8, preview=b"\xff\xd8jpeg").encode()
+    frame = await read_back(with_preview)
+    assert frame.header == {"id": "g", "step": 4, "total": 8} and frame.blob == b"\xff\xd8jpeg"  # the header is v3's
+    assert "jpeg" not in repr(decode(frame))  # a logged Progress does not dump the picture
