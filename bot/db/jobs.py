@@ -214,12 +214,18 @@ class JobStore:
         return await self._requeue_orphans("its bot process stopped", lambda session: and_(
             Job.claimed_by != self.instance_id, lapsed(session)))
 
-    async def adopt_undelivered(self) -> list[Job]:
+    async def adopt_undelivered(self, mine: bool = True) -> list[Job]:
         """DELIVERING jobs nobody live owns (this process's previous life, a lapsed lease, no owner)
-        become this process's, to post their saved results; a job is adopted by one process only."""
+        become this process's, to post their saved results; a job is adopted by one process only.
+
+        ``mine=False`` leaves this process's own jobs alone: the periodic upkeep of a live process passes it, as its
+        own DELIVERING jobs are being posted by it at that moment (taking them again would post them twice)."""
         adopted = []
         async with self.session() as session, session.begin():
-            orphaned = or_(Job.claimed_by.is_(None), Job.claimed_by == self.instance_id, lapsed(session))
+            owners = [Job.claimed_by.is_(None), lapsed(session)]
+            if mine:
+                owners.append(Job.claimed_by == self.instance_id)
+            orphaned = or_(*owners)
             for job in await self._candidates(session, JobStatus.DELIVERING, orphaned):
                 if await take_over(session, job.id, and_(Job.status == JobStatus.DELIVERING, orphaned),
                                    claimed_by=self.instance_id, lease_expires_at=lease_deadline(session, self.lease)):

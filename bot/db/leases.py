@@ -63,7 +63,7 @@ class LeaseKeeper:
             self.store.wakeups.fire()  # this process's lanes too (SQLite has no NOTIFY)
         if self.on_undelivered is None:
             return
-        for job in await self.store.adopt_undelivered():
+        for job in await self.store.adopt_undelivered(mine=False):  # ours are being posted by us now
             log.warning("job %s: its bot process stopped before posting its result; posting it here", job.id)
             task = asyncio.create_task(self.on_undelivered(job), name=f"deliver-{job.id}")
             self._deliveries.add(task)

@@ -33,9 +33,11 @@ class LocalWorker:
         the devices the bot's own CUDA_VISIBLE_DEVICES names (as torch does), so `1` under `2,3` is device 3."""
         if self.gpu is None:
             return None
-        names = [part.strip() for part in inherited.split(",")] if inherited else None
-        if names is None:
+        if inherited is None:
             return str(self.gpu)
+        # An empty or `-1` CUDA_VISIBLE_DEVICES hides every GPU: it shows none for WORKER_GPUS to pick from, rather
+        # than letting a worker see a GPU the operator hid from the bot.
+        names = visible_names(inherited)
         if self.gpu >= len(names):
             raise ValueError(f"WORKER_GPUS names GPU {self.gpu}, but CUDA_VISIBLE_DEVICES={inherited!r} shows "
                              f"{len(names)}")
@@ -86,10 +88,15 @@ async def visible_gpus() -> list[int]:
 
 def parse_visible_devices(value: str) -> list[int]:
     """CUDA_VISIBLE_DEVICES as the workers will see it: indices into what it names. `-1`, or empty: no GPU."""
-    names = [part.strip() for part in value.split(",") if part.strip()]
-    visible: list[int] = []
-    for name in names:
-        if name.startswith("-"):  # CUDA stops at the first invalid entry
+    return list(range(len(visible_names(value))))
+
+
+def visible_names(value: str) -> list[str]:
+    """The device names (indices or UUIDs) CUDA_VISIBLE_DEVICES shows, in order; CUDA stops at the first invalid
+    entry (`-1`)."""
+    names: list[str] = []
+    for name in (part.strip() for part in value.split(",") if part.strip()):
+        if name.startswith("-"):
             break
-        visible.append(len(visible))
-    return visible
+        names.append(name)
+    return names

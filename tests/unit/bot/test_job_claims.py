@@ -136,6 +136,23 @@ async def test_a_dead_process_s_undelivered_result_is_posted_by_the_other(stores
     assert adopted.empty() and await a.adopt_undelivered() == []  # adopted once, by one process
 
 
+async def test_the_upkeep_leaves_the_results_this_process_is_posting_alone(stores):
+    """A live process's own DELIVERING job is being posted by it: its periodic upkeep must not adopt it again (that
+    posted it twice, a bug the three-worker e2e burst showed); a restart still takes it back (test above)."""
+    a, _ = stores
+    job = await enqueue(a)
+    await a.claim_next("imagine")
+    await a.mark_delivering(job.id, {"files": ["x.png"]})
+    adopted: list[int] = []
+
+    async def post(job):
+        adopted.append(job.id)
+
+    a.start_background(on_undelivered=post)
+    await asyncio.sleep(3 * SHORT_LEASE.total_seconds())  # several rounds of upkeep
+    assert adopted == [] and (await a.get(job.id)).status == JobStatus.DELIVERING
+
+
 async def test_a_graceful_stop_hands_jobs_back_at_once(stores):
     a, b = stores
     job, undelivered = await enqueue(a), await enqueue(a, user_id=2)
