@@ -12,14 +12,16 @@ the bot's default (1:1, 8 steps, 1 image). Reroll and Variations repeat their re
 ephemerally), so its queue position, progress and images are seen by the member alone; once the
 interaction token is spent (15 minutes) the result goes by DM, and never to the channel
 (bot/jobs/delivery.py). Whether a request is private must be known before the interaction is
-answered, so that one read is bounded (PRIVATE_READ_TIMEOUT): a database too slow to say in time makes
-the request private rather than risk showing a private member's prompt and images.
+answered, so that one read is bounded (PRIVATE_READ_TIMEOUT). A database too slow to say in time (a
+burst of requests) gets the answer this process last read for the member, and a member it never read
+is private for that request: better than risk showing a private member's prompt and images.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from .db.member_settings import MemberSettingsStore
@@ -36,6 +38,7 @@ DEFAULT_COUNT = 1
 STEPS_RANGE = (1, 16)  # the same as /imagine's options
 COUNT_RANGE = (1, 4)
 PRIVATE_READ_TIMEOUT = 0.5  # seconds; Discord wants the answer within 3 s and /imagine answers within milliseconds
+KNOWN_PRIVATE_MAX = 10_000  # members whose last-read private flag is remembered for a slow read (least recent dropped)
 
 
 @dataclass(frozen=True)
@@ -85,16 +88,27 @@ class MemberDefaults:
         self.store = store
         self.moderation = moderation  # the server's limits cap the defaults
         self.private_read_timeout = private_read_timeout
+        self._known: OrderedDict[int, bool] = OrderedDict()  # user id -> private, as last read or set here
+
+    def _remember(self, user_id: int, private: bool) -> None:
+        self._known[user_id] = private
+        self._known.move_to_end(user_id)
+        while len(self._known) > KNOWN_PRIVATE_MAX:
+            self._known.popitem(last=False)
 
     async def wants_private(self, user_id: int) -> bool:
         """Whether this member's next result is theirs alone; read before the interaction is answered (see the module's
-        docstring: a read that takes too long or fails says True)."""
+        docstring: a read that takes too long or fails says what was last read, else True)."""
         try:
             saved = await asyncio.wait_for(self.store.get(user_id), self.private_read_timeout)
-        except Exception as error:  # noqa: BLE001 - any failure: keep the result private rather than guess public
-            log.warning("member %s: settings not read in time (%r); this request is private", user_id, error)
-            return True
-        return bool(saved is not None and saved.private)
+        except Exception as error:  # noqa: BLE001 - any failure: the last known answer, else private rather than public
+            known = self._known.get(user_id)
+            log.warning("member %s: settings not read in time (%r); private: %s (%s)", user_id, error,
+                        True if known is None else known, "never read here" if known is None else "as last read")
+            return True if known is None else known
+        private = bool(saved is not None and saved.private)
+        self._remember(user_id, private)
+        return private
 
     async def choose(self, user_id: int, guild_id: int | None, *, aspect: str | None = None, steps: int | None = None,
                      count: int | None = None) -> Chosen:
@@ -115,6 +129,6 @@ class MemberDefaults:
             await self.store.reset(user_id)
         values = {name: value for name, value in
                   (("aspect", aspect), ("steps", steps), ("count", count), ("private", private)) if value is not None}
-        if values:
-            return await self.store.update(user_id, **values)
-        return await self.store.get(user_id)
+        after = await self.store.update(user_id, **values) if values else await self.store.get(user_id)
+        self._remember(user_id, bool(after is not None and after.private))
+        return after

@@ -143,4 +143,13 @@ async def test_private_is_read_before_the_answer_and_a_slow_database_means_priva
 
     for broken in (SlowStore(), BrokenStore()):
         slow = MemberDefaults(broken, members.moderation, private_read_timeout=0.05)  # type: ignore[arg-type]
-        assert await asyncio.wait_for(slow.wants_private(BOB), 1) is True
+        assert await asyncio.wait_for(slow.wants_private(BOB), 1) is True  # never read: private, to be safe
+        # A member read before keeps the answer last read (a burst must not turn public members private).
+        members.store, slow_store = broken, members.store  # type: ignore[assignment]
+        assert await asyncio.wait_for(members.wants_private(ALICE), 2) is False
+        members.store = slow_store
+        await members.change(ALICE, private=True)
+        members.store = broken  # type: ignore[assignment]
+        assert await asyncio.wait_for(members.wants_private(ALICE), 2) is True
+        members.store = slow_store
+        await members.change(ALICE, private=False)
