@@ -26,7 +26,7 @@ from .views import BUTTONS
 log = logging.getLogger(__name__)
 
 EXTENSIONS = ("bot.cogs.imagine", "bot.cogs.queue", "bot.cogs.mod", "bot.cogs.workers", "bot.cogs.train",
-              "bot.cogs.lora")
+              "bot.cogs.lora", "bot.cogs.member_settings")
 COMMANDS_HASH_KEY = "global_commands_hash"
 
 

@@ -16,6 +16,7 @@ from .cogs.approval import approval_view
 from .db.claims import instance_id_for
 from .db.jobs import JobStore
 from .db.loras import LoraStore
+from .db.member_settings import MemberSettingsStore
 from .db.moderation import ModerationStore
 from .files_server import FilesServer, LinkSigner, load_secret
 from .health import Monitor
@@ -29,6 +30,7 @@ from .jobs.status_edits import StatusEdits
 from .jobs.training_lane import TrainingLane
 from .limits import UserLimits
 from .lora_library import LoraImporter, LoraLibrary
+from .member_settings import MemberDefaults
 from .moderation import RequestRules
 from .retention import Retention
 from .services import Services
@@ -53,6 +55,7 @@ async def build_services(settings: Settings, client: discord.Client) -> Services
     loras = LoraStore(store)
     rules = RequestRules(moderation, allow_dms=settings.allow_dms)
     limits = UserLimits(settings, store)
+    members = MemberDefaults(MemberSettingsStore(store), moderation)
 
     if settings.worker_mode == "spawn":  # one supervised worker per GPU (WORKER_GPUS), each on its own socket
         spawned = await local_workers(settings)
@@ -77,10 +80,12 @@ async def build_services(settings: Settings, client: discord.Client) -> Services
     return Services(
         settings=settings, store=store, moderation=moderation, worker=worker, supervisors=supervisors,
         files_server=files_server, monitor=monitor, delivery=delivery, positions=positions, status=status, runner=runner,
-        imagine=ImagineService(store, moderation, rules, limits, worker, runner, library, status, positions),
+        imagine=ImagineService(store, moderation, rules, limits, worker, runner, library, status, positions,
+                               members=members),
         library=library,
         importer=LoraImporter(settings, library, rules, limits),
         training=TrainService(settings, store, moderation, rules, limits, library, worker, runner, approvals),
         approvals=approvals,
         retention=Retention(settings, store, loras),
+        member_settings=members,
     )

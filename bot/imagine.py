@@ -6,7 +6,8 @@ of the worker).
 
 The interaction is answered first, within milliseconds whatever else the bot is doing (Discord
 gives 3 s): cheap checks that need no I/O (an empty prompt, a DM) refuse at once, privately; then
-the public "thinking…" that becomes the job's message, and only then the checks that need the
+the "thinking…" that becomes the job's message (public, or ephemeral for a member whose /settings make
+results private: one bounded read, bot/member_settings.py), and only then the checks that need the
 database or the worker, a few requests at a time (INTAKE_CONCURRENCY), ending in the job's INSERT with
 its caps inside (bot/db/admission.py). A refusal after that answer deletes the "thinking…" message
 and tells the member alone (an ephemeral follow-up: reporting.refuse_privately).
@@ -26,6 +27,7 @@ from .db.jobs import JobStore
 from .db.models import Job
 from .db.moderation import ModerationStore
 from .errors import UserFacingError
+from .i18n import language_of
 from .interaction_ids import channel_id_of
 from .jobs import render
 from .jobs.positions import Positions
@@ -33,6 +35,7 @@ from .jobs.runner import JobRunner
 from .jobs.status_edits import StatusEdits
 from .limits import UserLimits
 from .lora_library import LoraLibrary
+from .member_settings import MemberDefaults
 from .moderation import RequestRules
 from .permissions import can_delete_results
 from .reporting import refuse_privately
@@ -78,7 +81,7 @@ def check_prompt_text(prompt: str) -> str:
 class ImagineService:
     def __init__(self, store: JobStore, moderation: ModerationStore, rules: RequestRules, limits: UserLimits,
                  worker: WorkerPool, runner: JobRunner, library: LoraLibrary, status: StatusEdits,
-                 positions: Positions, intake_concurrency: int = INTAKE_CONCURRENCY):
+                 positions: Positions, intake_concurrency: int = INTAKE_CONCURRENCY, members: MemberDefaults | None = None):
         self.store = store
         self.moderation = moderation
         self.rules = rules
@@ -89,6 +92,7 @@ class ImagineService:
         self.status = status  # the job's first position on its message
         self.positions = positions  # others' positions may move when a job is queued
         self._intake = asyncio.Semaphore(intake_concurrency)
+        self.members = members  # /settings: defaults (the cog merges them) and private results
 
     async def clean_prompt(self, prompt: str) -> str:
         prompt = check_prompt_text(prompt)
@@ -109,14 +113,18 @@ class ImagineService:
         if prompt is not None:
             check_prompt_text(prompt)
         self.rules.check_place(interaction)
-        answer = await interaction.response.defer(thinking=True)
+        private = self.members is not None and await self.members.wants_private(interaction.user.id)
+        answer = await interaction.response.defer(thinking=True, ephemeral=private)
         try:
             async with self._intake:
                 # Discord names the "thinking…" message (the job's message) in its answer; asked for if not.
                 message_id = answer.message_id if answer is not None else None
                 if message_id is None:
                     message_id = (await interaction.original_response()).id
-                job, position, paused = await self._admit(interaction, await prepare(), message_id)
+                params = await prepare()
+                if private:  # the job's messages go to the member alone (bot/jobs/delivery.py), in their language
+                    params.update(private=True, locale=language_of(interaction))
+                job, position, paused = await self._admit(interaction, params, message_id)
         except Exception as error:  # noqa: BLE001 - every refusal (and any failure) is told to the member alone
             await refuse_privately(interaction, error)
             return

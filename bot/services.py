@@ -22,6 +22,7 @@ from .jobs.positions import Positions
 from .jobs.runner import JobRunner
 from .jobs.status_edits import StatusEdits
 from .lora_library import LoraImporter, LoraLibrary
+from .member_settings import MemberDefaults
 from .retention import Retention
 from .settings import Settings
 from .training.approvals import TrainingApprovals
@@ -54,6 +55,7 @@ class Services:
     training: TrainService
     approvals: TrainingApprovals
     retention: Retention
+    member_settings: MemberDefaults  # /settings: members' /imagine defaults, private results
 
     async def start(self) -> None:
         """The background parts: file links, the worker process and the connection to it, its health checks,

@@ -1,4 +1,4 @@
-"""/imagine: prompt in, images out."""
+"""/imagine: prompt in, images out. Options left out take the member's /settings (bot/member_settings.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from discord.ext import commands
 
 from ..imagine import MAX_PROMPT_CHARS, MAX_SEED, ImagineService, build_params, consecutive_seeds, random_seed
 from ..lora_library import LoraLibrary
+from ..member_settings import Chosen, merge
 from ..services import services_of
-from ..sizes import ASPECT_SIZES, DEFAULT_ASPECT
+from ..sizes import ASPECT_SIZES
 
 ASPECT_CHOICES = [
     app_commands.Choice(name=f"{aspect} ({width}×{height})", value=aspect)
@@ -40,21 +41,29 @@ class ImagineCog(commands.Cog):
         self,
         interaction: discord.Interaction,
         prompt: app_commands.Range[str, 1, MAX_PROMPT_CHARS],
-        aspect: str = DEFAULT_ASPECT,
+        aspect: str | None = None,
         seed: app_commands.Range[int, 0, MAX_SEED] | None = None,
-        count: app_commands.Range[int, 1, 4] = 1,
-        steps: app_commands.Range[int, 1, 16] = 8,
+        count: app_commands.Range[int, 1, 4] | None = None,
+        steps: app_commands.Range[int, 1, 16] | None = None,
         lora: str | None = None,
     ) -> None:
-        if aspect not in ASPECT_SIZES:
-            aspect = DEFAULT_ASPECT
-        seeds = consecutive_seeds(random_seed() if seed is None else seed, count)
+        first_seed = random_seed() if seed is None else seed
 
         async def params() -> dict:  # after the interaction is answered: it reads the database
+            chosen = await self._chosen(interaction, aspect, steps, count)
             loras = await self.library.for_request(interaction.user.id, interaction.guild_id, lora)
-            return build_params(prompt, aspect, steps, seeds, interaction.filesize_limit, loras)
+            return build_params(prompt, chosen.aspect, chosen.steps, consecutive_seeds(first_seed, chosen.count),
+                                interaction.filesize_limit, loras)
 
         await self.service.submit(interaction, params, prompt=prompt)
+
+    async def _chosen(self, interaction: discord.Interaction, aspect: str | None, steps: int | None,
+                      count: int | None) -> Chosen:
+        """The options given, else the member's defaults, else the bot's."""
+        if self.service.members is None:
+            return merge(None, aspect=aspect, steps=steps, count=count)
+        return await self.service.members.choose(interaction.user.id, interaction.guild_id, aspect=aspect, steps=steps,
+                                                 count=count)
 
 
 async def setup(bot: commands.Bot) -> None:

@@ -166,3 +166,17 @@ class LoraSelection(Base):
     guild_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     lora_id: Mapped[int] = mapped_column(Integer, primary_key=True)
     scale: Mapped[float] = mapped_column(Float, default=0.8)
+
+
+class MemberSettings(Base):
+    """A member's /settings: their /imagine defaults and whether results reach them alone. One row per member, used in
+    every server and in DMs (a server's /mod limits still cap what it allows). NULL: the bot's default."""
+
+    __tablename__ = "member_settings"
+
+    user_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    aspect: Mapped[str | None] = mapped_column(String(8), nullable=True)
+    steps: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    count: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    private: Mapped[bool] = mapped_column(Boolean, default=False)  # results as ephemeral messages or DMs
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

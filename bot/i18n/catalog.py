@@ -187,4 +187,33 @@ CATALOG: dict[str, tuple[str, str]] = {
     "lora.was_not_using": ("You were not using a LoRA.", "你没有在使用 LoRA。"),
     "lora.stopped_one": ("Stopped using `{name}`; still using {rest}.", "已停止使用 `{name}`；仍在使用 {rest}。"),
     "lora.stopped_last": ("Stopped using `{name}`; back to the base model.", "已停止使用 `{name}`；恢复使用基础模型。"),
+
+    # -- /settings (bot/cogs/member_settings.py) and private results (bot/jobs/delivery.py) ----------------------
+    "settings.title": ("Your /imagine defaults (the same in every server and in DMs):",
+                       "你的 /imagine 默认设置（在所有服务器和私信中相同）："),
+    "settings.saved": ("✅ Saved. Your /imagine defaults now (the same in every server and in DMs):",
+                       "✅ 已保存。你现在的 /imagine 默认设置（在所有服务器和私信中相同）："),
+    "settings.reset": ("✅ Your settings are forgotten: /imagine uses the bot's defaults again.",
+                       "✅ 已清除你的设置：/imagine 重新使用机器人的默认值。"),
+    "settings.aspect": ("• aspect: {value}", "• 比例：{value}"),
+    "settings.steps": ("• steps: {value}", "• 步数：{value}"),
+    "settings.count": ("• count: {value}", "• 数量：{value}"),
+    "settings.bot_default": ("{value} (the bot's default)", "{value}（机器人默认值）"),
+    "settings.private_on": ("• results: **private**, seen by you alone (an ephemeral message, or a DM after 15 minutes)",
+                            "• 结果：**私密**，只有你能看到（临时消息，15 分钟后改为私信）"),
+    "settings.private_off": ("• results: posted in the channel", "• 结果：发到频道中"),
+    "settings.footer": ("Options typed into /imagine override these, and a server's limits cap them. "
+                        "Change one with e.g. `/settings steps:4`; forget them all with `/settings reset:True`.",
+                        "在 /imagine 中填写的选项优先于这些设置，服务器的限制也会对其设上限。"
+                        "用 `/settings steps:4` 等修改一项；用 `/settings reset:True` 全部清除。"),
+    "settings.bad_aspect": ("`{aspect}` is not an aspect the bot offers; pick one of {aspects}.",
+                            "`{aspect}` 不是机器人提供的比例；请从 {aspects} 中选择。"),
+    "settings.bad_range": ("`{option}` must be between {low} and {high}.", "`{option}` 必须在 {low} 到 {high} 之间。"),
+    "settings.private_undelivered": ("<@{user}> job #{job}: your results are set to private, and they could not reach "
+                                     "you: the private reply had expired and your direct messages are closed to this "
+                                     "bot. Allow direct messages from this server's members (Privacy Settings) to get "
+                                     "private results later; nothing was posted here.",
+                                     "<@{user}> 任务 #{job}：你的结果设为私密，但无法送达：临时回复已过期，且你关闭了"
+                                     "来自本机器人的私信。请在隐私设置中允许来自本服务器成员的私信，以便之后接收私密"
+                                     "结果；这里没有发布任何内容。"),
 }

@@ -13,6 +13,7 @@ from __future__ import annotations
 # Command, subcommand and group names.
 COMMAND_NAMES: dict[str, str] = {
     "imagine": "画图", "queue": "队列", "cancel": "取消", "train": "训练", "mod": "管理", "workers": "工作进程",
+    "settings": "设置",
     # /lora
     "import": "导入", "list": "列表", "info": "详情", "share": "共享", "unshare": "取消共享", "rename": "重命名",
     "delete": "删除", "export": "导出", "use": "使用", "clear": "清除",
@@ -30,7 +31,7 @@ OPTION_NAMES: dict[str, str] = {
     "duration": "时长", "pattern": "规则", "max_queued": "排队上限", "per_minute": "每分钟请求数",
     "trainings_per_day": "每日训练次数", "max_count": "每次图片数", "max_steps": "步数上限",
     "lora_imports": "导入数量", "lora_import_mb": "导入容量mb", "allow_in_age_restricted": "年龄限制频道放行",
-    "spoilers": "剧透遮罩",
+    "spoilers": "剧透遮罩", "private": "私密", "reset": "重置",
 }
 
 # Descriptions of commands, groups and options.
@@ -43,6 +44,14 @@ DESCRIPTIONS: dict[str, str] = {
     "How many images (1-4)": "图片数量（1-4）",
     "Denoising steps (8 is what Turbo was made for)": "去噪步数（Turbo 为 8 步设计）",
     "A LoRA for this image only, instead of those picked with /lora use": "仅用于本次的 LoRA，代替 /lora use 选择的那些",
+    # /settings
+    "Your /imagine defaults and private results": "你的 /imagine 默认设置和私密结果",
+    "Aspect ratio when /imagine leaves it out": "/imagine 未填写时使用的宽高比",
+    "Steps when /imagine leaves them out (1-16)": "/imagine 未填写时使用的步数（1-16）",
+    "Images per /imagine when it leaves count out (1-4)": "/imagine 未填写数量时每次的图片数（1-4）",
+    "Results seen by you alone (an ephemeral message, or a DM), not posted in the channel":
+        "结果只有你能看到（临时消息或私信），不发到频道",
+    "Forget all your settings first (back to the bot's defaults)": "先清除你的全部设置（恢复机器人的默认值）",
     # /queue, /cancel
     "Show your jobs and their places in the queue": "查看你的任务及其排队位置",
     "Cancel one of your jobs": "取消你的一个任务",

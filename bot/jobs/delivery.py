@@ -4,6 +4,10 @@ A job's message is the interaction's original response. While the interaction to
 (15 minutes) we edit it through the interaction webhook; afterwards, or when the message was
 deleted, we fall back to the channel with the bot token. Every call here swallows and logs
 Discord errors: a lost progress edit is harmless, and a final result always finds some way out.
+
+A private job (its member's /settings: bot/member_settings.py) never uses the channel: its message is an
+ephemeral reply, edited through the token while it lives; after that its result goes by DM, and when
+DMs are closed the channel only gets a note, without the images or the prompt, that says so.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Protocol, cast
 import discord
 
 from ..db.models import Job, utcnow
+from ..i18n import tr
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +46,16 @@ class PrivateRoutes(Routes, Protocol):
 
     def followup(self, token: str) -> discord.Webhook: ...
     async def dm(self, user_id: int) -> discord.abc.Messageable | None: ...
+
+
+def is_private(job: Job) -> bool:
+    """Whether the job's messages are for its member alone (bot/imagine.py marks it so from their /settings)."""
+    return isinstance(job.params, dict) and bool(job.params.get("private"))
+
+
+def _sendable(fields: dict) -> dict:
+    """Fields for a new message: None there means "none", which a webhook's send refuses (a view of None)."""
+    return {name: value for name, value in fields.items() if value is not None}
 
 
 class DiscordRoutes:
@@ -119,7 +134,8 @@ class Delivery:
         async def through_channel(channel) -> None:
             await channel.get_partial_message(job.message_id).edit(content=content, **with_files())
 
-        return await self._attempt(job, through_token, through_channel, what="status edit")
+        # A private job's message is ephemeral: only its token reaches it, and the channel must not see its text.
+        return await self._attempt(job, through_token, None if is_private(job) else through_channel, what="status edit")
 
     async def post_final(self, job: Job, content: str, make_files: Callable[[], list[discord.File]] | None = None,
                          **fields) -> bool:
@@ -133,7 +149,7 @@ class Delivery:
             await webhook.edit_message(job.message_id, content=content, attachments=files(), **fields)
 
         async def followup(webhook: discord.Webhook) -> None:
-            await webhook.send(content=content, files=files(), wait=True, **fields)
+            await webhook.send(content=content, files=files(), wait=True, **_sendable(fields))
 
         async def channel_post(channel) -> None:
             await channel.send(content=content, files=files(),
@@ -141,6 +157,11 @@ class Delivery:
 
         if await self._attempt(job, edit_original, None, what="final edit", quiet_missing=True):
             return True
+        if is_private(job):
+            if await self._to_owner(job, content, files, **fields):
+                return True
+            await self._say_undelivered(job)
+            return False
         if await self._attempt(job, followup, None, what="final followup", quiet_missing=True):
             return True
         # The token is gone: point the old message at the new one, then post with a mention.
@@ -150,6 +171,8 @@ class Delivery:
 
     async def post_extra(self, job: Job, content: str, make_files: Callable[[], list[discord.File]]) -> bool:
         """A further message for the same job (more images than one upload can carry)."""
+        if is_private(job):
+            return await self._to_owner(job, content, make_files)
 
         async def followup(webhook: discord.Webhook) -> None:
             await webhook.send(content=content, files=make_files(), wait=True)
@@ -162,12 +185,17 @@ class Delivery:
     async def post_private(self, job: Job, content: str, make_files: Callable[[], list[discord.File]]) -> bool:
         """A message for the job's owner only (a private LoRA's file): an ephemeral follow-up while the interaction token
         lives, else a DM. Never the channel: when both fail (DMs closed), nothing is posted and False is returned."""
+        return await self._to_owner(job, content, make_files)
+
+    async def _to_owner(self, job: Job, content: str, make_files: Callable[[], list[discord.File]], **fields) -> bool:
+        """post_private's routes, for any message: an ephemeral follow-up while the token lives, else a DM."""
         routes = cast(PrivateRoutes, self.routes)
+        fields = _sendable(fields)
 
         async def ephemeral(_webhook: discord.Webhook) -> None:
             assert job.interaction_token is not None  # _attempt only takes the token route with a live token
             await routes.followup(job.interaction_token).send(content=content, files=make_files(), ephemeral=True,
-                                                             wait=True)
+                                                             wait=True, **fields)
 
         if await self._attempt(job, ephemeral, None, what="private follow-up"):
             return True
@@ -176,7 +204,7 @@ class Delivery:
             return False
         for retry in range(RATE_LIMIT_RETRIES):
             try:
-                await channel.send(content=content, files=make_files())
+                await channel.send(content=content, files=make_files(), **fields)
                 return True
             except discord.HTTPException as exc:
                 if exc.status == 429 and retry + 1 < RATE_LIMIT_RETRIES:
@@ -188,6 +216,15 @@ class Delivery:
                 log.warning("job %s: DM to its owner failed: %r", job.id, exc)
                 break
         return False
+
+    async def _say_undelivered(self, job: Job) -> None:
+        """A private job's member could not be reached: a note in the channel (no image, no prompt), so they know why."""
+        text = tr(str(job.params.get("locale") or ""), "settings.private_undelivered", user=job.user_id, job=job.id)
+
+        async def note(channel) -> None:
+            await channel.send(content=text, allowed_mentions=discord.AllowedMentions(users=[discord.Object(job.user_id)]))
+
+        await self._attempt(job, None, note, what="private delivery note")
 
     async def _attempt(self, job: Job, through_token, through_channel, *, what: str,
                        quiet_missing: bool = False) -> bool:

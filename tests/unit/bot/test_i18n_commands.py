@@ -15,6 +15,7 @@ from discord.ext import commands
 
 from bot.cogs.imagine import ImagineCog
 from bot.cogs.lora import LoraCog
+from bot.cogs.member_settings import MemberSettingsCog
 from bot.cogs.mod import ModCog
 from bot.cogs.queue import QueueCog
 from bot.cogs.train import TrainCog
@@ -31,7 +32,8 @@ UNTRANSLATED = {"lora", "…"}
 async def synced_payloads() -> list[dict]:
     bot = commands.Bot(command_prefix="!", intents=discord.Intents.none())
     for cog in (ImagineCog(None, None), QueueCog(None, None), ModCog(None, None, None, None, None, None),  # type: ignore[arg-type]
-                TrainCog(None), LoraCog(None, None, None, None), WorkersCog(None, None)):  # type: ignore[arg-type]
+                TrainCog(None), LoraCog(None, None, None, None), WorkersCog(None, None),  # type: ignore[arg-type]
+                MemberSettingsCog(None)):  # type: ignore[arg-type]
         await bot.add_cog(cog)
     translator = CommandTranslator()
     return [await command.get_translated_payload(bot.tree, translator) for command in bot.tree.get_commands()]

@@ -48,7 +48,7 @@ async def test_claims_migration_down_and_up(url):
     tables, columns, triggers = await schema(url)
     assert {"claimed_by", "lease_expires_at"} <= columns
     assert triggers == (TRIGGERS if url.startswith("postgresql") else set())
-    await migrate(url, "downgrade", "0005")
+    await migrate(url, "downgrade", "0005")  # through 0007 (member settings) first
     tables, columns, triggers = await schema(url)
     assert "jobs" in tables and not {"claimed_by", "lease_expires_at"} & columns and triggers == set()
     await migrate(url, "upgrade", "head")
@@ -61,4 +61,14 @@ async def test_every_revision_downgrades_to_nothing_and_upgrades_again(url):
     assert tables <= {"alembic_version"} and triggers == set()
     await migrate(url, "upgrade", "head")
     tables, columns, _ = await schema(url)
-    assert {"jobs", "bot_state", "guild_settings", "bans", "loras", "lora_selections"} <= tables and "claimed_by" in columns
+    assert {"jobs", "bot_state", "guild_settings", "bans", "loras", "lora_selections", "member_settings"} <= tables
+    assert "claimed_by" in columns
+
+
+async def test_member_settings_migration_down_and_up(url):
+    assert "member_settings" in (await schema(url))[0]
+    await migrate(url, "downgrade", "0006")
+    tables, columns, _ = await schema(url)
+    assert "member_settings" not in tables and "claimed_by" in columns
+    await migrate(url, "upgrade", "head")
+    assert "member_settings" in (await schema(url))[0]
