@@ -17,7 +17,7 @@ from remote_helpers import CuttableProxy, free_port, make_pki, start_remote_work
 from bot.worker.client import WorkerClient, WorkerUnavailable
 from zimage_protocol import GenerateParams
 from zimage_protocol.endpoints import TcpEndpoint
-from zimage_protocol.frames import read_frame
+from zimage_protocol.frames import PROTOCOL_VERSION, read_frame
 from zimage_protocol.messages import CheckpointReady, Done, Hello, ImageReady, LoraRef, Progress, TrainParams
 from zimage_protocol.security import WireSecurity
 
@@ -101,7 +101,7 @@ async def test_a_wrong_token_is_refused_clearly_on_both_sides(remote, pki):
 async def test_a_plain_tcp_client_is_refused(remote):
     port, _, log, _ = remote
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(Hello(version=3, token=TOKEN).encode())  # our protocol, but not inside TLS
+    writer.write(Hello(version=PROTOCOL_VERSION, token=TOKEN).encode())  # our protocol, but not inside TLS
     await writer.drain()
     with pytest.raises((asyncio.IncompleteReadError, ConnectionError)):
         await asyncio.wait_for(read_frame(reader), 20)  # no Hello for it: the worker hangs up
