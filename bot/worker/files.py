@@ -24,8 +24,7 @@ from typing import Any, BinaryIO
 from zimage_protocol.constants import LORA_FILE
 from zimage_protocol.errors import ErrorCode, ProtocolError
 from zimage_protocol.files import CHUNK_BYTES, MAX_FILES_PER_SET, FileRef
-from zimage_protocol.messages import (CheckpointReady, Error, FetchFile, FileChunk, GenerateParams, LoraRef, Message,
-                                      TrainParams)
+from zimage_protocol.messages import CheckpointReady, Error, FetchFile, FileChunk, GenerateParams, LoraRef, Message, TrainParams
 
 log = logging.getLogger(__name__)
 
