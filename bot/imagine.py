@@ -116,7 +116,9 @@ class ImagineService:
                 message_id = answer.message_id if answer is not None else None
                 if message_id is None:
                     message_id = (await interaction.original_response()).id
-                job, position, paused = await self._admit(interaction, await prepare(), message_id)
+                params = await prepare()
+                params.setdefault("locale", str(interaction.locale))  # the result's button labels (bot/views.py)
+                job, position, paused = await self._admit(interaction, params, message_id)
         except Exception as error:  # noqa: BLE001 - every refusal (and any failure) is told to the member alone
             await refuse_privately(interaction, error)
             return

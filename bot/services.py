@@ -26,6 +26,7 @@ from .retention import Retention
 from .settings import Settings
 from .training.approvals import TrainingApprovals
 from .training.service import TrainService
+from .variants import VariantService
 from .worker.client import WorkerUnavailable
 from .worker.pool import WorkerPool
 from .worker.supervisor import WorkerSupervisor
@@ -54,6 +55,7 @@ class Services:
     training: TrainService
     approvals: TrainingApprovals
     retention: Retention
+    variants: VariantService  # a result's picture buttons (bot/variants.py)
 
     async def start(self) -> None:
         """The background parts: file links, the worker process and the connection to it, its health checks,
