@@ -52,7 +52,7 @@ async def click_and_check(fake, result, job_id: int, parent: bytes, key: str, us
 async def test_every_picture_button_makes_its_image_and_survives_a_restart(fake, bot_process):
     bot = bot_process(**ENV)
     await bot.start()
-    ix = await fake.slash_command("imagine", {"prompt": "a lighthouse on a cliff", "seed": 3, "steps": 2, "aspect": "4:3"},
+    ix = await fake.slash_command("imagine", {"prompt": "a lighthouse on a cliff", "seed": 3, "steps": 2, "aspect": "1:1"},
                                   user=fake.alice)
     job_id = await queued_job(ix)
     [result] = await wait_result(fake, job_id)
