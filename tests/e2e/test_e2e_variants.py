@@ -86,3 +86,34 @@ async def test_a_private_lora_does_not_pass_through_the_picture_buttons(fake, bo
     assert any(field["name"] == "LoRA" for field in varied.embeds[0]["fields"])
     assert png_text(pngs(varied)[0])["parent_job"] == str(job_id)
     assert fake.spec_violations == []
+
+
+def picture(width: int, height: int, fmt: str = "PNG") -> bytes:
+    image = Image.new("RGB", (width, height))
+    image.paste((200, 40, 40), (0, 0, width // 2, height))
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+async def test_an_image_prompt_starts_from_the_upload(fake, bot):
+    ix = await fake.slash_command("imagine", {"prompt": "a red door", "seed": 9, "steps": 2, "strength": 0.5},
+                                  attachments={"image": ("door.jpg", picture(600, 800, "JPEG"), "image/jpeg")},
+                                  user=fake.alice)
+    [result] = await wait_result(fake, await queued_job(ix))
+    [png] = pngs(result)
+    text = png_text(png)
+    assert (text["source_mode"], text["strength"], text["prompt"]) == ("image", "0.5", "a red door")
+    assert "parent_job" not in text and size(png) == (864, 1152)  # 3:4, the bucket closest to the upload
+
+    plain = await fake.slash_command("imagine", {"prompt": "a red door", "seed": 9, "steps": 2, "aspect": "3:4"},
+                                     user=fake.alice)
+    [from_text] = await wait_result(fake, await queued_job(plain))
+    assert pixels(pngs(from_text)[0]) != pixels(png)
+
+    lone = await fake.slash_command("imagine", {"prompt": "a red door", "strength": 0.5}, user=fake.alice)
+    assert "only applies with an `image`" in await wait_refusal(lone)
+    bad = await fake.slash_command("imagine", {"prompt": "a red door"}, user=fake.alice,
+                                   attachments={"image": ("door.png", b"GIF89a" + b"\0" * 64, "image/png")})
+    assert "cannot be used" in await wait_refusal(bad, timeout=30)
+    assert fake.spec_violations == []
