@@ -37,6 +37,7 @@ from .services import Services
 from .settings import Settings
 from .training.approvals import TrainingApprovals
 from .training.service import TrainService
+from .variants import VariantService
 from .views import result_view
 from .worker.client import WorkerClient
 from .worker.gpus import local_workers
@@ -77,15 +78,17 @@ async def build_services(settings: Settings, client: discord.Client) -> Services
 
     library = LoraLibrary(settings, loras, signer)
     approvals = TrainingApprovals(store, moderation, delivery, runner, approval_view)
+    imagine = ImagineService(store, moderation, rules, limits, worker, runner, library, status, positions,
+                             members=members)
     return Services(
         settings=settings, store=store, moderation=moderation, worker=worker, supervisors=supervisors,
         files_server=files_server, monitor=monitor, delivery=delivery, positions=positions, status=status, runner=runner,
-        imagine=ImagineService(store, moderation, rules, limits, worker, runner, library, status, positions,
-                               members=members),
+        imagine=imagine,
         library=library,
         importer=LoraImporter(settings, library, rules, limits),
         training=TrainService(settings, store, moderation, rules, limits, library, worker, runner, approvals),
         approvals=approvals,
         retention=Retention(settings, store, loras),
         member_settings=members,
+        variants=VariantService(imagine, settings.outputs_dir),
     )

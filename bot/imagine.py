@@ -124,6 +124,7 @@ class ImagineService:
                 params = await prepare()
                 if private:  # the job's messages go to the member alone (bot/jobs/delivery.py), in their language
                     params.update(private=True, locale=language_of(interaction))
+                params.setdefault("locale", str(interaction.locale))  # the result's button labels (bot/views.py)
                 job, position, paused = await self._admit(interaction, params, message_id)
         except Exception as error:  # noqa: BLE001 - every refusal (and any failure) is told to the member alone
             await refuse_privately(interaction, error)

@@ -27,6 +27,7 @@ from .retention import Retention
 from .settings import Settings
 from .training.approvals import TrainingApprovals
 from .training.service import TrainService
+from .variants import VariantService
 from .worker.client import WorkerUnavailable
 from .worker.pool import WorkerPool
 from .worker.supervisor import WorkerSupervisor
@@ -56,6 +57,7 @@ class Services:
     approvals: TrainingApprovals
     retention: Retention
     member_settings: MemberDefaults  # /settings: members' /imagine defaults, private results
+    variants: VariantService  # a result's picture buttons (bot/variants.py)
 
     async def start(self) -> None:
         """The background parts: file links, the worker process and the connection to it, its health checks,

@@ -68,6 +68,7 @@ class ImageEngine:
         self.profile = profiles.BF16  # the speed profile, set by load() (picked from the card by default)
         self.profile_line = ""  # the log line of that pick (GPU only)
         self.previews = PreviewSettings()  # PREVIEWS / PREVIEW_EVERY, read in load()
+        self._variants: Any = None  # img2img / outpainting on the same weights (gpu/variants.py), on first use
 
     def load(self, pipe=None) -> None:
         """Load the pipeline (or take `pipe`, already built: the benchmark injects one) and apply
@@ -148,6 +149,7 @@ class ImageEngine:
             self.warm_up_timings = accel.warm_up_buckets(
                 lambda width, height, steps, prompt: self.generate(
                     GenerateParams(prompt=prompt, width=width, height=height, steps=steps, seeds=[0])))
+            self.variants().warm_up_from(self)  # the picture-based paths too (2x upscale, outpainting)
             return
         self.generate(GenerateParams(prompt="warm-up", width=256, height=256, steps=1, seeds=[0]))
 
@@ -189,6 +191,14 @@ class ImageEngine:
                 prompt=accel.WARM_UP_PROMPTS[0], width=1024, height=1024, steps=1, seeds=[0])))
             log.info("LoRA warm-up: %.1f s, %d graph(s) compiled", time.perf_counter() - started,
                      accel.compiled_graph_count() - graphs_before)
+
+    def variants(self) -> Any:
+        """The img2img / inpaint pipelines sharing this pipeline's weights (gpu/variants.py)."""
+        if self._variants is None:
+            from .variants import Variants
+
+            self._variants = Variants(self.pipe)
+        return self._variants
 
     def load_tokenizer(self) -> None:
         """Just the tokenizer (seconds, not minutes): prompts can be checked while the pipeline loads."""
@@ -260,6 +270,8 @@ class ImageEngine:
         frames are on their way to the host when it is called, and it encodes them off this thread."""
         import torch
 
+        if params.source is not None:  # from a picture: img2img or outpainting (gpu/variants.py)
+            return self.variants().generate(params, self._prompt_embeds(params.prompt), on_step, should_stop, on_image)
         total = params.steps * len(params.seeds)
         embeds = self._prompt_embeds(params.prompt)
         results = []

@@ -28,7 +28,13 @@ Send = Callable[[Message], Awaitable[None]]
 
 
 async def localize_generate(params: GenerateParams, cache: FileCache, fetch: Fetch) -> GenerateParams:
-    """LoRAs named by sha256 become files in the cache."""
+    """LoRAs (and a source picture) named by sha256 become files in the cache."""
+    if params.source is not None and params.source.sha256:
+        try:
+            path = await cache.ensure(params.source.sha256, params.source.size, fetch)
+        except TransferFailed as exc:
+            raise UserError(f"the source picture could not be fetched from the bot: {exc}") from None
+        params = dataclasses.replace(params, source=dataclasses.replace(params.source, path=str(path)))
     if not any(lora.sha256 for lora in params.loras):
         return params
     loras = []

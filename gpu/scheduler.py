@@ -158,6 +158,7 @@ class GpuScheduler:
                 "prompt": params.prompt, "seed": result.seed, "width": params.width,
                 "height": params.height, "steps": params.steps, "model": self.engine.model_name,
                 "guidance_scale": params.guidance_scale,
+                **(params.source.png_text() if params.source is not None else {}),  # parent job, strength, ...
             }
             encoded = self._encoder.submit(encode_png, result.image, metadata)
             pending.append(asyncio.run_coroutine_threadsafe(_deliver(on_image, result, encoded), loop))

@@ -18,7 +18,8 @@ from .errors import ProtocolError
 
 # v2: typed messages (zimage_protocol.messages), the client's hello, error codes from ErrorCode.
 # v3: endpoints over TCP (the token in the client's Hello, Welcome), Ping/Pong heartbeats, files by content hash.
-PROTOCOL_VERSION = 3
+# v4: GenerateParams.source (img2img and outpainting from a picture sent like a LoRA file).
+PROTOCOL_VERSION = 4
 MAX_HEADER_BYTES = 1 << 20
 MAX_BLOB_BYTES = 256 << 20
 # Before a client is authenticated it may send only a small Hello: nothing big is read from a stranger.

@@ -1,4 +1,4 @@
-"""The bot <-> worker conversation, one typed class per message (protocol v3).
+"""The bot <-> worker conversation, one typed class per message (protocol v4).
 
     client (bot)                        worker
     ------------                        ------
@@ -43,9 +43,9 @@ from typing import Any, ClassVar
 from .errors import ErrorCode, ProtocolError
 from .files import check_relative_name, check_sha256, check_size
 from .frames import PROTOCOL_VERSION, Frame, encode_frame
-from .params import GenerateParams, LoraRef, TrainParams
+from .params import GenerateParams, LoraRef, SourceImage, TrainParams
 
-__all__ = ["GenerateParams", "LoraRef", "TrainParams"]  # re-exported: requests' parameters live in .params
+__all__ = ["GenerateParams", "LoraRef", "SourceImage", "TrainParams"]  # re-exported: requests' parameters live in .params
 
 
 class Op(StrEnum):

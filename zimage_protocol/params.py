@@ -1,4 +1,4 @@
-"""What a request asks the worker for: the parameters of a generation and of a training (protocol v3)."""
+"""What a request asks the worker for: the parameters of a generation and of a training (protocol v4)."""
 
 from __future__ import annotations
 
@@ -32,6 +32,73 @@ class LoraRef:
                    sha256=check_sha256(sha256) if sha256 else "", size=check_size(size))
 
 
+SOURCE_MODES = ("vary_subtle", "vary_strong", "upscale", "zoom", "pan", "image")
+PAN_DIRECTIONS = ("left", "right", "up", "down")
+MAX_ZOOM = 4.0
+MAX_SOURCE_BYTES = 64 << 20  # a source PNG at most (a 2048x2048 noise PNG is about 12 MiB)
+
+
+@dataclass(frozen=True)
+class SourceImage:
+    """The picture a generation starts from (img2img), or extends (outpainting: ``zoom`` > 1 or a ``direction``).
+
+    A file like a LoRA's: a path on a shared disk, or to a remote worker ``sha256`` + ``size`` (fetched by content).
+    ``strength`` is how much of it is redrawn (0 < strength <= 1); ``mode`` and ``parent`` (the job it came from)
+    are written into the PNG's text chunks. Outpainting keeps the size: ``zoom`` shrinks the picture into the middle of
+    the canvas, ``direction`` shifts the view by a quarter of the canvas that way; the new border is drawn."""
+
+    path: str
+    strength: float
+    mode: str
+    sha256: str = ""
+    size: int = 0
+    direction: str = ""
+    zoom: float = 1.0
+    parent: str = ""
+
+    @property
+    def outpaints(self) -> bool:
+        return self.zoom > 1.0 or bool(self.direction)
+
+    def png_text(self) -> dict[str, object]:
+        """What the result's PNG says about where it came from."""
+        text: dict[str, object] = {"source_mode": self.mode, "strength": self.strength}
+        if self.parent:
+            text["parent_job"] = self.parent
+        if self.direction:
+            text["direction"] = self.direction
+        if self.zoom > 1.0:
+            text["zoom"] = self.zoom
+        return text
+
+    @classmethod
+    def from_json(cls, data: object) -> SourceImage:
+        if not isinstance(data, dict):
+            raise ProtocolError("a source image must be an object")
+        size = data.get("size") or 0
+        if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_SOURCE_BYTES:
+            raise ProtocolError(f"a source image's size must be a whole number up to {MAX_SOURCE_BYTES}")
+        sha256 = str(data.get("sha256") or "")
+        try:
+            source = cls(path=str(data.get("path") or ""), strength=float(data["strength"]), mode=str(data["mode"]),
+                         sha256=check_sha256(sha256) if sha256 else "", size=size,
+                         direction=str(data.get("direction") or ""), zoom=float(data.get("zoom", 1.0)),
+                         parent=str(data.get("parent") or "")[:64])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ProtocolError(f"bad source image: {exc!r}") from None
+        if not (math.isfinite(source.strength) and 0.0 < source.strength <= 1.0):
+            raise ProtocolError("a source image's strength must be in (0, 1]")
+        if source.mode not in SOURCE_MODES:
+            raise ProtocolError(f"unknown source mode {source.mode[:40]!r}")
+        if source.direction and source.direction not in PAN_DIRECTIONS:
+            raise ProtocolError(f"unknown outpaint direction {source.direction[:40]!r}")
+        if not (math.isfinite(source.zoom) and 1.0 <= source.zoom <= MAX_ZOOM):
+            raise ProtocolError(f"a zoom-out factor must be 1 to {MAX_ZOOM:g}")
+        if not (source.path or source.sha256):
+            raise ProtocolError("a source image needs a path or a sha256")
+        return source
+
+
 @dataclass(frozen=True)
 class GenerateParams:
     """What one /imagine job asks the worker for. One seed per image keeps pixels reproducible."""
@@ -43,6 +110,7 @@ class GenerateParams:
     seeds: list[int]
     guidance_scale: float = 0.0
     loras: list[LoraRef] = field(default_factory=list)
+    source: SourceImage | None = None  # img2img / outpainting from this picture (protocol v4)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -61,6 +129,7 @@ class GenerateParams:
                 seeds=[int(seed) for seed in data["seeds"]],
                 guidance_scale=float(data.get("guidance_scale", 0.0)),
                 loras=[LoraRef.from_json(lora) for lora in data.get("loras", [])],
+                source=SourceImage.from_json(data["source"]) if data.get("source") else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ProtocolError(f"bad generate params: {exc!r}") from None

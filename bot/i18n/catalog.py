@@ -216,4 +216,31 @@ CATALOG: dict[str, tuple[str, str]] = {
                                      "<@{user}> 任务 #{job}：你的结果设为私密，但无法送达：临时回复已过期，且你关闭了"
                                      "来自本机器人的私信。请在隐私设置中允许来自本服务器成员的私信，以便之后接收私密"
                                      "结果；这里没有发布任何内容。"),
+    # -- a result's picture buttons and image prompts (bot/variants.py, bot/image_prompt.py) ---------------------
+    "button.reroll": ("Reroll", "重新生成"),
+    "button.variations": ("Variations", "变体"),
+    "button.delete": ("Delete", "删除"),
+    "button.subtle": ("Vary (Subtle)", "微调变化"),
+    "button.strong": ("Vary (Strong)", "大幅变化"),
+    "button.upscale": ("Upscale 2×", "放大 2×"),
+    "button.zoom15": ("Zoom Out 1.5×", "缩小 1.5×"),
+    "button.zoom2": ("Zoom Out 2×", "缩小 2×"),
+    "button.left": ("Pan", "左移"),
+    "button.right": ("Pan", "右移"),
+    "button.up": ("Pan", "上移"),
+    "button.down": ("Pan", "下移"),
+    "variants.not_finished": ("This image is not finished yet, or it failed: there is no picture to start from.",
+                              "这张图片尚未完成或已失败：没有可用作起点的图片。"),
+    "variants.not_here": ("This image was made elsewhere; you can only start from results of this server.",
+                          "这张图片来自别处；你只能基于本服务器的结果继续创作。"),
+    "variants.gone": ("The original image is no longer kept by the bot, so nothing can be made from it.",
+                      "机器人已不再保存原图，无法基于它继续创作。"),
+    "variants.too_large": ("This image is already upscaled; it cannot be upscaled again.",
+                           "这张图片已经放大过，不能再次放大。"),
+    "image_prompt.strength_without_image": ("`strength` only applies with an `image`: attach a picture, or leave "
+                                            "`strength` out.",
+                                            "`strength` 只在提供 `image` 时有效：请附上图片，或不要填写 `strength`。"),
+    "image_prompt.bad_image": ("Your image cannot be used: {reason}. Send a JPEG, PNG or WebP picture.",
+                               "你的图片无法使用：{reason}。请发送 JPEG、PNG 或 WebP 图片。"),
+    "image_prompt.too_big": ("Your image is larger than the {limit} MiB limit.", "你的图片超过了 {limit} MiB 的上限。"),
 }

@@ -31,7 +31,7 @@ OPTION_NAMES: dict[str, str] = {
     "duration": "时长", "pattern": "规则", "max_queued": "排队上限", "per_minute": "每分钟请求数",
     "trainings_per_day": "每日训练次数", "max_count": "每次图片数", "max_steps": "步数上限",
     "lora_imports": "导入数量", "lora_import_mb": "导入容量mb", "allow_in_age_restricted": "年龄限制频道放行",
-    "spoilers": "剧透遮罩", "private": "私密", "reset": "重置",
+    "spoilers": "剧透遮罩", "private": "私密", "reset": "重置", "image": "图片", "strength": "重绘强度",
 }
 
 # Descriptions of commands, groups and options.
@@ -52,6 +52,9 @@ DESCRIPTIONS: dict[str, str] = {
     "Results seen by you alone (an ephemeral message, or a DM), not posted in the channel":
         "结果只有你能看到（临时消息或私信），不发到频道",
     "Forget all your settings first (back to the bot's defaults)": "先清除你的全部设置（恢复机器人的默认值）",
+    "A picture to start from (JPEG, PNG or WebP)": "作为起点的图片（JPEG、PNG 或 WebP）",
+    "How much of the picture is redrawn with image (0.1-1.0, default 0.6)":
+        "配合 image 使用：图片被重绘的程度（0.1-1.0，默认 0.6）",
     # /queue, /cancel
     "Show your jobs and their places in the queue": "查看你的任务及其排队位置",
     "Cancel one of your jobs": "取消你的一个任务",

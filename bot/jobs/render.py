@@ -75,6 +75,10 @@ def result_embed(job: Job) -> discord.Embed:
     if params.get("loras"):
         embed.add_field(name="LoRA", value=", ".join(f"{lora.get('label', lora['name'])} ×{lora['scale']:g}"
                                                       for lora in params["loras"]))
+    if params.get("source"):  # made from a picture: which (bot/variants.py, an image prompt)
+        source = params["source"]
+        parent = f" of job #{source['parent']}" if source.get("parent") else ""
+        embed.add_field(name="From", value=f"{source['mode']}{parent}, strength {source['strength']:g}")
     if "seconds" in result:
         embed.add_field(name="Time", value=f"{result['seconds']:.1f} s")
     return embed

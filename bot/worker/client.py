@@ -356,6 +356,11 @@ class WorkerClient:
                 params = dataclasses.replace(params, loras=[await self._offers.lora(lora) for lora in params.loras])
             except OSError as exc:
                 raise WorkerError(ErrorCode.LORA, f"a LoRA file is missing on the bot: {exc.strerror}") from None
+        if self.sends_files and params.source is not None:
+            try:
+                params = await self._offers.source(params)
+            except OSError as exc:
+                raise WorkerError(ErrorCode.BAD_REQUEST, f"the source picture is missing on the bot: {exc.strerror}") from None
         self.stats.loras_sent(lora.name for lora in params.loras)
         async for message in self._stream(ImagineRequest(id=request_id, params=params), request_id):
             if isinstance(message, ImageReady):

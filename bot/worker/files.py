@@ -24,7 +24,7 @@ from typing import Any, BinaryIO
 from zimage_protocol.constants import LORA_FILE
 from zimage_protocol.errors import ErrorCode, ProtocolError
 from zimage_protocol.files import CHUNK_BYTES, MAX_FILES_PER_SET, FileRef
-from zimage_protocol.messages import CheckpointReady, Error, FetchFile, FileChunk, LoraRef, Message, TrainParams
+from zimage_protocol.messages import CheckpointReady, Error, FetchFile, FileChunk, GenerateParams, LoraRef, Message, TrainParams
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,13 @@ class FileOffers:
         file = await asyncio.to_thread(_lora_file, Path(lora.path))
         sha256, size = await self.describe(file)
         return dataclasses.replace(lora, path="", sha256=sha256, size=size)
+
+    async def source(self, params: GenerateParams) -> GenerateParams:
+        """The source picture of an img2img / outpainting request by content, like a LoRA."""
+        if params.source is None:
+            return params
+        sha256, size = await self.describe(Path(params.source.path))
+        return dataclasses.replace(params, source=dataclasses.replace(params.source, path="", sha256=sha256, size=size))
 
     async def dataset(self, params: TrainParams) -> TrainParams:
         """A training set by content: every file under dataset_dir, by its relative name."""

@@ -51,7 +51,7 @@ async def test_imagine_defers_shows_progress_and_posts_tagged_pngs(fake, bot):
     fields = {field["name"]: field["value"] for field in embed["fields"]}
     assert "1344×768" in fields["Size"] and fields["Seeds"] == "42, 43" and fields["Steps"] == "8"
     assert "Time" in fields
-    assert {cid.split(":")[1] for cid in result.custom_ids()} == {"reroll", "vary", "delete"}
+    assert {cid.split(":")[1] for cid in result.custom_ids()} == {"reroll", "vary", "delete", "variant"}
     assert fake.spec_violations == []
 
 

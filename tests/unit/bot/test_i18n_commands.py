@@ -31,7 +31,7 @@ UNTRANSLATED = {"lora", "…"}
 
 async def synced_payloads() -> list[dict]:
     bot = commands.Bot(command_prefix="!", intents=discord.Intents.none())
-    for cog in (ImagineCog(None, None), QueueCog(None, None), ModCog(None, None, None, None, None, None),  # type: ignore[arg-type]
+    for cog in (ImagineCog(None, None, None), QueueCog(None, None), ModCog(None, None, None, None, None, None),  # type: ignore[arg-type]
                 TrainCog(None), LoraCog(None, None, None, None), WorkersCog(None, None),  # type: ignore[arg-type]
                 MemberSettingsCog(None)):  # type: ignore[arg-type]
         await bot.add_cog(cog)

@@ -17,7 +17,7 @@ from remote_helpers import CuttableProxy, free_port, make_pki, start_remote_work
 from bot.worker.client import WorkerClient, WorkerUnavailable
 from zimage_protocol import GenerateParams
 from zimage_protocol.endpoints import TcpEndpoint
-from zimage_protocol.frames import read_frame
+from zimage_protocol.frames import PROTOCOL_VERSION, read_frame
 from zimage_protocol.messages import CheckpointReady, Done, Hello, ImageReady, LoraRef, Progress, TrainParams
 from zimage_protocol.security import WireSecurity
 
@@ -101,7 +101,7 @@ async def test_a_wrong_token_is_refused_clearly_on_both_sides(remote, pki):
 async def test_a_plain_tcp_client_is_refused(remote):
     port, _, log, _ = remote
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(Hello(version=3, token=TOKEN).encode())  # our protocol, but not inside TLS
+    writer.write(Hello(version=PROTOCOL_VERSION, token=TOKEN).encode())  # our protocol, but not inside TLS
     await writer.drain()
     with pytest.raises((asyncio.IncompleteReadError, ConnectionError)):
         await asyncio.wait_for(read_frame(reader), 20)  # no Hello for it: the worker hangs up
@@ -214,3 +214,31 @@ async def test_bot_check_probes_each_listed_worker(remote, pki):
     assert not ok and "wrong WORKER_TOKEN" in line
     ok, line = await probe_worker(TcpEndpoint("127.0.0.1", free_port()), security(pki), timeout=1)
     assert not ok and "nothing answers" in line
+
+
+async def test_a_source_picture_travels_by_content_to_a_worker_with_its_own_disk(remote, pki, tmp_path):
+    """An img2img request to a remote worker names its picture by sha256: the worker fetches it, and the result's PNG
+    says where it came from."""
+    import io
+
+    from PIL import Image
+
+    from gpu.png import read_png_text
+    from zimage_protocol.messages import SourceImage
+
+    port, worker_dir, _, _ = remote
+    picture = tmp_path / "parent.png"
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(picture)
+    client = await connected(port, security(pki))
+    try:
+        source = SourceImage(path=str(picture), strength=0.7, mode="vary_strong", parent="41")
+        messages = [message async for message in client.generate("src-1", params(source=source))]
+        assert isinstance(messages[-1], Done), messages[-1]
+        [image] = [message for message in messages if isinstance(message, ImageReady)]
+        text = read_png_text(image.png)
+        assert (text["parent_job"], text["source_mode"], text["strength"]) == ("41", "vary_strong", "0.7")
+        assert Image.open(io.BytesIO(image.png)).size == (64, 64)
+        digest = hashlib.sha256(picture.read_bytes()).hexdigest()
+        assert any(digest in str(path) for path in (worker_dir / "cache").rglob("*"))  # fetched, kept by content
+    finally:
+        await client.close()
