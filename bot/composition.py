@@ -77,7 +77,8 @@ async def build_services(settings: Settings, client: discord.Client) -> Services
     return Services(
         settings=settings, store=store, moderation=moderation, worker=worker, supervisors=supervisors,
         files_server=files_server, monitor=monitor, delivery=delivery, positions=positions, status=status, runner=runner,
-        imagine=ImagineService(store, moderation, rules, limits, worker, runner, library, status, positions),
+        imagine=ImagineService(store, moderation, rules, limits, worker, runner, library, status, positions,
+                               enhancer=settings.enhancer),
         library=library,
         importer=LoraImporter(settings, library, rules, limits),
         training=TrainService(settings, store, moderation, rules, limits, library, worker, runner, approvals),

@@ -33,6 +33,7 @@ class ImagineCog(commands.Cog):
         count="How many images (1-4)",
         steps="Denoising steps (8 is what Turbo was made for)",
         lora="A LoRA for this image only, instead of those picked with /lora use",
+        enhance="Rewrite the prompt in detail first (a different rewrite per image)",
     )
     @app_commands.choices(aspect=ASPECT_CHOICES)
     @app_commands.autocomplete(lora=lora_autocomplete)
@@ -45,14 +46,16 @@ class ImagineCog(commands.Cog):
         count: app_commands.Range[int, 1, 4] = 1,
         steps: app_commands.Range[int, 1, 16] = 8,
         lora: str | None = None,
+        enhance: bool = False,
     ) -> None:
+        self.service.check_enhance(enhance)  # PROMPT_ENHANCER=off: refused at once, privately
         if aspect not in ASPECT_SIZES:
             aspect = DEFAULT_ASPECT
         seeds = consecutive_seeds(random_seed() if seed is None else seed, count)
 
         async def params() -> dict:  # after the interaction is answered: it reads the database
             loras = await self.library.for_request(interaction.user.id, interaction.guild_id, lora)
-            return build_params(prompt, aspect, steps, seeds, interaction.filesize_limit, loras)
+            return build_params(prompt, aspect, steps, seeds, interaction.filesize_limit, loras, enhance=enhance)
 
         await self.service.submit(interaction, params, prompt=prompt)
 
