@@ -25,6 +25,7 @@ wrong is raised to it, and it turns exceptions into Error replies.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import threading
@@ -231,7 +232,7 @@ class GpuScheduler:
                     if should_stop():
                         raise GenerationCancelled()
                     enhanced = await loop.run_in_executor(
-                        self._gpu, lambda seed=seed: self.engine.enhance(params.prompt, seed, should_stop))
+                        self._gpu, functools.partial(self.engine.enhance, params.prompt, seed, should_stop))
                 finally:
                     self._busy_with = None
             log.info("prompt enhanced for %s (seed %d): %d tokens in %.2f s, %.1f tokens/s", request_id, seed,

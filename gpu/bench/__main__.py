@@ -277,7 +277,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tiny", action="store_true", help="CPU smoke run on the tiny pipeline (automatic without CUDA)")
     parser.add_argument("--json", type=Path, help="also write every number to this JSON file")
     parser.add_argument("--sections", type=_sections, default=list(SECTIONS),
-                        help="comma-separated subset of inference,lora,training,latency,enhancer (default: all; lora needs inference)")
+                        help="comma-separated subset of inference,lora,training,latency,enhancer "
+                             "(default: all; lora needs inference)")
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="DATA_DIR for ours (its compile-cache/ is reused); default: a fresh temporary folder")
     parser.add_argument("--variant", action="append", metavar="KEY=VALUE",
