@@ -5,6 +5,8 @@ that is the embedding matrix, determinism with a seed, the length cap, the engin
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 import torch
 
@@ -129,3 +131,48 @@ def test_seed_variance_makes_seeds_differ_and_keeps_a_seed_reproducible(engine):
                                                            seeds=[4]))[0].image.tobytes()
     assert image(4, 0.5) == image(4, 0.5)
     assert image(4, 0.5) != image(4, 0.0)
+
+
+# --- scheduling -----------------------------------------------------------------------------------------------
+
+
+async def test_a_rewrite_is_its_own_turn_on_the_gpu(tiny_models_dir, tmp_path):
+    """Another member's image waiting behind a rewrite runs right after it, not after the whole enhanced request."""
+    from gpu.engine import ImageEngine
+    from gpu.scheduler import GpuScheduler
+
+    (tmp_path / "models").symlink_to(tiny_models_dir, target_is_directory=True)
+    engine = ImageEngine("tiny", tmp_path)
+    scheduler = GpuScheduler(engine)
+    await scheduler.load(warm_up=False)
+    events: list[str] = []
+    enhance, generate = engine.enhance, engine.generate
+
+    def logged_enhance(prompt, seed, should_stop=lambda: False):
+        events.append(f"rewrite {seed}")
+        return enhance(prompt, seed, should_stop)
+
+    def logged_generate(params, *args, **kwargs):
+        events.append(f"images {params.prompt}")
+        return generate(params, *args, **kwargs)
+
+    engine.enhance = logged_enhance  # type: ignore[method-assign]
+    engine.generate = logged_generate  # type: ignore[method-assign]
+    made: dict[str, list[str]] = {"a": [], "b": []}
+
+    def on_image(name):
+        async def record(index, seed, png, prompt):
+            made[name].append(prompt)
+        return record
+
+    async def no_step(step, total):
+        pass
+
+    enhanced = GenerateParams(prompt="a", width=64, height=64, steps=1, seeds=[1, 2], enhance=True)
+    plain = GenerateParams(prompt="b", width=64, height=64, steps=1, seeds=[3])
+    first = asyncio.create_task(scheduler.generate("a", enhanced, no_step, on_image("a")))
+    second = asyncio.create_task(scheduler.generate("b", plain, no_step, on_image("b")))
+    seconds = await asyncio.gather(first, second)
+    assert events == ["rewrite 1", "images b", "rewrite 2", "images a"]
+    assert made["b"] == [""] and len(made["a"]) == 2 and all(made["a"])
+    assert all(value > 0 for value in seconds)
