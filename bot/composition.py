@@ -79,7 +79,7 @@ async def build_services(settings: Settings, client: discord.Client) -> Services
     library = LoraLibrary(settings, loras, signer)
     approvals = TrainingApprovals(store, moderation, delivery, runner, approval_view)
     imagine = ImagineService(store, moderation, rules, limits, worker, runner, library, status, positions,
-                             members=members)
+                             members=members, enhancer=settings.enhancer)
     return Services(
         settings=settings, store=store, moderation=moderation, worker=worker, supervisors=supervisors,
         files_server=files_server, monitor=monitor, delivery=delivery, positions=positions, status=status, runner=runner,

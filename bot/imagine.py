@@ -2,7 +2,8 @@
 
 Shared by the slash command and the reroll / variations buttons, so both get the same
 checks: prompt, moderation rules, queue limit, rate limit, and the model's token limit (asked
-of the worker).
+of the worker). Both also take the server's seed variance (/mod variety) at admission, and a button
+keeps its original's `enhance` (a new rewrite per new seed: gpu/enhancer.py).
 
 The interaction is answered first, within milliseconds whatever else the bot is doing (Discord
 gives 3 s): cheap checks that need no I/O (an empty prompt, a DM) refuse at once, privately; then
@@ -22,12 +23,14 @@ from collections.abc import Awaitable, Callable
 
 import discord
 
+from zimage_protocol.settings import EnhancerSettings
+
 from .db.admission import AdmissionRefused, NewJob, admit
 from .db.jobs import JobStore
 from .db.models import Job
 from .db.moderation import ModerationStore
 from .errors import UserFacingError
-from .i18n import language_of
+from .i18n import Text, language_of
 from .interaction_ids import channel_id_of
 from .jobs import render
 from .jobs.positions import Positions
@@ -58,10 +61,11 @@ def random_seed() -> int:
 
 
 def build_params(prompt: str, aspect: str, steps: int, seeds: list[int], upload_limit: int,
-                 loras: list[dict] | None = None) -> dict:
+                 loras: list[dict] | None = None, enhance: bool = False) -> dict:
     width, height = ASPECT_SIZES[aspect]
     return {"prompt": prompt, "aspect": aspect, "width": width, "height": height, "steps": steps,
-            "seeds": seeds, "guidance_scale": 0.0, "upload_limit": upload_limit, "loras": loras or []}
+            "seeds": seeds, "guidance_scale": 0.0, "upload_limit": upload_limit, "loras": loras or [],
+            "enhance": enhance}
 
 
 def consecutive_seeds(seed: int, count: int) -> list[int]:
@@ -81,7 +85,8 @@ def check_prompt_text(prompt: str) -> str:
 class ImagineService:
     def __init__(self, store: JobStore, moderation: ModerationStore, rules: RequestRules, limits: UserLimits,
                  worker: WorkerPool, runner: JobRunner, library: LoraLibrary, status: StatusEdits,
-                 positions: Positions, intake_concurrency: int = INTAKE_CONCURRENCY, members: MemberDefaults | None = None):
+                 positions: Positions, intake_concurrency: int = INTAKE_CONCURRENCY, members: MemberDefaults | None = None,
+                 enhancer: EnhancerSettings = EnhancerSettings()):
         self.store = store
         self.moderation = moderation
         self.rules = rules
@@ -93,6 +98,12 @@ class ImagineService:
         self.positions = positions  # others' positions may move when a job is queued
         self._intake = asyncio.Semaphore(intake_concurrency)
         self.members = members  # /settings: defaults (the cog merges them) and private results
+        self.enhancer = enhancer  # PROMPT_ENHANCER
+
+    def check_enhance(self, enhance: bool) -> None:
+        """``enhance`` with PROMPT_ENHANCER=off is refused, not silently dropped."""
+        if enhance and not self.enhancer.enabled:
+            raise UserFacingError(Text("imagine.enhancer_off"))
 
     async def clean_prompt(self, prompt: str) -> str:
         prompt = check_prompt_text(prompt)
@@ -141,6 +152,9 @@ class ImagineService:
         for a paused guild; raises UserFacingError for a refusal."""
         params["prompt"] = await self.clean_prompt(params["prompt"])
         guild = await self.rules.check(interaction, params)
+        self.check_enhance(bool(params.get("enhance")))
+        if guild.seed_variance:  # the server's /mod variety, for its new jobs (0: the key stays out)
+            params["seed_variance"] = guild.seed_variance
         caps = self.limits.caps(guild)
         new = NewJob(user_id=interaction.user.id, guild_id=interaction.guild_id, channel_id=channel_id_of(interaction),
                      params=params, interaction_id=interaction.id, interaction_token=interaction.token,
@@ -167,7 +181,8 @@ class ImagineService:
             old = (await self.result(job_id)).params
             loras = await self.library.for_rerun(interaction.user.id, interaction.guild_id, old.get("loras") or [])
             return build_params(old["prompt"], old["aspect"], old["steps"],
-                                consecutive_seeds(random_seed(), len(old["seeds"])), interaction.filesize_limit, loras)
+                                consecutive_seeds(random_seed(), len(old["seeds"])), interaction.filesize_limit, loras,
+                                enhance=bool(old.get("enhance")))
 
         await self.submit(interaction, params)
 
@@ -177,7 +192,7 @@ class ImagineService:
             old = (await self.result(job_id)).params
             loras = await self.library.for_rerun(interaction.user.id, interaction.guild_id, old.get("loras") or [])
             return build_params(old["prompt"], old["aspect"], old["steps"], [random_seed() for _ in old["seeds"]],
-                                interaction.filesize_limit, loras)
+                                interaction.filesize_limit, loras, enhance=bool(old.get("enhance")))
 
         await self.submit(interaction, params)
 

@@ -15,6 +15,7 @@ from zimage_protocol.constants import DEFAULT_MODEL
 from zimage_protocol.endpoints import Endpoint, TcpEndpoint, UnixEndpoint, parse_endpoints
 from zimage_protocol.security import WireSecurity
 from zimage_protocol.settings import (
+    EnhancerSettings,
     LoraLimits,
     PreviewSettings,
     SettingsError,
@@ -51,6 +52,8 @@ class Settings:
     progress_interval: float = 1.0
     # PREVIEWS / PREVIEW_EVERY: live previews on the progress message; read by the worker too, one parser for both
     previews: PreviewSettings = PreviewSettings()
+    # PROMPT_ENHANCER: /imagine enhance:True (the worker rewrites the prompt); off: the option is refused
+    enhancer: EnhancerSettings = EnhancerSettings()
     log_level: str = "INFO"
     allow_dms: bool = False  # /imagine in DMs (no server's rules there: see bot/moderation.py)
     # LoRA training (/train); defaults follow the Z-Image character-LoRA guide.
@@ -156,6 +159,7 @@ def load_settings(env: dict[str, str] | None = None, dotenv_path: str | None = "
         max_attempts=read_int(env, "JOB_MAX_ATTEMPTS", d.max_attempts, minimum=1),
         progress_interval=read_float(env, "PROGRESS_INTERVAL", d.progress_interval, minimum=0.0),
         previews=PreviewSettings.from_env(env),
+        enhancer=EnhancerSettings.from_env(env),
         log_level=log_level,
         allow_dms=read_choice(env, "ALLOW_DMS", "off", ("on", "off")) == "on",
         **_training_settings(env),

@@ -20,7 +20,8 @@ from zimage_protocol.errors import Cancelled
 from zimage_protocol.messages import GenerateParams
 from zimage_protocol.settings import PreviewSettings
 
-from . import accel, profiles, quantize
+from . import accel, profiles, quantize, seed_variance
+from .enhancer import Enhanced, PromptEnhancer
 from .lora.backend import AdapterBackend
 from .lora.common import LoraSettings
 from .previews import PreviewFrame, PreviewTap
@@ -42,6 +43,7 @@ class GeneratedImage:
     index: int
     seed: int
     image: Image.Image
+    prompt: str = ""  # the rewritten prompt it was made from (enhance), else empty
 
 
 def resolve_model_path(model: str, data_dir: Path) -> str:
@@ -69,6 +71,7 @@ class ImageEngine:
         self.profile_line = ""  # the log line of that pick (GPU only)
         self.previews = PreviewSettings()  # PREVIEWS / PREVIEW_EVERY, read in load()
         self._variants: Any = None  # img2img / outpainting on the same weights (gpu/variants.py), on first use
+        self._enhancer: PromptEnhancer | None = None  # built on first use (gpu/enhancer.py)
 
     def load(self, pipe=None) -> None:
         """Load the pipeline (or take `pipe`, already built: the benchmark injects one) and apply
@@ -256,6 +259,12 @@ class ImageEngine:
                              output_hidden_states=True).hidden_states[-2]
         return hidden[0]
 
+    def enhance(self, prompt: str, seed: int | None, should_stop: Callable[[], bool] = lambda: False) -> Enhanced:
+        """The prompt rewritten in detail by the text encoder as a language model (gpu/enhancer.py)."""
+        if self._enhancer is None:
+            self._enhancer = PromptEnhancer(self.pipe.text_encoder, self.tokenizer)
+        return self._enhancer.enhance(prompt, seed, should_stop)
+
     def generate(
         self,
         params: GenerateParams,
@@ -263,19 +272,24 @@ class ImageEngine:
         should_stop: Callable[[], bool] = lambda: False,
         on_image: Callable[[GeneratedImage], None] = lambda image: None,
         on_preview: Callable[[PreviewFrame], None] | None = None,
+        prompts: list[str] | None = None,
     ) -> list[GeneratedImage]:
         """Make one image per seed. Progress counts steps across all images of the request.
 
         ``on_preview``: live previews (gpu/previews.py) every PREVIEW_EVERY steps, unless PREVIEWS=off; the
-        frames are on their way to the host when it is called, and it encodes them off this thread."""
+        frames are on their way to the host when it is called, and it encodes them off this thread.
+        ``prompts``: one rewritten prompt per seed (enhance), used instead of ``params.prompt``.
+        ``params.seed_variance`` > 0 adds the seed's noise to each image's embedding (gpu/seed_variance.py)."""
         import torch
 
         if params.source is not None:  # from a picture: img2img or outpainting (gpu/variants.py)
             return self.variants().generate(params, self._prompt_embeds(params.prompt), on_step, should_stop, on_image)
         total = params.steps * len(params.seeds)
-        embeds = self._prompt_embeds(params.prompt)
         results = []
         for index, seed in enumerate(params.seeds):
+            embeds = self._prompt_embeds(prompts[index] if prompts else params.prompt)
+            if params.seed_variance:  # 0: not even a copy, today's embedding bit for bit
+                embeds = seed_variance.perturb(embeds, seed, params.seed_variance)
             done_before = index * params.steps
             tap = (PreviewTap(self.previews, params.steps, done_before, total, on_preview)
                    if on_preview is not None and self.previews.enabled else None)
@@ -300,7 +314,7 @@ class ImageEngine:
                     generator=generator,
                     callback_on_step_end=step_end,
                 ).images[0]
-            result = GeneratedImage(index=index, seed=seed, image=image)
+            result = GeneratedImage(index=index, seed=seed, image=image, prompt=prompts[index] if prompts else "")
             on_image(result)
             results.append(result)
         return results

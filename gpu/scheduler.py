@@ -13,6 +13,9 @@ and torch keeps dynamo/inductor settings per thread. The event loop never waits 
 - Warm-ups after "ready" (the LoRA graph variants at start, generation's graphs again after a
   training freed them) run in the background: health reports busy meanwhile.
 - A cancel is a flag per request id, read by the generation's step callback and between training steps.
+- A prompt rewrite (``enhance``, gpu/enhancer.py) is its own GPU task per image, taken in turn with the other
+  generations: a request that asks for one holds up the others for one rewrite (at most MAX_NEW_TOKENS
+  tokens), then waits for its turn again; its images follow in a task of their own.
 
 The server calls :meth:`GpuScheduler.generate`, :meth:`GpuScheduler.train`, :meth:`GpuScheduler.cancel`
 and reads :attr:`GpuScheduler.ready` / :attr:`GpuScheduler.busy` / :meth:`GpuScheduler.gpu_stats`; what goes
@@ -22,7 +25,9 @@ wrong is raised to it, and it turns exceptions into Error replies.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import os
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -31,6 +36,7 @@ from typing import Any, NamedTuple
 
 from zimage_protocol.errors import ErrorCode, UserError
 from zimage_protocol.messages import Accepted, GenerateParams, Message, TrainParams
+from zimage_protocol.settings import EnhancerSettings
 
 from .engine import GeneratedImage, GenerationCancelled, ImageEngine
 from .png import encode_png
@@ -40,7 +46,8 @@ from .training.session import TrainingSession
 log = logging.getLogger(__name__)
 
 OnStep = Callable[[int, int], Coroutine[Any, Any, None]]  # (step, total) of a generation
-OnImage = Callable[[int, int, bytes], Coroutine[Any, Any, None]]  # (index, seed, png) of a generated image
+# (index, seed, png, prompt) of a generated image; prompt: the rewritten one (enhance), else ""
+OnImage = Callable[[int, int, bytes, str], Coroutine[Any, Any, None]]
 OnPreview = Callable[[int, int, bytes], Coroutine[Any, Any, None]]  # (step, total, jpeg) of a live preview
 Emit = Callable[[Message], Awaitable[None]]  # a training run's messages, to its client
 
@@ -68,6 +75,7 @@ class GpuScheduler:
         self._training_id: str | None = None  # the run holding the trainer, from its request until its session is closed
         self._session: TrainingSession | None = None  # that run's session, once it exists
         self._closing: set[asyncio.Task[None]] = set()  # sessions being closed (a reference keeps the task alive)
+        self.enhancer = EnhancerSettings.from_env(os.environ)  # PROMPT_ENHANCER; a bad value stops the worker's start
 
     @property
     def ready(self) -> bool:
@@ -154,12 +162,16 @@ class GpuScheduler:
             pending.append(asyncio.run_coroutine_threadsafe(on_step(step, total), loop))
 
         def image_done(result: GeneratedImage) -> None:
-            metadata = {
+            metadata: dict[str, object] = {
                 "prompt": params.prompt, "seed": result.seed, "width": params.width,
                 "height": params.height, "steps": params.steps, "model": self.engine.model_name,
                 "guidance_scale": params.guidance_scale,
                 **(params.source.png_text() if params.source is not None else {}),  # parent job, strength, ...
             }
+            if result.prompt:  # what the image was made from; prompt + seed + enhance make it again
+                metadata["enhanced_prompt"] = result.prompt
+            if params.seed_variance:
+                metadata["seed_variance"] = params.seed_variance
             encoded = self._encoder.submit(encode_png, result.image, metadata)
             pending.append(asyncio.run_coroutine_threadsafe(_deliver(on_image, result, encoded), loop))
 
@@ -171,6 +183,18 @@ class GpuScheduler:
         def should_stop() -> bool:
             return stop.is_set() or request_id in self._cancelled
 
+        prompts: list[str] | None = None
+        enhancing = 0.0
+        if params.enhance:
+            try:
+                prompts, enhancing = await self._enhance(request_id, params, should_stop)
+            except asyncio.CancelledError:
+                stop.set()
+                raise
+            except BaseException:
+                self._cancelled.discard(request_id)
+                raise
+
         async with self._gpu_lock:
             # From here, not from the request: a generation sent ahead (the bot keeps one waiting behind the
             # running one) reports its own time, not its wait for the one before it.
@@ -180,7 +204,7 @@ class GpuScheduler:
                 if should_stop():  # cancelled while it waited: the GPU never starts it
                     raise GenerationCancelled()
                 await loop.run_in_executor(self._gpu, lambda: self._generate_on_gpu(
-                    params, step_done, should_stop, image_done, preview_done if on_preview else None))
+                    params, step_done, should_stop, image_done, preview_done if on_preview else None, prompts))
                 await asyncio.gather(*map(asyncio.wrap_future, pending))
             except asyncio.CancelledError:
                 stop.set()  # the client hung up; let the GPU thread stop at its next step
@@ -188,18 +212,46 @@ class GpuScheduler:
             finally:
                 self._busy_with = None
                 self._cancelled.discard(request_id)
-        return time.perf_counter() - started
+        return enhancing + time.perf_counter() - started
+
+    async def _enhance(self, request_id: str, params: GenerateParams,
+                       should_stop: Callable[[], bool]) -> tuple[list[str], float]:
+        """One rewritten prompt per image (seeded by its seed), each in its own turn on the GPU; and their seconds.
+
+        Refused with ``ErrorCode.UNSUPPORTED`` when PROMPT_ENHANCER=off here (the bot refuses it first when its
+        own setting is off; an external worker may be configured otherwise)."""
+        if not self.enhancer.enabled:
+            raise UserError("the prompt enhancer is turned off on this worker (PROMPT_ENHANCER=off)",
+                            ErrorCode.UNSUPPORTED)
+        loop = asyncio.get_running_loop()
+        prompts: list[str] = []
+        seconds = 0.0
+        for seed in params.seeds:
+            async with self._gpu_lock:
+                self._busy_with = request_id
+                try:
+                    if should_stop():
+                        raise GenerationCancelled()
+                    enhanced = await loop.run_in_executor(
+                        self._gpu, functools.partial(self.engine.enhance, params.prompt, seed, should_stop))
+                finally:
+                    self._busy_with = None
+            log.info("prompt enhanced for %s (seed %d): %d tokens in %.2f s, %.1f tokens/s", request_id, seed,
+                     enhanced.tokens, enhanced.seconds, enhanced.tokens_per_second)
+            prompts.append(enhanced.prompt)
+            seconds += enhanced.seconds
+        return prompts, seconds
 
     def _generate_on_gpu(self, params: GenerateParams, on_step: Callable[[int, int], None],
                          should_stop: Callable[[], bool], on_image: Callable[[GeneratedImage], None],
-                         on_preview: Callable[[PreviewFrame], None] | None) -> None:
+                         on_preview: Callable[[PreviewFrame], None] | None, prompts: list[str] | None = None) -> None:
         """On the GPU thread: the requested adapters only (a training run's adapters set aside)."""
         if self._session is not None:
             self._session.suspend()
         try:
             if params.loras or self.engine.uses_adapters:  # plain use never imports peft
                 self.engine.adapters().activate([(lora.name, lora.path, lora.scale) for lora in params.loras])
-            self.engine.generate(params, on_step, should_stop, on_image, on_preview)
+            self.engine.generate(params, on_step, should_stop, on_image, on_preview, prompts)
         finally:
             if self._session is not None:
                 self._session.resume()
@@ -256,7 +308,7 @@ class GpuScheduler:
 
 async def _deliver(on_image: OnImage, result: GeneratedImage, encoded: Future[bytes]) -> None:
     png = await asyncio.wrap_future(encoded)
-    await on_image(result.index, result.seed, png)
+    await on_image(result.index, result.seed, png, result.prompt)
 
 
 async def _send_preview(on_preview: OnPreview, frame: PreviewFrame, encoded: Future[bytes]) -> None:

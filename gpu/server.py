@@ -203,8 +203,8 @@ class WorkerServer:
         async def on_step(step: int, total: int) -> None:
             await send(Progress(id=request_id, step=step, total=total))
 
-        async def on_image(index: int, seed: int, png: bytes) -> None:
-            await send(ImageReady(id=request_id, index=index, seed=seed, png=png))
+        async def on_image(index: int, seed: int, png: bytes, prompt: str) -> None:
+            await send(ImageReady(id=request_id, index=index, seed=seed, png=png, prompt=prompt))
 
         async def on_preview(step: int, total: int, jpeg: bytes) -> None:
             # Its own Progress, after the step's plain one (the JPEG is made off the GPU thread meanwhile).

@@ -11,7 +11,8 @@
     ImagineRequest {id, params}    ->   Accepted {id}
                                         Progress {id, step, total} (many; a live preview: a second
                                                   Progress of its step + a small JPEG)
-                                        ImageReady {id, index, seed} + PNG     (one per image)
+                                        ImageReady {id, index, seed, prompt?} + PNG  (one per image;
+                                                  prompt: the rewritten one, with enhance)
                                         Done {id, seconds} | Error {id, code, message}
     TrainRequest {id, params}      ->   Accepted {id}
                                         TrainProgress {id, step, total, loss, seconds_per_step}  (many)
@@ -206,12 +207,16 @@ class Progress(Message):
 
 @dataclass(frozen=True)
 class ImageReady(Message):
+    """``prompt``: the prompt the image was made from when the worker rewrote it (GenerateParams.enhance),
+    else empty. No version bump: an older bot ignores the extra key, an older worker never sends it."""
+
     op = Op.IMAGE
     blob_field = "png"
     id: str
     index: int
     seed: int
     png: bytes = b""
+    prompt: str = ""
 
 
 @dataclass(frozen=True)

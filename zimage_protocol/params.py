@@ -97,11 +97,17 @@ class SourceImage:
         if not (source.path or source.sha256):
             raise ProtocolError("a source image needs a path or a sha256")
         return source
+MAX_SEED_VARIANCE = 1.0
 
 
 @dataclass(frozen=True)
 class GenerateParams:
-    """What one /imagine job asks the worker for. One seed per image keeps pixels reproducible."""
+    """What one /imagine job asks the worker for. One seed per image keeps pixels reproducible.
+
+    ``enhance``: the worker first rewrites the prompt in detail, once per image with that image's seed
+    (gpu/enhancer.py); each ImageReady names the prompt its image was made from. ``seed_variance``: 0..1,
+    noise from each image's seed on its prompt embedding (gpu/seed_variance.py). Both default to today's
+    behaviour, and a worker that predates them ignores them (an older bot never sends them)."""
 
     prompt: str
     width: int
@@ -111,6 +117,8 @@ class GenerateParams:
     guidance_scale: float = 0.0
     loras: list[LoraRef] = field(default_factory=list)
     source: SourceImage | None = None  # img2img / outpainting from this picture (protocol v4)
+    enhance: bool = False
+    seed_variance: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -130,6 +138,8 @@ class GenerateParams:
                 guidance_scale=float(data.get("guidance_scale", 0.0)),
                 loras=[LoraRef.from_json(lora) for lora in data.get("loras", [])],
                 source=SourceImage.from_json(data["source"]) if data.get("source") else None,
+                enhance=_flag(data.get("enhance", False)),
+                seed_variance=float(data.get("seed_variance") or 0.0),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ProtocolError(f"bad generate params: {exc!r}") from None
@@ -139,7 +149,16 @@ class GenerateParams:
             raise ProtocolError("a generation needs at least one seed and one step")
         if not all(math.isfinite(value) for value in (params.guidance_scale, *(lora.scale for lora in params.loras))):
             raise ProtocolError("scales must be finite numbers")
+        if not 0.0 <= params.seed_variance <= MAX_SEED_VARIANCE:  # also refuses nan
+            raise ProtocolError(f"seed_variance must be between 0 and {MAX_SEED_VARIANCE}")
         return params
+
+
+def _flag(value: object) -> bool:
+    """A JSON boolean; a string or a number is a malformed request, not a truthy one."""
+    if not isinstance(value, bool):
+        raise TypeError(f"enhance must be true or false, got {type(value).__name__}")
+    return value
 
 
 @dataclass(frozen=True)

@@ -112,3 +112,15 @@ class PreviewSettings:
     def from_env(cls, env: Env) -> PreviewSettings:
         return cls(enabled=read_choice(env, "PREVIEWS", "on", ("on", "off")) == "on",
                    every=read_int(env, "PREVIEW_EVERY", cls.every, minimum=1))
+
+
+@dataclass(frozen=True)
+class EnhancerSettings:
+    """``PROMPT_ENHANCER`` (on|off, default on): ``/imagine enhance:True`` has the worker rewrite the prompt in
+    detail with its text encoder (gpu/enhancer.py). Off: the bot refuses the option, and so does a worker."""
+
+    enabled: bool = True
+
+    @classmethod
+    def from_env(cls, env: Env) -> EnhancerSettings:
+        return cls(enabled=read_choice(env, "PROMPT_ENHANCER", "on", ("on", "off")) == "on")

@@ -42,6 +42,7 @@ class ImagineCog(commands.Cog):
         lora="A LoRA for this image only, instead of those picked with /lora use",
         image="A picture to start from (JPEG, PNG or WebP)",
         strength="How much of the picture is redrawn with image (0.1-1.0, default 0.6)",
+        enhance="Rewrite the prompt in detail first (a different rewrite per image)",
     )
     @app_commands.choices(aspect=ASPECT_CHOICES)
     @app_commands.autocomplete(lora=lora_autocomplete)
@@ -56,7 +57,9 @@ class ImagineCog(commands.Cog):
         lora: str | None = None,
         image: discord.Attachment | None = None,
         strength: app_commands.Range[float, 0.1, 1.0] | None = None,
+        enhance: bool = False,
     ) -> None:
+        self.service.check_enhance(enhance)  # PROMPT_ENHANCER=off: refused at once, privately
         if aspect not in ASPECT_SIZES:
             aspect = None  # an image prompt takes the bucket closest to its picture; else the member's default
         if strength is not None and image is None:
@@ -68,9 +71,10 @@ class ImagineCog(commands.Cog):
             loras = await self.library.for_request(interaction.user.id, interaction.guild_id, lora)
             seeds = consecutive_seeds(first_seed, chosen.count)
             if image is None:
-                return build_params(prompt, chosen.aspect, chosen.steps, seeds, interaction.filesize_limit, loras)
+                return build_params(prompt, chosen.aspect, chosen.steps, seeds, interaction.filesize_limit, loras,
+                                    enhance=enhance)
             bucket, source = await prepare_source(image, self.inputs_dir, aspect)
-            made = build_params(prompt, bucket, chosen.steps, seeds, interaction.filesize_limit, loras)
+            made = build_params(prompt, bucket, chosen.steps, seeds, interaction.filesize_limit, loras, enhance=enhance)
             made["source"] = source_params(source, DEFAULT_STRENGTH if strength is None else strength)
             return made
 

@@ -1,4 +1,4 @@
-"""/mod: moderators run the queue (pause, cancel, ban, limits, blocklist, audit).
+"""/mod: moderators run the queue (pause, cancel, ban, limits, blocklist, variety, audit).
 
 Every command checks server-side that the caller is a moderator (Manage Server, or the role
 set with /mod role) -- default permissions alone can be overridden by admins -- and every
@@ -239,6 +239,26 @@ class ModCog(commands.GroupCog, group_name="mod", group_description="Moderator t
                   exempt=tr(interaction, "mod.allowed" if settings.allow_blocklisted_in_nsfw else "mod.refused"),
                   spoilers=tr(interaction, "mod.on" if settings.spoiler_images else "mod.off"))
         await self._done(interaction, "content", text, details=", ".join(f"{k}={v}" for k, v in changes.items()) or None)
+
+    @app_commands.command(name="variety", description="How different Reroll and Variations images are from each other")
+    @app_commands.describe(seed_variance="0 to 1: noise on the prompt per seed (0 = off; 0.1-0.3 is a good start)")
+    async def variety(self, interaction: discord.Interaction,
+                      seed_variance: app_commands.Range[float, 0.0, 1.0] | None = None) -> None:
+        """Seed variance (gpu/seed_variance.py) for this server's new images: /imagine, Reroll and Variations."""
+        if seed_variance is None:
+            settings = await self.moderation.settings(interaction.guild_id)
+            await interaction.response.send_message(self._variety_text(interaction, settings), ephemeral=True)
+            return
+        strength = round(float(seed_variance), 3)
+        settings = await self.moderation.update_settings(guild_id_of(interaction), seed_variance=strength or None)
+        await self._done(interaction, "variety", self._variety_text(interaction, settings),
+                         details=f"seed_variance={strength:g}")
+
+    @staticmethod
+    def _variety_text(interaction: discord.Interaction, settings: GuildSettings) -> str:
+        if not settings.seed_variance:
+            return tr(interaction, "mod.variety_off")
+        return tr(interaction, "mod.variety", strength=settings.seed_variance)
 
     # --- blocklist -------------------------------------------------------------------------
 

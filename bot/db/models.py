@@ -97,6 +97,8 @@ class GuildSettings(Base):
     # Age-restricted content: blocklisted prompts pass in age-restricted channels when this is on.
     allow_blocklisted_in_nsfw: Mapped[bool] = mapped_column(Boolean, default=False)
     spoiler_images: Mapped[bool] = mapped_column(Boolean, default=False)
+    # /mod variety: noise on the prompt embedding per seed (gpu/seed_variance.py), 0..1; NULL: 0 (none)
+    seed_variance: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class Ban(Base):

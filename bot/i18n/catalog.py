@@ -95,6 +95,15 @@ CATALOG: dict[str, tuple[str, str]] = {
                     "年龄限制频道中的屏蔽词提示词：{exempt}\n图片以剧透遮罩发送：{spoilers}"),
     "mod.allowed": ("allowed", "允许"),
     "mod.refused": ("refused", "拒绝"),
+    "imagine.enhancer_off": ("The prompt enhancer is turned off on this bot (PROMPT_ENHANCER=off): "
+                             "ask again without `enhance`.",
+                             "本机器人已关闭提示词扩写（PROMPT_ENHANCER=off）：请去掉 `enhance` 选项后重试。"),
+    "mod.variety": ("Seed variance in this server: **{strength:g}**. Each image's prompt embedding gets noise "
+                    "from its seed, so Reroll and Variations differ more (same seed, same image).",
+                    "本服务器的种子变化强度：**{strength:g}**。每张图片的提示词嵌入会加入由其种子决定的噪声，"
+                    "让重新生成和变体的差异更大（相同种子仍得到相同图片）。"),
+    "mod.variety_off": ("Seed variance in this server: **off** (0). Set it with `/mod variety seed_variance:0.2`.",
+                        "本服务器的种子变化强度：**关闭**（0）。可用 `/mod variety seed_variance:0.2` 设置。"),
     "mod.on": ("on", "开"),
     "mod.off": ("off", "关"),
     "mod.blocklist_already": ("`{pattern}` is already on the blocklist.", "`{pattern}` 已在屏蔽词列表中。"),

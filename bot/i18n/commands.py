@@ -21,6 +21,7 @@ COMMAND_NAMES: dict[str, str] = {
     "role": "身份组", "channel": "频道", "pause": "暂停", "resume": "恢复", "ban": "封禁", "unban": "解封",
     "bans": "封禁列表", "limits": "限制", "content": "内容", "audit": "操作日志", "blocklist": "屏蔽词",
     "add": "添加", "remove": "移除", "approve-training": "训练审批", "on": "开启", "off": "关闭",
+    "variety": "多样性",
 }
 
 # Option names; unique within each command in both languages.
@@ -32,6 +33,7 @@ OPTION_NAMES: dict[str, str] = {
     "trainings_per_day": "每日训练次数", "max_count": "每次图片数", "max_steps": "步数上限",
     "lora_imports": "导入数量", "lora_import_mb": "导入容量mb", "allow_in_age_restricted": "年龄限制频道放行",
     "spoilers": "剧透遮罩", "private": "私密", "reset": "重置", "image": "图片", "strength": "重绘强度",
+    "enhance": "扩写提示词", "seed_variance": "种子变化强度",
 }
 
 # Descriptions of commands, groups and options.
@@ -55,6 +57,7 @@ DESCRIPTIONS: dict[str, str] = {
     "A picture to start from (JPEG, PNG or WebP)": "作为起点的图片（JPEG、PNG 或 WebP）",
     "How much of the picture is redrawn with image (0.1-1.0, default 0.6)":
         "配合 image 使用：图片被重绘的程度（0.1-1.0，默认 0.6）",
+    "Rewrite the prompt in detail first (a different rewrite per image)": "先把提示词扩写得更详细（每张图片一种不同的扩写）",
     # /queue, /cancel
     "Show your jobs and their places in the queue": "查看你的任务及其排队位置",
     "Cancel one of your jobs": "取消你的一个任务",
@@ -122,6 +125,9 @@ DESCRIPTIONS: dict[str, str] = {
     "/train jobs wait for a moderator's approval": "/train 任务需等待管理员审批",
     "/train jobs start without approval": "/train 任务无需审批即可开始",
     "Recent moderator actions in this server": "本服务器最近的管理操作",
+    "How different Reroll and Variations images are from each other": "重新生成和变体的图片彼此差异有多大",
+    "0 to 1: noise on the prompt per seed (0 = off; 0.1-0.3 is a good start)":
+        "0 到 1：按种子给提示词加的噪声（0 = 关闭；建议从 0.1-0.3 开始）",
     # /workers
     "The GPU workers: state, jobs and speed (moderators)": "GPU 工作进程：状态、任务和速度（管理员）",
 }

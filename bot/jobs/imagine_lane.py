@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import io
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -42,6 +42,7 @@ class Generated:
     images: dict[int, tuple[int, bytes]]
     seconds: float
     model: str
+    prompts: dict[int, str] = field(default_factory=dict)  # {index: the worker's rewrite} with enhance
 
 
 PREVIEW_NAME = "preview.jpg"
@@ -64,6 +65,7 @@ class ImagineLane:
         self.status.show(job, render.starting_text(job))
         params = GenerateParams.from_json(job.params)
         images: dict[int, tuple[int, bytes]] = {}
+        prompts: dict[int, str] = {}
         seconds = 0.0
         shown = 0  # a preview's Progress follows its step's own, possibly after the next step's: never step back
         preview: FileMaker | None = None
@@ -78,12 +80,14 @@ class ImagineLane:
                     # StatusEdits sends at most one edit per PROGRESS_INTERVAL, the newest text; the last
                     # step is not shown: the result replaces it a moment later.
                     self.status.show(job, render.progress_text(job, shown, total), make_files=preview)
-                case ImageReady(index=index, seed=seed, png=png):
+                case ImageReady(index=index, seed=seed, png=png, prompt=rewritten):
                     images[index] = (seed, png)
+                    if rewritten:
+                        prompts[index] = rewritten
                 case Done(seconds=done_seconds):
                     seconds = done_seconds
         metrics.generated(job, seconds)
-        return Generated(images, seconds, worker.model_name)
+        return Generated(images, seconds, worker.model_name, prompts)
 
     async def _preview_name(self, job: Job) -> str:
         """A preview is hidden like the result (the guild's spoiler setting)."""
@@ -106,7 +110,10 @@ class ImagineLane:
             path = folder / f"zimage_{job.id}_{index + 1}_{seed}.png"
             path.write_bytes(png)
             files.append(path.name)
-        return {"files": files, "seconds": made.seconds, "model": made.model}
+        result: dict = {"files": files, "seconds": made.seconds, "model": made.model}
+        if made.prompts:  # shown under the result (render.result_embed); the PNGs carry them too
+            result["enhanced_prompts"] = [made.prompts.get(index, "") for index in sorted(made.images)]
+        return result
 
     async def resume(self, job: Job) -> None:
         """Post the saved images; also what a restart does for a job it caught DELIVERING."""

@@ -79,9 +79,31 @@ def result_embed(job: Job) -> discord.Embed:
         source = params["source"]
         parent = f" of job #{source['parent']}" if source.get("parent") else ""
         embed.add_field(name="From", value=f"{source['mode']}{parent}, strength {source['strength']:g}")
+    if params.get("seed_variance"):
+        embed.add_field(name="Seed variance", value=f"{params['seed_variance']:g}")
     if "seconds" in result:
         embed.add_field(name="Time", value=f"{result['seconds']:.1f} s")
+    add_enhanced_prompts(embed, result.get("enhanced_prompts") or [])
     return embed
+
+
+ENHANCED_PROMPTS_CHARS = 3000  # all rewrites together, at most
+EMBED_BUDGET = 5400  # of the 6000 characters an embed holds: the rest is for the other fields' names and values
+
+
+def add_enhanced_prompts(embed: discord.Embed, prompts: list[str]) -> None:
+    """The worker's rewrites (enhance), one field per image, shortened to fit the embed's limits."""
+    shown = [prompt for prompt in prompts if prompt]
+    if not shown:
+        return
+    budget = min(ENHANCED_PROMPTS_CHARS, EMBED_BUDGET - len(embed.description or ""))  # a long prompt leaves less
+    limit = min(1024, budget // len(shown))  # 1024: a field's value
+    if limit < 20:  # no room worth showing: the PNGs carry the rewrites in full
+        return
+    for number, prompt in enumerate(prompts, start=1):
+        if prompt:
+            name = "Enhanced prompt" + (f" {number}" if len(prompts) > 1 else "")
+            embed.add_field(name=name, value=quoted(short_prompt(prompt, limit))[:limit], inline=False)
 
 
 def duration(seconds: float) -> str:

@@ -14,7 +14,9 @@ weights; nothing is downloaded or saved), then measures three sections (``--sect
 * ``training``: LoRA training at 512 px, rank 64, batch 1: a plain peft loop vs gpu/training/trainer.py's
   ``LoraTrainer``, eager and on the worker's regionally compiled transformer (training.py);
 * ``latency``: /imagine latency at 1024x1024 when idle vs while training steps are interleaved on
-  the one GPU thread the way gpu/scheduler.py does (latency.py).
+  the one GPU thread the way gpu/scheduler.py does (latency.py);
+* ``enhancer``: the prompt enhancer's tokens/s (the Qwen3-4B text encoder decoding with its tied head, up to
+  the worker's cap of 120 tokens), on the inference section's engine when it ran (enhancer.py).
 
 Prints markdown tables (report.py; JSON with ``--json PATH``). ``--tiny`` (automatic without CUDA)
 runs the same code on the CPU with gpu/tiny.py's pipeline at small sizes, for CI.

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from . import __doc__ as PACKAGE_DOC
+from . import enhancer as en
 from . import latency as lat
 from . import lora as lr
 from . import training as tr
@@ -20,7 +21,7 @@ from .common import error_text, free_memory, log, timed
 from .inference import FULL, TINY, attention_microbench, make_queue, postprocess_microbench, profile_one, run_ours, run_stock
 from .report import render_report
 
-SECTIONS = ("inference", "lora", "training", "latency")
+SECTIONS = ("inference", "lora", "training", "latency", "enhancer")
 
 
 def engine_phases(pipe, engine, results: dict, tiny: bool, work_dir: Path, data_dir: Path, left, save,
@@ -174,6 +175,10 @@ def phase_main(args) -> dict:
                 results["lora"] = {"error": error_text(exc)}
             save()
 
+    if "enhancer" in sections:
+        results["enhancer"] = enhancer_section(pipe, engine, tiny, data_dir)
+        save()
+
     if sections & {"training", "latency"}:
         try:
             engine_phases(pipe, engine, results, tiny, work_dir, data_dir, left, save, profile=args.profile)
@@ -192,6 +197,21 @@ def phase_main(args) -> dict:
     results["total_s"] = round(time.perf_counter() - started, 1)
     save()
     return results
+
+
+def enhancer_section(pipe, engine, tiny: bool, data_dir: Path) -> dict:
+    """The enhancer on the inference section's engine, or on one loaded here (not warmed: it needs no transformer)."""
+    log("prompt enhancer: tokens/s of a rewrite")
+    try:
+        if engine is None:
+            from ..engine import ImageEngine
+
+            engine = ImageEngine("bench", data_dir)
+            engine.load(pipe=pipe)
+        return en.run_section(engine, en.TINY_ENHANCER if tiny else en.FULL_ENHANCER)
+    except Exception as exc:  # noqa: BLE001 - keep what the other sections measured
+        log(f"enhancer section failed: {error_text(exc)}")
+        return {"error": error_text(exc)}
 
 
 def inference_children(args, pipe, cfg: dict, results: dict, data_dir: Path, left, save) -> None:
@@ -257,7 +277,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tiny", action="store_true", help="CPU smoke run on the tiny pipeline (automatic without CUDA)")
     parser.add_argument("--json", type=Path, help="also write every number to this JSON file")
     parser.add_argument("--sections", type=_sections, default=list(SECTIONS),
-                        help="comma-separated subset of inference,lora,training,latency (default: all; lora needs inference)")
+                        help="comma-separated subset of inference,lora,training,latency,enhancer "
+                             "(default: all; lora needs inference)")
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="DATA_DIR for ours (its compile-cache/ is reused); default: a fresh temporary folder")
     parser.add_argument("--variant", action="append", metavar="KEY=VALUE",

@@ -254,4 +254,8 @@ def render_report(results: dict) -> str:
         parts.append(render_training(results["training"]))
     if results.get("latency"):
         parts.append(render_latency(results["latency"]))
+    if results.get("enhancer"):
+        from .enhancer import render_enhancer
+
+        parts.append(render_enhancer(results["enhancer"]))
     return "\n\n".join(parts)

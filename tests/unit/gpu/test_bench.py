@@ -237,3 +237,19 @@ def test_the_report_puts_the_cost_of_live_previews_next_to_the_same_run_without(
                         "1024x1024 0.800 -> 0.840 s/image (+5.0 %)")
     assert preview_cost({"ours": column(0.84, 3)}) == []  # no PREVIEWS=off column: nothing to compare
     assert preview_cost({"ours": column(0.8, 0), "ours, PREVIEWS=off": column(0.8, 0)}) == []  # no previews made
+
+
+def test_tiny_enhancer_section_reports_tokens_per_second(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ZIMAGE_")}
+    env.update(HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="", PYTHONUNBUFFERED="1")
+    out = tmp_path / "bench.json"
+    completed = subprocess.run(
+        [sys.executable, "-m", "gpu.bench", "--tiny", "--sections", "enhancer", "--json", str(out),
+         "--data-dir", str(tmp_path / "data")],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    enhancer = json.loads(out.read_text())["enhancer"]
+    assert len(enhancer["runs"]) == 2 and all(run["tokens"] <= 24 for run in enhancer["runs"])
+    assert enhancer["median_tokens_per_s"] > 0 and enhancer["config"]["max_new_tokens"] == 24
+    assert re.search(rf"Median: \*\*{NUMBER} tokens/s\*\*", completed.stdout), completed.stdout

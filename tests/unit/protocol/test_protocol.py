@@ -45,6 +45,8 @@ EXAMPLES = [
     Progress(id="g", step=1, total=8),
     Progress(id="g", step=2, total=8, preview=b"\xff\xd8\xff\xe0 a small JPEG"),
     ImageReady(id="g", index=0, seed=1, png=b"\x89PNG..."),
+    ImagineRequest(id="g", params=GenerateParams("一只狐狸", 64, 48, 2, [1, 2], enhance=True, seed_variance=0.25)),
+    ImageReady(id="g", index=1, seed=2, png=b"\x89PNG...", prompt="一只红色的狐狸站在雪地里，黄昏的光"),
     CheckpointReady(id="t", step=5, total=10, loss=0.25, seconds_per_step=0.5, lora_file="/o/a", sample_png="/o/s",
                     loss_png="/o/l"),
     Error(id=None, code=ErrorCode.BUSY, message="a LoRA is already training"),
@@ -87,6 +89,12 @@ def test_every_op_has_one_message_class():
     ("generate", {"id": "g", "params": ["not", "an", "object"]}, "must be an object"),
     ("generate", {"id": "g", "params": {"prompt": "x", "width": 64, "height": 64, "steps": 1, "seeds": [1],
                                         "loras": [{"name": "a", "path": "b", "scale": float("inf")}]}}, "finite"),
+    ("generate", {"id": "g", "params": {"prompt": "x", "width": 64, "height": 64, "steps": 1, "seeds": [1],
+                                        "seed_variance": 1.5}}, "seed_variance must be between"),
+    ("generate", {"id": "g", "params": {"prompt": "x", "width": 64, "height": 64, "steps": 1, "seeds": [1],
+                                        "seed_variance": float("nan")}}, "seed_variance must be between"),
+    ("generate", {"id": "g", "params": {"prompt": "x", "width": 64, "height": 64, "steps": 1, "seeds": [1],
+                                        "enhance": "yes"}}, "enhance must be true or false"),
     ("teleport", {"id": "x"}, "unknown op"),
     ("fetch_file", {"id": "f", "sha256": "../../etc/passwd"}, "64 lowercase hex"),
     ("file_chunk", {"id": "f", "sha256": SHA, "size": 2, "offset": 1, "name": "../../x"}, "plain relative path"),
@@ -190,3 +198,11 @@ async def test_a_progress_preview_needs_no_version_bump():
     frame = await read_back(with_preview)
     assert frame.header == {"id": "g", "step": 4, "total": 8} and frame.blob == b"\xff\xd8jpeg"  # the header is v3's
     assert "jpeg" not in repr(decode(frame))  # a logged Progress does not dump the picture
+
+
+def test_stored_params_without_the_variety_fields_keep_todays_behaviour():
+    """A job queued before enhance and seed_variance existed (or from an older bot) reads as neither."""
+    old = GenerateParams.from_json({"prompt": "x", "width": 64, "height": 64, "steps": 1, "seeds": [1],
+                                    "upload_limit": 1, "aspect": "1:1"})
+    assert (old.enhance, old.seed_variance) == (False, 0.0)
+    assert GenerateParams.from_json({**old.to_json(), "seed_variance": None}).seed_variance == 0.0
