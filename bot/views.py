@@ -61,7 +61,11 @@ class DeleteButton(_JobButton, discord.ui.DynamicItem[discord.ui.Button], templa
     async def handle(self, interaction: discord.Interaction) -> None:
         await services_of(interaction).imagine.check_delete(interaction, self.job_id)
         await interaction.response.defer()
-        if interaction.message is not None:
+        if interaction.message is None:
+            return
+        if interaction.message.flags.ephemeral:  # a private result (/settings private): not reachable by the channel
+            await interaction.delete_original_response()
+        else:
             await interaction.message.delete()
 
 
