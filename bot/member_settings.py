@@ -89,6 +89,7 @@ class MemberDefaults:
         self.moderation = moderation  # the server's limits cap the defaults
         self.private_read_timeout = private_read_timeout
         self._known: OrderedDict[int, bool] = OrderedDict()  # user id -> private, as last read or set here
+        self._reading: dict[int, asyncio.Future[MemberSettings | None]] = {}  # reads in flight, by member
 
     def _remember(self, user_id: int, private: bool) -> None:
         self._known[user_id] = private
@@ -100,7 +101,7 @@ class MemberDefaults:
         """Whether this member's next result is theirs alone; read before the interaction is answered (see the module's
         docstring: a read that takes too long or fails says what was last read, else True)."""
         try:
-            saved = await asyncio.wait_for(self.store.get(user_id), self.private_read_timeout)
+            saved = await asyncio.wait_for(asyncio.shield(self._read(user_id)), self.private_read_timeout)
         except Exception as error:  # noqa: BLE001 - any failure: the last known answer, else private rather than public
             known = self._known.get(user_id)
             log.warning("member %s: settings not read in time (%r); private: %s (%s)", user_id, error,
@@ -109,6 +110,16 @@ class MemberDefaults:
         private = bool(saved is not None and saved.private)
         self._remember(user_id, private)
         return private
+
+    def _read(self, user_id: int) -> asyncio.Future[MemberSettings | None]:
+        """One read per member at a time: a burst of one member's requests shares the read in flight instead of
+        queueing one read each (a /settings change made here is known at once: change() remembers it)."""
+        reading = self._reading.get(user_id)
+        if reading is None:
+            reading = asyncio.ensure_future(self.store.get(user_id))
+            self._reading[user_id] = reading
+            reading.add_done_callback(lambda _: self._reading.pop(user_id, None))
+        return reading
 
     async def choose(self, user_id: int, guild_id: int | None, *, aspect: str | None = None, steps: int | None = None,
                      count: int | None = None) -> Chosen:
