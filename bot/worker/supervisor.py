@@ -60,8 +60,8 @@ class WorkerSupervisor:
             if lived > HEALTHY_AFTER:
                 backoff = 1.0
             self.restarts += 1
-            log.error("GPU worker (%s) exited with code %s after %.0f s; restarting in %.0f s", self.worker.label, code,
-                      lived, backoff)
+            log.error("GPU worker exited with code %s after %.0f s (%s); restarting in %.0f s", code, lived,
+                      self.worker.label, backoff)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, MAX_BACKOFF)
 
