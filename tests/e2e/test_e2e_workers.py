@@ -241,7 +241,7 @@ async def test_spawn_mode_runs_a_supervised_worker_per_gpu_and_restarts_a_killed
     # The killed one's supervisor started it again, on the same GPU and socket; the other was left alone.
     await fake.wait_for(lambda: len(started_workers(bot)) >= 3, timeout=60, what="the killed worker restarted")
     [(restarted, gpu)] = started_workers(bot)[2:]
-    assert gpu == 0 and restarted != killed and "GPU worker (GPU 0) exited with code -9" in bot.log()
+    assert gpu == 0 and restarted != killed and re.search(r"GPU worker exited with code -9 after \d+ s \(GPU 0\)", bot.log())
     assert environment_of(restarted).get("CUDA_VISIBLE_DEVICES") == "0"
     await fake.wait_for(lambda: f"connected to GPU worker pid {restarted} " in bot.log(), timeout=120,
                         what="the bot connected to the restarted worker")
