@@ -168,7 +168,7 @@ async def test_a_cancel_goes_to_the_worker_holding_the_request(tmp_path):
 
 
 def test_worker_stats_count_images_over_five_minutes_and_remember_recent_loras():
-    from bot.worker.client import WorkerStats
+    from bot.worker.stats import WorkerStats
 
     stats = WorkerStats()
     for second in range(10):
