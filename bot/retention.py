@@ -29,6 +29,7 @@ from .db.jobs import JobStore
 from .db.loras import LoraStore
 from .db.models import Job, JobKind, JobStatus, utcnow
 from .db.results import rowcount
+from .periodic import Periodic
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -51,26 +52,19 @@ class Retention:
         self.settings = settings
         self.store = store
         self.loras = loras  # which checkpoint each LoRA uses
-        self._task: asyncio.Task | None = None
+        self._runs = Periodic("retention", self._run_and_report, INTERVAL)
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="retention")
+        self._runs.start()
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await self._runs.stop()
 
-    async def _loop(self) -> None:
-        while True:
-            try:
-                report = await self.run_once()
-                if report.trainings or report.leftovers or report.tokens:
-                    log.info("retention: %d training folder(s) pruned, %d leftover(s) removed, %d token(s) forgotten",
-                             report.trainings, report.leftovers, report.tokens)
-            except Exception:  # noqa: BLE001 - retention must never end the bot; try again next time
-                log.exception("retention run failed")
-            await asyncio.sleep(INTERVAL)
+    async def _run_and_report(self) -> None:
+        report = await self.run_once()
+        if report.trainings or report.leftovers or report.tokens:
+            log.info("retention: %d training folder(s) pruned, %d leftover(s) removed, %d token(s) forgotten",
+                     report.trainings, report.leftovers, report.tokens)
 
     async def run_once(self) -> Report:
         report = Report(tokens=await self.forget_tokens())

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import sys
 import threading
@@ -17,6 +16,7 @@ from zimage_protocol.security import WireSecurity
 from zimage_protocol.settings import SettingsError
 
 from .engine import ImageEngine
+from .logs import configure_logging
 from .scheduler import GpuScheduler
 from .server import WorkerServer, socket_is_live
 from .startup_errors import WorkerExit, explain_load_error
@@ -58,8 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", LOW_VRAM_ALLOC_CONF)
     if args.exit_with_parent:
         exit_with_parent()
-    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"),
-                        format="%(asctime)s worker %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     try:
         endpoint = listen_endpoint(args)
         security = WireSecurity.from_env(os.environ)

@@ -23,6 +23,7 @@ from .claims import DEFAULT_LEASE, claim_first, lapsed, lease_deadline, owned_by
 from .leases import LeaseKeeper, Undelivered
 from .models import BotState, GuildSettings, Job, JobKind, JobStatus, utcnow
 from .results import rowcount
+from .sqlite import tune_sqlite
 from .wakeups import QueueWakeups
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ class JobStore:
         """``instance_id``: this bot process's name in ``jobs.claimed_by`` (bot/db/claims.py instance_id_for);
         by default one no other process has. ``lease``: how long a claim holds without renewal."""
         self.engine = create_async_engine(database_url)
+        tune_sqlite(self.engine)
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         self.instance_id = instance_id or f"{socket.gethostname()[:100]}:{secrets.token_hex(6)}"
         self.lease = lease

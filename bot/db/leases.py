@@ -14,6 +14,7 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
+from ..periodic import Periodic
 from .models import Job
 
 if TYPE_CHECKING:
@@ -29,30 +30,18 @@ class LeaseKeeper:
         self.store = store
         self.on_undelivered = on_undelivered
         self.interval = store.lease.total_seconds() / 3
-        self._task: asyncio.Task | None = None
+        self._rounds = Periodic("job-leases", self.run_once, self.interval)
         self._deliveries: set[asyncio.Task] = set()
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._loop(), name="job-leases")
+        self._rounds.start()
 
     async def stop(self) -> None:
-        tasks = [task for task in (self._task, *self._deliveries) if task is not None]
-        for task in tasks:
+        await self._rounds.stop()  # a round in progress finishes: its transaction must not be cut off
+        for task in self._deliveries:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        self._task = None
+        await asyncio.gather(*self._deliveries, return_exceptions=True)
         self._deliveries.clear()
-
-    async def _loop(self) -> None:
-        while True:
-            try:
-                await self.run_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # noqa: BLE001 - the database may be away for a while; the next round tries again
-                log.exception("job lease upkeep failed; trying again")
-            await asyncio.sleep(self.interval)
 
     async def run_once(self) -> None:
         await self.store.renew_leases()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 
 import pytest
 
@@ -39,7 +40,8 @@ async def test_imagine_defers_shows_progress_and_posts_tagged_pngs(fake, bot):
     [result] = await wait_result(fake, job_id, count=2)
     history = contents(result)
     assert any("position" in text for text in history), history
-    assert any("step 8/16" in text or "step 16/16" in text for text in history), history
+    # Progress counts the steps of both images (2 × 8); which steps are shown depends on PROGRESS_INTERVAL's timing.
+    assert any(re.search(r"step \d+/16 ", text) for text in history), history
     images = pngs(result)
     assert len(images) == 2
     for index, png in enumerate(images):

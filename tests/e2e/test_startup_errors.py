@@ -71,7 +71,7 @@ async def test_the_gateway_refuses(close, code, fragment, data_dir, fake):
     the developer portal has not enabled). The worker was spawned by then and is stopped on the way out."""
     fake.gateway.refuse_identify = close
     returncode, stderr, _ = await run_bot(data_dir, **fake.env(), DEV_GUILD_ID=str(fake.guild_id))
-    assert returncode == code and len(stderr) == 1 and fragment in stderr[0], stderr
+    assert returncode == code and len(stderr) == 1 and fragment in stderr[0], "\n".join(stderr)
 
 
 async def test_the_file_port_is_in_use(data_dir, fake):
