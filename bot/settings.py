@@ -24,6 +24,8 @@ from zimage_protocol.settings import (
     read_int,
     read_optional_int,
 )
+from zimage_protocol.training_adapter import DEFAULT_SPEC as DEFAULT_ADAPTER_SPEC
+from zimage_protocol.training_adapter import HUB_PREFIX, parse_spec
 
 __all__ = ["Settings", "SettingsError", "load_settings"]
 
@@ -66,7 +68,9 @@ class Settings:
     checkpoint_every: int = 250
     keep_checkpoints: int = 7
     training_retention_days: int = 7  # then a finished training keeps only its LoRA's checkpoint (0: forever)
-    training_adapter: Path | None = None
+    # TRAINING_ADAPTER (zimage_protocol/training_adapter.py): "default" (the published de-distillation adapter,
+    # resolved by the worker), None (none), "hf:owner/repo/file@revision" or a path on the worker's disk
+    training_adapter: str | None = DEFAULT_ADAPTER_SPEC
     train_min_images: int = 10
     train_max_images: int = 500
     max_zip_bytes: int = 512 << 20
@@ -200,9 +204,6 @@ def _worker_gpus(raw: str) -> tuple[int, ...] | None:
 
 def _training_settings(env: dict[str, str]) -> dict:
     d = Settings
-    adapter = env.get("TRAINING_ADAPTER", "").strip()
-    if adapter and not Path(adapter).expanduser().exists():
-        raise SettingsError(f"TRAINING_ADAPTER points at {adapter!r}, which does not exist")
     resolution = read_int(env, "TRAIN_RESOLUTION", d.train_resolution, minimum=64)
     if resolution % 16:
         raise SettingsError(f"TRAIN_RESOLUTION must be a multiple of 16, got {resolution}")
@@ -219,7 +220,7 @@ def _training_settings(env: dict[str, str]) -> dict:
         "checkpoint_every": read_int(env, "CHECKPOINT_EVERY", d.checkpoint_every, minimum=1),
         "keep_checkpoints": read_int(env, "KEEP_CHECKPOINTS", d.keep_checkpoints, minimum=1),
         "training_retention_days": read_int(env, "TRAINING_RETENTION_DAYS", d.training_retention_days, minimum=0),
-        "training_adapter": Path(adapter).expanduser().resolve() if adapter else None,
+        "training_adapter": _training_adapter(env),
         "train_min_images": read_int(env, "TRAIN_MIN_IMAGES", d.train_min_images, minimum=1),
         "train_max_images": read_int(env, "TRAIN_MAX_IMAGES", d.train_max_images, minimum=1),
         "max_zip_bytes": read_int(env, "MAX_ZIP_MB", d.max_zip_bytes >> 20, minimum=1) << 20,
@@ -228,6 +229,28 @@ def _training_settings(env: dict[str, str]) -> dict:
         "public_url": public_url,
         "link_ttl": read_float(env, "LINK_TTL_HOURS", d.link_ttl / 3600, minimum=0.01) * 3600,
     }
+
+
+def _training_adapter(env: dict[str, str]) -> str | None:
+    """TRAINING_ADAPTER: default, none, hf:owner/repo/file.safetensors[@revision], or a file. Nothing is downloaded
+    here: the worker fetches a hub file at the first /train (gpu/training/adapter.py)."""
+    spec = parse_spec(env.get("TRAINING_ADAPTER"))
+    if spec is None or spec == DEFAULT_ADAPTER_SPEC or spec.startswith(HUB_PREFIX):
+        return spec
+    path = Path(spec).expanduser()
+    if path.suffix.lower() in (".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle"):
+        raise SettingsError(f"TRAINING_ADAPTER={spec!r} is a pickle file, which can run code when loaded: "
+                            "use a .safetensors file")
+    if read_choice(env, "WORKER_MODE", Settings.worker_mode, ("spawn", "external")) == "external":
+        # The worker runs elsewhere and reads the path on its own disk: only an absolute path means one file there.
+        if not path.is_absolute():
+            raise SettingsError(f"TRAINING_ADAPTER={spec!r}: with WORKER_MODE=external give an absolute path "
+                                "on the workers' disk")
+        return str(path)
+    if not path.exists():  # spawn mode: the worker shares this disk, so a typo stops the bot here
+        raise SettingsError(f"TRAINING_ADAPTER points at {spec!r}, which does not exist "
+                            "(default, none, hf:owner/repo/file.safetensors or a path)")
+    return str(path.resolve())
 
 
 def _lora_settings(env: dict[str, str]) -> dict:

@@ -18,6 +18,7 @@ class ErrorCode(StrEnum):
     BUSY = "busy"  # the worker cannot take this now (a training is already running): wait and retry
     LORA = "lora"  # a LoRA could not be used; the message says why
     TRAINING = "training"  # a training could not start or go on (dataset, config, checkpoint); the message says why
+    TRAINING_ADAPTER = "training_adapter"  # TRAINING_ADAPTER could not be fetched or does not fit; the message says why
     UNSUPPORTED = "unsupported"  # this worker cannot do it (training on a quantized worker)
     VERSION_MISMATCH = "version_mismatch"
     UNAUTHORIZED = "unauthorized"  # a TCP client without the worker's WORKER_TOKEN

@@ -240,6 +240,7 @@ class CheckpointReady(Message):
     lora_file: str
     sample_png: str
     loss_png: str
+    training_adapter: str = ""  # the de-distillation adapter the run trains with, in short ("none", source + sha256)
 
 
 @dataclass(frozen=True)

@@ -225,6 +225,16 @@ CATALOG: dict[str, tuple[str, str]] = {
                                      "<@{user}> 任务 #{job}：你的结果设为私密，但无法送达：临时回复已过期，且你关闭了"
                                      "来自本机器人的私信。请在隐私设置中允许来自本服务器成员的私信，以便之后接收私密"
                                      "结果；这里没有发布任何内容。"),
+    # -- /train failures the member can relay (bot/jobs/outcomes.py) ----------------------------------------------
+    "job.failed": ("<@{user}> ❌ Job #{job} failed: {reason}", "<@{user}> ❌ 任务 #{job} 失败：{reason}"),
+    "train.adapter_failed": ("the training adapter could not be used ({detail}). Nothing was trained. An admin can set "
+                             "`TRAINING_ADAPTER=none` (train without it; LoRAs may come out blurrier at 8 steps) or "
+                             "`TRAINING_ADAPTER=/path/to/adapter.safetensors` (a file on the GPU worker), then you "
+                             "can try again.",
+                             "训练适配器无法使用（{detail}）。本次没有进行任何训练。管理员可以设置 "
+                             "`TRAINING_ADAPTER=none`（不使用适配器训练；LoRA 在 8 步下可能更模糊），或设置 "
+                             "`TRAINING_ADAPTER=/path/to/adapter.safetensors`（GPU 工作进程所在机器上的文件），"
+                             "之后你可以再试一次。"),
     # -- a result's picture buttons and image prompts (bot/variants.py, bot/image_prompt.py) ---------------------
     "button.reroll": ("Reroll", "重新生成"),
     "button.variations": ("Variations", "变体"),

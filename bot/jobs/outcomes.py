@@ -23,6 +23,7 @@ from zimage_protocol.errors import ErrorCode
 
 from .. import metrics
 from ..db.models import Job, JobKind, JobStatus
+from ..i18n import Text, tr
 from ..worker.client import WorkerError, WorkerUnavailable
 from . import render
 from .lane import LaneContext
@@ -50,6 +51,8 @@ BOT_ERROR_MESSAGE = "Something went wrong on our side; the error was logged."
 
 
 def worker_error_message(code: ErrorCode, detail: str) -> str:
+    if code == ErrorCode.TRAINING_ADAPTER:  # the admin's setting: the member is told what to ask for (en and zh-CN)
+        return Text("train.adapter_failed", detail=detail[:400])
     if code in USER_ERROR_PREFIXES:
         return USER_ERROR_PREFIXES[code] + detail[:400]
     return WORKER_ERROR_MESSAGES.get(code, WORKER_ERROR_MESSAGES[ErrorCode.INTERNAL])
@@ -134,7 +137,11 @@ class JobOutcomes:
 
     async def fail(self, job: Job, reason: str) -> None:
         await self.store.finish(job.id, JobStatus.FAILED, error=reason)
-        await self.messages.post_final(job, render.failed_text(job, reason), embed=None, view=None)
+        if isinstance(reason, Text):  # a catalog message: in the language of the member who asked (params' locale)
+            text = tr(str(job.params.get("locale") or ""), "job.failed", user=job.user_id, job=job.id, reason=reason)
+        else:
+            text = render.failed_text(job, reason)
+        await self.messages.post_final(job, text, embed=None, view=None)
 
     async def cancelled_while_queued(self, job: Job) -> None:
         await self.status.settle(job.id)

@@ -137,6 +137,8 @@ def checkpoint_text(job: Job, checkpoint: CheckpointReady, link: str | None, pri
     eta = duration((total - step) * checkpoint.seconds_per_step)
     lines = [f"<@{job.user_id}> 📦 Job #{job.id}: checkpoint of `{job.params['name']}` at step {step}/{total}: "
              f"loss {checkpoint.loss:.4f}, {checkpoint.seconds_per_step:.2f} s/step, ETA {eta}"]
+    if checkpoint.training_adapter:  # what the run merged in during its steps (TRAINING_ADAPTER), as the worker says
+        lines.append(f"Training adapter: `{checkpoint.training_adapter[:200].replace('`', '')}`")
     if private:
         lines.append("The LoRA is private: its file goes to its owner only.")
     elif link:

@@ -92,7 +92,8 @@ class TrainService:
         lora = await self.library.create(guild_id=guild_id_of(interaction), owner_id=interaction.user.id, name=name,
                                          rank=config["rank"])
         params = {"name": name, "lora_id": lora.id, "dataset_dir": str(job_dir / "dataset"),
-                  "output_dir": str(job_dir / "output"), "config": config, "upload_limit": interaction.filesize_limit}
+                  "output_dir": str(job_dir / "output"), "config": config, "upload_limit": interaction.filesize_limit,
+                  "locale": str(interaction.locale)}  # a failure the member can relay, in their language
         guild = await self.moderation.settings(interaction.guild_id)
         # The caps checked before the download are checked again inside the INSERT (bot/db/admission.py): a
         # member's parallel /train requests all passed the first check minutes ago.
@@ -135,7 +136,7 @@ class TrainService:
             "learning_rate": settings.train_learning_rate, "weight_decay": settings.train_weight_decay,
             "timestep_sampling": settings.train_timesteps, "resolution": settings.train_resolution,
             "checkpoint_every": settings.checkpoint_every, "keep_checkpoints": settings.keep_checkpoints,
-            "training_adapter": str(settings.training_adapter) if settings.training_adapter else None,
+            "training_adapter": settings.training_adapter,  # resolved by the worker (gpu/training/adapter.py)
             "sample_prompt": caption or f"a photo of {name}", "sample_seed": 42, "sample_steps": 8,
         }
 

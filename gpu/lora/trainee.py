@@ -8,43 +8,35 @@ when the state must be set again. Kept apart from the trainer so its peft handli
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from ..training.config import TrainConfig, TrainerError
+from ..training.config import TrainConfig, TrainerError, TrainingAdapterError
 from ..training.flow_matching import derived_seed
 from .common import (
     TRAINEE_ADAPTER,
     TRAINING_ADAPTER,
-    AdapterError,
     adapter_names,
     apply_adapters,
+    describe_load_error,
     quiet_peft,
     remove_peft_if_empty,
-    resolve_lora_file,
 )
 
 __all__ = ["add_trainee", "adapter_signature", "find_trainee_layer", "make_optimizer", "remove_trainer_adapters",
-           "set_training_state", "trainee_state_dict", "training_adapter_file", "write_trainee"]
+           "set_training_state", "trainee_state_dict", "write_trainee"]
 
 
-def training_adapter_file(spec: str) -> Path:
-    """The de-distillation LoRA's file (a path or a name gpu/lora/common.py resolves); TrainerError if missing."""
-    try:
-        return resolve_lora_file(spec)
-    except AdapterError as exc:
-        raise TrainerError(f"the training adapter could not be loaded: {exc}") from exc
-
-
-def _load_training_adapter(pipe, spec: str) -> None:
-    file = training_adapter_file(spec)
+def _load_training_adapter(pipe, file: Path) -> None:
     try:
         pipe.load_lora_weights(str(file), adapter_name=TRAINING_ADAPTER)
     except (OSError, ValueError, RuntimeError) as exc:
-        raise TrainerError(f"the training adapter could not be loaded: {exc}") from exc
+        raise TrainingAdapterError(f"the training adapter could not be loaded: {describe_load_error(exc)}") from exc
 
 
-def add_trainee(pipe, transformer, config: TrainConfig, device) -> list:
-    """Add the trainee (initialised from config.seed) and the training adapter if configured.
+def add_trainee(pipe, transformer, config: TrainConfig, device, adapter_file: Path | None = None) -> list:
+    """Add the trainee (initialised from config.seed) and the training adapter `adapter_file` (resolved and checked
+    by gpu/training/adapter.py) if there is one.
 
     Returns the trainee's parameters, turned into fp32 master weights (the forward autocasts on CUDA)."""
     import torch
@@ -59,8 +51,8 @@ def add_trainee(pipe, transformer, config: TrainConfig, device) -> list:
             transformer.add_adapter(lora_config, adapter_name=TRAINEE_ADAPTER)
         except ValueError as exc:
             raise TrainerError(f"the LoRA cannot be added: {exc}") from exc
-        if config.training_adapter is not None:
-            _load_training_adapter(pipe, config.training_adapter)
+        if adapter_file is not None:
+            _load_training_adapter(pipe, adapter_file)
     marker = f".{TRAINEE_ADAPTER}."
     params = [param for name, param in transformer.named_parameters() if marker in name]
     for param in params:
@@ -114,11 +106,25 @@ def trainee_state_dict(transformer, dtype) -> dict:
     return {key: value.detach().to("cpu", dtype).contiguous() for key, value in state.items()}
 
 
-def write_trainee(pipe, transformer, dtype, folder: Path) -> None:
-    """The trainee as a diffusers LoRA file in `folder`, with its rank/alpha metadata (loaders need it)."""
-    metadata = transformer.peft_config[TRAINEE_ADAPTER].to_dict()
+def write_trainee(pipe, transformer, dtype, folder: Path, extra_metadata: dict[str, str] | None = None) -> None:
+    """The trainee as a diffusers LoRA file in `folder`, with its rank/alpha metadata (loaders need it) and
+    `extra_metadata` (the training adapter used: gpu/training/adapter.py) in the safetensors header.
+
+    diffusers writes no metadata of the caller's, so the file is written here as its writer does it: the weights
+    packed under ``transformer.``, ``format: pt`` and the peft config (prefixed, sets as lists) as JSON."""
+    import safetensors.torch
+    from diffusers.loaders.lora_base import LORA_ADAPTER_METADATA_KEY
+
+    config = transformer.peft_config[TRAINEE_ADAPTER].to_dict()
+    packed = {f"transformer.{key}": sorted(value) if isinstance(value, set) else value for key, value in config.items()}
+    metadata = {**(extra_metadata or {}), "format": "pt",
+                LORA_ADAPTER_METADATA_KEY: json.dumps(packed, indent=2, sort_keys=True)}
+
+    def save(weights: dict, filename: str) -> None:
+        safetensors.torch.save_file(weights, filename, metadata=metadata)
+
     type(pipe).save_lora_weights(folder, transformer_lora_layers=trainee_state_dict(transformer, dtype),
-                                 transformer_lora_adapter_metadata=metadata)
+                                 save_function=save)
 
 
 def make_optimizer(params: list, config: TrainConfig, device):

@@ -5,6 +5,7 @@
 - :mod:`.config`: ``TrainConfig`` and ``TrainerError``: a run's settings, read and checked without torch.
 - :mod:`.data`: the dataset manifest, aspect buckets and the latent/embedding cache.
 - :mod:`.checkpoints`: the checkpoint folders on disk (writing, pruning, resuming).
+- :mod:`.adapter`: the training adapter (TRAINING_ADAPTER): resolved, downloaded, checked, recorded.
 - :mod:`.graphs`: CUDA graphs for training steps on the compiled transformer.
 - :mod:`.shapes`: steps padded to a few fixed shapes (masked), so compiled runs record few graphs.
 - :mod:`.flow_matching`: the objective and its reproducible randomness.

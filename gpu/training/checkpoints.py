@@ -2,7 +2,7 @@
 
 Each checkpoint is ``output_dir/checkpoints/step-NNNNNN/`` holding the LoRA in diffusers format
 (``pipe.load_lora_weights(folder)`` loads it), ``checkpoint.json`` (step, mean loss and seconds per
-step since the previous checkpoint, config) and, for the newest only, ``training_state.pt`` (trainee
+step since the previous checkpoint, config, the training adapter used) and, for the newest only, ``training_state.pt`` (trainee
 weights, optimizer, RNG: what an exact resume needs). A folder is written as ``step-NNNNNN.tmp`` and
 renamed when complete, so ``list_checkpoints`` never sees half a checkpoint. Kept apart from
 gpu/training/trainer.py so that the on-disk format lives in one place, readable without a model (the bot lists
@@ -96,8 +96,10 @@ def restore_training_state(transformer, optimizer, state: dict) -> None:
 
 
 def write_checkpoint(output_dir: Path, step: int, config: TrainConfig, losses: list[float], step_seconds: list[float],
-                     write_lora: Callable[[Path], None], state: Callable[[], dict]) -> Checkpoint:
-    """LoRA (written by ``write_lora(folder)``) + ``state()`` + metadata in output_dir/checkpoints/step-NNNNNN/."""
+                     write_lora: Callable[[Path], None], state: Callable[[], dict],
+                     training_adapter: dict[str, str] | None = None) -> Checkpoint:
+    """LoRA (written by ``write_lora(folder)``) + ``state()`` + metadata in output_dir/checkpoints/step-NNNNNN/;
+    `training_adapter`: the adapter's source and sha256 (gpu/training/adapter.py), recorded as it was used."""
     import torch
 
     root = output_dir / "checkpoints"
@@ -111,7 +113,8 @@ def write_checkpoint(output_dir: Path, step: int, config: TrainConfig, losses: l
     recent_losses, recent_seconds = losses[-since:], step_seconds[-since:]
     loss = sum(recent_losses) / len(recent_losses) if recent_losses else float("nan")
     seconds = sum(recent_seconds) / len(recent_seconds) if recent_seconds else 0.0
-    meta = {"step": step, "loss": loss, "seconds_per_step": seconds, "config": config.to_json(), "saved_at": time.time()}
+    meta = {"step": step, "loss": loss, "seconds_per_step": seconds, "config": config.to_json(), "saved_at": time.time(),
+            "training_adapter": training_adapter or {"source": "none", "sha256": "none"}}
     (scratch / META_FILE).write_text(json.dumps(meta, indent=1))
     shutil.rmtree(final, ignore_errors=True)
     os.replace(scratch, final)

@@ -13,13 +13,20 @@ from zimage_protocol import ErrorCode, UserError
 
 TIMESTEP_SAMPLING = ("sigmoid", "shift", "uniform")
 
-__all__ = ["TIMESTEP_SAMPLING", "TrainConfig", "TrainerError"]
+__all__ = ["TIMESTEP_SAMPLING", "TrainConfig", "TrainerError", "TrainingAdapterError"]
 
 
 class TrainerError(UserError):
     """Training cannot go on; the message can be shown to the user."""
 
     code = ErrorCode.TRAINING
+
+
+class TrainingAdapterError(TrainerError):
+    """The training adapter (TRAINING_ADAPTER) cannot be had or used: the bot tells the member what the admin can
+    set instead (gpu/training/adapter.py)."""
+
+    code = ErrorCode.TRAINING_ADAPTER
 
 
 @dataclass
@@ -35,7 +42,9 @@ class TrainConfig:
     keep_checkpoints: int = 7
     seed: int = 0
     target_modules: tuple = ("to_q", "to_k", "to_v", "to_out.0", "w1", "w2", "w3")
-    training_adapter: str | None = None  # de-distillation LoRA (ai-toolkit or diffusers format)
+    # de-distillation LoRA: a spec of zimage_protocol/training_adapter.py ("default", "hf:…", a file; None: none),
+    # resolved by gpu/training/adapter.py before the run
+    training_adapter: str | None = None
     sample_prompt: str = ""  # empty: the first caption of the dataset
     sample_seed: int = 42
     sample_steps: int = 8

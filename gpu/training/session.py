@@ -30,7 +30,7 @@ class TrainingCancelled(Cancelled):
 
 class TrainingSession:
     def __init__(self, pipe, params: TrainParams, device: str, gpu: Executor, encoder: Executor,
-                 cuda_graphs: bool = False):
+                 cuda_graphs: bool = False, model: str = ""):
         from .config import TrainConfig
         from .graphs import TrainingGraphs
         from .trainer import LoraTrainer
@@ -40,12 +40,18 @@ class TrainingSession:
         self.trainer = LoraTrainer(pipe, Path(params.dataset_dir), Path(params.output_dir), self.config,
                                    device, pipe.transformer.dtype, graphs)
         self._gpu, self._encoder = gpu, encoder
+        self._model = model  # ZIMAGE_MODEL: the default training adapter is none on the tiny model
 
     async def _on_gpu(self, function: Callable):
         return await asyncio.get_running_loop().run_in_executor(self._gpu, function)
 
     async def run(self, request_id: str, send: Callable[[Message], Awaitable[None]], cancelled: Callable[[], bool]) -> None:
         """Train to the configured step count, sending progress and checkpoints; resumes if it can."""
+        from .adapter import resolve_training_adapter
+
+        # In a thread of its own: the first run downloads the adapter (minutes), and generations go on meanwhile.
+        self.trainer.adapter = await asyncio.to_thread(resolve_training_adapter, self.config.training_adapter,
+                                                       self._model)
         await self._on_gpu(self.trainer.prepare)
         total = self.config.steps
         recent: list[float] = []
@@ -75,7 +81,8 @@ class TrainingSession:
         return CheckpointReady(id=request_id, step=checkpoint.step, total=total, loss=round(float(checkpoint.loss), 6),
                                seconds_per_step=round(float(checkpoint.seconds_per_step), 4),
                                lora_file=str(checkpoint.lora_file), sample_png=str(folder / "sample.png"),
-                               loss_png=str(folder / "loss.png"))
+                               loss_png=str(folder / "loss.png"),
+                               training_adapter=self.trainer.adapter.describe() if self.trainer.adapter else "")
 
     async def close(self) -> None:
         await self._on_gpu(self.trainer.close)

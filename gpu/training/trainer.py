@@ -48,9 +48,9 @@ from ..lora.trainee import (
     remove_trainer_adapters,
     set_training_state,
     trainee_state_dict,
-    training_adapter_file,
     write_trainee,
 )
+from .adapter import TrainingAdapter, checked_adapter
 from .checkpoints import (
     Checkpoint,
     check_compatible,
@@ -84,7 +84,7 @@ class _SavedFlags:
 
 class LoraTrainer:
     def __init__(self, pipe, dataset_dir: Path, output_dir: Path, config: TrainConfig, device=None, dtype=None,
-                 graphs: TrainingGraphs | None = None):
+                 graphs: TrainingGraphs | None = None, adapter: TrainingAdapter | None = None):
         import torch
 
         self.pipe = pipe
@@ -111,6 +111,9 @@ class LoraTrainer:
         self._checkpointing_on = False  # gradient checkpointing (configured, or turned on by an out-of-memory step)
         self._graphs = graphs or TrainingGraphs([])  # CUDA graphs for training steps (gpu/training/graphs.py)
         self._quantized: QuantizedBase | None = None  # the base's quantized layers (gpu/training/quantized.py)
+        # The training adapter resolved from config.training_adapter (gpu/training/adapter.py: the session does it
+        # in a thread, as it may download); None: prepare() takes config.training_adapter as a local file.
+        self.adapter = adapter
         self._prepared = False
         self._closed = False
 
@@ -160,7 +163,7 @@ class LoraTrainer:
 
     @property
     def has_training_adapter(self) -> bool:
-        return self.config.training_adapter is not None
+        return self.adapter is not None and self.adapter.path is not None
 
     # -- setup ------------------------------------------------------------------------------------------------
 
@@ -173,8 +176,7 @@ class LoraTrainer:
         self.config.validate()
         if TRAINEE_ADAPTER in adapter_names(self.transformer):
             raise TrainerError("another training is already running on this model")
-        if self.config.training_adapter is not None:
-            training_adapter_file(self.config.training_adapter)  # fail before minutes of encoding, not after
+        self.adapter = checked_adapter(self.adapter, self.config.training_adapter, self.transformer)  # before encoding
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.samples = load_or_build(self.pipe, self.dataset_dir, self.output_dir / "cache.pt", self.config.resolution)
         self._latents = [sample.latent.to(self.device) for sample in self.samples]  # float32
@@ -221,7 +223,8 @@ class LoraTrainer:
 
     def _add_adapters(self) -> None:
         self._saved.requires_grad = {param: param.requires_grad for param in self.transformer.parameters()}
-        self._trainee_params = add_trainee(self.pipe, self.transformer, self.config, self.device)
+        self._trainee_params = add_trainee(self.pipe, self.transformer, self.config, self.device,
+                                           self.adapter.path if self.adapter is not None else None)
         self._quantized = QuantizedBase.find(self.transformer)
         if self._quantized is not None:
             log.info("training on a quantized base: %s", self._quantized.describe())
@@ -338,8 +341,9 @@ class LoraTrainer:
     def save_checkpoint(self) -> Checkpoint:
         """LoRA (diffusers format) + training state in output_dir/checkpoints/step-NNNNNN/, then prune."""
         self._require_prepared()
+        assert self.adapter is not None  # set by prepare()
         checkpoint = write_checkpoint(self.output_dir, self._step, self.config, self._losses, self._step_seconds,
-                                      self._write_lora, self._checkpoint_state)
+                                      self._write_lora, self._checkpoint_state, self.adapter.record())
         self._saved_step = self._step
         prune_checkpoints(self.output_dir, self.config.keep_checkpoints)
         log.info("checkpoint %s (loss %.4f, %.3f s/step)", checkpoint.path, checkpoint.loss, checkpoint.seconds_per_step)
@@ -350,7 +354,8 @@ class LoraTrainer:
         return trainee_state_dict(self.transformer, self.dtype)
 
     def _write_lora(self, folder: Path) -> None:
-        write_trainee(self.pipe, self.transformer, self.dtype, folder)
+        write_trainee(self.pipe, self.transformer, self.dtype, folder,
+                      self.adapter.safetensors_metadata() if self.adapter is not None else None)
 
     def _checkpoint_state(self) -> dict:
         return training_state(self.transformer, self._trainee_params, self.optimizer, self._step, self._losses,

@@ -71,6 +71,8 @@ async def test_train_posts_checkpoints_and_lora_changes_images(fake, bot):
     names = [a["filename"] for a in last.attachments]
     assert any(n.endswith("_sample.png") for n in names) and any(n.endswith("_loss.png") for n in names)
     assert "loss" in last.content and "s/step" in last.content and "ETA" in last.content
+    # TRAINING_ADAPTER unset = the published adapter, which the tiny model's worker leaves out: the run says so.
+    assert "Training adapter: `none`" in last.content
     # The LoRA is private: its files went to alice alone (ephemeral follow-ups of her /train), none to the channel.
     assert not any(a["filename"].endswith(".safetensors") for m in fake.messages.values() if not m.ephemeral
                    for a in m.attachments)

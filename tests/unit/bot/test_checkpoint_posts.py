@@ -5,6 +5,7 @@ output folder is refused: nothing is posted, and the LoRA keeps its file.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -114,6 +115,17 @@ async def test_a_private_loras_file_goes_to_its_owner_only(world):
     assert "/files/" not in public and "private" in public
     [(private, private_files)] = messages.private
     assert private_files == ["ada_step5.safetensors"] and "/lora share ada" in private
+
+
+async def test_the_checkpoint_says_which_training_adapter_the_run_used(world):
+    job, output = await training(world)
+    ready = checkpoint_files(output)
+    adapter = "ostris/zimage_turbo_training_adapter@0123abc/zimage_turbo_training_adapter_v2.safetensors (sha256 9f86d081884c)"
+    messages = await run(world, job, dataclasses.replace(ready, training_adapter=adapter))
+    [(public, _)] = messages.public
+    assert f"Training adapter: `{adapter}`" in public
+    messages = await run(world, job, dataclasses.replace(checkpoint_files(output, step=6), training_adapter="none"))
+    assert "Training adapter: `none`" in messages.public[0][0]
 
 
 async def test_a_private_loras_link_goes_to_its_owner_only(world):

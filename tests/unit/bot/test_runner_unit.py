@@ -198,6 +198,26 @@ async def test_a_worker_error_fails_the_job_with_its_message(code, detail, messa
     assert worker.cancelled == []  # the worker ended the request itself
 
 
+@pytest.mark.parametrize("locale, expected", [
+    ("en-US", "<@101> ❌ Job #1 failed: the training adapter could not be used (the training adapter "
+              "ostris/x@main/a.safetensors is not in the Hugging Face cache and HF_HUB_OFFLINE is set). "
+              "Nothing was trained. An admin can set `TRAINING_ADAPTER=none`"),
+    ("zh-CN", "<@101> ❌ 任务 #1 失败：训练适配器无法使用（the training adapter ostris/x@main/a.safetensors is not in "
+              "the Hugging Face cache and HF_HUB_OFFLINE is set）。本次没有进行任何训练。管理员可以设置 "
+              "`TRAINING_ADAPTER=none`"),
+])
+async def test_a_training_adapter_failure_tells_the_member_what_the_admin_can_set(locale, expected):
+    """TRAINING_ADAPTER could not be fetched on the worker: the member reads, in their language, what to ask for."""
+    detail = "the training adapter ostris/x@main/a.safetensors is not in the Hugging Face cache and HF_HUB_OFFLINE is set"
+    job = make_job(1)
+    job.params["locale"] = locale
+    runner, store, worker, messages, _ = build(job, errors=[WorkerError(ErrorCode.TRAINING_ADAPTER, detail)])
+    await run_until(runner, finished(store, 1))
+    assert store.jobs[1].status == JobStatus.FAILED and "TRAINING_ADAPTER=none" in store.jobs[1].error
+    [(_, text)] = messages.finals
+    assert text.startswith(expected) and "/path/to/adapter.safetensors" in text
+
+
 async def test_a_cancelled_request_cancels_the_job():
     runner, store, _, messages, _ = build(make_job(1), errors=[WorkerError(ErrorCode.CANCELLED, "cancelled")])
     await run_until(runner, finished(store, 1))
