@@ -260,7 +260,10 @@ class ModCog(commands.GroupCog, group_name="mod", group_description="Moderator t
                spoilers=tr(interaction, "mod.on" if settings.spoiler_images else "mod.off")),
             tr(interaction, "mod.content_check", mode=ContentMode.of(settings.content_mode).value,
                rule=AgeRestrictedRule.of(settings.content_age_restricted).value)])
-        await self._done(interaction, "content", text, details=", ".join(f"{k}={v}" for k, v in changes.items()) or None)
+        given = {"allow_in_age_restricted": allow_in_age_restricted, "spoilers": spoilers, "mode": mode,
+                 "age_restricted_channels": age_restricted_channels}
+        await self._done(interaction, "content", text,
+                         details=", ".join(f"{k}={v}" for k, v in given.items() if v is not None) or None)
 
     @app_commands.command(name="variety", description="How different Reroll and Variations images are from each other")
     @app_commands.describe(seed_variance="0 to 1: noise on the prompt per seed (0 = off; 0.1-0.3 is a good start)")

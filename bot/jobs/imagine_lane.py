@@ -9,6 +9,9 @@ with a preview). The latest one is attached to every progress edit from then on,
 StatusEdits sends (at most one per PROGRESS_INTERVAL, the newest) carries it: no extra Discord request.
 The result's edit replaces the message's attachments, and a failure's or a cancel's edit empties them,
 so no preview outlives the job's run.
+
+The guild's /mod content check (bot/jobs/screening.py) runs in ``resume``, between the saved PNGs and their post:
+a flagged result is withheld (mode block) or posted as a spoiler (mode spoiler).
 """
 
 from __future__ import annotations
