@@ -29,12 +29,13 @@ WORKDIR /app
 COPY requirements.lock pyproject.toml ./
 # torch alone first: the biggest layer (several GB with CUDA).
 RUN pip install -c requirements.lock torch ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}
-# The dependencies and the extras a GPU host uses (fp8: torchao; cuda: bitsandbytes; postgres: asyncpg),
+# The dependencies and the extras a GPU host uses (fp8: torchao; cuda: bitsandbytes; postgres: asyncpg;
+# safety: NudeNet for the bot's /mod content check, about 265 MB installed with onnxruntime and OpenCV),
 # read from pyproject.toml, at the lock's versions. The project itself is not installed: it runs from
 # /app, where bot/db/migrate.py finds migrations/ beside the code.
 RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
 extras = p['optional-dependencies']; \
-print('\n'.join(p['dependencies'] + extras['fp8'] + extras['cuda'] + extras['postgres']))" > /tmp/requirements.txt \
+print('\n'.join(p['dependencies'] + extras['fp8'] + extras['cuda'] + extras['postgres'] + extras['safety']))" > /tmp/requirements.txt \
  && pip install -c requirements.lock -r /tmp/requirements.txt \
  && rm /tmp/requirements.txt
 

@@ -26,6 +26,7 @@ from .jobs.imagine_lane import ImagineLane
 from .jobs.lane import LaneContext
 from .jobs.positions import Positions
 from .jobs.runner import JobRunner
+from .jobs.screening import Screening, channel_age_restricted
 from .jobs.status_edits import StatusEdits
 from .jobs.training_lane import TrainingLane
 from .limits import UserLimits
@@ -33,6 +34,7 @@ from .lora_library import LoraImporter, LoraLibrary
 from .member_settings import MemberDefaults
 from .moderation import RequestRules
 from .retention import Retention
+from .safety import ContentCheck
 from .services import Services
 from .settings import Settings
 from .training.approvals import TrainingApprovals
@@ -68,12 +70,15 @@ async def build_services(settings: Settings, client: discord.Client) -> Services
     monitor = Monitor(client, store, worker, supervisors)
     files_server = FilesServer(signer, settings.http_host, settings.http_port, routes=monitor.routes())
 
-    delivery = Delivery(DiscordRoutes(client))
+    routes = DiscordRoutes(client)
+    delivery = Delivery(routes)
+    content_check = ContentCheck.named(settings.content_classifier)  # /mod content; loads its model on first use
     status = StatusEdits(delivery, min_interval=settings.progress_interval)
     positions = Positions(store, status)
     context = LaneContext(settings=settings, store=store, worker=worker, messages=delivery, positions=positions,
                           status=status)
-    lanes = (ImagineLane(context, moderation, result_view), TrainingLane(context, loras, signer, delivery))
+    screening = Screening(content_check, channel_age_restricted(routes))
+    lanes = (ImagineLane(context, moderation, result_view, screening), TrainingLane(context, loras, signer, delivery))
     runner = JobRunner(context, lanes, workers=worker.clients, max_attempts=settings.max_attempts)
 
     library = LoraLibrary(settings, loras, signer)
@@ -91,4 +96,5 @@ async def build_services(settings: Settings, client: discord.Client) -> Services
         retention=Retention(settings, store, loras),
         member_settings=members,
         variants=VariantService(imagine, settings.outputs_dir),
+        content_check=content_check,
     )

@@ -24,6 +24,7 @@ from .jobs.status_edits import StatusEdits
 from .lora_library import LoraImporter, LoraLibrary
 from .member_settings import MemberDefaults
 from .retention import Retention
+from .safety import ContentCheck
 from .settings import Settings
 from .training.approvals import TrainingApprovals
 from .training.service import TrainService
@@ -58,6 +59,7 @@ class Services:
     retention: Retention
     member_settings: MemberDefaults  # /settings: members' /imagine defaults, private results
     variants: VariantService  # a result's picture buttons (bot/variants.py)
+    content_check: ContentCheck  # /mod content's image safety check (bot/safety/), on a thread of its own
 
     async def start(self) -> None:
         """The background parts: file links, the worker process and the connection to it, its health checks,
@@ -96,6 +98,7 @@ class Services:
         await asyncio.gather(*(supervisor.stop() for supervisor in self.supervisors))
         await self.files_server.stop()
         await self.store.close()
+        self.content_check.close()
 
 
 def services_of(source: discord.Interaction | discord.Client) -> Services:

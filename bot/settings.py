@@ -27,6 +27,8 @@ from zimage_protocol.settings import (
 from zimage_protocol.training_adapter import DEFAULT_SPEC as DEFAULT_ADAPTER_SPEC
 from zimage_protocol.training_adapter import HUB_PREFIX, parse_spec
 
+from .safety.classifiers import CONTENT_CLASSIFIERS
+
 __all__ = ["Settings", "SettingsError", "load_settings"]
 
 
@@ -58,6 +60,8 @@ class Settings:
     enhancer: EnhancerSettings = EnhancerSettings()
     log_level: str = "INFO"
     allow_dms: bool = False  # /imagine in DMs (no server's rules there: see bot/moderation.py)
+    # CONTENT_CLASSIFIER: the /mod content check's classifier (bot/safety/); `marker` is the tests' stand-in
+    content_classifier: str = "nudenet"
     # LoRA training (/train); defaults follow the Z-Image character-LoRA guide.
     train_steps: int = 4000
     train_rank: int = 64
@@ -166,6 +170,7 @@ def load_settings(env: dict[str, str] | None = None, dotenv_path: str | None = "
         enhancer=EnhancerSettings.from_env(env),
         log_level=log_level,
         allow_dms=read_choice(env, "ALLOW_DMS", "off", ("on", "off")) == "on",
+        content_classifier=read_choice(env, "CONTENT_CLASSIFIER", d.content_classifier, CONTENT_CLASSIFIERS),
         **_training_settings(env),
         **_lora_settings(env),
     )

@@ -1,4 +1,4 @@
-"""/mod: moderators run the queue (pause, cancel, ban, limits, blocklist, variety, audit).
+"""/mod: moderators run the queue (pause, cancel, ban, limits, content, blocklist, variety, audit).
 
 Every command checks server-side that the caller is a moderator (Manage Server, or the role
 set with /mod role) -- default permissions alone can be overridden by admins -- and every
@@ -29,6 +29,7 @@ from ..jobs.runner import JobRunner
 from ..listing import fit_lines
 from ..moderation import expiry_from, parse_duration
 from ..permissions import NotModerator, is_moderator
+from ..safety import AgeRestrictedRule, ContentCheck, ContentMode
 from ..services import services_of
 from ..settings import Settings
 from .mod_views import queue_page
@@ -42,13 +43,14 @@ class ModCog(commands.GroupCog, group_name="mod", group_description="Moderator t
     approve_training = app_commands.Group(name="approve-training", description="Require approval of /train jobs")
 
     def __init__(self, settings: Settings, moderation: ModerationStore, store: JobStore, runner: JobRunner,
-                 positions: Positions, rows_of: RowsOf):
+                 positions: Positions, rows_of: RowsOf, content_check: ContentCheck | None = None):
         self.settings = settings  # the defaults /mod limits shows
         self.moderation = moderation
         self.store = store
         self.runner = runner
         self.positions = positions
         self.rows_of = rows_of  # the GPU workers, under the /mod queue listing
+        self.content_check = content_check  # /mod content mode: is its classifier installed
         super().__init__()
 
     async def interaction_check(self, interaction: discord.Interaction) -> bool:
@@ -226,19 +228,42 @@ class ModCog(commands.GroupCog, group_name="mod", group_description="Moderator t
 
     @app_commands.command(name="content", description="Age-restricted content: blocklist exemption and spoilers")
     @app_commands.describe(allow_in_age_restricted="Blocklisted prompts pass in age-restricted channels",
-                           spoilers="Post generated images as spoilers")
+                           spoilers="Post generated images as spoilers",
+                           mode="Image safety check of every result: off, spoiler (hide flagged ones) or block them",
+                           age_restricted_channels="allow: results in age-restricted channels are not checked; "
+                                                   "same: checked like everywhere else")
+    @app_commands.choices(mode=[app_commands.Choice(name=mode.value, value=mode.value) for mode in ContentMode],
+                          age_restricted_channels=[app_commands.Choice(name=rule.value, value=rule.value)
+                                                   for rule in AgeRestrictedRule])
     async def content(self, interaction: discord.Interaction, allow_in_age_restricted: bool | None = None,
-                      spoilers: bool | None = None) -> None:
-        changes = {}
+                      spoilers: bool | None = None, mode: str | None = None,
+                      age_restricted_channels: str | None = None) -> None:
+        changes: dict[str, object] = {}
         if allow_in_age_restricted is not None:
             changes["allow_blocklisted_in_nsfw"] = allow_in_age_restricted
         if spoilers is not None:
             changes["spoiler_images"] = spoilers
+        if mode is not None:
+            chosen = ContentMode.of(mode)
+            # Refused before anything is stored: a check that cannot run would withhold (block) or hide (spoiler)
+            # every result of the server (bot/safety/policy.py fails closed).
+            if chosen is not ContentMode.OFF and self.content_check and (missing := self.content_check.available()):
+                raise UserFacingError(Text("mod.content_check_missing", problem=missing))
+            changes["content_mode"] = None if chosen is ContentMode.OFF else chosen.value
+        if age_restricted_channels is not None:
+            rule = AgeRestrictedRule.of(age_restricted_channels)
+            changes["content_age_restricted"] = None if rule is AgeRestrictedRule.ALLOW else rule.value
         settings = await self.moderation.update_settings(guild_id_of(interaction), **changes)
-        text = tr(interaction, "mod.content",
-                  exempt=tr(interaction, "mod.allowed" if settings.allow_blocklisted_in_nsfw else "mod.refused"),
-                  spoilers=tr(interaction, "mod.on" if settings.spoiler_images else "mod.off"))
-        await self._done(interaction, "content", text, details=", ".join(f"{k}={v}" for k, v in changes.items()) or None)
+        text = "\n".join([
+            tr(interaction, "mod.content",
+               exempt=tr(interaction, "mod.allowed" if settings.allow_blocklisted_in_nsfw else "mod.refused"),
+               spoilers=tr(interaction, "mod.on" if settings.spoiler_images else "mod.off")),
+            tr(interaction, "mod.content_check", mode=ContentMode.of(settings.content_mode).value,
+               rule=AgeRestrictedRule.of(settings.content_age_restricted).value)])
+        given = {"allow_in_age_restricted": allow_in_age_restricted, "spoilers": spoilers, "mode": mode,
+                 "age_restricted_channels": age_restricted_channels}
+        await self._done(interaction, "content", text,
+                         details=", ".join(f"{k}={v}" for k, v in given.items() if v is not None) or None)
 
     @app_commands.command(name="variety", description="How different Reroll and Variations images are from each other")
     @app_commands.describe(seed_variance="0 to 1: noise on the prompt per seed (0 = off; 0.1-0.3 is a good start)")
@@ -327,4 +352,4 @@ def expiry(interaction: discord.Interaction, expires_at: datetime | None) -> str
 async def setup(bot: commands.Bot) -> None:
     services = services_of(bot)
     await bot.add_cog(ModCog(services.settings, services.moderation, services.store, services.runner, services.positions,
-                             rows_source(bot)))
+                             rows_source(bot), services.content_check))

@@ -99,6 +99,10 @@ class GuildSettings(Base):
     spoiler_images: Mapped[bool] = mapped_column(Boolean, default=False)
     # /mod variety: noise on the prompt embedding per seed (gpu/seed_variance.py), 0..1; NULL: 0 (none)
     seed_variance: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # /mod content mode and age_restricted_channels (bot/safety/policy.py): the image safety check.
+    # NULL: off (no check, today's behaviour) and allow (age-restricted channels are not checked).
+    content_mode: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    content_age_restricted: Mapped[str | None] = mapped_column(String(16), nullable=True)
 
 
 class Ban(Base):

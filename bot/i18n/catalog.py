@@ -93,6 +93,15 @@ CATALOG: dict[str, tuple[str, str]] = {
     "mod.limits_imports": ("Imported LoRAs per member: {count}, {mib} MiB", "每位成员可导入 LoRA：{count} 个，{mib} MiB"),
     "mod.content": ("Blocklisted prompts in age-restricted channels: {exempt}\nImages as spoilers: {spoilers}",
                     "年龄限制频道中的屏蔽词提示词：{exempt}\n图片以剧透遮罩发送：{spoilers}"),
+    "mod.content_check": ("Image safety check of results: **{mode}** (off, spoiler or block); in age-restricted "
+                          "channels: **{rule}** (allow: not checked; same: checked like everywhere)",
+                          "结果图片的安全检查：**{mode}**（off 关闭、spoiler 剧透遮罩或 block 拦截）；年龄限制频道："
+                          "**{rule}**（allow：不检查；same：与其他频道相同）"),
+    "mod.content_check_missing": ("The image safety check cannot run on this bot ({problem}). The bot's admin "
+                                  "installs the `safety` extra (`pip install -e \".[safety]\"`) and restarts it; "
+                                  "the mode stays as it was.",
+                                  "本机器人无法运行图片安全检查（{problem}）。请机器人管理员安装 `safety` 扩展"
+                                  "（`pip install -e \".[safety]\"`）并重启；模式保持不变。"),
     "mod.allowed": ("allowed", "允许"),
     "mod.refused": ("refused", "拒绝"),
     "imagine.enhancer_off": ("The prompt enhancer is turned off on this bot (PROMPT_ENHANCER=off): "
@@ -218,6 +227,12 @@ CATALOG: dict[str, tuple[str, str]] = {
     "settings.bad_aspect": ("`{aspect}` is not an aspect the bot offers; pick one of {aspects}.",
                             "`{aspect}` 不是机器人提供的比例；请从 {aspects} 中选择。"),
     "settings.bad_range": ("`{option}` must be between {low} and {high}.", "`{option}` 必须在 {low} 到 {high} 之间。"),
+    "safety.withheld": ("<@{user}> job #{job}: the picture was withheld by this server's image safety check.",
+                        "<@{user}> 任务 #{job}：图片被本服务器的图片安全检查拦截，未发送。"),
+    "safety.withheld_private": ("Job #{job}: your picture was not posted: this server's image safety check flagged "
+                                "it. Nothing of it was shown in the channel.",
+                                "任务 #{job}：你的图片未发送：本服务器的图片安全检查将其标记为不适宜内容。"
+                                "频道中没有显示它的任何内容。"),
     "settings.private_undelivered": ("<@{user}> job #{job}: your results are set to private, and they could not reach "
                                      "you: the private reply had expired and your direct messages are closed to this "
                                      "bot. Allow direct messages from this server's members (Privacy Settings) to get "

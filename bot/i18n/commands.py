@@ -33,7 +33,7 @@ OPTION_NAMES: dict[str, str] = {
     "trainings_per_day": "每日训练次数", "max_count": "每次图片数", "max_steps": "步数上限",
     "lora_imports": "导入数量", "lora_import_mb": "导入容量mb", "allow_in_age_restricted": "年龄限制频道放行",
     "spoilers": "剧透遮罩", "private": "私密", "reset": "重置", "image": "图片", "strength": "重绘强度",
-    "enhance": "扩写提示词", "seed_variance": "种子变化强度",
+    "enhance": "扩写提示词", "seed_variance": "种子变化强度", "mode": "模式", "age_restricted_channels": "年龄限制频道",
 }
 
 # Descriptions of commands, groups and options.
@@ -119,6 +119,10 @@ DESCRIPTIONS: dict[str, str] = {
     "Age-restricted content: blocklist exemption and spoilers": "年龄限制内容：屏蔽词豁免和剧透遮罩",
     "Blocklisted prompts pass in age-restricted channels": "年龄限制频道中放行屏蔽词提示词",
     "Post generated images as spoilers": "以剧透遮罩发送生成的图片",
+    "Image safety check of every result: off, spoiler (hide flagged ones) or block them":
+        "每个结果的图片安全检查：off 关闭、spoiler（给被标记的加剧透遮罩）或 block（拦截）",
+    "allow: results in age-restricted channels are not checked; same: checked like everywhere else":
+        "allow：年龄限制频道中的结果不检查；same：与其他频道一样检查",
     "Refuse prompts containing this word, phrase, or re:regex": "拒绝包含此词语、短语或 re:正则表达式 的提示词",
     "Take a pattern off the blocklist": "从屏蔽词列表中移除一条规则",
     "The patterns refused in prompts here": "这里禁止的提示词规则",
@@ -132,5 +136,8 @@ DESCRIPTIONS: dict[str, str] = {
     "The GPU workers: state, jobs and speed (moderators)": "GPU 工作进程：状态、任务和速度（管理员）",
 }
 
-# Choice names (the /imagine aspects are numbers and sizes: the same in both languages, none needed yet).
-CHOICE_NAMES: dict[str, str] = {}
+# Choice names (the /imagine aspects are numbers and sizes: the same in both languages).
+CHOICE_NAMES: dict[str, str] = {
+    # /mod content mode and age_restricted_channels
+    "off": "关闭", "spoiler": "剧透遮罩", "block": "拦截", "allow": "不检查", "same": "同样检查",
+}

@@ -187,6 +187,17 @@ class Delivery:
         lives, else a DM. Never the channel: when both fail (DMs closed), nothing is posted and False is returned."""
         return await self._to_owner(job, content, make_files)
 
+    async def post_ephemeral(self, job: Job, content: str) -> bool:
+        """A note for the job's member alone while its interaction token lives (an ephemeral follow-up); False
+        afterwards, and nothing is posted: the caller's public message already says what happened."""
+        routes = cast(PrivateRoutes, self.routes)
+
+        async def ephemeral(_webhook: discord.Webhook) -> None:
+            assert job.interaction_token is not None  # _attempt only takes the token route with a live token
+            await routes.followup(job.interaction_token).send(content=content, ephemeral=True, wait=True)
+
+        return await self._attempt(job, ephemeral, None, what="ephemeral note")
+
     async def _to_owner(self, job: Job, content: str, make_files: Callable[[], list[discord.File]], **fields) -> bool:
         """post_private's routes, for any message: an ephemeral follow-up while the token lives, else a DM."""
         routes = cast(PrivateRoutes, self.routes)

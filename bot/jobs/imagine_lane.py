@@ -9,6 +9,9 @@ with a preview). The latest one is attached to every progress edit from then on,
 StatusEdits sends (at most one per PROGRESS_INTERVAL, the newest) carries it: no extra Discord request.
 The result's edit replaces the message's attachments, and a failure's or a cancel's edit empties them,
 so no preview outlives the job's run.
+
+The guild's /mod content check (bot/jobs/screening.py) runs in ``resume``, between the saved PNGs and their post:
+a flagged result is withheld (mode block) or posted as a spoiler (mode spoiler).
 """
 
 from __future__ import annotations
@@ -26,13 +29,17 @@ from zimage_protocol.constants import MAX_PREVIEW_BYTES
 from zimage_protocol.messages import Done, GenerateParams, ImageReady, Progress
 
 from .. import metrics
-from ..db.models import Job, JobKind, JobStatus
+from ..db.models import GuildSettings, Job, JobKind, JobStatus
 from ..db.moderation import ModerationStore
+from ..i18n import tr
+from ..safety import Action, ContentMode, Verdict
 from . import render
+from .delivery import is_private
 from .interfaces import FileMaker, WorkerLink
 from .lane import LaneContext
 from .outcomes import ResultNotHere
 from .requests import request_id
+from .screening import Screening
 
 
 @dataclass(frozen=True)
@@ -54,11 +61,13 @@ class ImagineLane:
 
     kind = JobKind.IMAGINE
 
-    def __init__(self, context: LaneContext, moderation: ModerationStore, make_view: Callable[[Job], discord.ui.View]):
+    def __init__(self, context: LaneContext, moderation: ModerationStore, make_view: Callable[[Job], discord.ui.View],
+                 screening: Screening | None = None):
         self.settings, self.store = context.settings, context.store
         self.messages, self.positions, self.status = context.messages, context.positions, context.status
         self.moderation = moderation  # the guild's spoiler setting
         self.make_view = make_view    # the result buttons (bot/views.py)
+        self.screening = screening    # the guild's /mod content check (bot/jobs/screening.py); None: never checks
 
     async def generate(self, job: Job, worker: WorkerLink) -> Generated:
         """Stream the job through `worker`; progress goes to the job's message in the background."""
@@ -90,9 +99,12 @@ class ImagineLane:
         return Generated(images, seconds, worker.model_name, prompts)
 
     async def _preview_name(self, job: Job) -> str:
-        """A preview is hidden like the result (the guild's spoiler setting)."""
-        if job.guild_id and (await self.moderation.settings(job.guild_id)).spoiler_images:
-            return f"SPOILER_{PREVIEW_NAME}"
+        """A preview is hidden like the result (the guild's spoiler setting); under a content check too, since the
+        check only sees the finished picture."""
+        if job.guild_id:
+            settings = await self.moderation.settings(job.guild_id)
+            if settings.spoiler_images or (self.screening and ContentMode.of(settings.content_mode) is not ContentMode.OFF):
+                return f"SPOILER_{PREVIEW_NAME}"
         return PREVIEW_NAME
 
     async def keep(self, job: Job, made: Generated) -> None:
@@ -121,8 +133,13 @@ class ImagineLane:
         images = await asyncio.to_thread(_read_files, folder, (job.result or {}).get("files", []))
         if not images:  # saved by another bot process (or lost with a disk): make them again rather than fail
             raise ResultNotHere("the finished images are not on this host")
-        if job.guild_id and (await self.moderation.settings(job.guild_id)).spoiler_images:
-            images = [(f"SPOILER_{name}", data) for name, data in images]
+        if job.guild_id:
+            settings = await self.moderation.settings(job.guild_id)
+            action = await self._screen(job, settings, images)
+            if action is Action.BLOCK:
+                return
+            if settings.spoiler_images or action is Action.SPOILER:
+                images = [(f"SPOILER_{name}", data) for name, data in images]
         groups = _upload_groups(images, int(job.params.get("upload_limit", 10 << 20)))
         await self.status.settle(job.id)  # the result lands after the last status edit, never under one
         delivered = await self.messages.post_final(
@@ -136,6 +153,29 @@ class ImagineLane:
             await self.store.finish(job.id, JobStatus.DONE)
         else:
             await self.store.finish(job.id, JobStatus.FAILED, error="could not post the result to Discord")
+
+    async def _screen(self, job: Job, settings: GuildSettings, images: list[tuple[str, bytes]]) -> Action:
+        """The guild's content check; a blocked result is withheld here and its job ended (BLOCK)."""
+        if self.screening is None:
+            return Action.POST
+        screened = await self.screening.screen(job, settings, images)
+        if screened.action is Action.BLOCK:
+            await self._withhold(job, screened.verdict)
+        return screened.action
+
+    async def _withhold(self, job: Job, verdict: Verdict | None) -> None:
+        """No image is posted: the job's message says so (no prompt, no picture), its member hears why privately
+        while the interaction lives, and the job ends done, its record naming what the check found. The PNGs stay
+        on disk (DATA_DIR/outputs), like every result's."""
+        locale = str(job.params.get("locale") or "")
+        await self.status.settle(job.id)
+        posted = await self.messages.post_final(job, tr(locale, "safety.withheld", job=job.id, user=job.user_id),
+                                                embed=None, view=None)
+        if not is_private(job):  # a private job's message above already went to its member alone
+            await self.messages.post_ephemeral(job, tr(locale, "safety.withheld_private", job=job.id))
+        metrics.delivered(job, posted, 0)
+        why = verdict.describe() if verdict else "flagged"
+        await self.store.finish(job.id, JobStatus.DONE, error=f"withheld by the server's content check: {why}")
 
 
 def _read_files(folder: Path, names: list[str]) -> list[tuple[str, bytes]]:

@@ -185,6 +185,9 @@ class RecordingMessages:
     async def post_extra(self, job, content: str, make_files) -> bool:
         return await self._record("extra", job, content, 0.0)
 
+    async def post_ephemeral(self, job, content: str) -> bool:
+        return await self._record("ephemeral", job, content, 0.0)
+
     async def _record(self, what: str, job, content: str, delay: float, files=None) -> bool:
         call = Call(what, job.id, content, time.monotonic(), files=files)
         self.calls.append(call)

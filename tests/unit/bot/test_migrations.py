@@ -72,3 +72,35 @@ async def test_member_settings_migration_down_and_up(url):
     assert "member_settings" not in tables and "claimed_by" in columns
     await migrate(url, "upgrade", "head")
     assert "member_settings" in (await schema(url))[0]
+
+
+async def guild_settings_columns(url: str) -> set[str]:
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as connection:
+            return {column["name"] for column in await connection.run_sync(
+                lambda sync: inspect(sync).get_columns("guild_settings"))}
+    finally:
+        await engine.dispose()
+
+
+async def test_content_check_migration_down_and_up(url):
+    """0009: /mod content's mode and age_restricted_channels; NULL in existing rows (off, allow: today's behaviour)."""
+    assert {"content_mode", "content_age_restricted", "seed_variance"} <= await guild_settings_columns(url)
+    await migrate(url, "downgrade", "0008")
+    columns = await guild_settings_columns(url)
+    assert not {"content_mode", "content_age_restricted"} & columns and "seed_variance" in columns
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as connection:  # a server's row from before the check existed
+            await connection.execute(text(
+                "INSERT INTO guild_settings (guild_id, paused, approve_training, allow_blocklisted_in_nsfw, "
+                "spoiler_images) VALUES (5, false, false, false, true)"))
+        await migrate(url, "upgrade", "head")
+        async with engine.connect() as connection:
+            row = (await connection.execute(text(
+                "SELECT content_mode, content_age_restricted, spoiler_images FROM guild_settings WHERE guild_id = 5"
+            ))).one()
+        assert tuple(row) == (None, None, True)
+    finally:
+        await engine.dispose()
