@@ -88,7 +88,7 @@ class TrainService:
         """After deferring: the dataset checked into its job folder, the LoRA's record made, the job queued
         (or set to wait for a moderator). Raises UserFacingError, leaving nothing behind."""
         job_dir = self.settings.training_dir / f"ix-{interaction.id}"
-        summary = await self.prepare(name, photos, url, caption, job_dir)
+        summary = await self.prepare(name, photos, url, caption, job_dir, interaction.locale)
         config = self.config(name, caption, steps)
         lora = await self.library.create(guild_id=guild_id_of(interaction), owner_id=interaction.user.id, name=name,
                                          rank=config["rank"])
@@ -142,7 +142,7 @@ class TrainService:
         }
 
     async def prepare(self, name: str, photos: Upload | None, url: str | None, caption: str | None,
-                      job_dir: Path) -> str:
+                      job_dir: Path, locale: discord.Locale | None = None) -> str:
         """Download and check the zip into job_dir; returns the intake summary. Raises UserFacingError."""
         settings = self.settings
         await asyncio.to_thread(job_dir.mkdir, parents=True, exist_ok=True)
@@ -170,4 +170,4 @@ class TrainService:
             raise UserFacingError(exc.args[0] if exc.args else str(exc)) from None  # a Text stays one
         finally:
             await asyncio.to_thread(archive.unlink, True)
-        return report.summary()
+        return report.summary(locale)
