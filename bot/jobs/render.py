@@ -130,7 +130,7 @@ def add_enhanced_prompts(embed: discord.Embed, prompts: list[str], locale: str |
             embed.add_field(name=name, value=quoted(short_prompt(prompt, limit))[:limit], inline=False)
 
 
-def duration(seconds: float, locale: str | None = None) -> str:
+def duration(seconds: float, locale: LocaleLike = None) -> str:
     seconds = int(seconds)
     if seconds < 90:
         return tr(locale, "duration.seconds", n=seconds)

@@ -284,9 +284,9 @@ def _unpack(
 
     if len(entries) < limits.min_images:
         problems = [reason for _, reason in skipped if reason not in IGNORED_REASONS]
-        key = "intake.too_few_one" if len(entries) == 1 else "intake.too_few" if entries else "intake.none_usable"
+        message = "intake.too_few_one" if len(entries) == 1 else "intake.too_few" if entries else "intake.none_usable"
         skipped_text = Text("intake.skipped_suffix", reasons=Reasons(problems)) if problems else ""
-        raise IntakeError(Text(key, count=len(entries), min=limits.min_images, skipped=skipped_text))
+        raise IntakeError(Text(message, count=len(entries), min=limits.min_images, skipped=skipped_text))
     return IntakeReport(
         accepted=len(entries),
         skipped=skipped,
