@@ -461,4 +461,41 @@ CATALOG: dict[str, tuple[str, str]] = {
     "download.private": ("{where} points to a private or local network address, which isn't allowed.",
                          "{where}指向私有或本地网络地址，这是不允许的。"),
     "download.over_limit": ("The file is larger than the {limit} limit.", "文件超过了 {limit} 的上限。"),
+
+    # -- the LoRA library's refusals (bot/lora_library/library.py) ---------------------------------------------
+    "lora.name_rules": ("Names are 2-32 characters: lowercase letters, digits, `-` and `_`, e.g. `ada-lovelace`.",
+                        "名称为 2-32 个字符：小写字母、数字、`-` 和 `_`，例如 `ada-lovelace`。"),
+    "lora.missing": ("You have no LoRA `{name}` here (yours, or one shared in this server). See `/lora list`.",
+                     "你在这里没有名为 `{name}` 的 LoRA（你自己的，或本服务器共享的）。请查看 `/lora list`。"),
+    "lora.stack_too_big": ("You use {count} LoRAs; this bot now allows {limit} at once. Drop some with `/lora clear`.",
+                           "你同时使用了 {count} 个 LoRA；本机器人现在最多允许同时使用 {limit} 个。"
+                           "请用 `/lora clear` 去掉一些。"),
+    "lora.rank_too_big": ("`{name}` has rank {rank}; this bot now accepts LoRAs up to rank {limit}. Stop using it with "
+                          "`/lora clear {name}`.",
+                          "`{name}` 的 rank 为 {rank}；本机器人现在只接受 rank 不超过 {limit} 的 LoRA。"
+                          "请用 `/lora clear {name}` 停止使用它。"),
+    "lora.name_exists": ("A LoRA named `{name}` already exists in this server; pick another name.",
+                         "本服务器已有名为 `{name}` 的 LoRA；请换一个名称。"),
+    "lora.name_unavailable": ("The name `{name}` is not available in this server; pick another name.",
+                              "名称 `{name}` 在本服务器不可用；请换一个名称。"),
+    "lora.name_just_created": ("A LoRA named `{name}` was just created; pick another name.",
+                               "刚刚有人创建了名为 `{name}` 的 LoRA；请换一个名称。"),
+    "lora.owner_only": ("`{name}` belongs to <@{owner}>; only its owner can do that.",
+                        "`{name}` 属于 <@{owner}>；只有它的所有者才能这样做。"),
+    "lora.name_just_taken": ("The name `{name}` was just taken; pick another name.", "名称 `{name}` 刚刚被占用；请换一个名称。"),
+    "lora.delete_owner_only": ("`{name}` belongs to <@{owner}>; only its owner or a moderator can delete it.",
+                               "`{name}` 属于 <@{owner}>；只有它的所有者或管理员才能删除它。"),
+    "lora.still_training": ("`{name}` is still training: cancel its job with `/cancel` first.",
+                            "`{name}` 仍在训练中：请先用 `/cancel` 取消它的任务。"),
+    "lora.export_failed": ("Could not export `{name}`: {error}", "无法导出 `{name}`：{error}"),
+    "lora.missing_use": ("You have no LoRA `{name}` here (a LoRA becomes usable at its first checkpoint). "
+                         "See `/lora list`.",
+                         "你在这里没有名为 `{name}` 的 LoRA（LoRA 在第一个检查点之后才能使用）。请查看 `/lora list`。"),
+    "lora.not_using": ("You are not using a LoRA `{name}`.", "你没有在使用名为 `{name}` 的 LoRA。"),
+    "lora.missing_override": ("You have no LoRA `{name}` here (yours, or one shared in this server).",
+                              "你在这里没有名为 `{name}` 的 LoRA（你自己的，或本服务器共享的）。"),
+    "lora.not_for_you": ("This image was made with the LoRA `{name}`, which you may not use: it is private to its owner, "
+                         "of another server, or no longer exists. Make a new image with `/imagine` instead.",
+                         "这张图片使用了 LoRA `{name}`，而你不能使用它：它是其所有者私有的、属于其他服务器，或已不存在。"
+                         "请改用 `/imagine` 生成新图片。"),
 }
