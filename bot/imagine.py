@@ -76,9 +76,9 @@ def check_prompt_text(prompt: str) -> str:
     """The prompt stripped, or a refusal that needs no I/O."""
     prompt = prompt.strip()
     if not prompt:
-        raise UserFacingError("Your prompt is empty. Describe the image you want, e.g. `/imagine a red fox in snow`.")
+        raise UserFacingError(Text("imagine.empty"))
     if len(prompt) > MAX_PROMPT_CHARS:
-        raise UserFacingError(f"Your prompt is {len(prompt)} characters; the limit is {MAX_PROMPT_CHARS}.")
+        raise UserFacingError(Text("imagine.too_many_chars", count=len(prompt), limit=MAX_PROMPT_CHARS))
     return prompt
 
 
@@ -114,7 +114,7 @@ class ImagineService:
         except WorkerUnavailable:
             return prompt
         if tokens > limit:
-            raise UserFacingError(f"Your prompt is {tokens} tokens long; the model reads at most {limit}. Please shorten it.")
+            raise UserFacingError(Text("imagine.too_many_tokens", tokens=tokens, limit=limit))
         return prompt
 
     async def submit(self, interaction: discord.Interaction, prepare: PrepareParams, prompt: str | None = None) -> None:
@@ -202,12 +202,12 @@ class ImagineService:
         if interaction.user.id == job.user_id:
             return
         if not can_delete_results(interaction, await self.moderation.settings(interaction.guild_id)):
-            raise UserFacingError("Only the person who asked for this image, or a moderator, can delete it.")
+            raise UserFacingError(Text("imagine.delete_not_yours"))
         await self.moderation.audit(interaction.guild_id or 0, interaction.user.id, "delete-image",
                                     f"job #{job.id} of <@{job.user_id}>")
 
     async def result(self, job_id: int) -> Job:
         job = await self.store.get(job_id)
         if job is None:
-            raise UserFacingError("This image's job is no longer known to the bot.")
+            raise UserFacingError(Text("imagine.unknown_job"))
         return job

@@ -12,6 +12,7 @@ import discord
 from discord import app_commands
 
 from .errors import UserFacingError
+from .i18n import Text
 
 
 def guild_id_of(interaction: discord.Interaction) -> int:
@@ -24,5 +25,5 @@ def guild_id_of(interaction: discord.Interaction) -> int:
 def channel_id_of(interaction: discord.Interaction) -> int:
     """The channel of a command or a button (Discord always sends it for those)."""
     if interaction.channel_id is None:
-        raise UserFacingError("Discord did not say which channel this came from; please try again in a channel.")
+        raise UserFacingError(Text("channel.unknown"))
     return interaction.channel_id

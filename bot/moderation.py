@@ -10,6 +10,7 @@ import discord
 from .db.models import GuildSettings, utcnow
 from .db.moderation import ModerationStore
 from .errors import UserFacingError
+from .i18n import Text
 
 DURATION = re.compile(r"^\s*(\d+)\s*(m|min|mins|minutes?|h|hours?|d|days?|w|weeks?)\s*$", re.IGNORECASE)
 UNIT_SECONDS = {"m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -21,14 +22,15 @@ def parse_duration(text: str | None) -> timedelta | None:
         return None
     match = DURATION.match(text)
     if not match or int(match[1]) == 0:
-        raise UserFacingError(f"`{text}` is not a duration. Use a number and a unit, e.g. `30m`, `12h`, `7d`, `2w`.")
+        raise UserFacingError(Text("rules.bad_duration", text=text))
     return timedelta(seconds=int(match[1]) * UNIT_SECONDS[match[2][0].lower()])
 
 
-def describe_expiry(expires_at: datetime | None) -> str:
+def describe_expiry(expires_at: datetime | None) -> Text:
+    """When a ban ends, as a Text: it reads in the language of whoever it is shown to."""
     if expires_at is None:
-        return "permanently"
-    return f"until {discord.utils.format_dt(expires_at.replace(tzinfo=UTC), 'f')}"
+        return Text("expiry.permanent")
+    return Text("expiry.until", when=discord.utils.format_dt(expires_at.replace(tzinfo=UTC), "f"))
 
 
 def channel_is_age_restricted(interaction: discord.Interaction) -> bool:
@@ -51,14 +53,13 @@ class RequestRules:
         """Every request (/imagine, buttons, /train, /lora import) is refused to a banned member."""
         ban = await self.moderation.active_ban(guild_id, user_id)
         if ban is not None:
-            reason = f" Reason: {ban.reason}" if ban.reason else ""
-            raise UserFacingError(f"You are banned from using this bot here {describe_expiry(ban.expires_at)}.{reason}")
+            reason = Text("rules.ban_reason", reason=ban.reason) if ban.reason else ""
+            raise UserFacingError(Text("rules.banned", expiry=describe_expiry(ban.expires_at), reason=reason))
 
     def check_place(self, interaction: discord.Interaction) -> None:
         """A DM is refused unless ALLOW_DMS: known without any I/O, so said before the interaction is answered."""
         if interaction.guild_id is None and not self.allow_dms:
-            raise UserFacingError("Images are made in a server's channels, where its moderators' rules apply: "
-                                  "use /imagine there.")
+            raise UserFacingError(Text("rules.dm"))
 
     async def check(self, interaction: discord.Interaction, params: dict) -> GuildSettings:
         guild_id = interaction.guild_id
@@ -66,19 +67,19 @@ class RequestRules:
         if guild_id is None:
             ban = await self.moderation.ban_anywhere(interaction.user.id)
             if ban is not None:
-                raise UserFacingError("You are banned from using this bot in a server, so not in DMs either.")
+                raise UserFacingError(Text("rules.banned_anywhere"))
         settings = await self.moderation.settings(guild_id)
         await self.check_not_banned(guild_id, interaction.user.id)
         blocked = await self.moderation.blocked_match(guild_id, params["prompt"])
         if blocked is not None:
             if not (settings.allow_blocklisted_in_nsfw and channel_is_age_restricted(interaction)):
-                where = " outside age-restricted channels" if settings.allow_blocklisted_in_nsfw else ""
-                raise UserFacingError(f"This server does not allow `{blocked.pattern}` in prompts{where}.")
+                where = Text("rules.blocked_outside_nsfw") if settings.allow_blocklisted_in_nsfw else ""
+                raise UserFacingError(Text("rules.blocked", pattern=blocked.pattern, where=where))
         count = len(params["seeds"])
         if settings.max_count and count > settings.max_count:
-            raise UserFacingError(f"This server allows at most {settings.max_count} images per request.")
+            raise UserFacingError(Text("rules.max_count", count=settings.max_count))
         if settings.max_steps and params["steps"] > settings.max_steps:
-            raise UserFacingError(f"This server allows at most {settings.max_steps} steps.")
+            raise UserFacingError(Text("rules.max_steps", steps=settings.max_steps))
         return settings
 
 

@@ -9,13 +9,16 @@ import discord
 
 from ..buttons import ReportingButton
 from ..db.models import Job
+from ..i18n import tr
+from ..jobs.render import locale_of
 from ..services import services_of
 
 
 def approval_view(job: Job) -> discord.ui.View:
+    """The buttons under a request, in the language of its text (the requester's: bot/jobs/render.py)."""
     view = discord.ui.View(timeout=None)
-    view.add_item(ApproveButton(job.id))
-    view.add_item(DenyButton(job.id))
+    view.add_item(ApproveButton(job.id, locale_of(job)))
+    view.add_item(DenyButton(job.id, locale_of(job)))
     return view
 
 
@@ -24,10 +27,10 @@ class _Decision(ReportingButton):
 
     APPROVE = True
 
-    def __init__(self, job_id: int):
+    def __init__(self, job_id: int, locale: str | None = None):
         action = "approve" if self.APPROVE else "deny"
         super().__init__(discord.ui.Button(  # type: ignore[call-arg]
-            label="Approve" if self.APPROVE else "Deny", custom_id=f"zimage:{action}:{job_id}",
+            label=tr(locale, f"train.{action}"), custom_id=f"zimage:{action}:{job_id}",
             style=discord.ButtonStyle.success if self.APPROVE else discord.ButtonStyle.danger))
         self.job_id = job_id
 

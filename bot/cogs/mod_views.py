@@ -69,7 +69,7 @@ def _line(job: Job, order: dict[int, int], locale: discord.Locale | None) -> str
     else:
         state = tr(locale, f"status.{job.status}")
     return tr(locale, "modq.line", job=job.id, user=job.user_id, kind=job.kind, state=state, age=_age(job.created_at),
-              what=render.describe(job, 50))
+              what=render.describe(job, 50, locale))
 
 
 class ModQueuePage(ReportingButton, discord.ui.DynamicItem[discord.ui.Button],

@@ -41,7 +41,8 @@ class QueueCog(commands.Cog):
                 state = tr(interaction, "queue.running")
             else:
                 state = tr(interaction, "queue.delivering")
-            lines.append(tr(interaction, "queue.line", job=job.id, state=state, what=render.describe(job, 60)))
+            lines.append(tr(interaction, "queue.line", job=job.id, state=state,
+                            what=render.describe(job, 60, interaction)))
         await interaction.response.send_message(fit_lines(lines), ephemeral=True)
 
     @app_commands.command(name="cancel", description="Cancel one of your jobs")
@@ -60,7 +61,7 @@ class QueueCog(commands.Cog):
     async def cancel_autocomplete(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[int]]:
         jobs = await self.store.active_jobs_of(interaction.user.id)
         choices = [
-            app_commands.Choice(name=f"#{job.id} ({job.status}) {render.describe(job, 60)}",
+            app_commands.Choice(name=f"#{job.id} ({job.status}) {render.describe(job, 60, interaction)}",
                                 value=job.id)
             for job in jobs if job.status in JobStatus.cancellable() and str(job.id).startswith(current.strip("#"))
         ]

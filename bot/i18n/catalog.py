@@ -9,6 +9,8 @@ English command names too.
 
 from __future__ import annotations
 
+from .catalog_jobs import JOB_MESSAGES
+
 CATALOG: dict[str, tuple[str, str]] = {
     # -- errors (bot/reporting.py) ------------------------------------------------------------------------------
     "error.bot": ("Something went wrong on our side; the error was logged.",
@@ -278,3 +280,9 @@ CATALOG: dict[str, tuple[str, str]] = {
                                "你的图片无法使用：{reason}。请发送 JPEG、PNG 或 WebP 图片。"),
     "image_prompt.too_big": ("Your image is larger than the {limit} MiB limit.", "你的图片超过了 {limit} MiB 的上限。"),
 }
+
+# The job, intake and LoRA library messages live in their own module (the catalog in one file would be too long to read).
+_SHARED = CATALOG.keys() & JOB_MESSAGES.keys()
+if _SHARED:  # a message id defined twice would silently lose one text
+    raise RuntimeError(f"message ids defined twice: {sorted(_SHARED)}")
+CATALOG.update(JOB_MESSAGES)

@@ -37,12 +37,12 @@ def language_of(where: LocaleLike) -> str:
 
 
 def render(key: str, language: str, fields: dict[str, Any]) -> str:
-    """The message `key` in `language`, its fields filled in (a field that is a `Text`, e.g. a job's state, in the
-    same language). A key the catalog lacks is a KeyError: a typo in a message id is a bug, found by the tests
-    that cover the reply."""
+    """The message `key` in `language`, its fields filled in (a field that is a `Text`, e.g. a job's state, or any
+    other str with a `localised(where)` method, in the same language). A key the catalog lacks is a KeyError: a typo
+    in a message id is a bug, found by the tests that cover the reply."""
     english, chinese = CATALOG[key]
     template = chinese if language == CHINESE else english
-    return template.format(**{name: value.localised(language) if isinstance(value, Text) else value
+    return template.format(**{name: value.localised(language) if callable(getattr(value, "localised", None)) else value
                               for name, value in fields.items()})
 
 

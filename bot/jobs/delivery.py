@@ -22,6 +22,7 @@ import discord
 
 from ..db.models import Job, utcnow
 from ..i18n import tr
+from .render import locale_of
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +166,7 @@ class Delivery:
         if await self._attempt(job, followup, None, what="final followup", quiet_missing=True):
             return True
         # The token is gone: point the old message at the new one, then post with a mention.
-        await self.edit_status(job, f"Job #{job.id} finished; the result is posted below.", embed=None, view=None,
+        await self.edit_status(job, tr(locale_of(job), "job.posted_below", job=job.id), embed=None, view=None,
                                attachments=[])  # no live preview left on it
         return await self._attempt(job, None, channel_post, what="final channel post")
 

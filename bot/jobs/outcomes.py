@@ -23,7 +23,11 @@ from zimage_protocol.errors import ErrorCode
 
 from .. import metrics
 from ..db.models import Job, JobKind, JobStatus
+<<<<<<< HEAD
 from ..i18n import Text, tr
+=======
+from ..i18n import Text
+>>>>>>> bilingual
 from ..worker.client import WorkerError, WorkerUnavailable
 from . import render
 from .lane import LaneContext
@@ -31,39 +35,40 @@ from .requests import request_id
 
 log = logging.getLogger(__name__)
 
+# The reasons are Texts: stored in English (the job's `error`), posted in the requester's language (render.failed_text).
 WORKER_ERROR_MESSAGES = {
-    ErrorCode.PROMPT_TOO_LONG: "Your prompt is too long for the model. Please shorten it.",
-    ErrorCode.OUT_OF_MEMORY: "The GPU ran out of memory on this request. Try fewer images or a smaller size.",
-    ErrorCode.BAD_REQUEST: "The GPU worker refused this request as malformed.",
-    ErrorCode.CANCELLED: "Cancelled.",
-    ErrorCode.VERSION_MISMATCH: "The GPU worker runs another version of this bot; an admin must update it.",
-    ErrorCode.INTERNAL: "The GPU worker failed on this request; the error was logged.",
+    ErrorCode.PROMPT_TOO_LONG: Text("jobfail.prompt_too_long"),
+    ErrorCode.OUT_OF_MEMORY: Text("jobfail.out_of_memory"),
+    ErrorCode.BAD_REQUEST: Text("jobfail.bad_request"),
+    ErrorCode.CANCELLED: Text("jobfail.cancelled"),
+    ErrorCode.VERSION_MISMATCH: Text("jobfail.version"),
+    ErrorCode.INTERNAL: Text("jobfail.internal"),
 }
 # The worker's UserError messages are written for users (gpu/: AdapterError, TrainerError, DatasetError):
-# they are shown as they are, after what they are about.
+# they are shown as they are (in English: the worker has no member), after what they are about.
 USER_ERROR_PREFIXES = {
-    ErrorCode.LORA: "A LoRA could not be used: ",
-    ErrorCode.TRAINING: "Training could not go on: ",
-    ErrorCode.UNSUPPORTED: "",
-    ErrorCode.BUSY: "The GPU worker is busy: ",
+    ErrorCode.LORA: "jobfail.lora",
+    ErrorCode.TRAINING: "jobfail.training",
+    ErrorCode.UNSUPPORTED: "jobfail.unsupported",
+    ErrorCode.BUSY: "jobfail.busy",
 }
-BOT_ERROR_MESSAGE = "Something went wrong on our side; the error was logged."
+BOT_ERROR_MESSAGE = Text("error.bot")
 
 
 def worker_error_message(code: ErrorCode, detail: str) -> str:
     if code == ErrorCode.TRAINING_ADAPTER:  # the admin's setting: the member is told what to ask for (en and zh-CN)
         return Text("train.adapter_failed", detail=detail[:400])
     if code in USER_ERROR_PREFIXES:
-        return USER_ERROR_PREFIXES[code] + detail[:400]
+        return Text(USER_ERROR_PREFIXES[code], detail=detail[:400])
     return WORKER_ERROR_MESSAGES.get(code, WORKER_ERROR_MESSAGES[ErrorCode.INTERNAL])
 
 
 def worker_crashed_message(kind: str, attempts: int) -> str:
     """A job whose worker died on every one of its attempts (JOB_MAX_ATTEMPTS)."""
-    what = "training this LoRA" if kind == JobKind.TRAIN else "making this image"
-    times = {1: "once", 2: "twice"}.get(attempts, f"{attempts} times")
-    retried = "it was not retried again" if attempts > 1 else "it was not retried (JOB_MAX_ATTEMPTS is 1)"
-    return f"The GPU worker crashed while {what}, {times}; {retried}."
+    what = Text("jobfail.what_train" if kind == JobKind.TRAIN else "jobfail.what_image")
+    times = {1: Text("jobfail.once"), 2: Text("jobfail.twice")}.get(attempts) or Text("jobfail.times", count=attempts)
+    retried = Text("jobfail.not_retried_again" if attempts > 1 else "jobfail.not_retried")
+    return Text("jobfail.crashed", what=what, times=times, retried=retried)
 
 
 class JobFailed(Exception):
@@ -136,12 +141,17 @@ class JobOutcomes:
         return Outcome.FAILED
 
     async def fail(self, job: Job, reason: str) -> None:
+<<<<<<< HEAD
         await self.store.finish(job.id, JobStatus.FAILED, error=reason)
         if isinstance(reason, Text):  # a catalog message: in the language of the member who asked (params' locale)
             text = tr(str(job.params.get("locale") or ""), "job.failed", user=job.user_id, job=job.id, reason=reason)
         else:
             text = render.failed_text(job, reason)
         await self.messages.post_final(job, text, embed=None, view=None)
+=======
+        await self.store.finish(job.id, JobStatus.FAILED, error=str(reason))  # English; the post is localised
+        await self.messages.post_final(job, render.failed_text(job, reason), embed=None, view=None)
+>>>>>>> bilingual
 
     async def cancelled_while_queued(self, job: Job) -> None:
         await self.status.settle(job.id)

@@ -1,4 +1,11 @@
-"""What a job's message says in each state: text and embeds, no Discord calls."""
+"""What a job's message says in each state: text and embeds, no Discord calls.
+
+A job's messages are posted in the channel for everyone, but they are about one member's request: they are written
+in the language of the member who asked (the ``locale`` their interaction carried, kept in the job's params at
+intake by bot/imagine.py and bot/training/service.py), English for a job queued before that key existed. The
+guild's preferred locale was the other choice: it is what a community server's owner set, but a zh-CN member on an
+English server would then be told about their own image in English, and Discord only sends it on interactions, so
+a job would have to keep it anyway."""
 
 from __future__ import annotations
 
@@ -7,6 +14,7 @@ import discord
 from zimage_protocol.messages import CheckpointReady, TrainProgress
 
 from ..db.models import Job, JobKind, JobStatus
+from ..i18n import LocaleLike, tr
 
 EMBED_COLOUR = discord.Colour.from_rgb(88, 101, 242)
 PROGRESS_BAR_WIDTH = 16
@@ -22,68 +30,83 @@ def quoted(text: str) -> str:
     return discord.utils.escape_mentions(discord.utils.escape_markdown(text))
 
 
-def describe(job: Job, limit: int = 80) -> str:
-    """A job in a few words: the prompt of a generation (escaped: see `quoted`), the name of a training."""
+def locale_of(job: Job) -> str | None:
+    """The language of the member who asked for the job (see the module's docstring); None reads as English."""
+    locale = (job.params or {}).get("locale")
+    return str(locale) if locale else None
+
+
+def describe(job: Job, limit: int = 80, locale: LocaleLike = None) -> str:
+    """A job in a few words: the prompt of a generation (escaped: see `quoted`), the name of a training.
+
+    `locale`: the reader's language when it is not the job's own (the /queue and /mod queue listings)."""
     if job.kind == JobKind.TRAIN:
-        return f"training LoRA `{job.params['name']}`"
+        return tr(locale or locale_of(job), "job.training_what", name=job.params["name"])
     return quoted(short_prompt(job.params["prompt"], limit))
 
 
 def queued_text(job: Job, position: int | None, paused: bool = False) -> str:
+    locale = locale_of(job)
     if job.status == JobStatus.AWAITING_APPROVAL:
-        where = "waiting for a moderator's approval"
+        where = tr(locale, "job.where_approval")
     elif paused:
-        where = "waiting: moderators paused the queue in this server; it keeps its place"
+        where = tr(locale, "job.where_paused")
     else:
-        where = f"position **{position}** in the queue" if position else "in the queue"
-    return f"⏳ Job #{job.id} is {where}: *{describe(job)}*"
+        where = tr(locale, "job.where_position", position=position) if position else tr(locale, "job.where_queue")
+    return tr(locale, "job.queued", job=job.id, where=where, what=describe(job))
 
 
 def progress_text(job: Job, step: int, total: int) -> str:
     filled = round(PROGRESS_BAR_WIDTH * step / max(total, 1))
     bar = "█" * filled + "░" * (PROGRESS_BAR_WIDTH - filled)
-    return f"🎨 Job #{job.id}: step {step}/{total} `{bar}` *{describe(job)}*"
+    return tr(locale_of(job), "job.progress", job=job.id, step=step, total=total, bar=bar, what=describe(job))
 
 
 def starting_text(job: Job) -> str:
-    return f"🎨 Job #{job.id} is starting: *{describe(job)}*"
+    return tr(locale_of(job), "job.starting", job=job.id, what=describe(job))
 
 
 def done_text(job: Job, part: int = 0, parts: int = 1) -> str:
-    suffix = f" (part {part + 1}/{parts})" if parts > 1 else ""
-    return f"<@{job.user_id}> here is job #{job.id}{suffix}"
+    locale = locale_of(job)
+    suffix = tr(locale, "job.part", part=part + 1, parts=parts) if parts > 1 else ""
+    return tr(locale, "job.done", user=job.user_id, job=job.id, suffix=suffix)
 
 
 def failed_text(job: Job, reason: str) -> str:
-    return f"<@{job.user_id}> ❌ Job #{job.id} failed: {reason}"
+    """`reason` may be a Text (bot/jobs/outcomes.py): it is then written in the job's language too."""
+    return tr(locale_of(job), "job.failed", user=job.user_id, job=job.id, reason=reason)
 
 
 def cancelled_text(job: Job) -> str:
-    kept = "; the checkpoints made so far are kept" if job.kind == JobKind.TRAIN else ""
-    return f"🚫 Job #{job.id} was cancelled: *{describe(job)}*{kept}"
+    locale = locale_of(job)
+    kept = tr(locale, "job.checkpoints_kept") if job.kind == JobKind.TRAIN else ""
+    return tr(locale, "job.cancelled", job=job.id, what=describe(job), kept=kept)
 
 
 def result_embed(job: Job) -> discord.Embed:
-    params, result = job.params, job.result or {}
+    params, result, locale = job.params, job.result or {}, locale_of(job)
     embed = discord.Embed(description=quoted(params["prompt"])[:4096], colour=EMBED_COLOUR)
-    embed.set_author(name=f"Job #{job.id}")
-    embed.add_field(name="Size", value=f"{params['width']}×{params['height']} ({params.get('aspect', '')})")
-    embed.add_field(name="Seed" + ("s" if len(params["seeds"]) > 1 else ""),
+    embed.set_author(name=tr(locale, "embed.job", job=job.id))
+    embed.add_field(name=tr(locale, "embed.size"),
+                    value=f"{params['width']}×{params['height']} ({params.get('aspect', '')})")
+    embed.add_field(name=tr(locale, "embed.seeds" if len(params["seeds"]) > 1 else "embed.seed"),
                     value=", ".join(str(seed) for seed in params["seeds"]))
-    embed.add_field(name="Steps", value=str(params["steps"]))
-    embed.add_field(name="Model", value=str(result.get("model", "?"))[:100])
+    embed.add_field(name=tr(locale, "embed.steps"), value=str(params["steps"]))
+    embed.add_field(name=tr(locale, "embed.model"), value=str(result.get("model", "?"))[:100])
     if params.get("loras"):
         embed.add_field(name="LoRA", value=", ".join(f"{lora.get('label', lora['name'])} ×{lora['scale']:g}"
                                                       for lora in params["loras"]))
     if params.get("source"):  # made from a picture: which (bot/variants.py, an image prompt)
         source = params["source"]
-        parent = f" of job #{source['parent']}" if source.get("parent") else ""
-        embed.add_field(name="From", value=f"{source['mode']}{parent}, strength {source['strength']:g}")
+        parent = tr(locale, "embed.parent", job=source["parent"]) if source.get("parent") else ""
+        embed.add_field(name=tr(locale, "embed.from"),
+                        value=tr(locale, "embed.from_value", mode=source["mode"], parent=parent,
+                                 strength=source["strength"]))
     if params.get("seed_variance"):
-        embed.add_field(name="Seed variance", value=f"{params['seed_variance']:g}")
+        embed.add_field(name=tr(locale, "embed.seed_variance"), value=f"{params['seed_variance']:g}")
     if "seconds" in result:
-        embed.add_field(name="Time", value=f"{result['seconds']:.1f} s")
-    add_enhanced_prompts(embed, result.get("enhanced_prompts") or [])
+        embed.add_field(name=tr(locale, "embed.time"), value=tr(locale, "embed.seconds", seconds=result["seconds"]))
+    add_enhanced_prompts(embed, result.get("enhanced_prompts") or [], locale)
     return embed
 
 
@@ -91,7 +114,7 @@ ENHANCED_PROMPTS_CHARS = 3000  # all rewrites together, at most
 EMBED_BUDGET = 5400  # of the 6000 characters an embed holds: the rest is for the other fields' names and values
 
 
-def add_enhanced_prompts(embed: discord.Embed, prompts: list[str]) -> None:
+def add_enhanced_prompts(embed: discord.Embed, prompts: list[str], locale: str | None = None) -> None:
     """The worker's rewrites (enhance), one field per image, shortened to fit the embed's limits."""
     shown = [prompt for prompt in prompts if prompt]
     if not shown:
@@ -102,60 +125,68 @@ def add_enhanced_prompts(embed: discord.Embed, prompts: list[str]) -> None:
         return
     for number, prompt in enumerate(prompts, start=1):
         if prompt:
-            name = "Enhanced prompt" + (f" {number}" if len(prompts) > 1 else "")
+            name = (tr(locale, "embed.enhanced_n", number=number) if len(prompts) > 1
+                    else tr(locale, "embed.enhanced"))
             embed.add_field(name=name, value=quoted(short_prompt(prompt, limit))[:limit], inline=False)
 
 
-def duration(seconds: float) -> str:
+def duration(seconds: float, locale: LocaleLike = None) -> str:
     seconds = int(seconds)
     if seconds < 90:
-        return f"{seconds} s"
+        return tr(locale, "duration.seconds", n=seconds)
     if seconds < 5400:
-        return f"{round(seconds / 60)} min"
-    return f"{seconds / 3600:.1f} h"
+        return tr(locale, "duration.minutes", n=round(seconds / 60))
+    return tr(locale, "duration.hours", n=seconds / 3600)
 
 
 def training_text(job: Job, progress: TrainProgress | None) -> str:
-    name = job.params["name"]
+    name, locale = job.params["name"], locale_of(job)
     if progress is None:
-        return f"🧠 Job #{job.id}: training LoRA `{name}` is starting (caching latents and captions)…"
+        return tr(locale, "train.starting", job=job.id, name=name)
     step, total = progress.step, progress.total
-    eta = duration((total - step) * progress.seconds_per_step)
+    eta = duration((total - step) * progress.seconds_per_step, locale)
     filled = round(PROGRESS_BAR_WIDTH * step / max(total, 1))
     bar = "█" * filled + "░" * (PROGRESS_BAR_WIDTH - filled)
-    return (f"🧠 Job #{job.id}: training LoRA `{name}` step {step}/{total} `{bar}` loss {progress.loss:.4f}, "
-            f"{progress.seconds_per_step:.2f} s/step, ETA {eta}")
+    return tr(locale, "train.progress", job=job.id, name=name, step=step, total=total, bar=bar, loss=progress.loss,
+              speed=progress.seconds_per_step, eta=eta)
 
 
 def training_done_text(job: Job) -> str:
-    return (f"✅ Job #{job.id}: LoRA `{job.params['name']}` finished training. "
-            f"Use it with `/lora use name:{job.params['name']}`.")
+    return tr(locale_of(job), "train.done", job=job.id, name=job.params["name"])
 
 
 def checkpoint_text(job: Job, checkpoint: CheckpointReady, link: str | None, private: bool = False) -> str:
+<<<<<<< HEAD
     step, total = checkpoint.step, checkpoint.total
     eta = duration((total - step) * checkpoint.seconds_per_step)
     lines = [f"<@{job.user_id}> 📦 Job #{job.id}: checkpoint of `{job.params['name']}` at step {step}/{total}: "
              f"loss {checkpoint.loss:.4f}, {checkpoint.seconds_per_step:.2f} s/step, ETA {eta}"]
     if checkpoint.training_adapter:  # what the run merged in during its steps (TRAINING_ADAPTER), as the worker says
         lines.append(f"Training adapter: `{checkpoint.training_adapter[:200].replace('`', '')}`")
+=======
+    step, total, locale = checkpoint.step, checkpoint.total, locale_of(job)
+    eta = duration((total - step) * checkpoint.seconds_per_step, locale)
+    lines = [tr(locale, "train.checkpoint", user=job.user_id, job=job.id, name=job.params["name"], step=step,
+                total=total, loss=checkpoint.loss, speed=checkpoint.seconds_per_step, eta=eta)]
+>>>>>>> bilingual
     if private:
-        lines.append("The LoRA is private: its file goes to its owner only.")
+        lines.append(tr(locale, "train.checkpoint_private"))
     elif link:
-        lines.append(f"The LoRA file is too big for Discord: [download it]({link}) (the link expires).")
+        lines.append(tr(locale, "train.checkpoint_link", link=link))
     return "\n".join(lines)
 
 
 def private_checkpoint_text(job: Job, checkpoint: CheckpointReady, link: str | None) -> str:
     """The LoRA file of a checkpoint, for its owner only (attached, or `link` when it is too big to attach)."""
-    name = job.params["name"]
-    lines = [f"📦 `{name}` at step {checkpoint.step}/{checkpoint.total} (job #{job.id}): "
-             + (f"[download the LoRA file]({link}) (the link expires)." if link else "the LoRA file.")]
-    lines.append(f"Only you get it while the LoRA is private; `/lora share {name}` lets this server use it.")
+    name, locale = job.params["name"], locale_of(job)
+    what = tr(locale, "train.private_link", link=link) if link else tr(locale, "train.private_file")
+    lines = [tr(locale, "train.private_checkpoint", name=name, step=checkpoint.step, total=checkpoint.total,
+                job=job.id, what=what),
+             tr(locale, "train.private_only_you", name=name)]
     return "\n".join(lines)
 
 
 def approval_text(job: Job) -> str:
     config = job.params["config"]
-    return (f"🔔 <@{job.user_id}> asks to train LoRA `{job.params['name']}` (job #{job.id}, {config['steps']} steps, "
-            f"rank {config['rank']}) in <#{job.channel_id}>. A moderator may approve or deny it.")
+    return tr(locale_of(job), "train.approval", user=job.user_id, name=job.params["name"], job=job.id,
+              steps=config["steps"], rank=config["rank"], channel=job.channel_id)

@@ -35,6 +35,7 @@ from .requests import request_id
 log = logging.getLogger(__name__)
 
 MIN_EDIT_INTERVAL = 5.0  # a training runs for minutes: fewer, calmer progress edits
+MESSAGE_WAIT = 10.0  # seconds a claimed /train job waits for its public message's id (see _await_message)
 DM_UPLOAD_LIMIT = 10 << 20  # what a bot may attach in a DM (the guild's limit may be higher)
 
 
@@ -62,6 +63,7 @@ class TrainingLane:
     async def run(self, job: Job) -> None:
         params = TrainParams(dataset_dir=job.params["dataset_dir"], output_dir=job.params["output_dir"],
                              config=job.params["config"])
+        await self._await_message(job)
         self.status.show(job, render.training_text(job, None))
         await self.positions.refresh()
         interval = max(self.settings.progress_interval, MIN_EDIT_INTERVAL)
@@ -77,6 +79,17 @@ class TrainingLane:
                 case CheckpointReady():
                     await self._post_checkpoint(job, message)
         await self.resume(job)
+
+    async def _await_message(self, job: Job) -> None:
+        """A /train job is queued before its public message exists (the message names the job: bot/cogs/train.py),
+        so a lane may claim it before its message id is stored; without one, its progress, end and cancel would
+        never be shown. Wait briefly for it (the same Job object is the one its outcome is settled with)."""
+        deadline = time.monotonic() + MESSAGE_WAIT
+        while job.message_id is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.25)
+            fresh = await self.store.get(job.id)
+            if fresh is not None:
+                job.message_id = fresh.message_id
 
     async def resume(self, job: Job) -> None:
         """Every checkpoint was posted as it came: what is left is to say the training finished."""

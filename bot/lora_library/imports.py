@@ -148,7 +148,7 @@ class LoraImporter:
             return lora, result
         # The parsers' own errors are written for users: they become the reply here, at the boundary.
         except (lib.LoraImportError, DownloadError) as exc:
-            raise UserFacingError(str(exc)) from None
+            raise UserFacingError(exc.args[0] if exc.args else str(exc)) from None  # a Text stays one
         except (aiohttp.ClientError, OSError) as exc:
             raise UserFacingError(f"Could not fetch the file: {exc}") from None
         finally:

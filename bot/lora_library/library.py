@@ -22,11 +22,12 @@ from ..db.loras import LoraStore
 from ..db.models import Lora
 from ..errors import UserFacingError
 from ..files_server import LinkSigner
+from ..i18n import Text
 from ..settings import Settings
 from .files import export_files, read_details, remove_files, revoke_links
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{1,31}$")
-NAME_RULES = "Names are 2-32 characters: lowercase letters, digits, `-` and `_`, e.g. `ada-lovelace`."
+NAME_RULES = Text("lora.name_rules")
 
 
 def clean_name(name: str) -> str:
@@ -58,19 +59,17 @@ def public_origin(origin: str | None) -> str:
 
 
 def missing(name: str) -> UserFacingError:
-    return UserFacingError(f"You have no LoRA `{name}` here (yours, or one shared in this server). See `/lora list`.")
+    return UserFacingError(Text("lora.missing", name=name))
 
 
 def check_stack(picked: Sequence[tuple[Lora, float]], settings: Settings) -> None:
     """A stack picked before LORA_MAX_STACK or LORA_MAX_RANK were lowered: say so instead of failing in the worker."""
     limits = settings.lora
     if len(picked) > limits.max_stack:
-        raise UserFacingError(f"You use {len(picked)} LoRAs; this bot now allows {limits.max_stack} at once. "
-                              "Drop some with `/lora clear`.")
+        raise UserFacingError(Text("lora.stack_too_big", count=len(picked), limit=limits.max_stack))
     for lora, _ in picked:
         if lora.rank and lora.rank > limits.slot_rank:
-            raise UserFacingError(f"`{lora.name}` has rank {lora.rank}; this bot now accepts LoRAs up to rank "
-                                  f"{limits.slot_rank}. Stop using it with `/lora clear {lora.name}`.")
+            raise UserFacingError(Text("lora.rank_too_big", name=lora.name, rank=lora.rank, limit=limits.slot_rank))
 
 
 class LoraLibrary:
@@ -90,8 +89,8 @@ class LoraLibrary:
     def _taken(lora: Lora, user_id: int) -> UserFacingError:
         """A name in use: said plainly when the member may see that LoRA, generically when it is someone's private one."""
         if lora.owner_id == user_id or lora.shared:
-            return UserFacingError(f"A LoRA named `{lora.name}` already exists in this server; pick another name.")
-        return UserFacingError(f"The name `{lora.name}` is not available in this server; pick another name.")
+            return UserFacingError(Text("lora.name_exists", name=lora.name))
+        return UserFacingError(Text("lora.name_unavailable", name=lora.name))
 
     async def create(self, *, guild_id: int, owner_id: int, name: str, rank: int, path: str | None = None,
                      source: str | None = None, origin: str | None = None) -> Lora:
@@ -100,7 +99,7 @@ class LoraLibrary:
             return await self.loras.create(guild_id=guild_id, owner_id=owner_id, name=name, rank=rank, job_id=None,
                                            path=path, source=source, origin=origin)
         except IntegrityError:
-            raise UserFacingError(f"A LoRA named `{name}` was just created; pick another name.") from None
+            raise UserFacingError(Text("lora.name_just_created", name=name)) from None
 
     async def usable(self, user_id: int, guild_id: int, name: str) -> Lora:
         lora = await self.loras.find_usable(user_id, guild_id, clean_name(name))
@@ -111,7 +110,7 @@ class LoraLibrary:
     async def owned(self, user_id: int, guild_id: int, name: str) -> Lora:
         lora = await self.usable(user_id, guild_id, name)
         if lora.owner_id != user_id:
-            raise UserFacingError(f"`{lora.name}` belongs to <@{lora.owner_id}>; only its owner can do that.")
+            raise UserFacingError(Text("lora.owner_only", name=lora.name, owner=lora.owner_id))
         return lora
 
     async def choices(self, user_id: int, guild_id: int | None, current: str,
@@ -152,7 +151,7 @@ class LoraLibrary:
         try:
             await self.loras.rename(lora.id, new_name)
         except IntegrityError:
-            raise UserFacingError(f"The name `{new_name}` was just taken; pick another name.") from None
+            raise UserFacingError(Text("lora.name_just_taken", name=new_name)) from None
         return lora, new_name
 
     async def delete(self, user_id: int, guild_id: int, name: str, *, moderator: bool) -> Lora:
@@ -163,9 +162,9 @@ class LoraLibrary:
         if lora is None or (lora.owner_id != user_id and not moderator and not (lora.shared and lora.path)):
             raise missing(name)
         if lora.owner_id != user_id and not moderator:
-            raise UserFacingError(f"`{lora.name}` belongs to <@{lora.owner_id}>; only its owner or a moderator can delete it.")
+            raise UserFacingError(Text("lora.delete_owner_only", name=lora.name, owner=lora.owner_id))
         if await self.loras.training_active(lora.id):
-            raise UserFacingError(f"`{lora.name}` is still training: cancel its job with `/cancel` first.")
+            raise UserFacingError(Text("lora.still_training", name=lora.name))
         await self.loras.delete(lora.id)
         await self.revoke_links(lora)  # at once: its files are removed only after the reply
         return lora
@@ -182,7 +181,7 @@ class LoraLibrary:
             files = await asyncio.to_thread(export_files, lora, self.settings.data_dir,
                                             self.settings.lora_max_header_bytes)
         except (OSError, lib.LoraImportError) as exc:
-            raise UserFacingError(f"Could not export `{lora.name}`: {exc}") from None
+            raise UserFacingError(Text("lora.export_failed", name=lora.name, error=exc)) from None
         return [(path, self.signer.link(path)) for path in files]
 
     # -- each member's stack -----------------------------------------------------------------------------------
@@ -191,8 +190,7 @@ class LoraLibrary:
         """Add a LoRA to the member's stack (or change its scale); returns the stack. StackFull when full."""
         lora = await self.loras.find_usable(user_id, guild_id, clean_name(name))
         if lora is None:
-            raise UserFacingError(f"You have no LoRA `{name}` here (a LoRA becomes usable at its first checkpoint). "
-                                  "See `/lora list`.")
+            raise UserFacingError(Text("lora.missing_use", name=name))
         scale = self.settings.lora_default_scale if scale is None else scale
         await self.loras.use(user_id, guild_id, lora.id, scale, self.settings.lora.max_stack)
         return await self.loras.selection(user_id, guild_id)
@@ -209,7 +207,7 @@ class LoraLibrary:
         picked = {lora.name: lora for lora, _ in await self.loras.selection(user_id, guild_id)}
         key = clean_name(name)
         if key not in picked:
-            raise UserFacingError(f"You are not using a LoRA `{name}`.")
+            raise UserFacingError(Text("lora.not_using", name=name))
         await self.loras.clear(user_id, guild_id, picked[key].id)
         return key, [other for other in picked if other != key]
 
@@ -222,7 +220,7 @@ class LoraLibrary:
             usable = await self.loras.usable_by(user_id, guild_id) if guild_id else []
             picked = [(lora, self.settings.lora_default_scale) for lora in usable if lora.name == clean_name(override)]
             if not picked:
-                raise UserFacingError(f"You have no LoRA `{override}` here (yours, or one shared in this server).")
+                raise UserFacingError(Text("lora.missing_override", name=override))
         check_stack(picked, self.settings)
         # always: selection and usable_by leave out LoRAs without a file
         return [adapter(lora, scale) for lora, scale in picked if lora.path is not None]
@@ -238,9 +236,7 @@ class LoraLibrary:
             lora = await self.loras.get(lora_id) if lora_id is not None else None
             if lora is None or not may_use(lora, user_id, guild_id):
                 name = str(old.get("label") or "?")[:32].replace("`", "")
-                raise UserFacingError(f"This image was made with the LoRA `{name}`, which you may not use: it is private "
-                                      "to its owner, of another server, or no longer exists. Make a new image with "
-                                      "`/imagine` instead.")
+                raise UserFacingError(Text("lora.not_for_you", name=name))
             scale = old.get("scale")
             scale = float(scale) if isinstance(scale, int | float) and 0 <= scale <= 2 else self.settings.lora_default_scale
             picked.append((lora, scale))

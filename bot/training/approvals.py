@@ -15,6 +15,7 @@ from ..db.jobs import JobStore
 from ..db.models import Job, JobStatus
 from ..db.moderation import ModerationStore
 from ..errors import UserFacingError
+from ..i18n import Text, tr
 from ..interaction_ids import guild_id_of
 from ..jobs import render
 from ..jobs.delivery import Delivery
@@ -42,22 +43,23 @@ class TrainingApprovals:
     async def decide(self, interaction: discord.Interaction, job_id: int, approve: bool) -> str:
         """Approve or deny a waiting job; returns the request's new text."""
         if not is_moderator(interaction, await self.moderation.settings(interaction.guild_id)):
-            raise NotModerator("Only moderators can approve or deny training jobs.")
+            raise NotModerator(Text("train.approval_only"))
         job = await self.store.get(job_id)
         if job is None or job.guild_id != interaction.guild_id:
-            raise UserFacingError("That training job is unknown here.")
+            raise UserFacingError(Text("train.approval_unknown"))
         if approve:
             if not await self.store.approve(job.id):
-                raise UserFacingError(f"Job #{job.id} was already decided or cancelled ({job.status}).")
+                raise UserFacingError(Text("train.already_decided", job=job.id, status=Text(f"status.{job.status}")))
             job.status = JobStatus.QUEUED
-            verdict = f"✅ Approved by {interaction.user.mention}."
+            verdict = tr(render.locale_of(job), "train.approved", moderator=interaction.user.mention)
             self.runner.wake()
             await self.delivery.edit_status(job, render.queued_text(job, await self.store.position(job)))
         else:
             if not await self.store.cancel_if_queued(job.id):
-                raise UserFacingError(f"Job #{job.id} was already decided or cancelled ({job.status}).")
-            verdict = f"🚫 Denied by {interaction.user.mention}."
-            await self.delivery.edit_status(job, f"🚫 Job #{job.id}: a moderator denied training `{job.params['name']}`.")
+                raise UserFacingError(Text("train.already_decided", job=job.id, status=Text(f"status.{job.status}")))
+            verdict = tr(render.locale_of(job), "train.denied", moderator=interaction.user.mention)
+            await self.delivery.edit_status(job, tr(render.locale_of(job), "train.denied_status", job=job.id,
+                                                    name=job.params["name"]))
         await self.moderation.audit(guild_id_of(interaction), interaction.user.id, "approve" if approve else "deny",
                                     f"job #{job.id} of <@{job.user_id}>")
         return f"{render.approval_text(job)}\n{verdict}"

@@ -19,17 +19,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..i18n import Text
+
 __all__ = ["MIB", "NOT_A_ZIP", "BoundedReader", "IntakeError", "IntakeLimits", "check_entries", "display_name", "format_size",
            "precheck_directory"]
 
 MIB = 1024 * 1024
 _CHUNK = MIB
 _CD_BYTES_PER_ENTRY = 1024  # generous bound on one central-directory record, for the pre-check
-NOT_A_ZIP = "That file is not a zip archive, or it is damaged. Zip your photos and upload the .zip."
+NOT_A_ZIP = Text("intake.not_a_zip")
 
 
 class IntakeError(Exception):
-    """The archive is refused as a whole; str(error) is a user-facing message."""
+    """The archive is refused as a whole; str(error) is a user-facing message, a Text (bot/i18n) that the reporter
+    writes in the member's language."""
 
 
 @dataclass(frozen=True)
@@ -66,47 +69,41 @@ def precheck_directory(zip_path: Path, limits: IntakeLimits) -> None:
     private: Any = zipfile  # typeshed leaves out zipfile's private names, such as the indices into that record
     entries, directory_size = record[private._ECD_ENTRIES_TOTAL], record[private._ECD_SIZE]
     if entries > limits.max_entries or directory_size > limits.max_entries * _CD_BYTES_PER_ENTRY:
-        raise IntakeError(f"The archive has too many files (the limit is {limits.max_entries}).")
+        raise IntakeError(Text("intake.too_many_files", limit=limits.max_entries))
 
 
 def check_entries(infos: list[zipfile.ZipInfo], limits: IntakeLimits, archive_size: int | None = None) -> None:
     if len(infos) > limits.max_entries:
-        raise IntakeError(f"The archive has {len(infos)} files; the limit is {limits.max_entries}.")
+        raise IntakeError(Text("intake.file_count", count=len(infos), limit=limits.max_entries))
     # Entries whose compressed bytes add up to more than the archive share bytes (the overlapping-entries
     # zip bomb; Python before 3.12 does not detect it). It also keeps compress_size honest for the
     # pixels-per-byte bomb check of the images.
     if archive_size is not None and sum(info.compress_size for info in infos) > archive_size:
-        raise IntakeError("The archive's files overlap each other (a zip bomb); it was refused.")
+        raise IntakeError(Text("intake.overlap"))
     total = 0
     for info in infos:
         if not info.filename:  # a zero-length name (or one cut at a NUL byte): nothing sane can hold it
-            raise IntakeError("The archive has a file without a name: it is damaged.")
+            raise IntakeError(Text("intake.no_name"))
         shown = display_name(info.filename)
         parts = info.filename.replace("\\", "/").split("/")
         if info.filename.startswith(("/", "\\")) or re.match(r"[A-Za-z]:", info.filename):
-            raise IntakeError(f"The archive contains an absolute path ({shown}). Zip the photos with relative paths.")
+            raise IntakeError(Text("intake.absolute", name=shown))
         if ".." in parts:
-            raise IntakeError(f"The archive contains a path that climbs out of its folder ({shown}).")
+            raise IntakeError(Text("intake.climbs", name=shown))
         if stat.S_ISLNK(info.external_attr >> 16):
-            raise IntakeError(f"The archive contains a symbolic link ({shown}). Zip the photos themselves.")
+            raise IntakeError(Text("intake.symlink", name=shown))
         if info.flag_bits & 0x1:
-            raise IntakeError(f"{shown} is password-protected. Upload an archive without a password.")
+            raise IntakeError(Text("intake.password", name=shown))
         if info.file_size > limits.max_file_uncompressed:
-            raise IntakeError(
-                f"{shown} unpacks to {format_size(info.file_size)}; "
-                f"files may be at most {format_size(limits.max_file_uncompressed)}."
-            )
+            raise IntakeError(Text("intake.file_too_big", name=shown, size=format_size(info.file_size),
+                                   limit=format_size(limits.max_file_uncompressed)))
         if info.file_size > max(limits.ratio_min_bytes, info.compress_size * limits.max_ratio):
             ratio = info.file_size / max(1, info.compress_size)
-            raise IntakeError(
-                f"{shown} is compressed {ratio:.0f}:1 (the limit is {limits.max_ratio:g}:1); "
-                "the archive looks like a zip bomb and was refused."
-            )
+            raise IntakeError(Text("intake.ratio", name=shown, ratio=ratio, limit=limits.max_ratio))
         total += info.file_size
     if total > limits.max_total_uncompressed:
-        raise IntakeError(
-            f"The archive unpacks to {format_size(total)}; the limit is {format_size(limits.max_total_uncompressed)}."
-        )
+        raise IntakeError(Text("intake.total_too_big", size=format_size(total),
+                               limit=format_size(limits.max_total_uncompressed)))
 
 
 class BoundedReader:
@@ -130,20 +127,16 @@ class BoundedReader:
                     size += len(chunk)
                     self.total += len(chunk)
                     if size > info.file_size:
-                        raise IntakeError(f"{shown} is larger than its header says; the archive was refused.")
+                        raise IntakeError(Text("intake.larger_than_header", name=shown))
                     if size > cap:
-                        raise IntakeError(
-                            f"{shown} unpacks to more than {format_size(cap)} (zip bomb?); the archive was refused."
-                        )
+                        raise IntakeError(Text("intake.entry_bomb", name=shown, limit=format_size(cap)))
                     if self.total > limits.max_total_uncompressed:
-                        raise IntakeError(
-                            f"The archive unpacks to more than {format_size(limits.max_total_uncompressed)}; it was refused."
-                        )
+                        raise IntakeError(Text("intake.total_bomb", limit=format_size(limits.max_total_uncompressed)))
                     chunks.append(chunk)
         except (IntakeError, NotImplementedError):  # NotImplementedError: a compression method zipfile lacks
             raise
         except Exception:  # BadZipFile (bad CRC, bad local header), zlib.error, EOFError, lzma.LZMAError, ...
-            raise IntakeError(f"The archive is damaged: {shown} could not be unpacked.") from None
+            raise IntakeError(Text("intake.damaged", name=shown)) from None
         return b"".join(chunks)
 
 

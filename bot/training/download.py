@@ -27,6 +27,8 @@ from pathlib import Path
 import aiohttp
 from yarl import URL
 
+from ..i18n import Text
+
 __all__ = ["MAX_REDIRECTS", "DownloadError", "download_zip", "is_public_address"]
 
 MAX_REDIRECTS = 5
@@ -115,11 +117,11 @@ async def download_zip(
         os.replace(tmp, dest)
         return written
     except TimeoutError:
-        raise DownloadError(f"The download took longer than {timeout:g} seconds and was stopped.") from None
+        raise DownloadError(Text("download.timeout", seconds=timeout)) from None
     except aiohttp.ClientSSLError:
-        raise DownloadError("No secure connection to the site could be made (TLS certificate or handshake failed).") from None
+        raise DownloadError(Text("download.tls")) from None
     except (aiohttp.ClientError, OSError, ValueError) as exc:
-        raise DownloadError(f"The download failed ({type(exc).__name__}).") from None
+        raise DownloadError(Text("download.failed", error=type(exc).__name__)) from None
     finally:
         tmp.unlink(missing_ok=True)
         if own_session:
@@ -138,40 +140,40 @@ async def _fetch(
     try:
         current = URL(url)
     except (ValueError, TypeError):
-        raise DownloadError("That is not a valid link.") from None
+        raise DownloadError(Text("download.invalid")) from None
     for hop in range(MAX_REDIRECTS + 1):
         addresses = await _validate(current, hop, resolver, policy)
         async with await _request(session, current, addresses, timeout) as resp:
             if resp.status in _REDIRECTS:
                 location = resp.headers.get("Location")
                 if not location:
-                    raise DownloadError("The site answered with a redirect without a target.")
+                    raise DownloadError(Text("download.redirect_no_target"))
                 try:
                     current = current.join(URL(location))
                 except (ValueError, TypeError):
-                    raise DownloadError("The site redirected to an invalid link.") from None
+                    raise DownloadError(Text("download.redirect_invalid")) from None
                 continue
             if resp.status != 200:
-                raise DownloadError(f"The site answered HTTP {resp.status}; expected 200 OK.")
+                raise DownloadError(Text("download.http_status", status=resp.status))
             if resp.content_length is not None and resp.content_length > max_bytes:
-                raise DownloadError(f"The file is {_size(resp.content_length)}; the limit is {_size(max_bytes)}.")
+                raise DownloadError(Text("download.too_big", size=_size(resp.content_length), limit=_size(max_bytes)))
             return await _stream(resp, tmp, max_bytes)
-    raise DownloadError(f"The link redirected more than {MAX_REDIRECTS} times.")
+    raise DownloadError(Text("download.redirects", count=MAX_REDIRECTS))
 
 
 async def _validate(url: URL, hop: int, resolver: Resolver, policy: PrivatePolicy) -> list[IPAddress]:
     """The addresses to connect to for `url`, all checked; raises DownloadError."""
-    where = "The link" if hop == 0 else "The link redirected to an address that"
+    where = Text("download.where_link") if hop == 0 else Text("download.where_redirect")
     scheme = (url.scheme or "").lower()
     if scheme not in ("https", "http") or (scheme == "http" and not policy):
-        raise DownloadError(f"{where} must use https://." if hop == 0 else "The link redirected to a non-https address.")
+        raise DownloadError(Text("download.https") if hop == 0 else Text("download.redirect_http"))
     if url.user is not None or url.password is not None:
-        raise DownloadError(f"{where} must not contain a user name or password.")
+        raise DownloadError(Text("download.credentials", where=where))
     host = (url.raw_host or "").rstrip(".").lower()
     if not host:
-        raise DownloadError("That link has no host name.")
+        raise DownloadError(Text("download.no_host"))
     if (host == "localhost" or host.endswith(".localhost")) and not policy:
-        raise DownloadError(f"{where} points to this machine, which isn't allowed.")
+        raise DownloadError(Text("download.this_machine", where=where))
     port = url.port or (443 if scheme == "https" else 80)
 
     try:
@@ -189,18 +191,18 @@ async def _validate(url: URL, hop: int, resolver: Resolver, policy: PrivatePolic
         except (OSError, LookupError, ValueError, socket.gaierror):
             addresses = []
         if not addresses:
-            raise DownloadError("The link's host name could not be found.")
+            raise DownloadError(Text("download.unknown_host"))
 
     for address in addresses:
         if is_public_address(address) or _permitted(policy, hop, address):
             continue
         if address in _METADATA:
-            raise DownloadError(f"{where} points to the cloud metadata service, which isn't allowed.")
+            raise DownloadError(Text("download.metadata", where=where))
         if address.is_loopback or (isinstance(address, ipaddress.IPv6Address) and _is_mapped_loopback(address)):
-            raise DownloadError(f"{where} points to this machine, which isn't allowed.")
-        raise DownloadError(f"{where} points to a private or local network address, which isn't allowed.")
+            raise DownloadError(Text("download.this_machine", where=where))
+        raise DownloadError(Text("download.private", where=where))
     if scheme == "http" and not all(_permitted(policy, hop, a) for a in addresses):
-        raise DownloadError(f"{where} must use https://." if hop == 0 else "The link redirected to a non-https address.")
+        raise DownloadError(Text("download.https") if hop == 0 else Text("download.redirect_http"))
     return addresses
 
 
@@ -247,7 +249,7 @@ async def _stream(resp: aiohttp.ClientResponse, tmp: Path, max_bytes: int) -> in
         async for chunk in resp.content.iter_chunked(_CHUNK):
             written += len(chunk)
             if written > max_bytes:
-                raise DownloadError(f"The file is larger than the {_size(max_bytes)} limit.")
+                raise DownloadError(Text("download.over_limit", limit=_size(max_bytes)))
             fh.write(chunk)
     return written
 

@@ -35,6 +35,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from ..i18n import CHINESE, LocaleLike, Text, language_of, tr
 from . import images
 from .archive import MIB as MIB  # MIB and display_name: re-exported, their old import path
 from .archive import NOT_A_ZIP, BoundedReader, IntakeError, IntakeLimits, check_entries, format_size
@@ -76,6 +77,21 @@ _NOUNS = {  # reason -> (singular, plural) for the summary
     MAC_METADATA: ("macOS metadata file", "macOS metadata files"),
     SYSTEM_FILE: ("system file", "system files"),
 }
+_NOUNS_ZH = {  # the same reasons for a zh-CN member (Chinese nouns take no plural: "<reason> <n> 个")
+    images.NOT_IMAGE: "不是图片",
+    images.CORRUPT: "图片损坏或不完整",
+    images.UNSUPPORTED: "图片格式不受支持（请用 JPEG、PNG、WebP 或 HEIC）",
+    images.NESTED_ARCHIVE: "嵌套的压缩包（未打开）",
+    images.NO_HEIC: "HEIC 照片（未安装 HEIC 支持）",
+    images.BOMB: "图片像素数与文件大小不符",
+    images.OVER_BUDGET: "图片超出压缩包的解码预算",
+    DUPLICATE: "重复的图片",
+    ORPHAN_TEXT: "没有对应图片的文本文件",
+    UNSUPPORTED_COMPRESSION: "压缩方式不受支持的文件",
+    FOLDER: "文件夹",
+    MAC_METADATA: "macOS 元数据文件",
+    SYSTEM_FILE: "系统文件",
+}
 
 
 @dataclass
@@ -88,18 +104,20 @@ class IntakeReport:
     captions_from_files: int = 0  # images whose caption came from a .txt beside them
     entries: list[dict] = field(default_factory=list, repr=False)  # the manifest's content
 
-    def summary(self) -> str:
-        """A short text for a Discord message (< 1500 characters, no user-controlled text)."""
-        parts = [f"Accepted {_count(self.accepted, 'image', 'images')}."]
+    def summary(self, locale: LocaleLike = None) -> str:
+        """A short text for a Discord message (< 1500 characters, no user-controlled text), in `locale`'s language."""
+        chinese = language_of(locale) == CHINESE
+        images = f"{self.accepted} 张图片" if chinese else _count(self.accepted, "image", "images")
+        parts = [tr(locale, "intake.accepted", images=images)]
         if self.captions_from_files:
-            parts.append(f"{self.captions_from_files} with their own caption file.")
+            parts.append(tr(locale, "intake.captions", count=self.captions_from_files))
         problems = [reason for _, reason in self.skipped if reason not in IGNORED_REASONS]
         if problems:
-            parts.append(f"Skipped {len(problems)}: {_group(problems)}.")
+            parts.append(tr(locale, "intake.skipped", count=len(problems), reasons=Reasons(problems)))
         ignored = len(self.skipped) - len(problems)
         if ignored:
-            parts.append(f"Ignored {ignored} system {'file or folder' if ignored == 1 else 'files and folders'}.")
-        text = " ".join(parts)
+            parts.append(tr(locale, "intake.ignored_one" if ignored == 1 else "intake.ignored", count=ignored))
+        text = ("" if chinese else " ").join(parts)  # Chinese sentences end in 。 and take no space
         return text if len(text) < 1500 else text[:1496] + "…"
 
 
@@ -125,9 +143,10 @@ def prepare_dataset(
     try:
         archive_size = zip_path.stat().st_size
     except OSError:
-        raise IntakeError("The uploaded file could not be read.") from None
+        raise IntakeError(Text("intake.unreadable")) from None
     if archive_size > limits.max_archive_bytes:
-        raise IntakeError(f"The archive is {format_size(archive_size)}; the limit is {format_size(limits.max_archive_bytes)}.")
+        raise IntakeError(Text("intake.archive_too_big", size=format_size(archive_size),
+                                 limit=format_size(limits.max_archive_bytes)))
 
     job_dir.mkdir(parents=True, exist_ok=True)
     root = job_dir.resolve()
@@ -265,13 +284,9 @@ def _unpack(
 
     if len(entries) < limits.min_images:
         problems = [reason for _, reason in skipped if reason not in IGNORED_REASONS]
-        usable = f"Only {len(entries)} usable" if entries else "No usable"
-        message = (
-            f"{usable} {'image' if len(entries) == 1 else 'images'} in the archive; at least {limits.min_images} are needed."
-        )
-        if problems:
-            message += f" Skipped: {_group(problems)}."
-        raise IntakeError(message)
+        message = "intake.too_few_one" if len(entries) == 1 else "intake.too_few" if entries else "intake.none_usable"
+        skipped_text = Text("intake.skipped_suffix", reasons=Reasons(problems)) if problems else ""
+        raise IntakeError(Text(message, count=len(entries), min=limits.min_images, skipped=skipped_text))
     return IntakeReport(
         accepted=len(entries),
         skipped=skipped,
@@ -324,9 +339,27 @@ def _count(n: int, singular: str, plural: str) -> str:
     return f"{n} {singular if n == 1 else plural}"
 
 
-def _group(reasons: list[str], top: int = 8) -> str:
+def _group(reasons: list[str], top: int = 8, language: str = "en") -> str:
     counts = Counter(reasons).most_common()
-    phrases = [_count(n, *_NOUNS.get(reason, (reason, reason))) for reason, n in counts[:top]]
+    if language == CHINESE:
+        phrases = [f"{_NOUNS_ZH.get(reason, reason)} {n} 个" for reason, n in counts[:top]]
+    else:
+        phrases = [_count(n, *_NOUNS.get(reason, (reason, reason))) for reason, n in counts[:top]]
     if len(counts) > top:
-        phrases.append(f"{sum(n for _, n in counts[top:])} for other reasons")
-    return ", ".join(phrases)
+        phrases.append(tr(language, "intake.other_reasons", count=sum(n for _, n in counts[top:])))
+    return ("、" if language == CHINESE else ", ").join(phrases)
+
+
+class Reasons(str):
+    """Why files were skipped, grouped: reads as English (the message an IntakeError carries), and is written again
+    in the member's language when its message is (bot/i18n/text.py calls `localised`)."""
+
+    reasons: list[str]
+
+    def __new__(cls, reasons: list[str]) -> Reasons:
+        text = super().__new__(cls, _group(reasons))
+        text.reasons = list(reasons)
+        return text
+
+    def localised(self, where: LocaleLike) -> str:
+        return _group(self.reasons, language=language_of(where))

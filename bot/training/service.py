@@ -23,6 +23,7 @@ from ..db.jobs import JobStore
 from ..db.models import Job, JobKind, JobStatus
 from ..db.moderation import ModerationStore
 from ..errors import UserFacingError
+from ..i18n import Text, tr
 from ..interaction_ids import channel_id_of, guild_id_of
 from ..jobs import render
 from ..jobs.runner import JobRunner
@@ -65,12 +66,12 @@ class TrainService:
                             url: str | None) -> None:
         """Cheap checks before deferring; each failure is an ephemeral reply."""
         if interaction.guild_id is None:
-            raise UserFacingError("LoRAs belong to a server: use /train in a server channel.")
+            raise UserFacingError(Text("train.dm"))
         check_name(name)
         if (photos is None) == (url is None):
-            raise UserFacingError("Attach a zip of photos as `photos`, or give an https `url` to one (not both).")
+            raise UserFacingError(Text("train.zip_or_url"))
         if photos is not None and not photos.filename.lower().endswith(".zip"):
-            raise UserFacingError(f"`{photos.filename}` is not a .zip file.")
+            raise UserFacingError(Text("train.not_zip", filename=photos.filename))
         await self.library.check_new_name(interaction.guild_id, name, interaction.user.id)
         await self.rules.check_not_banned(interaction.guild_id, interaction.user.id)
         guild = await self.moderation.settings(interaction.guild_id)
@@ -78,7 +79,7 @@ class TrainService:
             recent = await self.store.count_recent(interaction.user.id, interaction.guild_id, JobKind.TRAIN,
                                                    timedelta(days=1))
             if recent >= guild.trainings_per_day:
-                raise UserFacingError(f"This server allows {guild.trainings_per_day} training(s) per member per day.")
+                raise UserFacingError(Text("limits.daily_trainings", count=guild.trainings_per_day))
         await self.limits.check_queue(interaction.user.id, guild)
         await self.limits.take_request(interaction.user.id, guild)
 
@@ -87,13 +88,13 @@ class TrainService:
         """After deferring: the dataset checked into its job folder, the LoRA's record made, the job queued
         (or set to wait for a moderator). Raises UserFacingError, leaving nothing behind."""
         job_dir = self.settings.training_dir / f"ix-{interaction.id}"
-        summary = await self.prepare(name, photos, url, caption, job_dir)
+        summary = await self.prepare(name, photos, url, caption, job_dir, interaction.locale)
         config = self.config(name, caption, steps)
         lora = await self.library.create(guild_id=guild_id_of(interaction), owner_id=interaction.user.id, name=name,
                                          rank=config["rank"])
         params = {"name": name, "lora_id": lora.id, "dataset_dir": str(job_dir / "dataset"),
                   "output_dir": str(job_dir / "output"), "config": config, "upload_limit": interaction.filesize_limit,
-                  "locale": str(interaction.locale)}  # a failure the member can relay, in their language
+                  "locale": str(interaction.locale)}  # its messages' language (bot/jobs/render.py)
         guild = await self.moderation.settings(interaction.guild_id)
         # The caps checked before the download are checked again inside the INSERT (bot/db/admission.py): a
         # member's parallel /train requests all passed the first check minutes ago.
@@ -111,13 +112,13 @@ class TrainService:
             raise self.limits.refusal(refused, caps) from None
         job = await self.store.get(job_id)
         if job is None:  # rows are never deleted; this only narrows the type
-            raise UserFacingError("The training job vanished; please try again.")
+            raise UserFacingError(Text("train.vanished"))
         device = self.worker.device or "cuda"
         estimate = config["steps"] * SECONDS_PER_STEP.get(device, 0.5)
         return QueuedTraining(
             job=job,
-            summary=f"✅ {summary}\nTraining job #{job.id} for `{name}`: {config['steps']} steps, "
-                    f"roughly {render.duration(estimate)} on this worker ({device}).",
+            summary=tr(interaction, "train.queued", summary=summary, job=job.id, name=name, steps=config["steps"],
+                       estimate=render.duration(estimate, interaction.locale), device=device),
             status=render.queued_text(job, await self.store.position(job)))
 
     async def announce(self, queued: QueuedTraining, message_id: int, channel_id: int) -> None:
@@ -141,7 +142,7 @@ class TrainService:
         }
 
     async def prepare(self, name: str, photos: Upload | None, url: str | None, caption: str | None,
-                      job_dir: Path) -> str:
+                      job_dir: Path, locale: discord.Locale | None = None) -> str:
         """Download and check the zip into job_dir; returns the intake summary. Raises UserFacingError."""
         settings = self.settings
         await asyncio.to_thread(job_dir.mkdir, parents=True, exist_ok=True)
@@ -149,12 +150,13 @@ class TrainService:
         try:
             if photos is not None:
                 if photos.size > settings.max_zip_bytes:
-                    raise UserFacingError(f"The zip is {photos.size >> 20} MiB; the limit is {settings.max_zip_bytes >> 20} MiB.")
+                    raise UserFacingError(Text("train.zip_too_big", size=photos.size >> 20,
+                                                   limit=settings.max_zip_bytes >> 20))
                 await save_attachment(photos.url, archive, settings.max_zip_bytes, what="zip")
             elif url is not None:
                 await download_zip(url, archive, max_bytes=settings.max_zip_bytes)
             else:  # check_request() refused this before deferring
-                raise UserFacingError("Attach a zip of photos as `photos`, or give an https `url` to one (not both).")
+                raise UserFacingError(Text("train.zip_or_url"))
             limits = IntakeLimits(max_archive_bytes=settings.max_zip_bytes, min_images=settings.train_min_images,
                                   max_images=settings.train_max_images)
             report = await asyncio.to_thread(prepare_dataset, archive, job_dir / "dataset", name=name,
@@ -164,8 +166,8 @@ class TrainService:
             # written for users: they become the reply here, at the boundary.
             await asyncio.to_thread(shutil.rmtree, job_dir, True)
             if isinstance(exc, (aiohttp.ClientError, OSError)):
-                raise UserFacingError(f"Could not fetch the zip: {exc}") from None
-            raise UserFacingError(str(exc)) from None
+                raise UserFacingError(Text("train.fetch_failed", error=exc)) from None
+            raise UserFacingError(exc.args[0] if exc.args else str(exc)) from None  # a Text stays one
         finally:
             await asyncio.to_thread(archive.unlink, True)
-        return report.summary()
+        return report.summary(locale)

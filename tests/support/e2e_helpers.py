@@ -9,7 +9,7 @@ from PIL import Image
 
 from gpu.png import read_png_text
 
-JOB_ID = re.compile(r"Job #(\d+)|job #(\d+)")
+JOB_ID = re.compile(r"[Jj]ob #(\d+)|任务 #(\d+)")  # a job's messages are in its requester's language (en, zh-CN)
 
 
 def pngs(message) -> list[bytes]:
@@ -33,7 +33,7 @@ def job_id_of(message) -> int:
 def result_messages(fake, job_id: int) -> list:
     """Live messages that carry the PNGs of a job, wherever they were posted."""
     return [m for m in fake.messages.values()
-            if not m.deleted and pngs(m) and re.search(rf"[Jj]ob #{job_id}\b", m.content or "")]
+            if not m.deleted and pngs(m) and re.search(rf"(?:[Jj]ob|任务) #{job_id}\b", m.content or "")]
 
 
 async def wait_result(fake, job_id: int, timeout: float = 90, count: int = 1) -> list:
