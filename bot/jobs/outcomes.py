@@ -23,11 +23,7 @@ from zimage_protocol.errors import ErrorCode
 
 from .. import metrics
 from ..db.models import Job, JobKind, JobStatus
-<<<<<<< HEAD
-from ..i18n import Text, tr
-=======
 from ..i18n import Text
->>>>>>> bilingual
 from ..worker.client import WorkerError, WorkerUnavailable
 from . import render
 from .lane import LaneContext
@@ -141,17 +137,8 @@ class JobOutcomes:
         return Outcome.FAILED
 
     async def fail(self, job: Job, reason: str) -> None:
-<<<<<<< HEAD
-        await self.store.finish(job.id, JobStatus.FAILED, error=reason)
-        if isinstance(reason, Text):  # a catalog message: in the language of the member who asked (params' locale)
-            text = tr(str(job.params.get("locale") or ""), "job.failed", user=job.user_id, job=job.id, reason=reason)
-        else:
-            text = render.failed_text(job, reason)
-        await self.messages.post_final(job, text, embed=None, view=None)
-=======
         await self.store.finish(job.id, JobStatus.FAILED, error=str(reason))  # English; the post is localised
         await self.messages.post_final(job, render.failed_text(job, reason), embed=None, view=None)
->>>>>>> bilingual
 
     async def cancelled_while_queued(self, job: Job) -> None:
         await self.status.settle(job.id)

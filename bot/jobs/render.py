@@ -156,19 +156,12 @@ def training_done_text(job: Job) -> str:
 
 
 def checkpoint_text(job: Job, checkpoint: CheckpointReady, link: str | None, private: bool = False) -> str:
-<<<<<<< HEAD
-    step, total = checkpoint.step, checkpoint.total
-    eta = duration((total - step) * checkpoint.seconds_per_step)
-    lines = [f"<@{job.user_id}> 📦 Job #{job.id}: checkpoint of `{job.params['name']}` at step {step}/{total}: "
-             f"loss {checkpoint.loss:.4f}, {checkpoint.seconds_per_step:.2f} s/step, ETA {eta}"]
-    if checkpoint.training_adapter:  # what the run merged in during its steps (TRAINING_ADAPTER), as the worker says
-        lines.append(f"Training adapter: `{checkpoint.training_adapter[:200].replace('`', '')}`")
-=======
     step, total, locale = checkpoint.step, checkpoint.total, locale_of(job)
     eta = duration((total - step) * checkpoint.seconds_per_step, locale)
     lines = [tr(locale, "train.checkpoint", user=job.user_id, job=job.id, name=job.params["name"], step=step,
                 total=total, loss=checkpoint.loss, speed=checkpoint.seconds_per_step, eta=eta)]
->>>>>>> bilingual
+    if checkpoint.training_adapter:  # what the run merged in during its steps (TRAINING_ADAPTER), as the worker says
+        lines.append(f"Training adapter: `{checkpoint.training_adapter[:200].replace('`', '')}`")
     if private:
         lines.append(tr(locale, "train.checkpoint_private"))
     elif link:
