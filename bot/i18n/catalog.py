@@ -243,7 +243,6 @@ CATALOG: dict[str, tuple[str, str]] = {
                                      "来自本机器人的私信。请在隐私设置中允许来自本服务器成员的私信，以便之后接收私密"
                                      "结果；这里没有发布任何内容。"),
     # -- /train failures the member can relay (bot/jobs/outcomes.py) ----------------------------------------------
-    "job.failed": ("<@{user}> ❌ Job #{job} failed: {reason}", "<@{user}> ❌ 任务 #{job} 失败：{reason}"),
     "train.adapter_failed": ("the training adapter could not be used ({detail}). Nothing was trained. An admin can set "
                              "`TRAINING_ADAPTER=none` (train without it; LoRAs may come out blurrier at 8 steps) or "
                              "`TRAINING_ADAPTER=/path/to/adapter.safetensors` (a file on the GPU worker), then you "
