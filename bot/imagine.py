@@ -25,6 +25,7 @@ import discord
 
 from zimage_protocol.settings import EnhancerSettings
 
+from .answers_first import AnswersFirst
 from .db.admission import AdmissionRefused, NewJob, admit
 from .db.jobs import JobStore
 from .db.models import Job
@@ -97,6 +98,7 @@ class ImagineService:
         self.status = status  # the job's first position on its message
         self.positions = positions  # others' positions may move when a job is queued
         self._intake = asyncio.Semaphore(intake_concurrency)
+        self._answers_first = AnswersFirst()  # the intake yields to interactions not yet answered
         self.members = members  # /settings: defaults (the cog merges them) and private results
         self.enhancer = enhancer  # PROMPT_ENHANCER
 
@@ -124,15 +126,19 @@ class ImagineService:
         if prompt is not None:
             check_prompt_text(prompt)
         self.rules.check_place(interaction)
-        private = self.members is not None and await self.members.wants_private(interaction.user.id)
-        answer = await interaction.response.defer(thinking=True, ephemeral=private)
+        with self._answers_first.answering():
+            private = self.members is not None and await self.members.wants_private(interaction.user.id)
+            answer = await interaction.response.defer(thinking=True, ephemeral=private)
         try:
+            await self._answers_first.turn()
             async with self._intake:
+                await self._answers_first.turn()
                 # Discord names the "thinking…" message (the job's message) in its answer; asked for if not.
                 message_id = answer.message_id if answer is not None else None
                 if message_id is None:
                     message_id = (await interaction.original_response()).id
                 params = await prepare()
+                await self._answers_first.turn()
                 if private:  # the job's messages go to the member alone (bot/jobs/delivery.py), in their language
                     params.update(private=True, locale=language_of(interaction))
                 params.setdefault("locale", str(interaction.locale))  # the result's button labels (bot/views.py)

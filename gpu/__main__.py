@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
 import threading
@@ -20,6 +21,8 @@ from .logs import configure_logging
 from .scheduler import GpuScheduler
 from .server import WorkerServer, socket_is_live
 from .startup_errors import WorkerExit, explain_load_error
+
+CPU_WORKER_NICENESS = 10  # added to the worker's niceness when it has no GPU (see yield_cpu_to_the_bot)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -74,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(endpoint, UnixEndpoint) and socket_is_live(endpoint.path):
         print(f"another worker already serves {endpoint.path}", file=sys.stderr)
         return WorkerExit.SOCKET
+    yield_cpu_to_the_bot()
     engine = ImageEngine(args.model, args.data_dir)
     try:
         engine.load_tokenizer()
@@ -83,6 +87,20 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(serve(engine, endpoint, warm_up=not args.no_warm_up, security=security))
     except KeyboardInterrupt:
         return 0
+
+
+def yield_cpu_to_the_bot() -> None:
+    """A worker without a GPU computes on the same cores as the bot, and torch takes all of them: lowered in
+    priority, it leaves the bot's event loop the CPU it needs to answer interactions within Discord's 3 s (and our
+    0.3 s). A GPU worker keeps its priority: its CPU work is launching kernels, and a late launch idles the card."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    try:
+        os.nice(CPU_WORKER_NICENESS)
+    except OSError as exc:  # not allowed here (a container's seccomp): run at the bot's priority
+        logging.getLogger(__name__).info("worker priority not lowered: %s", exc)
 
 
 def listen_endpoint(args: argparse.Namespace) -> Endpoint:

@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from bot.worker.client import WorkerClient, WorkerError, WorkerUnavailable
+from gpu.__main__ import CPU_WORKER_NICENESS
 from gpu.png import read_png_text
 from zimage_protocol import PROTOCOL_VERSION, ErrorCode, GenerateParams
 from zimage_protocol.frames import encode_frame, read_frame
@@ -61,6 +62,12 @@ async def test_health_hello_and_owner_only_socket(worker):
     health = await client.health()
     assert health.pid == process.pid and health.model == "tiny" and health.device == "cpu"
     assert stat.S_IMODE(os.stat(socket_path).st_mode) == 0o600
+
+
+async def test_a_worker_without_a_gpu_runs_below_the_bots_priority(worker):
+    """On CPU it shares the bot's cores: lowered, it cannot starve the bot's answers (gpu/__main__.py)."""
+    _, process, _ = worker
+    assert os.getpriority(os.PRIO_PROCESS, process.pid) == os.getpriority(os.PRIO_PROCESS, 0) + CPU_WORKER_NICENESS
 
 
 async def test_generate_streams_progress_and_tagged_pngs(worker):
