@@ -16,6 +16,7 @@ its activations within the 16 GB profile.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import logging
 from collections.abc import Callable, Iterator
@@ -135,7 +136,13 @@ class Variants:
         return self._inpaint
 
     def _derive(self, cls: Any) -> Any:
-        pipe = cls.from_pipe(self.base)  # the same module objects: no weights are copied or moved
+        # The same module objects: no weights are copied, moved or cast. Not `cls.from_pipe(base)`: diffusers 0.42's
+        # from_pipe ends with `.to(dtype)`, float32 unless told, which casts the shared modules in place (the warm
+        # bf16 transformer, text encoder and VAE became float32 at the first Vary click, and the compiled warm-up's
+        # 2x upscale failed on a float32 VAE fed a bf16 picture); no dtype is right for all of them either (a
+        # quantized transformer keeps float32 scales).
+        accepted = inspect.signature(cls.__init__).parameters
+        pipe = cls(**{name: module for name, module in self.base.components.items() if name in accepted})
         pipe.set_progress_bar_config(disable=True)
         if "postprocess" in self.base.image_processor.__dict__:  # gpu/accel.py put postprocessing on the GPU
             import functools

@@ -44,6 +44,27 @@ def test_vary_starts_from_the_picture_with_the_weights_shared(engine, tmp_path):
     assert again[0].image.tobytes() == made.image.tobytes()  # same seed, same pixels
 
 
+def test_the_picture_pipelines_leave_the_warm_pipelines_dtypes_alone(tmp_path):
+    """A bf16 engine (as on a GPU) stays bf16 once its img2img and inpaint pipelines exist, and a Vary runs on it
+    (diffusers' from_pipe would cast every shared module to float32: gpu/variants.py Variants._derive)."""
+    import torch
+
+    bf16 = ImageEngine("tiny", tmp_path / "data")
+    bf16.load_tokenizer()
+    bf16.load()
+    bf16.pipe.to(dtype=torch.bfloat16)
+    before = {name: tensor.dtype for name, tensor in bf16.pipe.transformer.state_dict().items()}
+    bf16.variants().img2img()
+    bf16.variants().inpaint()
+    assert {name: tensor.dtype for name, tensor in bf16.pipe.transformer.state_dict().items()} == before
+    assert {tensor.dtype for tensor in bf16.pipe.vae.parameters()} == {torch.bfloat16}
+    assert {tensor.dtype for tensor in bf16.pipe.text_encoder.parameters()} == {torch.bfloat16}
+    path, _ = source_png(bf16, tmp_path)
+    vary = SourceImage(path=str(path), strength=0.5, mode="vary_strong")
+    [made] = bf16.generate(GenerateParams(prompt="a fox", width=128, height=128, steps=2, seeds=[3], source=vary))
+    assert made.image.size == (128, 128)
+
+
 def test_upscale_doubles_the_size_with_a_tiled_vae_that_is_switched_off_after(engine, tmp_path, monkeypatch):
     path, _ = source_png(engine, tmp_path)
     monkeypatch.setattr("gpu.variants.TILED_DECODE_PIXELS", 128 * 128)
