@@ -99,9 +99,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cap-gib", type=float, default=None, help="cap this process's GPU memory, as a smaller card")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--square-only", action="store_true", help="only the 1024x1024 parent")
+    parser.add_argument("--parent", default=None, metavar="WxH", help="one parent of this size instead (a quick run)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args(argv)
-    result = run(args.tiny, args.cap_gib, args.steps, PARENT_SIZES[:1] if args.square_only else PARENT_SIZES)
+    sizes = PARENT_SIZES[:1] if args.square_only else PARENT_SIZES
+    if args.parent:
+        width, _, height = args.parent.partition("x")
+        sizes = ((int(width), int(height)),)
+    result = run(args.tiny, args.cap_gib, args.steps, sizes)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     return 1 if any(row["error"] for row in result["rows"]) else 0
