@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Literal
 
 import aiohttp
 
 from .errors import UserFacingError
+from .i18n import Text
 
 CHUNK = 1 << 20
 
 
-async def save_attachment(url: str, dest: Path, max_bytes: int, what: str = "file") -> int:
+async def save_attachment(url: str, dest: Path, max_bytes: int, what: Literal["file", "zip", "image"] = "file") -> int:
     """Stream `url` into `dest`; refuses (UserFacingError) past `max_bytes`. Returns bytes written."""
     written = 0
     await asyncio.to_thread(dest.parent.mkdir, parents=True, exist_ok=True)
@@ -27,7 +29,7 @@ async def save_attachment(url: str, dest: Path, max_bytes: int, what: str = "fil
             async for chunk in response.content.iter_chunked(CHUNK):
                 written += len(chunk)
                 if written > max_bytes:
-                    raise UserFacingError(f"The {what} is larger than the {max_bytes >> 20} MiB limit.")
+                    raise UserFacingError(Text(f"attachment.too_large_{what}", limit=max_bytes >> 20))
                 await asyncio.to_thread(handle.write, chunk)
         finally:
             await asyncio.to_thread(handle.close)

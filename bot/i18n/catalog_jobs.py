@@ -250,4 +250,31 @@ JOB_MESSAGES: dict[str, tuple[str, str]] = {
                          "of another server, or no longer exists. Make a new image with `/imagine` instead.",
                          "这张图片使用了 LoRA `{name}`，而你不能使用它：它是其所有者私有的、属于其他服务器，或已不存在。"
                          "请改用 `/imagine` 生成新图片。"),
+    # -- /lora import's refusals and a too large attachment (bot/lora_library/imports.py, bot/attachments.py) -----
+    "attachment.too_large_file": ("The file is larger than the {limit} MiB limit.", "文件超过了 {limit} MiB 的上限。"),
+    "attachment.too_large_zip": ("The zip is larger than the {limit} MiB limit.", "压缩包超过了 {limit} MiB 的上限。"),
+    "attachment.too_large_image": ("The image is larger than the {limit} MiB limit.", "图片超过了 {limit} MiB 的上限。"),
+    "lora_import.running": ("Your previous import is still running: wait for it to finish.",
+                            "你上一次的导入仍在进行中：请等待它完成。"),
+    "lora_import.busy": ("The bot is busy importing other LoRAs; try again in a minute.",
+                         "机器人正忙于导入其他 LoRA，请一分钟后再试。"),
+    "lora_import.file_or_url": ("Attach a .safetensors LoRA as `file`, or give an https `url` to one (not both).",
+                                "请以 `file` 附上一个 .safetensors LoRA，或给出指向它的 https `url`（二者选一）。"),
+    "lora_import.pickle": ("`{filename}` is a pickle file, which can run code when loaded: only .safetensors files are "
+                           "accepted.", "`{filename}` 是 pickle 文件，加载时可能执行代码：只接受 .safetensors 文件。"),
+    "lora_import.not_safetensors": ("`{filename}` is not a .safetensors file.", "`{filename}` 不是 .safetensors 文件。"),
+    "lora_import.too_large": ("The file is {size} MiB; the limit is {limit} MiB.", "文件大小为 {size} MiB，上限为 {limit} MiB。"),
+    "lora_import.disk_full": ("The bot's disk is nearly full, so imports are paused; please tell its operator.",
+                              "机器人的磁盘快满了，导入已暂停；请告知其运营者。"),
+    "lora_import.too_many": ("You already have {count} imported LoRAs in this server, the most allowed ({limit}). "
+                             "Delete one with `/lora delete` first.",
+                             "你在本服务器已导入 {count} 个 LoRA，已达上限（{limit}）。请先用 `/lora delete` 删除一个。"),
+    "lora_import.over_quota": ("Your imported LoRAs here take {used:.0f} MiB: with this file they would pass this "
+                               "server's {limit} MiB limit per member. Delete one with `/lora delete` first.",
+                               "你在这里导入的 LoRA 已占用 {used:.0f} MiB：加上这个文件将超过本服务器每位成员 {limit} MiB "
+                               "的上限。请先用 `/lora delete` 删除一个。"),
+    "lora_import.converted_over_quota": ("Converted, the LoRA takes {size:.1f} MiB: more than the {left:.1f} MiB left of "
+                                         "your import quota in this server.",
+                                         "转换后该 LoRA 占用 {size:.1f} MiB，超过了你在本服务器剩余的 {left:.1f} MiB 导入额度。"),
+    "lora_import.fetch_failed": ("Could not fetch the file: {error}", "无法获取文件：{error}"),
 }

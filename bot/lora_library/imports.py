@@ -28,6 +28,7 @@ from .. import lora_import as lib
 from ..attachments import save_attachment
 from ..db.models import GuildSettings, Lora
 from ..errors import UserFacingError
+from ..i18n import Text
 from ..limits import UserLimits
 from ..moderation import RequestRules
 from ..settings import Settings
@@ -57,9 +58,9 @@ class LoraImporter:
     async def slot(self, user_id: int) -> AsyncIterator[None]:
         """Hold one of the LORA_IMPORTS_AT_ONCE import slots, one per member, while the import runs; refuses at once."""
         if user_id in self._running:
-            raise UserFacingError("Your previous import is still running: wait for it to finish.")
+            raise UserFacingError(Text("lora_import.running"))
         if len(self._running) >= self.settings.lora_imports_at_once:
-            raise UserFacingError("The bot is busy importing other LoRAs; try again in a minute.")
+            raise UserFacingError(Text("lora_import.busy"))
         self._running.add(user_id)
         try:
             yield
@@ -71,21 +72,20 @@ class LoraImporter:
         max_bytes = self.settings.lora_max_bytes
         check_name(name)
         if (file is None) == (url is None):
-            raise UserFacingError("Attach a .safetensors LoRA as `file`, or give an https `url` to one (not both).")
+            raise UserFacingError(Text("lora_import.file_or_url"))
         if file is not None and file.filename.lower().endswith(lib.PICKLE_SUFFIXES):
-            raise UserFacingError(f"`{file.filename}` is a pickle file, which can run code when loaded: "
-                                  "only .safetensors files are accepted.")
+            raise UserFacingError(Text("lora_import.pickle", filename=file.filename))
         if file is not None and not file.filename.lower().endswith(".safetensors"):
-            raise UserFacingError(f"`{file.filename}` is not a .safetensors file.")
+            raise UserFacingError(Text("lora_import.not_safetensors", filename=file.filename))
         if file is not None and file.size > max_bytes:
-            raise UserFacingError(f"The file is {file.size >> 20} MiB; the limit is {max_bytes >> 20} MiB.")
+            raise UserFacingError(Text("lora_import.too_large", size=file.size >> 20, limit=max_bytes >> 20))
         await self.library.check_new_name(guild_id, name, user_id)
         await self.rules.check_not_banned(guild_id, user_id)
         guild = await self.rules.moderation.settings(guild_id)
         await self._check_quota(guild, user_id, file.size if file is not None else 1)
         free = (await asyncio.to_thread(disk_usage, self.settings.data_dir)).free
         if free < FREE_DISK_FACTOR * max_bytes:
-            raise UserFacingError("The bot's disk is nearly full, so imports are paused; please tell its operator.")
+            raise UserFacingError(Text("lora_import.disk_full"))
         await self.limits.take_request(user_id, guild)  # last: a refused import does not use up the allowance
 
     async def check_export(self, guild_id: int, user_id: int) -> None:
@@ -111,12 +111,9 @@ class LoraImporter:
         max_count, max_bytes = self._quota(guild)
         count, used = await self._used(guild.guild_id, user_id)
         if count >= max_count:
-            raise UserFacingError(f"You already have {count} imported LoRAs in this server, the most allowed "
-                                  f"({max_count}). Delete one with `/lora delete` first.")
+            raise UserFacingError(Text("lora_import.too_many", count=count, limit=max_count))
         if used + incoming > max_bytes:
-            raise UserFacingError(f"Your imported LoRAs here take {used / (1 << 20):.0f} MiB: with this file they would "
-                                  f"pass this server's {max_bytes >> 20} MiB limit per member. Delete one with "
-                                  "`/lora delete` first.")
+            raise UserFacingError(Text("lora_import.over_quota", used=used / (1 << 20), limit=max_bytes >> 20))
 
     async def run(self, key: int, guild_id: int, user_id: int, name: str, file: Upload | None,
                   url: str | None) -> tuple[Lora, lib.ImportResult]:
@@ -133,14 +130,14 @@ class LoraImporter:
                 await download_zip(url, incoming, max_bytes=min(max_bytes, room), timeout=settings.lora_download_timeout)
                 origin = public_origin(url)
             else:  # check() refused this before deferring
-                raise UserFacingError("Attach a .safetensors LoRA as `file`, or give an https `url` to one (not both).")
+                raise UserFacingError(Text("lora_import.file_or_url"))
             layers = await asyncio.to_thread(lambda: lib.expected_layers(lib.transformer_config(settings.zimage_model,
                                                                                                 settings.data_dir)))
             result = await asyncio.to_thread(lib.convert, incoming, folder / LORA_FILE, layers, max_bytes=max_bytes,
                                              max_header=settings.lora_max_header_bytes, max_rank=settings.lora.max_rank)
             if result.size > room:  # converted (lower ranks padded) it may be larger than the upload
-                raise UserFacingError(f"Converted, the LoRA takes {result.size / (1 << 20):.1f} MiB: more than the "
-                                      f"{room / (1 << 20):.1f} MiB left of your import quota in this server.")
+                raise UserFacingError(Text("lora_import.converted_over_quota", size=result.size / (1 << 20),
+                                                           left=room / (1 << 20)))
             lora = await self.library.create(guild_id=guild_id, owner_id=user_id, name=name, rank=result.rank,
                                              path=str(folder / LORA_FILE), source=result.format,
                                              origin=origin[:500])
@@ -150,7 +147,7 @@ class LoraImporter:
         except (lib.LoraImportError, DownloadError) as exc:
             raise UserFacingError(exc.args[0] if exc.args else str(exc)) from None  # a Text stays one
         except (aiohttp.ClientError, OSError) as exc:
-            raise UserFacingError(f"Could not fetch the file: {exc}") from None
+            raise UserFacingError(Text("lora_import.fetch_failed", error=str(exc)[:300])) from None
         finally:
             await asyncio.to_thread(incoming.unlink, True)
             if not done:

@@ -102,3 +102,25 @@ def test_the_intake_summary_in_both_languages():
     reasons = Reasons([images.NOT_IMAGE, images.CORRUPT, images.NOT_IMAGE])
     assert reasons == "2 not images, 1 corrupt or truncated image"
     assert reasons.localised(CHINESE) == "不是图片 2 个、图片损坏或不完整 1 个"
+
+
+IMPORT_REFUSALS = [
+    ("lora_import.pickle", {"filename": "x.ckpt"}, "`x.ckpt` is a pickle file, which can run code when loaded: only "
+                                                   ".safetensors files are accepted.", "pickle"),
+    ("lora_import.too_many", {"count": 2, "limit": 2}, "You already have 2 imported LoRAs in this server, the most "
+                                                       "allowed (2). Delete one with `/lora delete` first.", "已导入 2 个"),
+    ("lora_import.over_quota", {"used": 31.6, "limit": 40}, "Your imported LoRAs here take 32 MiB: with this file they "
+                                                            "would pass this server's 40 MiB limit per member. Delete "
+                                                            "one with `/lora delete` first.", "32 MiB"),
+    ("attachment.too_large_zip", {"limit": 200}, "The zip is larger than the 200 MiB limit.", "200 MiB"),
+]
+
+
+@pytest.mark.parametrize(("key", "fields", "english", "in_chinese"), IMPORT_REFUSALS)
+def test_lora_import_and_upload_refusals_in_the_members_language(key, fields, english, in_chinese):
+    from bot.i18n import Text
+
+    error = UserFacingError(Text(key, **fields))
+    assert user_message(error, "en-US") == english
+    chinese = user_message(error, CHINESE)
+    assert in_chinese in chinese and chinese != english and "{" not in chinese
