@@ -33,7 +33,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 class RequestRecord(tuple):
     """``(method, path, json_body)``; also ``.query``, ``.files``, ``.status``, ``.at``
-    (``time.time()`` of arrival), ``.route`` (``route_name``) and ``.ratelimit``
+    (``time.time()`` of arrival), ``.arrived`` (``time.monotonic()`` of arrival, before the fake reads and
+    validates the body: Discord's own clock for an interaction's answer), ``.route`` (``route_name``) and ``.ratelimit``
     (the limiter's ``RateInfo``, None when rate limits are off)."""
 
     def __new__(cls, method: str, path: str, json_body: Any, **extra: Any):
@@ -99,6 +100,7 @@ class RouteTable:
 
 def make_api_handler(fake: FakeDiscord, table: RouteTable):
     async def handle(request: web.Request) -> web.StreamResponse:
+        arrived = time.monotonic()
         method = request.method
         path = strip_api_prefix(request.path)
         bad_body: DiscordError | None = None
@@ -108,7 +110,7 @@ def make_api_handler(fake: FakeDiscord, table: RouteTable):
             body, bad_body = Body(content_type=request.content_type, has_body=True), err
         record = RequestRecord(method, path, body.json, query=dict(request.query), status=None,
                                files=[(u.filename, len(u.data)) for u in body.files],
-                               content_type=body.content_type, at=time.time(),
+                               content_type=body.content_type, at=time.time(), arrived=arrived,
                                route=route_name(method, path), ratelimit=None)
         fake.requests.append(record)
         limit = fake.ratelimiter.admit(method, path, request.headers.get("Authorization"))

@@ -66,12 +66,14 @@ async def interaction_callback(fake: FakeDiscord, req: Req):
     _check_expiry(fake, ix)
     body = req.json
     cb_type = body.get("type")
+    # The answer counts from its arrival, not from when this fake has parsed and checked it against the spec.
+    arrived = getattr(req.record, "arrived", None) or time.monotonic()
     if ix.answered_at is None:
-        ix.answered_at = time.monotonic()
+        ix.answered_at = arrived
     if ix.callbacks:
         fake.record_violation(f"interaction {ix.id} ({ix.name}) acknowledged twice (callback type {cb_type})")
         raise DiscordError(400, 40060, "Interaction has already been acknowledged.")
-    late = time.monotonic() - ix.created_at
+    late = arrived - ix.created_at
     if fake.callback_deadline is not None and late > fake.callback_deadline:
         fake.record_violation(f"interaction {ix.id} ({ix.name}) answered after {late:.2f}s "
                               f"(deadline {fake.callback_deadline}s): Discord shows 'interaction failed'")
