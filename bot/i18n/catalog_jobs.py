@@ -276,5 +276,6 @@ JOB_MESSAGES: dict[str, tuple[str, str]] = {
     "lora_import.converted_over_quota": ("Converted, the LoRA takes {size:.1f} MiB: more than the {left:.1f} MiB left of "
                                          "your import quota in this server.",
                                          "转换后该 LoRA 占用 {size:.1f} MiB，超过了你在本服务器剩余的 {left:.1f} MiB 导入额度。"),
+    "lora_import.refused": ("{detail}", "这个 LoRA 文件未通过检查（详情为英文）：{detail}"),
     "lora_import.fetch_failed": ("Could not fetch the file: {error}", "无法获取文件：{error}"),
 }

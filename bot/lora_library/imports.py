@@ -143,9 +143,13 @@ class LoraImporter:
                                              origin=origin[:500])
             done = True
             return lora, result
-        # The parsers' own errors are written for users: they become the reply here, at the boundary.
+        # The parsers' own errors are written for users: they become the reply here, at the boundary. A Text stays
+        # one; a parser's English finding (a bad header, an unknown layer) is quoted after a reason in the member's
+        # language (in English the finding alone, as it always was).
         except (lib.LoraImportError, DownloadError) as exc:
-            raise UserFacingError(exc.args[0] if exc.args else str(exc)) from None  # a Text stays one
+            detail = exc.args[0] if exc.args else str(exc)
+            raise UserFacingError(detail if isinstance(detail, Text) else Text("lora_import.refused", detail=detail)) \
+                from None
         except (aiohttp.ClientError, OSError) as exc:
             raise UserFacingError(Text("lora_import.fetch_failed", error=str(exc)[:300])) from None
         finally:

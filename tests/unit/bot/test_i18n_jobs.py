@@ -112,6 +112,8 @@ IMPORT_REFUSALS = [
     ("lora_import.over_quota", {"used": 31.6, "limit": 40}, "Your imported LoRAs here take 32 MiB: with this file they "
                                                             "would pass this server's 40 MiB limit per member. Delete "
                                                             "one with `/lora delete` first.", "32 MiB"),
+    ("lora_import.refused", {"detail": "The file holds no LoRA weights."}, "The file holds no LoRA weights.",
+     "未通过检查"),
     ("attachment.too_large_zip", {"limit": 200}, "The zip is larger than the 200 MiB limit.", "200 MiB"),
 ]
 
