@@ -88,7 +88,9 @@ async def test_metrics_count_jobs_images_latencies_and_429s(fake, bot):
 
     for job_id in (slow_job, quick_job):
         await wait_result(fake, job_id, count=2)
-    found = await scraper.wait_until(lambda m: value_in(m, "zimage_images_delivered_total") >= 4, "4 images")
+    # The job gauges are read from the database on each scrape: wait until the last job's DONE is there too.
+    found = await scraper.wait_until(lambda m: value_in(m, "zimage_images_delivered_total") >= 4
+                                     and all(value == 0 for labels, value in m["zimage_jobs"]), "4 images, none left")
     assert value_in(found, "zimage_images_delivered_total") == 2 * 2  # jobs × count
     for histogram in ("zimage_job_queue_wait_seconds", "zimage_generation_seconds", "zimage_delivery_seconds"):
         labels = {"lane": "imagine"} if histogram == "zimage_job_queue_wait_seconds" else {}
