@@ -130,7 +130,6 @@ class ImagineService:
             private = self.members is not None and await self.members.wants_private(interaction.user.id)
             answer = await interaction.response.defer(thinking=True, ephemeral=private)
         try:
-            await self._answers_first.turn()
             async with self._intake:
                 await self._answers_first.turn()
                 # Discord names the "thinking…" message (the job's message) in its answer; asked for if not.
