@@ -46,6 +46,21 @@ class GeneratedImage:
     prompt: str = ""  # the rewritten prompt it was made from (enhance), else empty
 
 
+def load_pipeline(path: str, dtype, device: str | None):
+    """``ZImagePipeline.from_pretrained``; with a CUDA `device`, each file's tensors go straight to the GPU.
+
+    Why: read to the host and then ``.to("cuda")``, the 19.6 GB of the real model cross memory twice
+    (pageable host copies), seconds of every restart. ``device_map="cuda"`` (a device, not a
+    placement strategy: the pipeline stays movable) makes safetensors put each tensor on the GPU as it
+    is read. On the CPU, and for the quantized profiles that place blocks themselves, the plain load.
+    """
+    from diffusers import ZImagePipeline
+
+    if device is not None and device.startswith("cuda"):
+        return ZImagePipeline.from_pretrained(path, dtype=dtype, device_map=device)
+    return ZImagePipeline.from_pretrained(path, dtype=dtype)
+
+
 def resolve_model_path(model: str, data_dir: Path) -> str:
     """`tiny` -> a locally built random pipeline; a folder or hub id is passed through."""
     if model == "tiny":
@@ -89,17 +104,16 @@ class ImageEngine:
         self.previews = PreviewSettings.from_env(environ)
         self.lora_settings = LoraSettings.from_env(compiled=settings.compile,
                                                    low_vram=settings.vram in accel.LOW_VRAM_CHOICES)
+        # Quantized profiles place the transformer block by block from the CPU: the bf16 model never resident whole.
+        placed = settings.vram in accel.LOW_VRAM_CHOICES or settings.quant != "none"
         if pipe is None:
-            from diffusers import ZImagePipeline
-
-            path = resolve_model_path(self.model_name, self.data_dir)
-            pipe = ZImagePipeline.from_pretrained(path, dtype=dtype)
+            pipe = load_pipeline(resolve_model_path(self.model_name, self.data_dir), dtype,
+                                 None if placed else self.device)
         self.pipe = pipe
         self.pipe.set_progress_bar_config(disable=True)
         if self.tokenizer is None:  # load_tokenizer() not called first (an injected pipe, the benchmark)
             self.tokenizer = self.pipe.tokenizer
         # LoRA hot-swap slots must exist before the transformer is quantized and compiled.
-        placed = settings.vram in accel.LOW_VRAM_CHOICES or settings.quant != "none"
         if placed:  # never the whole bf16 transformer on the GPU: quantized block by block as it moves there
             self._add_lora_slots()
             if settings.vram in accel.LOW_VRAM_CHOICES:
@@ -152,7 +166,6 @@ class ImageEngine:
             self.warm_up_timings = accel.warm_up_buckets(
                 lambda width, height, steps, prompt: self.generate(
                     GenerateParams(prompt=prompt, width=width, height=height, steps=steps, seeds=[0])))
-            self.variants().warm_up_from(self)  # the picture-based paths too (2x upscale, outpainting)
             return
         self.generate(GenerateParams(prompt="warm-up", width=256, height=256, steps=1, seeds=[0]))
 
@@ -194,6 +207,14 @@ class ImageEngine:
                 prompt=accel.WARM_UP_PROMPTS[0], width=1024, height=1024, steps=1, seeds=[0])))
             log.info("LoRA warm-up: %.1f s, %d graph(s) compiled", time.perf_counter() - started,
                      accel.compiled_graph_count() - graphs_before)
+
+    def warm_up_variants(self) -> None:
+        """When compiled: the picture-based paths (2x upscale, outpainting) too, so a first Vary/Upscale/Zoom meets
+        no lazy compile. The worker runs this after "ready" (gpu/scheduler.py): a restart's first image need not
+        wait for paths most first requests do not take."""
+        report = getattr(self, "accel", None)
+        if report is not None and (report.compiled or report.compiled_vae):
+            self.variants().warm_up_from(self)
 
     def variants(self) -> Any:
         """The img2img / inpaint pipelines sharing this pipeline's weights (gpu/variants.py)."""

@@ -74,7 +74,7 @@ class GpuScheduler:
         self._warming = False  # a background warm-up on the GPU
         self._training_id: str | None = None  # the run holding the trainer, from its request until its session is closed
         self._session: TrainingSession | None = None  # that run's session, once it exists
-        self._closing: set[asyncio.Task[None]] = set()  # sessions being closed (a reference keeps the task alive)
+        self._background: set[asyncio.Task[None]] = set()  # sessions being closed, warm-ups (a reference keeps each alive)
         self.enhancer = EnhancerSettings.from_env(os.environ)  # PROMPT_ENHANCER; a bad value stops the worker's start
 
     @property
@@ -123,22 +123,31 @@ class GpuScheduler:
         self._ready.set()
         log.info("worker ready")
         if warm_up:
-            # LoRA graph variants compile after "ready": a first request waits at most for this, nobody
-            # waits for it at start-up. Its failure is logged; a request would compile on its own.
-            self._warm_up_in_background("LoRA warm-up", self.engine.warm_up_adapters)
+            # The picture-based paths and the LoRA graph variants compile after "ready": nobody waits for them at
+            # start-up, and a request that comes meanwhile waits for one of these steps at most. A failure is
+            # logged; a request would compile on its own.
+            self._warm_up_in_background("warm-up after ready", self.engine.warm_up_variants,
+                                        self.engine.warm_up_adapters)
 
     def _warm_up_in_background(self, what: str, *steps: Callable[[], None]) -> None:
-        """Run warm-up steps on the GPU thread after "ready" (health says busy meanwhile); failures are logged."""
+        """Run warm-up steps on the GPU thread after "ready" (health says busy meanwhile); failures are logged.
 
-        def run() -> None:
+        Each step takes the generations' lock (asyncio's is first come, first served), so a generation asked for
+        meanwhile runs before the next step, not after all of them."""
+
+        async def run() -> None:
+            loop = asyncio.get_running_loop()
             self._warming = True
             try:
                 for step in steps:
-                    step()
+                    async with self._gpu_lock:
+                        await loop.run_in_executor(self._gpu, step)
             finally:
                 self._warming = False
 
-        warming = asyncio.get_running_loop().run_in_executor(self._gpu, run)
+        warming = asyncio.get_running_loop().create_task(run())
+        self._background.add(warming)  # a reference keeps the task alive
+        warming.add_done_callback(self._background.discard)
         warming.add_done_callback(lambda done: _log_failure(what, done))
 
     # -- generation -------------------------------------------------------------------------------------------
@@ -287,8 +296,8 @@ class GpuScheduler:
                 self._training_id = None
             else:
                 closing = asyncio.create_task(self._close(session))
-                self._closing.add(closing)
-                closing.add_done_callback(self._closing.discard)
+                self._background.add(closing)
+                closing.add_done_callback(self._background.discard)
                 closing.add_done_callback(lambda done: _log_failure("closing the training session", done))
 
     async def _close(self, session: TrainingSession) -> None:
@@ -303,7 +312,8 @@ class GpuScheduler:
         if session.needs_warm_up:
             # The run freed its CUDA graphs together with every compiled graph (gpu/training/graphs.py):
             # generation's graphs re-trace now, from the compile cache, not in a user's request.
-            self._warm_up_in_background("warm-up after training", self.engine.warm_up, self.engine.warm_up_adapters)
+            self._warm_up_in_background("warm-up after training", self.engine.warm_up, self.engine.warm_up_variants,
+                                        self.engine.warm_up_adapters)
 
 
 async def _deliver(on_image: OnImage, result: GeneratedImage, encoded: Future[bytes]) -> None:

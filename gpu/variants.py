@@ -1,11 +1,13 @@
 """Generations that start from a picture: img2img (Vary, Upscale, an image prompt) and outpainting (Zoom Out, Pan).
 
-diffusers' ``ZImageImg2ImgPipeline`` and ``ZImageInpaintPipeline`` are built once with ``from_pipe`` on the
-engine's warm pipeline: they hold the same transformer, VAE and scheduler objects, so no second copy of the
-weights exists and the LoRAs activated on the transformer (and its compiled blocks) apply to them as well. The
-denoising calls the same transformer at the same latent sizes as a text-to-image request (an upscale at four
-times the pixels: the compiled blocks' sequence length is dynamic after the warm-up, gpu/accel.py), so no request
-of these kinds recompiles; :meth:`Variants.warm_up` pays the remaining lazy parts (the VAE encoder, the 2x size).
+diffusers' ``ZImageImg2ImgPipeline`` and ``ZImageInpaintPipeline`` are built once from the components of the
+engine's warm pipeline (not ``from_pipe``, which casts them: ``Variants._derive``): they hold the same transformer,
+VAE and scheduler objects, so no second copy of the weights exists and the LoRAs activated on the transformer (and
+its compiled blocks) apply to them as well. The denoising calls the same transformer at the same latent sizes as a
+text-to-image request (an upscale at four times the pixels: the compiled blocks' sequence length is dynamic after
+the warm-up, gpu/accel.py), so no request of these kinds recompiles; :meth:`Variants.warm_up_from` pays the
+remaining lazy parts (the VAE encoder, the 2x size), right after the worker is ready
+(``ImageEngine.warm_up_variants``).
 
 Outpainting keeps the canvas at the requested size (an aspect bucket, so no new shape): Zoom Out shrinks the
 picture into the middle and draws the border; Pan shifts the view by :data:`PAN_FRACTION` of the canvas and draws

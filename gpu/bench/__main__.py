@@ -16,7 +16,7 @@ from . import latency as lat
 from . import lora as lr
 from . import training as tr
 from .build import build_pipeline, environment_info
-from .children import phase_child, spawn_child
+from .children import HOST_LOAD_ENV, phase_child, spawn_child
 from .common import error_text, free_memory, log, timed
 from .inference import FULL, TINY, attention_microbench, make_queue, postprocess_microbench, profile_one, run_ours, run_stock
 from .report import render_report
@@ -248,6 +248,12 @@ def inference_children(args, pipe, cfg: dict, results: dict, data_dir: Path, lef
     results["warm_start"] = spawn_child(args, "warm-start", data_dir, {}, left() - 15, model_dir=model_dir)
     log(f"  {results['warm_start']}")
     save()
+    if model_dir is not None and left() > 90:  # the baseline: the same restart, the folder read to the host first
+        log("warm start, baseline: from_pretrained to the host, then .to('cuda')")
+        results["warm_start_host_load"] = spawn_child(args, "warm-start", data_dir, {HOST_LOAD_ENV: "1"}, left() - 15,
+                                                      model_dir=model_dir)
+        log(f"  {results['warm_start_host_load']}")
+        save()
     # Child processes with a cold cache each; 16gb hands the pipeline over on the CPU, under a 16 GiB cap.
     for wanted, column, env in ((args.fp8, "ours fp8", {"ZIMAGE_QUANT": "fp8"}),
                                 (args.vram16, "ours 16gb", {"ZIMAGE_VRAM": "16gb"})):

@@ -45,20 +45,23 @@ def render_inference(results: dict) -> str:
     row("peak GPU memory reserved (GiB)", lambda c: c.get("peak_reserved_gib"))
     row("live previews per image", lambda c: c.get("previews", {}).get("per_image"))
     lines += preview_cost(columns)
-    warm = results.get("warm_start")
-    if warm is not None:
+    for key, title in (("warm_start", "ours, new process"),
+                       ("warm_start_host_load", "baseline: the folder read to the host, then moved to the GPU")):
+        warm = results.get(key)
+        if warm is None:
+            continue
         lines.append("")
         if "error" in warm:
-            lines.append(f"Cold start with a warm compile cache: error: {warm['error']}")
-        else:
-            marks = warm["process_marks"]
-            source = ("from_pretrained from disk + speed path" if marks.get("from_pretrained")
-                      else f"pipeline built {_fmt(marks.get('built_s'), 1)} s, loaded")
-            lines.append(
-                f"Cold start with a warm compile cache (ours, new process): first image after "
-                f"{_fmt(marks.get('first_image_s'), 1)} s (imports {_fmt(marks.get('imports_s'), 1)} s, "
-                f"libraries {_fmt(marks.get('libraries_s'), 1)} s, {source} {_fmt(marks.get('loaded_s'), 1)} s, "
-                f"warm-up done {_fmt(marks.get('ready_s'), 1)} s; {warm.get('graphs_compiled')} graph(s) compiled)")
+            lines.append(f"Cold start with a warm compile cache ({title}): error: {warm['error']}")
+            continue
+        marks = warm["process_marks"]
+        source = ("from_pretrained from disk + speed path" if marks.get("from_pretrained")
+                  else f"pipeline built {_fmt(marks.get('built_s'), 1)} s, loaded")
+        lines.append(
+            f"Cold start with a warm compile cache ({title}): first image after "
+            f"{_fmt(marks.get('first_image_s'), 1)} s (imports {_fmt(marks.get('imports_s'), 1)} s, "
+            f"libraries {_fmt(marks.get('libraries_s'), 1)} s, {source} {_fmt(marks.get('loaded_s'), 1)} s, "
+            f"warm-up done {_fmt(marks.get('ready_s'), 1)} s; {warm.get('graphs_compiled')} graph(s) compiled)")
     for name, prof in (results.get("profile") or {}).items():
         lines.append("")
         lines.append(f"GPU kernel time of one {prof['size']} image, {name}: {prof['kernel_ms']} ms of "

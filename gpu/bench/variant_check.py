@@ -50,6 +50,7 @@ def run(tiny: bool, cap_gib: float | None, steps: int, sizes: tuple[tuple[int, i
     load_s = time.perf_counter() - started
     started = time.perf_counter()
     engine.warm_up()
+    engine.warm_up_variants()  # the worker runs it right after "ready" (gpu/scheduler.py)
     warm_up_s = time.perf_counter() - started
     graphs_after_warm_up = accel.compiled_graph_count()
     log(f"load {load_s:.1f} s, warm-up {warm_up_s:.1f} s, {graphs_after_warm_up} graph(s); profile "
