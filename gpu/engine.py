@@ -256,7 +256,8 @@ class ImageEngine:
                     max_sequence_length=MAX_SEQUENCE_LENGTH,
                 )
             else:
-                # A LoRA is training and moved the text encoder to the CPU: encode there, unpadded.
+                # A LoRA is training and moved the text encoder to the host: its layers stream through the GPU
+                # (gpu/streamed_encoder.py), or on a CPU worker run there; unpadded either way.
                 embeds = [self.encode_unpadded(prompt).to(self.device)]
         self._prompt_cache[prompt] = embeds
         if len(self._prompt_cache) > PROMPT_CACHE_SIZE:
@@ -269,16 +270,24 @@ class ImageEngine:
         The pipeline pads every prompt to 512 tokens and then keeps only the real ones. The text
         encoder is causal and the padding comes last, so the real tokens' hidden states do not
         depend on it: encoding just them gives the same embedding for a fraction of the work,
-        which matters on the CPU (1.4 s per prompt at full size while a LoRA trains)."""
+        which matters while a LoRA trains and the encoder's weights stream from the host.
+
+        Weights on the host and a CUDA engine: computed on the GPU, the weights streamed layer by layer."""
         import torch
+
+        from .streamed_encoder import streamed_hidden_states
 
         encoder = self.pipe.text_encoder
         tokens = self.tokenizer(self._templated(prompt), max_length=MAX_SEQUENCE_LENGTH, truncation=True,
-                                return_tensors="pt").to(encoder.device)
+                                return_tensors="pt")
+        mask = tokens.attention_mask.bool()
         with torch.inference_mode():
-            hidden = encoder(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask.bool(),
-                             output_hidden_states=True).hidden_states[-2]
-        return hidden[0]
+            if encoder.device.type == "cpu" and torch.device(self.device).type == "cuda":
+                states = streamed_hidden_states(encoder, tokens.input_ids, mask, torch.device(self.device))
+            else:
+                states = encoder(input_ids=tokens.input_ids.to(encoder.device), attention_mask=mask.to(encoder.device),
+                                 output_hidden_states=True).hidden_states
+        return states[-2][0]
 
     def enhance(self, prompt: str, seed: int | None, should_stop: Callable[[], bool] = lambda: False) -> Enhanced:
         """The prompt rewritten in detail by the text encoder as a language model (gpu/enhancer.py)."""

@@ -100,6 +100,11 @@ def engine_phases(pipe, engine, results: dict, tiny: bool, work_dir: Path, data_
             latency["training"] = {"error": error_text(exc)}
         if "idle" in latency:
             latency["target"] = lat.assess(latency["idle"], latency["training"], lcfg["target_ratio"])
+        try:  # the encoder still on the host: streamed vs the CPU encoding of before, on prompts seen idle
+            latency["encoding_while_training"] = on_gpu(lat.compare_encodings, engine, idle_prompts[:3])
+            log(f"  new prompt while training: {latency['encoding_while_training']}")
+        except Exception as exc:  # noqa: BLE001
+            latency["encoding_while_training"] = {"error": error_text(exc)}
     finally:
         if trainer is not None:
             on_gpu(trainer.close)

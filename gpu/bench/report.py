@@ -242,6 +242,15 @@ def render_latency(latency: dict) -> str:
         lines += ["", f"Target (median while training <= {verdict['target_ratio']:g}x idle): "
                       f"{verdict['training_median_s']} s vs {verdict['idle_median_s']} s = {verdict['ratio']}x: "
                       + ("met" if verdict["met"] else f"missed by {verdict['over_target_s']} s")]
+    encoding = latency.get("encoding_while_training") or {}
+    if "streamed_s" in encoding:
+        diffs = [row["relative_max_diff"] for row in encoding["prompts"] if "relative_max_diff" in row]
+        lines += ["", f"A new prompt while training (text encoder on the host): streamed through the GPU "
+                      f"{encoding['streamed_s'].get('median_s')} s vs on the CPU {encoding['cpu_s'].get('median_s')} s "
+                      f"(median of {len(encoding['prompts'])}); largest difference from the GPU-resident encoding, "
+                      f"relative: {max(diffs) if diffs else 'n/a'}"]
+    elif "error" in encoding:
+        lines += ["", f"Streamed vs CPU encoding: error: {encoding['error']}"]
     return "\n".join(lines)
 
 

@@ -29,9 +29,9 @@ from .common import GIB, error_text, free_memory, log, peak_gib, peak_reserved_g
 
 TARGET_MODULES = ("to_q", "to_k", "to_v", "to_out.0", "w1", "w2", "w3")
 FULL_TRAIN: dict[str, Any] = {"resolution": 512, "rank": 64, "alpha": 64, "images": 75, "timed_steps": 20,
-              "projected_steps": 4000, "target_minutes": 8.0, "target_peak_gib": 24.0}
+              "projected_steps": 4000, "target_minutes": 5.0, "target_peak_gib": 20.0}
 TINY_TRAIN: dict[str, Any] = {"resolution": 64, "rank": 4, "alpha": 4, "images": 10, "timed_steps": 3,
-              "projected_steps": 4000, "target_minutes": 8.0, "target_peak_gib": 24.0}
+              "projected_steps": 4000, "target_minutes": 5.0, "target_peak_gib": 20.0}
 LEARNING_RATE, WEIGHT_DECAY, MAX_GRAD_NORM = 2e-4, 1e-4, 1.0  # the trainer's defaults, for both loops
 # Ten photo sizes at a 512 px training resolution (scaled with it): phone 4:3 and 16:9, DSLR 3:2, 4:5, a 2:1
 # panorama, each in both orientations, and two squares.

@@ -216,10 +216,13 @@ class LoraTrainer:
         return shapes
 
     def _offload_text_encoder(self) -> None:
+        from ..streamed_encoder import offload_to_host
+
         encoder = self.pipe.text_encoder
         if encoder is not None and encoder.device.type == "cuda":
             self._saved.text_encoder_device = encoder.device
-            encoder.to("cpu")
+            offload_to_host(encoder)  # pinned: a prompt to encode meanwhile streams it through the GPU
+            _free_memory(self.device)  # its blocks back to the card, not kept in the allocator's cache
 
     def _add_adapters(self) -> None:
         self._saved.requires_grad = {param: param.requires_grad for param in self.transformer.parameters()}

@@ -34,14 +34,18 @@ def test_tiny_bench_prints_the_table_with_numbers(tmp_path):
     for label in ("s/step (median of 3)", "projected minutes for 4000 steps"):
         assert re.search(rf"\| {re.escape(label)} \| {NUMBER} \| {NUMBER} \({NUMBER}x\) \| error: skipped", table) or \
             re.search(rf"\| {re.escape(label)} \| {NUMBER} \| {NUMBER} \({NUMBER}x\) \| – \|", table), (label, table)
-    assert re.search(rf"Target \(8 min for 4000 steps = <= 0.12 s/step, peak <= 24 GiB\), ours \(LoraTrainer, eager\): "
+    assert re.search(rf"Target \(5 min for 4000 steps = <= 0.075 s/step, peak <= 20 GiB\), ours \(LoraTrainer, eager\): "
                      rf"{NUMBER} s/step = {NUMBER} min: (met|missed by {NUMBER} min)", table), table
     # /imagine latency, idle vs interleaved with training steps on the one GPU thread.
     assert "| metric | idle (no training) | while a LoRA trains (interleaved) |" in table
     assert re.search(rf"\| median latency \(s\) \| {NUMBER} \| {NUMBER} \({NUMBER}x idle\) \|", table), table
     assert re.search(rf"\| training steps meanwhile \(count, median s/step\) \| - \| \d+, {NUMBER} \|", table), table
-    assert re.search(rf"Target \(median while training <= 2x idle\): {NUMBER} s vs {NUMBER} s = {NUMBER}x: "
+    assert re.search(rf"Target \(median while training <= 1.3x idle\): {NUMBER} s vs {NUMBER} s = {NUMBER}x: "
                      rf"(met|missed by {NUMBER} s)", table), table
+    # A new prompt while training: the worker's encoding (streamed on a GPU; here the CPU) beside the plain CPU one.
+    assert re.search(rf"A new prompt while training \(text encoder on the host\): streamed through the GPU {NUMBER} s "
+                     rf"vs on the CPU {NUMBER} s \(median of 3\); largest difference from the GPU-resident encoding, "
+                     rf"relative: {NUMBER}", table), table
 
     results = json.loads(out.read_text())
     assert results["info"]["device"] == "cpu"
@@ -52,7 +56,10 @@ def test_tiny_bench_prints_the_table_with_numbers(tmp_path):
         assert results["columns"][column]["queue"]["requests"] == 3
     assert results["columns"]["ours"]["accel"]["compiled"] is False  # CPU: no compile by default
     marks = results["warm_start"]["process_marks"]  # --from-disk: the saved pipeline, loaded as the worker loads
-    assert marks["from_pretrained"] is True and marks["first_image_s"] > marks["loaded_s"] > 0
+    assert marks["from_pretrained"] == "the worker's load (gpu/engine.py load_pipeline)"
+    assert marks["first_image_s"] > marks["loaded_s"] > 0
+    baseline = results["warm_start_host_load"]["process_marks"]  # the same restart, loaded as stock diffusers loads
+    assert baseline["from_pretrained"] == "to the host, then moved" and baseline["first_image_s"] > 0
     assert results["saved_model"]["mib"] > 0
 
     lora = results["lora"]  # on the CPU the engine is eager: peft adapters (AdapterManager), no slots
@@ -136,8 +143,8 @@ def test_training_and_latency_verdicts():
     from gpu.bench.training import assess as assess_training
 
     slow = assess_training({"s_per_step": {"median_s": 0.15}, "peak_gib": 20.0}, FULL_TRAIN)
-    assert slow["target_s_per_step"] == 0.12 and slow["minutes"] == 10.0
-    assert slow["time_met"] is False and slow["time_over_pct"] == 25.0 and slow["memory_met"] is True
+    assert slow["target_s_per_step"] == 0.075 and slow["minutes"] == 10.0  # issue #17: 5 min at <= 20 GiB
+    assert slow["time_met"] is False and slow["time_over_pct"] == 100.0 and slow["memory_met"] is True
     assert assess_training({"s_per_step": {"median_s": 0.1}, "peak_gib": 30.0}, FULL_TRAIN)["memory_met"] is False
     verdict = assess_latency({"latency_s": {"median_s": 1.0}}, {"latency_s": {"median_s": 2.5}}, 2.0)
     assert (verdict["ratio"], verdict["met"], verdict["over_target_s"]) == (2.5, False, 0.5)
