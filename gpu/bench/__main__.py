@@ -18,7 +18,17 @@ from . import training as tr
 from .build import build_pipeline, environment_info
 from .children import HOST_LOAD_ENV, phase_child, spawn_child
 from .common import error_text, free_memory, log, timed
-from .inference import FULL, TINY, attention_microbench, make_queue, postprocess_microbench, profile_one, run_ours, run_stock
+from .inference import (
+    FULL,
+    TINY,
+    attention_microbench,
+    image_difference,
+    make_queue,
+    postprocess_microbench,
+    profile_one,
+    run_ours,
+    run_stock,
+)
 from .report import render_report
 
 SECTIONS = ("inference", "lora", "training", "latency", "enhancer")
@@ -156,6 +166,7 @@ def phase_main(args) -> dict:
             log(f"attention micro-bench: {results['attention_microbench']}")
         log("stock diffusers (eager)")
         results["columns"]["stock"], stock_run_one = run_stock(pipe, cfg, queue, tiny)
+        reference = first_image(stock_run_one, cfg)  # before ours compiles and changes the shared pipe
         if args.profile and not tiny:
             results["profile"] = {"stock": profile_one(stock_run_one, cfg)}
         if not tiny:
@@ -165,6 +176,8 @@ def phase_main(args) -> dict:
         log(f"ours (ImageEngine, DATA_DIR={data_dir}, env {results['info']['env']})")
         try:
             results["columns"]["ours"], ours_run_one, engine = run_ours(pipe, cfg, queue, data_dir, "bench")
+            results["columns"]["ours"]["vs_stock_image"] = image_difference(reference, first_image(ours_run_one, cfg))
+            log(f"  same seed as stock: {results['columns']['ours']['vs_stock_image']}")
             if args.profile and not tiny:
                 results["profile"]["ours"] = profile_one(ours_run_one, cfg)
         except Exception as exc:  # noqa: BLE001 - keep the stock numbers and the other columns
@@ -198,7 +211,7 @@ def phase_main(args) -> dict:
                                          ("ours", "ours_compiled_no_graphs", "ours_compiled")
                                          if name in columns and "error" not in columns[name]}
     if "inference" in sections:
-        inference_children(args, pipe, cfg, results, data_dir, left, save)
+        inference_children(args, pipe, cfg, results, data_dir, left, save, reference)
     results["total_s"] = round(time.perf_counter() - started, 1)
     save()
     return results
@@ -219,7 +232,16 @@ def enhancer_section(pipe, engine, tiny: bool, data_dir: Path) -> dict:
         return {"error": error_text(exc)}
 
 
-def inference_children(args, pipe, cfg: dict, results: dict, data_dir: Path, left, save) -> None:
+def first_image(run_one, cfg: dict):
+    """The timing prompt at the first timing size, seed 0: the image compared across columns."""
+    from .inference import TIMING_PROMPT
+
+    width, height = cfg["timing_sizes"][0]
+    made = run_one(width, height, TIMING_PROMPT, 0)[0]
+    return getattr(made, "image", made)  # ours: a GeneratedImage; stock: the PIL image
+
+
+def inference_children(args, pipe, cfg: dict, results: dict, data_dir: Path, left, save, reference=None) -> None:
     """--variant columns (same process), then the warm-start and fp8 child processes."""
     queue = results["config"]["queue_requests"]
     for variant in args.variant or []:
@@ -232,7 +254,9 @@ def inference_children(args, pipe, cfg: dict, results: dict, data_dir: Path, lef
         saved = os.environ.get(key)
         os.environ[key] = value
         try:
-            results["columns"][column], _, _ = run_ours(pipe, cfg, queue, data_dir, "bench")
+            results["columns"][column], run_one, _ = run_ours(pipe, cfg, queue, data_dir, "bench")
+            if reference is not None:
+                results["columns"][column]["vs_stock_image"] = image_difference(reference, first_image(run_one, cfg))
         except Exception as exc:  # noqa: BLE001 - one variant failing must not lose the others
             results["columns"][column] = {"error": error_text(exc)}
         finally:

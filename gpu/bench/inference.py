@@ -172,6 +172,21 @@ def postprocess_microbench(pipe, width: int = 1024, height: int = 1024) -> dict:
     return result
 
 
+def image_difference(reference, image) -> dict:
+    """How far `image` is from `reference` (PIL, same size): mean and largest absolute difference of 8-bit values,
+    and PSNR in dB (inf when identical). Same seed, same prompt: two bf16 runs with different kernels differ by
+    rounding noise, which grows over the steps; a wrong computation differs like unrelated pictures (PSNR ~10 dB)."""
+    import numpy as np
+
+    a = np.asarray(reference, dtype=np.float64)
+    b = np.asarray(image, dtype=np.float64)
+    difference = np.abs(a - b)
+    mse = float((difference ** 2).mean())
+    psnr = float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
+    return {"mean_abs": round(float(difference.mean()), 3), "max_abs": int(difference.max()),
+            "psnr_db": round(psnr, 2) if mse else "inf"}
+
+
 def run_stock(pipe, cfg: dict, queue, tiny: bool) -> tuple[dict, object]:
     import torch
 

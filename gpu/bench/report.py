@@ -43,6 +43,8 @@ def render_inference(results: dict) -> str:
     row("graphs compiled in warm-up", lambda c: c.get("graphs_compiled_in_warm_up"))
     row("peak GPU memory (GiB)", lambda c: c.get("peak_gib"))
     row("peak GPU memory reserved (GiB)", lambda c: c.get("peak_reserved_gib"))
+    row("same seed as stock, first size: PSNR dB / mean abs diff (8-bit)", lambda c: (
+        f"{c['vs_stock_image']['psnr_db']} / {c['vs_stock_image']['mean_abs']}" if "vs_stock_image" in c else None))
     row("live previews per image", lambda c: c.get("previews", {}).get("per_image"))
     lines += preview_cost(columns)
     for key, title in (("warm_start", "ours, new process"),
