@@ -256,8 +256,8 @@ class ImageEngine:
                     max_sequence_length=MAX_SEQUENCE_LENGTH,
                 )
             else:
-                # A LoRA is training and moved the text encoder to the host: its layers stream through the GPU
-                # (gpu/streamed_encoder.py), or on a CPU worker run there; unpadded either way.
+                # The encoder is on the host: a LoRA is training (its layers stream through the GPU,
+                # gpu/streamed_encoder.py) or the 12gb profile keeps it there (the CPU computes). Unpadded either way.
                 embeds = [self.encode_unpadded(prompt).to(self.device)]
         self._prompt_cache[prompt] = embeds
         if len(self._prompt_cache) > PROMPT_CACHE_SIZE:
@@ -272,17 +272,18 @@ class ImageEngine:
         depend on it: encoding just them gives the same embedding for a fraction of the work,
         which matters while a LoRA trains and the encoder's weights stream from the host.
 
-        Weights on the host and a CUDA engine: computed on the GPU, the weights streamed layer by layer."""
+        Weights pinned on the host by a training run, on a CUDA engine: computed on the GPU, the weights streamed
+        layer by layer. The 12gb profile's encoder (host memory, not pinned) computes on the CPU."""
         import torch
 
-        from .streamed_encoder import streamed_hidden_states
+        from .streamed_encoder import pinned_on_host, streamed_hidden_states
 
         encoder = self.pipe.text_encoder
         tokens = self.tokenizer(self._templated(prompt), max_length=MAX_SEQUENCE_LENGTH, truncation=True,
                                 return_tensors="pt")
         mask = tokens.attention_mask.bool()
         with torch.inference_mode():
-            if encoder.device.type == "cpu" and torch.device(self.device).type == "cuda":
+            if torch.device(self.device).type == "cuda" and pinned_on_host(encoder):
                 states = streamed_hidden_states(encoder, tokens.input_ids, mask, torch.device(self.device))
             else:
                 states = encoder(input_ids=tokens.input_ids.to(encoder.device), attention_mask=mask.to(encoder.device),

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 
 import torch
 
-__all__ = ["offload_to_host", "streamed_hidden_states"]
+__all__ = ["offload_to_host", "pinned_on_host", "streamed_hidden_states"]
 
 
 def offload_to_host(module: torch.nn.Module) -> None:
@@ -35,6 +35,13 @@ def offload_to_host(module: torch.nn.Module) -> None:
         host = torch.empty(tensor.shape, dtype=tensor.dtype, device="cpu", pin_memory=pin)
         host.copy_(tensor.data)
         tensor.data = host
+
+
+def pinned_on_host(module: torch.nn.Module) -> bool:
+    """Whether :func:`offload_to_host` put `module` in pinned memory (a training's encoder; not the 12gb profile's,
+    which was loaded to the host and is encoded there)."""
+    first = next(module.parameters(), None)
+    return first is not None and first.device.type == "cpu" and first.is_pinned()
 
 
 def streamed_hidden_states(encoder: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,

@@ -69,3 +69,11 @@ def test_a_failing_forward_leaves_the_host_tensors_in_place(encoder):
     after = {name: tensor.data_ptr() for name, tensor in encoder.state_dict(keep_vars=True).items()}
     assert after == before
     assert _hooks(encoder) == hooks
+
+
+def test_only_an_offloaded_encoder_counts_as_pinned_on_host(encoder):
+    from gpu.streamed_encoder import pinned_on_host
+
+    assert not pinned_on_host(encoder)  # loaded to the host (the 12gb profile's): the CPU encodes
+    offload_to_host(encoder)
+    assert pinned_on_host(encoder) is torch.cuda.is_available()  # pinning needs CUDA
