@@ -50,7 +50,7 @@ def streamed_hidden_states(encoder: torch.nn.Module, input_ids: torch.Tensor, at
 
     `encoder` is a transformers decoder model (``embed_tokens``, ``layers``, ``norm``, ``rotary_emb``: Qwen3Model)
     whose tensors are on the host (:func:`offload_to_host`). The outputs are on `device`."""
-    embedding = encoder.get_input_embeddings()
+    embedding: torch.nn.Module = encoder.get_input_embeddings()  # type: ignore[operator]  # a transformers model
     inputs_embeds = embedding(input_ids.to("cpu")).to(device)
     units = [unit for unit in _units(encoder) if unit is not embedding]
     with _streaming(units, device):

@@ -178,7 +178,7 @@ def compare_encodings(engine, prompts: list[str]) -> dict:
     import torch
 
     encoder = engine.pipe.text_encoder
-    rows = []
+    rows: list[dict] = []
     for prompt in prompts:
         reference = engine._prompt_cache.get(prompt)
         started = time.perf_counter()
