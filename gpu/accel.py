@@ -56,11 +56,6 @@ Settings (environment variables; all optional):
     encoded there; generation only, /train is refused). Both need torchao and CUDA. LoRA training
     on a quantized base: gpu/training/quantized.py.
 
-``ZIMAGE_ROPE`` = ``real`` | ``complex`` (default ``real``)
-    ``real``: the attention's rotary embedding computed on (cos, sin) pairs (gpu/rope.py), which inductor
-    fuses into the compiled blocks; diffusers rotates complex64 numbers, which inductor runs as eager fallback
-    kernels (~26 ms per 1024x1024 image on an H100). The same float32 arithmetic. ``complex``: diffusers' own.
-
 ``ZIMAGE_TRAIN_GRAPHS`` = ``auto`` | ``off`` (default ``auto``)
     LoRA training steps replay CUDA graphs of the compiled blocks (gpu/training/graphs.py): a 512 px
     step is host-bound; measured on an H100, 0.188 -> 0.094 s per step. ``auto`` uses them whenever
@@ -130,7 +125,6 @@ class AccelSettings:
     compile_vae: bool = False
     vram: str = "full"
     train_graphs: bool = False
-    real_rope: bool = True
 
     @classmethod
     def from_env(cls, device: str, data_dir: Path, environ: Mapping[str, str] | None = None) -> AccelSettings:
@@ -157,9 +151,6 @@ class AccelSettings:
         train_graphs = env.get("ZIMAGE_TRAIN_GRAPHS", "auto").strip().lower() or "auto"
         if train_graphs not in ("auto", "off"):
             raise AccelConfigError(f"ZIMAGE_TRAIN_GRAPHS must be auto|off, not {train_graphs!r}")
-        rope = env.get("ZIMAGE_ROPE", "real").strip().lower() or "real"
-        if rope not in ("real", "complex"):
-            raise AccelConfigError(f"ZIMAGE_ROPE must be real|complex, not {rope!r}")
         compiled = compile_mode == "on" or (compile_mode == "auto" and device == "cuda")
         return cls(
             compile=compiled,
@@ -169,7 +160,6 @@ class AccelSettings:
             compile_vae=compile_vae == "on",
             vram=vram,
             train_graphs=train_graphs == "auto" and compiled and device == "cuda",
-            real_rope=rope == "real",
         )
 
 
@@ -183,7 +173,6 @@ class AccelReport:
     attention: str = "default"
     quant: str = "none"
     train_graphs: bool = False  # LoRA training replays CUDA graphs (gpu/training/graphs.py)
-    real_rope: bool = False  # RoPE on (cos, sin) pairs (gpu/rope.py)
     cache_dir: str | None = None
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
@@ -290,10 +279,6 @@ def apply(pipe, settings: AccelSettings, placed: bool = False) -> AccelReport:
         report.quant = settings.quant
     elif settings.vram in LOW_VRAM_CHOICES:
         report.quant = settings.vram  # quantized while placed on the GPU (ImageEngine.load, gpu/quantize.py)
-    from .rope import set_real_rope
-
-    set_real_rope(transformer, settings.real_rope)  # before the backend: set_attention_backend sets it on these
-    report.real_rope = settings.real_rope
     if settings.attention:
         chosen = set_attention(transformer, settings.attention)
         if chosen:
@@ -320,9 +305,8 @@ def apply(pipe, settings: AccelSettings, placed: bool = False) -> AccelReport:
             processor.__dict__.pop("postprocess", None)
         report.gpu_postprocess = on_cuda
     report.seconds = time.perf_counter() - started
-    log.info("speed path: compile=%s vae=%s attention=%s quant=%s real_rope=%s gpu_postprocess=%s cache=%s",
-             report.compiled, report.compiled_vae, report.attention, report.quant, report.real_rope,
-             report.gpu_postprocess, report.cache_dir)
+    log.info("speed path: compile=%s vae=%s attention=%s quant=%s gpu_postprocess=%s cache=%s", report.compiled,
+             report.compiled_vae, report.attention, report.quant, report.gpu_postprocess, report.cache_dir)
     return report
 
 
