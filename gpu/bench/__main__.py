@@ -100,6 +100,8 @@ def engine_phases(pipe, engine, results: dict, tiny: bool, work_dir: Path, data_
             trainer, facts = on_gpu(tr.start_trainer, engine.pipe, dataset_dir, work_dir, tcfg, "latency",
                                     engine.accel.train_graphs)
             latency["trainer_warm_up_s"] = round(sum(facts.pop("warm")), 2)
+            latency["trainer"] = facts  # step shapes, CUDA graphs, peak allocated / reserved in prepare + warm-up
+            log(f"  trainer: {facts}")
         log("latency: while a LoRA trains")
         budget = max(10.0, min(lcfg["training_budget_s"], left() - 45))
         try:

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .. import accel
-from .common import error_text, log, peak_gib, reset_peak, stats, sync
+from .common import error_text, log, peak_gib, peak_reserved_gib, reset_peak, stats, sync
 
 FULL_LATENCY: dict[str, Any] = {"size": (1024, 1024), "steps": 8, "interval_s": 2.0, "jitter_s": 0.5, "idle_requests": 5,
                 "training_requests": 6, "min_requests": 3, "training_budget_s": 120.0, "target_ratio": 1.3}
@@ -148,6 +148,7 @@ def measure_latency(gpu: ThreadPoolExecutor, engine, trainer, lcfg: dict, prompt
     for key in ("latency_s", "wait_s", "encode_s", "generate_s"):
         result[key] = stats([record[key] for record in records], 3)
     result["peak_gib"] = peak_gib()
+    result["peak_reserved_gib"] = peak_reserved_gib()
     result["phase_s"] = round(time.perf_counter() - phase_started, 2)
     result["graphs_compiled"] = accel.compiled_graph_count() - graphs_before
     if trainer is not None:
