@@ -20,6 +20,7 @@ from .children import HOST_LOAD_ENV, phase_child, spawn_child
 from .common import error_text, free_memory, log, timed
 from .inference import (
     FULL,
+    TIMING_PROMPT,
     TINY,
     attention_microbench,
     image_difference,
@@ -236,8 +237,6 @@ def enhancer_section(pipe, engine, tiny: bool, data_dir: Path) -> dict:
 
 def first_image(run_one, cfg: dict):
     """The timing prompt at the first timing size, seed 0: the image compared across columns."""
-    from .inference import TIMING_PROMPT
-
     width, height = cfg["timing_sizes"][0]
     made = run_one(width, height, TIMING_PROMPT, 0)[0]
     return getattr(made, "image", made)  # ours: a GeneratedImage; stock: the PIL image

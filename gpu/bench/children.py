@@ -59,12 +59,6 @@ def phase_child(args) -> dict:
 HOST_LOAD_ENV = "ZIMAGE_BENCH_HOST_LOAD"
 
 
-def torch_dtype():
-    import torch
-
-    return torch.bfloat16 if torch.cuda.is_available() else torch.float32
-
-
 def _warm_start(args, cfg: dict, marks: dict, pipe) -> dict:
     """ImageEngine.load (of `pipe`, or from --model-dir as the worker loads) + warm_up + first image."""
     from zimage_protocol.messages import GenerateParams
@@ -75,10 +69,13 @@ def _warm_start(args, cfg: dict, marks: dict, pipe) -> dict:
     engine = ImageEngine(str(args.model_dir) if pipe is None else "bench", args.data_dir)
     graphs_before = accel.compiled_graph_count()
     if pipe is None and os.environ.get(HOST_LOAD_ENV) == "1":  # the baseline: read to the host, then .to("cuda")
-        from diffusers import ZImagePipeline
+        import torch
+
+        from ..engine import load_pipeline
 
         engine.load_tokenizer()
-        engine.load(pipe=ZImagePipeline.from_pretrained(str(args.model_dir), dtype=torch_dtype()))
+        dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32  # as ImageEngine.load picks it
+        engine.load(pipe=load_pipeline(str(args.model_dir), dtype, device=None))
         marks["from_pretrained"] = "to the host, then moved"
     elif pipe is None:  # the worker's order: tokenizer first, then from_pretrained + the speed path
         engine.load_tokenizer()
