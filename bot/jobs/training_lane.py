@@ -98,6 +98,11 @@ class TrainingLane:
         await self.messages.edit_status(job, render.training_done_text(job))
 
     async def _post_checkpoint(self, job: Job, checkpoint: CheckpointReady) -> None:
+        posted = await self.loras.get(job.params["lora_id"])
+        if posted is not None and posted.steps >= checkpoint.step:
+            # A worker restarted mid-run announces the checkpoint it resumed from, which may have been posted already.
+            log.info("job %s: checkpoint at step %s was posted already", job.id, checkpoint.step)
+            return
         try:
             lora_file, sample, curve, lora_size = await asyncio.to_thread(
                 _read_checkpoint, checkpoint, Path(job.params["output_dir"]))

@@ -20,6 +20,7 @@ from zimage_protocol.errors import Cancelled
 from zimage_protocol.messages import CheckpointReady, Message, TrainParams, TrainProgress
 
 from ..png import encode_png
+from .checkpoints import Checkpoint, list_checkpoints
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,11 @@ class TrainingSession:
                                                        self._model)
         await self._on_gpu(self.trainer.prepare)
         total = self.config.steps
+        resumed = await asyncio.to_thread(self._resumed_checkpoint)
+        if resumed is not None:
+            # The worker may have died between writing this checkpoint and announcing it: announce it again.
+            # The bot posts a step once (bot/jobs/training_lane.py), so one it had posted is not posted twice.
+            await send(await self._announce(request_id, total, resumed))
         recent: list[float] = []
         while self.trainer.step_count < total:
             if cancelled():
@@ -68,16 +74,27 @@ class TrainingSession:
             if step % self.config.checkpoint_every == 0 or step == total:
                 await send(await self._checkpoint(request_id, total))
 
+    def _resumed_checkpoint(self) -> Checkpoint | None:
+        """The checkpoint prepare() resumed from (the newest on disk at its step), or None on a fresh run."""
+        step = self.trainer.step_count
+        if step == 0:
+            return None
+        return next((c for c in reversed(list_checkpoints(self.trainer.output_dir)) if c.step == step), None)
+
     async def _checkpoint(self, request_id: str, total: int) -> CheckpointReady:
-        checkpoint = await self._on_gpu(self.trainer.save_checkpoint)
-        sample = await self._on_gpu(self.trainer.sample)
+        return await self._announce(request_id, total, await self._on_gpu(self.trainer.save_checkpoint))
+
+    async def _announce(self, request_id: str, total: int, checkpoint: Checkpoint) -> CheckpointReady:
+        """Sample and loss curve written into the checkpoint's folder (unless there already), then the message."""
         folder = Path(checkpoint.path)
-        metadata = {"prompt": self.config.sample_prompt, "seed": self.config.sample_seed,
-                    "steps": self.config.sample_steps, "lora_step": checkpoint.step}
         loop = asyncio.get_running_loop()
-        sample_png = await loop.run_in_executor(self._encoder, encode_png, sample, metadata)
-        loss_png = await loop.run_in_executor(self._encoder, self.trainer.loss_curve_png)
-        await loop.run_in_executor(self._encoder, _write_files, folder, sample_png, loss_png)
+        if not await loop.run_in_executor(self._encoder, _has_files, folder):
+            sample = await self._on_gpu(self.trainer.sample)
+            metadata = {"prompt": self.config.sample_prompt, "seed": self.config.sample_seed,
+                        "steps": self.config.sample_steps, "lora_step": checkpoint.step}
+            sample_png = await loop.run_in_executor(self._encoder, encode_png, sample, metadata)
+            loss_png = await loop.run_in_executor(self._encoder, self.trainer.loss_curve_png)
+            await loop.run_in_executor(self._encoder, _write_files, folder, sample_png, loss_png)
         return CheckpointReady(id=request_id, step=checkpoint.step, total=total, loss=round(float(checkpoint.loss), 6),
                                seconds_per_step=round(float(checkpoint.seconds_per_step), 4),
                                lora_file=str(checkpoint.lora_file), sample_png=str(folder / "sample.png"),
@@ -105,6 +122,12 @@ class TrainingSession:
             self.trainer.resume()
 
 
+def _has_files(folder: Path) -> bool:
+    return (folder / "sample.png").is_file() and (folder / "loss.png").is_file()
+
+
 def _write_files(folder: Path, sample_png: bytes, loss_png: bytes) -> None:
+    # loss.png last, through a rename: _has_files() is true only once both are whole.
     (folder / "sample.png").write_bytes(sample_png)
-    (folder / "loss.png").write_bytes(loss_png)
+    (folder / "loss.png.tmp").write_bytes(loss_png)
+    (folder / "loss.png.tmp").replace(folder / "loss.png")

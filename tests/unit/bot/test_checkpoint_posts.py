@@ -174,3 +174,13 @@ async def test_files_outside_the_jobs_output_folder_are_never_posted(world, capl
     assert lora.path is None and lora.steps == 0  # never pointed at someone else's file
     refused = [record for record in caplog.records if "outside" in record.getMessage()]
     assert len(refused) == len(frames)
+
+
+async def test_a_checkpoint_announced_again_after_a_worker_restart_is_posted_once(world):
+    """A restarted worker announces the checkpoint it resumed from, which the bot may have posted before the crash."""
+    job, output = await training(world)
+    five, ten = checkpoint_files(output, step=5), checkpoint_files(output, step=10)
+    messages = await run(world, job, five, five, ten, ten)
+    assert [content.split("step ")[1].split("/")[0] for content, _ in messages.public] == ["5", "10"]
+    assert len(messages.private) == 2
+    assert (await world.loras.get(job.params["lora_id"])).steps == 10
