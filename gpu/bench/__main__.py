@@ -82,6 +82,15 @@ def engine_phases(pipe, engine, results: dict, tiny: bool, work_dir: Path, data_
                     except Exception as exc:  # noqa: BLE001
                         column["ours_compiled_no_graphs"] = {"error": error_text(exc)}
                     save()
+                if left() > 300:  # each loss read at once, as before gpu/training/pending.py: its gain's baseline
+                    log("training: ours on the worker's compiled transformer, each loss read at once")
+                    try:
+                        column["ours_compiled_sync"], _ = on_gpu(
+                            tr.run_ours_training, engine.pipe, dataset_dir, work_dir, tcfg, "ours-compiled-sync",
+                            graphs=graphs, pipelined=False)
+                    except Exception as exc:  # noqa: BLE001
+                        column["ours_compiled_sync"] = {"error": error_text(exc)}
+                    save()
                 log(f"training: ours on the worker's compiled transformer (CUDA graphs: {graphs})")
                 try:
                     column["ours_compiled"], trainer = on_gpu(

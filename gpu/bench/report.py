@@ -128,6 +128,7 @@ def _column_title(name: str) -> str:
 
 TRAINING_TITLES = {"stock": "stock peft loop", "ours": "ours (LoraTrainer, eager)",
                    "ours_compiled_no_graphs": "ours + regional compile, ZIMAGE_TRAIN_GRAPHS=off",
+                   "ours_compiled_sync": "ours + regional compile + CUDA graphs, each loss read at once",
                    "ours_compiled": "ours + regional compile (worker default on CUDA)"}
 
 
@@ -181,6 +182,8 @@ def render_training(training: dict) -> str:
         ("reserved before / after the run (GiB)", lambda c: f"{_fmt(c.get('reserved_gib_before'))} / "
                                                             f"{_fmt(c.get('reserved_gib_after_close'))}", None),
         ("CUDA graphs (ZIMAGE_TRAIN_GRAPHS)", lambda c: c.get("cuda_graphs"), None),
+        ("host runs a step ahead (losses read a step late)", lambda c: c.get("pipelined"), None),
+        ("host synchronisations per step (torch.cuda sync debug)", lambda c: c.get("syncs_per_step"), None),
         ("warm-up: steps, s, s beyond steady steps (compile + recording)",
          lambda c: f"{c.get('warm_up_steps')}, {_fmt(c.get('warm_up_s'), 2)}, {_fmt(c.get('warm_up_overhead_s'), 2)}",
          None),

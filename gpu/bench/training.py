@@ -21,11 +21,13 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
 from .. import accel
-from .common import GIB, error_text, free_memory, log, peak_gib, peak_reserved_gib, reset_peak, stats, timed
+from ..training.pending import can_pipeline
+from .common import GIB, error_text, free_memory, log, peak_gib, peak_reserved_gib, reset_peak, stats, sync, timed
 
 TARGET_MODULES = ("to_q", "to_k", "to_v", "to_out.0", "w1", "w2", "w3")
 FULL_TRAIN: dict[str, Any] = {"resolution": 512, "rank": 64, "alpha": 64, "images": 75, "timed_steps": 20,
@@ -208,7 +210,8 @@ def _finite(value: float) -> bool:
     return math.isfinite(value)
 
 
-def start_trainer(pipe, dataset_dir: Path, work_dir: Path, tcfg: dict, label: str, graphs: bool = False):
+def start_trainer(pipe, dataset_dir: Path, work_dir: Path, tcfg: dict, label: str, graphs: bool = False,
+                  pipelined: bool = True):
     """A prepared LoraTrainer after its warm-up steps: (trainer, facts about the warm-up).
 
     Warm-up: one epoch (every image, so a compiled transformer has met every step shape); with CUDA
@@ -226,7 +229,8 @@ def start_trainer(pipe, dataset_dir: Path, work_dir: Path, tcfg: dict, label: st
     cuda = torch.cuda.is_available()
     reserved_before = torch.cuda.memory_reserved() / GIB if cuda else None
     trainer = LoraTrainer(pipe, dataset_dir, output, train_config(tcfg),
-                          graphs=TrainingGraphs.for_transformer(pipe.transformer) if graphs else None)
+                          graphs=TrainingGraphs.for_transformer(pipe.transformer) if graphs else None,
+                          pipelined=pipelined)
     reset_peak()
     graphs_before = accel.compiled_graph_count()
     try:
@@ -245,19 +249,21 @@ def start_trainer(pipe, dataset_dir: Path, work_dir: Path, tcfg: dict, label: st
 
 
 def run_ours_training(pipe, dataset_dir: Path, work_dir: Path, tcfg: dict, label: str, keep: bool = False,
-                      graphs: bool = False, profile: bool = False):
+                      graphs: bool = False, profile: bool = False, pipelined: bool = True):
     """gpu/training/trainer.py's LoraTrainer on `pipe` as it is (compiled or not): (result, trainer or None).
 
     With keep=True the prepared trainer is returned open (the latency phase reuses it); else closed.
     With profile=True three more steps run under torch.profiler (step_profile.py) after the timing."""
     import torch
 
-    trainer, facts = start_trainer(pipe, dataset_dir, work_dir, tcfg, label, graphs)
+    trainer, facts = start_trainer(pipe, dataset_dir, work_dir, tcfg, label, graphs, pipelined)
     try:
         reset_peak()
         graphs_before = accel.compiled_graph_count()
-        times = [timed(trainer.step) for _ in range(tcfg["timed_steps"])]
+        times = step_times(trainer, tcfg["timed_steps"])
         result = _summary(facts.pop("warm"), times, tcfg)
+        result["pipelined"] = pipelined and can_pipeline(trainer.optimizer, trainer.device)
+        result["syncs_per_step"] = syncs_per_step(trainer)
         params = trainer._trainee_params
         result.update(facts)
         result.update({
@@ -292,6 +298,43 @@ def run_ours_training(pipe, dataset_dir: Path, work_dir: Path, tcfg: dict, label
         f"({result['graphs_compiled_in_warm_up']} graph(s)), CUDA graphs {result['cuda_graphs']}, "
         f"{result['step_shapes']} step shape(s) ({result['unpadded_shapes']} unpadded)")
     return result, trainer
+
+
+def step_times(trainer, count: int) -> list[float]:
+    """Seconds per step as the loop runs them: no synchronisation between steps (a pipelined trainer's host runs
+    a step ahead of the GPU), one before the first and after the last, when every loss has been read."""
+    sync()
+    marks = [time.perf_counter()]
+    for _ in range(count - 1):
+        trainer.step()
+        marks.append(time.perf_counter())
+    trainer.step()
+    trainer.losses  # noqa: B018 - waits for the newest step's loss
+    sync()
+    marks.append(time.perf_counter())
+    return [later - earlier for earlier, later in zip(marks, marks[1:], strict=False)]
+
+
+def syncs_per_step(trainer, steps: int = 3) -> float | None:
+    """How often a training step makes the host wait for the GPU (torch.cuda.set_sync_debug_mode), per step."""
+    import warnings
+
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            for _ in range(steps):
+                trainer.step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    found = [f"{Path(w.filename).name}:{w.lineno}" for w in caught if "synchroniz" in str(w.message).lower()]
+    if found:
+        log(f"  synchronising calls (where): {sorted(set(found))[:6]}")
+    return round(len(found) / steps, 2)
 
 
 def _is_compiled(transformer) -> bool:

@@ -55,11 +55,15 @@ def flow_matching_loss(transformer, pipe, clean, embeds, generator, mode: str, d
 
     from .shapes import padded_forward
 
-    noise = torch.randn(clean.shape, generator=generator).to(device, clean.dtype)
+    noise = torch.randn(clean.shape, generator=generator)
+    if torch.device(device).type == "cuda":
+        # Pinned and non-blocking: a pageable copy would wait for the GPU's queue (gpu/training/pending.py).
+        noise = noise.pin_memory()
+    noise = noise.to(device, clean.dtype, non_blocking=True)
     sigma = sample_sigma(mode, generator, pipe)
     noisy = (1.0 - sigma) * clean + sigma * noise
     target = clean - noise
-    timestep = torch.tensor([1.0 - sigma], device=device, dtype=torch.float32)
+    timestep = torch.full((1,), 1.0 - sigma, device=device, dtype=torch.float32)  # filled there: no copy
     with autocast(device, dtype):
         if shape is None:
             out = transformer([noisy.to(dtype).unsqueeze(1)], timestep, [embeds], return_dict=False)[0]

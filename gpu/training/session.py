@@ -69,8 +69,9 @@ class TrainingSession:
             recent = (recent + [time.perf_counter() - started])[-20:]
             seconds_per_step = sum(recent) / len(recent)
             step = self.trainer.step_count
-            await send(TrainProgress(id=request_id, step=step, total=total, loss=round(float(loss), 6),
-                                     seconds_per_step=round(seconds_per_step, 4)))
+            if loss is not None:  # the newest loss read: on a GPU the step before's (gpu/training/pending.py)
+                await send(TrainProgress(id=request_id, step=step, total=total, loss=round(float(loss), 6),
+                                         seconds_per_step=round(seconds_per_step, 4)))
             if step % self.config.checkpoint_every == 0 or step == total:
                 await send(await self._checkpoint(request_id, total))
 

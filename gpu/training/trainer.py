@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +64,7 @@ from .data import Sample, encode_caption, load_or_build
 from .flow_matching import autocast, derived_seed, flow_matching_loss, sample_index
 from .graphs import TrainingGraphs, graphs_unsuitable
 from .loss_curve import render_loss_curve
+from .pending import PendingLosses, can_pipeline, not_finite
 from .quantized import QuantizedBase, quantized_linears
 from .shapes import step_shapes, unpadded_shapes
 from .shapes import supported as padding_supported
@@ -84,7 +84,7 @@ class _SavedFlags:
 
 class LoraTrainer:
     def __init__(self, pipe, dataset_dir: Path, output_dir: Path, config: TrainConfig, device=None, dtype=None,
-                 graphs: TrainingGraphs | None = None, adapter: TrainingAdapter | None = None):
+                 graphs: TrainingGraphs | None = None, adapter: TrainingAdapter | None = None, pipelined: bool = True):
         import torch
 
         self.pipe = pipe
@@ -102,6 +102,8 @@ class LoraTrainer:
         self._trainee_params: list = []
         self._step = 0
         self._losses: list[float] = []
+        self._pending = PendingLosses()  # losses still on the GPU: read one step late (gpu/training/pending.py)
+        self._may_pipeline = pipelined  # False: read each loss at once (the benchmark's baseline)
         self._step_seconds: list[float] = []
         self._saved = _SavedFlags()
         self._prompt_cache: dict = {}
@@ -125,6 +127,8 @@ class LoraTrainer:
 
     @property
     def losses(self) -> list[float]:
+        """Every step's loss so far (waits for the GPU to finish the newest step)."""
+        self._read_losses()
         return list(self._losses)
 
     @property
@@ -281,8 +285,10 @@ class LoraTrainer:
 
     # -- training ---------------------------------------------------------------------------------------------
 
-    def step(self) -> float:
-        """One optimizer step on one image (batch 1); returns its loss."""
+    def step(self) -> float | None:
+        """One optimizer step on one image (batch 1). Returns the newest loss read: this step's, or on CUDA with
+        the fused optimizer the step before's (None after a first step), as the host runs one step ahead of the
+        GPU (gpu/training/pending.py); ``losses``, checkpoints and ``close()`` read every loss."""
         import torch
 
         self._require_prepared()
@@ -308,20 +314,28 @@ class LoraTrainer:
             log.warning("out of GPU memory at step %d: gradient checkpointing on for the rest of the run", self._step + 1)
             self._enable_checkpointing()
             loss = self._forward_backward()
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            optimizer.zero_grad(set_to_none=True)
-            raise TrainerError(f"the loss became {value} at step {self._step + 1}; try a lower learning rate")
+        pipelined = self._may_pipeline and can_pipeline(optimizer, self.device)
+        self._pending.add(self._step + 1, loss, pipelined)
+        if not pipelined:
+            self._read_losses()  # raises on a loss that is not finite, before the update
+        guards = [loss]
         if self.config.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(self._trainee_params, self.config.max_grad_norm)
+            guards.append(torch.nn.utils.clip_grad_norm_(self._trainee_params, self.config.max_grad_norm))
+        if pipelined:
+            optimizer.found_inf = not_finite(*guards)  # type: ignore[attr-defined]  # skipped on the GPU
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
         self._step += 1
-        self._losses.append(value)
+        self._read_losses(keep=1 if pipelined else 0)
         self._step_seconds.append(time.perf_counter() - started)
-        return value
+        return self._losses[-1] if self._losses else None
+
+    def _read_losses(self, keep: int = 0) -> None:
+        try:
+            self._losses.extend(self._pending.settle(keep))
+        except TrainerError:
+            self.optimizer.zero_grad(set_to_none=True)  # type: ignore[union-attr]
+            raise
 
     def _forward_backward(self):
         loss = self._loss(self._step)
@@ -345,6 +359,7 @@ class LoraTrainer:
         """LoRA (diffusers format) + training state in output_dir/checkpoints/step-NNNNNN/, then prune."""
         self._require_prepared()
         assert self.adapter is not None  # set by prepare()
+        self._read_losses()
         checkpoint = write_checkpoint(self.output_dir, self._step, self.config, self._losses, self._step_seconds,
                                       self._write_lora, self._checkpoint_state, self.adapter.record())
         self._saved_step = self._step
@@ -409,7 +424,7 @@ class LoraTrainer:
         return image
 
     def loss_curve_png(self) -> bytes:
-        return render_loss_curve(self._losses)
+        return render_loss_curve(self._losses)  # read by save_checkpoint(), which comes first
 
     # -- teardown ---------------------------------------------------------------------------------------------
 
@@ -418,6 +433,7 @@ class LoraTrainer:
         if self._closed:
             return
         self._closed = True
+        self._pending.clear()
         self._graphs = self._graphs.release()
         if self._quantized is not None:
             self._quantized.exit()

@@ -335,3 +335,52 @@ def test_out_of_memory_turns_gradient_checkpointing_on(pipe, dataset, cache_file
     assert trainer.losses == pytest.approx(reference_losses[:3], rel=1e-5)  # same step, same noise, same loss
     trainer.close()
     assert not pipe.transformer.gradient_checkpointing
+
+
+def pipelined_trainer(pipe, dataset, cache_file, tmp_path, monkeypatch, name: str) -> LoraTrainer:
+    """The CUDA path of gpu/training/pending.py on the CPU: losses read a step late, a fused AdamW skipping bad steps."""
+    import gpu.training.trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "can_pipeline", lambda optimizer, device: True)
+    monkeypatch.setattr(trainer_module, "make_optimizer", lambda params, config, device: torch.optim.AdamW(
+        params, lr=config.learning_rate, weight_decay=config.weight_decay, fused=True))
+    trainer = LoraTrainer(pipe, dataset, fresh_output(tmp_path, cache_file, name), small_config(), "cpu", torch.float32)
+    trainer.prepare()
+    return trainer
+
+
+def test_pipelined_steps_report_each_loss_one_step_late_and_checkpoint_them_all(pipe, dataset, cache_file,
+                                                                                reference_losses, tmp_path, monkeypatch):
+    trainer = pipelined_trainer(pipe, dataset, cache_file, tmp_path, monkeypatch, "pipelined")
+    returned = [trainer.step() for _ in range(4)]
+    assert returned[0] is None and len(trainer._losses) == 3  # the newest loss is still pending
+    assert returned[1:] == trainer._losses
+    checkpoint = trainer.save_checkpoint()  # reads the pending one first
+    assert len(trainer.losses) == 4 and checkpoint.loss == pytest.approx(np.mean(trainer.losses[-4:]))
+    # The same steps as the synchronous run (a fused AdamW instead of foreach: equal up to rounding).
+    assert trainer.losses == pytest.approx(reference_losses[:4], rel=1e-4)
+    trainer.close()
+
+
+def test_a_pipelined_step_with_a_nan_loss_leaves_the_weights_alone_and_the_next_step_says_so(
+        pipe, dataset, cache_file, tmp_path, monkeypatch):
+    trainer = pipelined_trainer(pipe, dataset, cache_file, tmp_path, monkeypatch, "nan")
+    trainer.step()
+    trainer.step()
+    real_forward_backward = trainer._forward_backward
+
+    def nan_step():
+        loss = real_forward_backward()
+        for param in trainer._trainee_params:
+            param.grad.fill_(float("nan"))
+        return loss * float("nan")
+
+    before = [param.detach().clone() for param in trainer._trainee_params]
+    monkeypatch.setattr(trainer, "_forward_backward", nan_step)
+    trainer.step()  # step 3: its loss is not read yet, but the optimizer skipped it
+    assert all(torch.equal(a, b) for a, b in zip(before, trainer._trainee_params, strict=True))
+    monkeypatch.setattr(trainer, "_forward_backward", real_forward_backward)
+    with pytest.raises(TrainerError, match="nan at step 3"):
+        trainer.step()
+    assert all(torch.isfinite(param).all() for param in trainer._trainee_params)
+    trainer.close()
