@@ -69,11 +69,12 @@ def engine_phases(pipe, engine, results: dict, tiny: bool, work_dir: Path, data_
             if not engine.accel.compiled:
                 column["ours_compiled"] = {"error": "skipped: the worker does not compile here (CPU default; "
                                                     "ZIMAGE_COMPILE=on forces it)"}
-            elif left() < 150:
+            elif left() < 100:
                 column["ours_compiled"] = {"error": "skipped: out of time"}
             else:
                 graphs = engine.accel.train_graphs
-                if graphs and left() > 300:  # the same run without CUDA graphs, as the baseline of their gain
+                skipped = set(training["config"].get("skipped_columns", ()))
+                if graphs and left() > 300 and "ours_compiled_no_graphs" not in skipped:  # the baseline of their gain
                     log("training: ours on the worker's compiled transformer, ZIMAGE_TRAIN_GRAPHS=off")
                     try:
                         column["ours_compiled_no_graphs"], _ = on_gpu(
@@ -82,7 +83,7 @@ def engine_phases(pipe, engine, results: dict, tiny: bool, work_dir: Path, data_
                     except Exception as exc:  # noqa: BLE001
                         column["ours_compiled_no_graphs"] = {"error": error_text(exc)}
                     save()
-                if left() > 300:  # each loss read at once, as before gpu/training/pending.py: its gain's baseline
+                if left() > 200 and "ours_compiled_sync" not in skipped:  # each loss read at once: the pipelining's baseline
                     log("training: ours on the worker's compiled transformer, each loss read at once")
                     try:
                         column["ours_compiled_sync"], _ = on_gpu(
@@ -149,7 +150,8 @@ def phase_main(args) -> dict:
     data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="zimage-bench-"))
     if "training" in sections:
         tcfg = tr.TINY_TRAIN if tiny else tr.FULL_TRAIN
-        results["training"] = {"config": {**tcfg, "target_modules": list(tr.TARGET_MODULES)}, "columns": {}}
+        results["training"] = {"config": {**tcfg, "target_modules": list(tr.TARGET_MODULES),
+                                          "skipped_columns": sorted(args.skip_columns)}, "columns": {}}
     if "latency" in sections:
         results["latency"] = {"config": dict(lat.TINY_LATENCY if tiny else lat.FULL_LATENCY)}
 
@@ -337,6 +339,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="extra column: ours with ZIMAGE_VRAM=16gb, loaded from the CPU (needs torchao)")
     parser.add_argument("--deadline-s", type=float, default=560.0,
                         help="skip optional phases that would not fit in this many seconds")
+    parser.add_argument("--skip-columns", type=lambda text: set(filter(None, text.split(","))), default=set(),
+                        metavar="NAMES", help="training columns to leave out when device time is short: "
+                                              "stock,ours,ours_compiled_no_graphs,ours_compiled_sync")
     parser.add_argument("--from-disk", action="store_true",
                         help="warm start loads the random pipeline with from_pretrained from a saved folder (as the "
                              "worker loads a model) instead of building it in the new process")

@@ -361,6 +361,10 @@ def assess(column: dict, tcfg: dict) -> dict | None:
     return out
 
 
+class SkippedColumn(Exception):
+    pass
+
+
 def run_section(pipe, tcfg: dict, work_dir: Path, results: dict, left) -> None:
     """The baseline and ours (eager) on the pipeline as built; fills results['training']['columns']."""
     columns = results.setdefault("columns", {})
@@ -369,14 +373,19 @@ def run_section(pipe, tcfg: dict, work_dir: Path, results: dict, left) -> None:
     results["dataset"] = describe_dataset(dataset_dir)
     log(f"training: stock peft loop ({tcfg['images']} images in {len(results['dataset']['sizes'])} sizes, captions of "
         f"{results['dataset']['caption_words']} words, at {tcfg['resolution']} px, rank {tcfg['rank']})")
+    skipped = set(tcfg.get("skipped_columns", ()))
     try:
+        if "stock" in skipped:
+            raise SkippedColumn()
         columns["stock"] = run_stock_training(pipe, dataset_dir, work_dir, tcfg)
+    except SkippedColumn:
+        columns["stock"] = {"error": "skipped (--skip-columns)"}
     except Exception as exc:  # noqa: BLE001 - keep going: ours is still worth measuring
         log(f"stock training failed: {error_text(exc)}")
         columns["stock"] = {"error": error_text(exc)}
         free_memory()
-    if left() < 60:
-        columns["ours"] = {"error": "skipped: out of time"}
+    if left() < 60 or "ours" in skipped:
+        columns["ours"] = {"error": "skipped: out of time" if left() < 60 else "skipped (--skip-columns)"}
         return
     log("training: ours (LoraTrainer, eager)")
     try:
