@@ -10,6 +10,8 @@
 - :mod:`.shapes`: steps padded to a few fixed shapes (masked), so compiled runs record few graphs.
 - :mod:`.flow_matching`: the objective and its reproducible randomness.
 - :mod:`.loss_curve`: the loss PNG posted with each checkpoint.
+- :mod:`.pending`: losses read one step late, so the host queues the next step while the GPU runs this one.
+- :mod:`.base_state`: what a run changes on the shared pipeline (text encoder, flags), undone at the end.
 
 Importing the package (or ``config``, ``checkpoints``, ``loss_curve``) loads no torch: torch is imported
 inside the functions that need it. The trainee's peft handling is gpu/lora/trainee.py.

@@ -22,10 +22,14 @@ runs unpadded, as before). The cache (gpu/training/data.py) keeps the unpadded e
 
 from __future__ import annotations
 
+import logging
 import math
 
 __all__ = ["CAPTION_LENGTHS", "MASKED_BACKENDS", "SEQ_MULTIPLE", "attention_backend", "attention_takes_mask",
-           "caption_length", "image_tokens", "padded_forward", "step_shapes", "supported", "unpadded_shapes"]
+           "caption_length", "choose_shapes", "image_tokens", "padded_forward", "step_shapes", "supported",
+           "unpadded_shapes"]
+
+log = logging.getLogger(__name__)
 
 SEQ_MULTIPLE = 32  # the DiT pads the image and the caption sequences to multiples of 32 tokens (SEQ_MULTI_OF)
 CAPTION_LENGTHS = (64, 128, 256, 512)  # caption tokens a step is padded to (the text encoder gives at most 512)
@@ -145,3 +149,17 @@ def supported(transformer) -> bool:
     names = ("patchify_and_embed", "all_x_embedder", "all_final_layer", "noise_refiner", "context_refiner", "layers",
              "rope_embedder", "x_pad_token", "cap_pad_token", "t_embedder", "unpatchify")
     return all(hasattr(transformer, name) for name in names) and attention_takes_mask(transformer)
+
+
+def choose_shapes(transformer, latents, embeds, compiled: bool) -> list:
+    """Each sample's step shape: padded when the blocks are compiled and the attention takes a mask, else None
+    (the sample's step runs unpadded: shapes cost nothing in eager mode)."""
+    if not compiled:
+        return [None] * len(latents)
+    if not supported(transformer):
+        log.info("training unpadded: the attention backend takes no mask (gpu/training/shapes.py)")
+        return [None] * len(latents)
+    shapes = step_shapes(latents, embeds)
+    log.info("training in %d step shape(s) (image tokens, caption tokens): %s; unpadded %d", len(set(shapes)),
+             sorted(set(shapes)), len(set(unpadded_shapes(latents, embeds))))
+    return shapes

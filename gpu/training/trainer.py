@@ -26,15 +26,15 @@ This module is the stateful trainer (setup, adapter state, optimizer step, sampl
 parts live beside it in gpu/training/: config.py (``TrainConfig``, ``TrainerError``), checkpoints.py (the
 checkpoint folders), flow_matching.py (the objective), loss_curve.py (the loss PNG), data.py (the dataset
 cache), graphs.py (CUDA graphs), shapes.py (steps padded to a few fixed shapes, so a compiled run records
-few graphs whatever the dataset); the trainee's peft handling is gpu/lora/trainee.py.
+few graphs whatever the dataset), pending.py (losses read a step late, so the host runs ahead of the GPU),
+base_state.py (what the run changes on the shared pipeline, undone by ``close()``); the trainee's peft
+handling is gpu/lora/trainee.py.
 """
 
 from __future__ import annotations
 
-import gc
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -50,6 +50,7 @@ from ..lora.trainee import (
     write_trainee,
 )
 from .adapter import TrainingAdapter, checked_adapter
+from .base_state import PipelineChanges, free_memory
 from .checkpoints import (
     Checkpoint,
     check_compatible,
@@ -66,20 +67,12 @@ from .graphs import TrainingGraphs, graphs_unsuitable
 from .loss_curve import render_loss_curve
 from .pending import PendingLosses, can_pipeline, not_finite
 from .quantized import QuantizedBase, quantized_linears
-from .shapes import step_shapes, unpadded_shapes
-from .shapes import supported as padding_supported
+from .shapes import choose_shapes, unpadded_shapes
 
 if TYPE_CHECKING:
     import torch
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class _SavedFlags:
-    requires_grad: dict = field(default_factory=dict)  # base parameter -> flag before training
-    text_encoder_device: object = None
-    checkpointing: bool = False
 
 
 class LoraTrainer:
@@ -105,12 +98,11 @@ class LoraTrainer:
         self._pending = PendingLosses()  # losses still on the GPU: read one step late (gpu/training/pending.py)
         self._may_pipeline = pipelined  # False: read each loss at once (the benchmark's baseline)
         self._step_seconds: list[float] = []
-        self._saved = _SavedFlags()
+        self._base = PipelineChanges(pipe, self.device)  # what the run changes on the shared pipeline (undone by close())
         self._prompt_cache: dict = {}
         self._training_state: tuple | None = None  # adapter-state signature after the last _configure_training
         self._saved_step = -1  # step of the newest checkpoint written or resumed from
         self._probe = None
-        self._checkpointing_on = False  # gradient checkpointing (configured, or turned on by an out-of-memory step)
         self._graphs = graphs or TrainingGraphs([])  # CUDA graphs for training steps (gpu/training/graphs.py)
         self._quantized: QuantizedBase | None = None  # the base's quantized layers (gpu/training/quantized.py)
         # The training adapter resolved from config.training_adapter (gpu/training/adapter.py: the session does it
@@ -187,12 +179,15 @@ class LoraTrainer:
         self._embeds = [sample.embeds.to(self.device, self.dtype) for sample in self.samples]
         self.encode_prompt(self._sample_prompt())  # while the text encoder is still on the accelerator
         quantized = bool(quantized_linears(self.transformer))  # trains eager, checkpointed (gpu/training/quantized.py)
-        self._shapes = [None] * len(self.samples) if quantized else self._choose_shapes()
+        compiled = bool(self._graphs.blocks) or any(
+            getattr(module, "_compiled_call_impl", None) is not None for module in self.transformer.modules())
+        # A quantized base trains eager (unpadded); compiled blocks get a few padded shapes (gpu/training/shapes.py).
+        self._shapes = choose_shapes(self.transformer, self._latents, self._embeds, compiled and not quantized)
         unsuitable = graphs_unsuitable(self.step_shapes, self.config.gradient_checkpointing or quantized)
         if self._graphs.blocks and unsuitable:
             log.info("training without CUDA graphs: %s", unsuitable)
             self._graphs = self._graphs.release()
-        self._offload_text_encoder()
+        self._base.offload_text_encoder()
         try:
             self._add_adapters()
             self.optimizer = make_optimizer(self._trainee_params, self.config, self.device)
@@ -205,45 +200,15 @@ class LoraTrainer:
         log.info("training prepared: %d images, rank %d, step %d of %d, optimizer %s", len(self.samples),
                  self.config.rank, self._step, self.config.steps, type(self.optimizer).__name__)
 
-    def _choose_shapes(self) -> list:
-        """Padded step shapes when the blocks are compiled (gpu/training/shapes.py); eager steps run unpadded."""
-        compiled = bool(self._graphs.blocks) or any(
-            getattr(module, "_compiled_call_impl", None) is not None for module in self.transformer.modules())
-        if not compiled:
-            return [None] * len(self.samples)
-        if not padding_supported(self.transformer):
-            log.info("training unpadded: the attention backend takes no mask (gpu/training/shapes.py)")
-            return [None] * len(self.samples)
-        shapes = step_shapes(self._latents, self._embeds)
-        log.info("training in %d step shape(s) (image tokens, caption tokens): %s; unpadded %d", len(set(shapes)),
-                 sorted(set(shapes)), len(set(unpadded_shapes(self._latents, self._embeds))))
-        return shapes
-
-    def _offload_text_encoder(self) -> None:
-        from ..streamed_encoder import offload_to_host
-
-        encoder = self.pipe.text_encoder
-        if encoder is not None and encoder.device.type == "cuda":
-            self._saved.text_encoder_device = encoder.device
-            offload_to_host(encoder)  # pinned: a prompt to encode meanwhile streams it through the GPU
-            _free_memory(self.device)  # its blocks back to the card, not kept in the allocator's cache
-
     def _add_adapters(self) -> None:
-        self._saved.requires_grad = {param: param.requires_grad for param in self.transformer.parameters()}
+        self._base.remember_requires_grad()
         self._trainee_params = add_trainee(self.pipe, self.transformer, self.config, self.device,
                                            self.adapter.path if self.adapter is not None else None)
         self._quantized = QuantizedBase.find(self.transformer)
         if self._quantized is not None:
             log.info("training on a quantized base: %s", self._quantized.describe())
         if self.config.gradient_checkpointing or self._quantized is not None:
-            self._enable_checkpointing()
-
-    def _enable_checkpointing(self) -> None:
-        """Recompute activations in the backward pass: far less memory, slower steps. Undone by close()."""
-        if not self._checkpointing_on:
-            self._saved.checkpointing = bool(self.transformer.gradient_checkpointing)
-            self.transformer.enable_gradient_checkpointing()
-            self._checkpointing_on = True
+            self._base.enable_checkpointing()
 
     # -- adapter state ----------------------------------------------------------------------------------------
 
@@ -300,7 +265,7 @@ class LoraTrainer:
         try:
             loss = self._forward_backward()
         except torch.OutOfMemoryError:
-            if self._checkpointing_on:
+            if self._base.checkpointing:
                 raise
             out_of_memory = True  # retried below, once the failed attempt's tensors are gone
         else:
@@ -310,9 +275,9 @@ class LoraTrainer:
             # on and runs again (same step, same noise: the loss is the one the step would have had).
             optimizer.zero_grad(set_to_none=True)
             self._graphs = self._graphs.release()  # frees their memory pool; checkpointing runs without graphs
-            _free_memory(self.device)
+            free_memory(self.device)
             log.warning("out of GPU memory at step %d: gradient checkpointing on for the rest of the run", self._step + 1)
-            self._enable_checkpointing()
+            self._base.enable_checkpointing()
             loss = self._forward_backward()
         pipelined = self._may_pipeline and can_pipeline(optimizer, self.device)
         self._pending.add(self._step + 1, loss, pipelined)
@@ -439,24 +404,9 @@ class LoraTrainer:
             self._quantized.exit()
             self._quantized = None
         remove_trainer_adapters(self.pipe, self.transformer)
-        for param, flag in self._saved.requires_grad.items():
-            param.requires_grad_(flag)
-        if self._checkpointing_on and not self._saved.checkpointing:
-            self.transformer.disable_gradient_checkpointing()
-        self._checkpointing_on = False
-        if self._saved.text_encoder_device is not None:
-            self.pipe.text_encoder.to(self._saved.text_encoder_device)
+        self._base.restore()
         self.optimizer = None
         self._latents, self._embeds, self._shapes, self._trainee_params, self._prompt_cache = [], [], [], [], {}
         self._probe = None
-        self._saved = _SavedFlags()
-        _free_memory(self.device)
-
-
-def _free_memory(device) -> None:
-    import torch
-
-    gc.collect()
-    if getattr(device, "type", str(device)) == "cuda":
-        torch.cuda.empty_cache()
+        free_memory(self.device)
 
