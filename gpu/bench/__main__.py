@@ -33,6 +33,7 @@ from .inference import (
 from .report import render_report
 
 SECTIONS = ("inference", "lora", "training", "latency", "enhancer")
+TRAINING_COLUMNS = ("stock", "ours", "ours_compiled_no_graphs", "ours_compiled_sync")  # --skip-columns
 
 
 def engine_phases(pipe, engine, results: dict, tiny: bool, work_dir: Path, data_dir: Path, left, save,
@@ -309,6 +310,14 @@ def inference_children(args, pipe, cfg: dict, results: dict, data_dir: Path, lef
         save()
 
 
+def _training_columns(text: str) -> set[str]:
+    names = set(filter(None, text.split(",")))
+    unknown = names - set(TRAINING_COLUMNS)
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown training column(s) {sorted(unknown)}; known: {list(TRAINING_COLUMNS)}")
+    return names
+
+
 def _sections(text: str) -> list[str]:
     chosen = [part.strip() for part in text.split(",") if part.strip()]
     unknown = sorted(set(chosen) - set(SECTIONS))
@@ -339,7 +348,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="extra column: ours with ZIMAGE_VRAM=16gb, loaded from the CPU (needs torchao)")
     parser.add_argument("--deadline-s", type=float, default=560.0,
                         help="skip optional phases that would not fit in this many seconds")
-    parser.add_argument("--skip-columns", type=lambda text: set(filter(None, text.split(","))), default=set(),
+    parser.add_argument("--skip-columns", type=_training_columns, default=set(),
                         metavar="NAMES", help="training columns to leave out when device time is short: "
                                               "stock,ours,ours_compiled_no_graphs,ours_compiled_sync")
     parser.add_argument("--from-disk", action="store_true",

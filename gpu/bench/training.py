@@ -262,7 +262,7 @@ def run_ours_training(pipe, dataset_dir: Path, work_dir: Path, tcfg: dict, label
         graphs_before = accel.compiled_graph_count()
         times = step_times(trainer, tcfg["timed_steps"])
         result = _summary(facts.pop("warm"), times, tcfg)
-        result["pipelined"] = pipelined and can_pipeline(trainer.optimizer, trainer.device)
+        result["pipelined"] = pipelined and can_pipeline(trainer.device)
         result["syncs_per_step"] = syncs_per_step(trainer)
         params = trainer._trainee_params
         result.update(facts)
@@ -316,7 +316,8 @@ def step_times(trainer, count: int) -> list[float]:
 
 
 def syncs_per_step(trainer, steps: int = 3) -> float | None:
-    """How often a training step makes the host wait for the GPU (torch.cuda.set_sync_debug_mode), per step."""
+    """How often a training step makes the host wait for the GPU, per step: the calls torch.cuda.set_sync_debug_mode
+    flags (a pipelined step's wait for the step before's loss, an event, is not among them)."""
     import warnings
 
     import torch

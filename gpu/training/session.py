@@ -56,7 +56,7 @@ class TrainingSession:
         await self._on_gpu(self.trainer.prepare)
         total = self.config.steps
         resumed = await asyncio.to_thread(self._resumed_checkpoint)
-        if resumed is not None:
+        if resumed is not None and not cancelled():
             # The worker may have died between writing this checkpoint and announcing it: announce it again.
             # The bot posts a step once (bot/jobs/training_lane.py), so one it had posted is not posted twice.
             await send(await self._announce(request_id, total, resumed))

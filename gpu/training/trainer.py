@@ -65,7 +65,7 @@ from .data import Sample, encode_caption, load_or_build
 from .flow_matching import autocast, derived_seed, flow_matching_loss, sample_index
 from .graphs import TrainingGraphs, graphs_unsuitable
 from .loss_curve import render_loss_curve
-from .pending import PendingLosses, can_pipeline, not_finite
+from .pending import PendingLosses, can_pipeline, check, not_finite, skips_on_gpu
 from .quantized import QuantizedBase, quantized_linears
 from .shapes import choose_shapes, unpadded_shapes
 
@@ -251,9 +251,10 @@ class LoraTrainer:
     # -- training ---------------------------------------------------------------------------------------------
 
     def step(self) -> float | None:
-        """One optimizer step on one image (batch 1). Returns the newest loss read: this step's, or on CUDA with
-        the fused optimizer the step before's (None after a first step), as the host runs one step ahead of the
-        GPU (gpu/training/pending.py); ``losses``, checkpoints and ``close()`` read every loss."""
+        """One optimizer step on one image (batch 1). Returns the newest loss read: this step's, or on CUDA the
+        step before's (None after a first step), as the host runs a step ahead of the GPU (gpu/training/pending.py);
+        ``losses``, checkpoints and ``close()`` read every loss. TrainerError when a step's loss or gradients
+        are not finite (on CUDA raised by the step after it, before that one's update)."""
         import torch
 
         self._require_prepared()
@@ -279,28 +280,32 @@ class LoraTrainer:
             log.warning("out of GPU memory at step %d: gradient checkpointing on for the rest of the run", self._step + 1)
             self._base.enable_checkpointing()
             loss = self._forward_backward()
-        pipelined = self._may_pipeline and can_pipeline(optimizer, self.device)
-        self._pending.add(self._step + 1, loss, pipelined)
-        if not pipelined:
-            self._read_losses()  # raises on a loss that is not finite, before the update
-        guards = [loss]
-        if self.config.max_grad_norm > 0:
-            guards.append(torch.nn.utils.clip_grad_norm_(self._trainee_params, self.config.max_grad_norm))
-        if pipelined:
-            optimizer.found_inf = not_finite(*guards)  # type: ignore[attr-defined]  # skipped on the GPU
+        clipped = (torch.nn.utils.clip_grad_norm_(self._trainee_params, self.config.max_grad_norm)
+                   if self.config.max_grad_norm > 0 else None)
+        bad = not_finite(loss, clipped)
+        pipelined = self._may_pipeline and can_pipeline(self.device)
+        try:
+            if pipelined:
+                self._read_losses()  # the step before's: its copy is done, and a bad one stops the run before this update
+                if skips_on_gpu(optimizer):
+                    optimizer.found_inf = bad  # type: ignore[attr-defined]  # a bad step is skipped on the GPU
+            else:
+                value = check(self._step + 1, float(loss), float(bad))
+        except TrainerError:
+            optimizer.zero_grad(set_to_none=True)
+            raise
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         self._step += 1
-        self._read_losses(keep=1 if pipelined else 0)
+        if pipelined:
+            self._pending.add(self._step, loss, bad)
+        else:
+            self._losses.append(value)
         self._step_seconds.append(time.perf_counter() - started)
         return self._losses[-1] if self._losses else None
 
-    def _read_losses(self, keep: int = 0) -> None:
-        try:
-            self._losses.extend(self._pending.settle(keep))
-        except TrainerError:
-            self.optimizer.zero_grad(set_to_none=True)  # type: ignore[union-attr]
-            raise
+    def _read_losses(self) -> None:
+        self._losses.extend(self._pending.settle())
 
     def _forward_backward(self):
         loss = self._loss(self._step)
@@ -398,7 +403,11 @@ class LoraTrainer:
         if self._closed:
             return
         self._closed = True
-        self._pending.clear()
+        try:
+            self._read_losses()  # the newest step's, so `losses` stays whole after close()
+        except Exception as exc:  # noqa: BLE001 - a bad last step, or the device failed: closing goes on
+            log.info("the last training step's loss was not read: %s", exc)
+            self._pending.clear()
         self._graphs = self._graphs.release()
         if self._quantized is not None:
             self._quantized.exit()

@@ -341,7 +341,7 @@ def pipelined_trainer(pipe, dataset, cache_file, tmp_path, monkeypatch, name: st
     """The CUDA path of gpu/training/pending.py on the CPU: losses read a step late, a fused AdamW skipping bad steps."""
     import gpu.training.trainer as trainer_module
 
-    monkeypatch.setattr(trainer_module, "can_pipeline", lambda optimizer, device: True)
+    monkeypatch.setattr(trainer_module, "can_pipeline", lambda device: True)
     monkeypatch.setattr(trainer_module, "make_optimizer", lambda params, config, device: torch.optim.AdamW(
         params, lr=config.learning_rate, weight_decay=config.weight_decay, fused=True))
     trainer = LoraTrainer(pipe, dataset, fresh_output(tmp_path, cache_file, name), small_config(), "cpu", torch.float32)
@@ -359,28 +359,52 @@ def test_pipelined_steps_report_each_loss_one_step_late_and_checkpoint_them_all(
     assert len(trainer.losses) == 4 and checkpoint.loss == pytest.approx(np.mean(trainer.losses[-4:]))
     # The same steps as the synchronous run (a fused AdamW instead of foreach: equal up to rounding).
     assert trainer.losses == pytest.approx(reference_losses[:4], rel=1e-4)
+    trainer.step()
+    trainer.close()  # reads the newest loss too
+    assert len(trainer.losses) == 5
+
+
+def spoil_steps(trainer, monkeypatch, *, loss: bool):
+    """From now on each step's gradients are NaN, and its loss too when `loss`."""
+    real_forward_backward = trainer._forward_backward
+
+    def spoiled():
+        value = real_forward_backward()
+        for param in trainer._trainee_params:
+            param.grad.fill_(float("nan"))
+        return value * float("nan") if loss else value
+
+    monkeypatch.setattr(trainer, "_forward_backward", spoiled)
+    return real_forward_backward
+
+
+@pytest.mark.parametrize("loss", [True, False], ids=["nan-loss", "nan-gradients-only"])
+def test_a_bad_pipelined_step_leaves_the_weights_alone_and_the_next_step_stops_the_run(
+        pipe, dataset, cache_file, tmp_path, monkeypatch, loss):
+    trainer = pipelined_trainer(pipe, dataset, cache_file, tmp_path, monkeypatch, "bad")
+    trainer.step()
+    trainer.step()
+    before = [param.detach().clone() for param in trainer._trainee_params]
+    real_forward_backward = spoil_steps(trainer, monkeypatch, loss=loss)
+    trainer.step()  # step 3: not read yet, but the fused optimizer skipped it
+    assert all(torch.equal(a, b) for a, b in zip(before, trainer._trainee_params, strict=True))
+    monkeypatch.setattr(trainer, "_forward_backward", real_forward_backward)
+    with pytest.raises(TrainerError, match=("loss became nan" if loss else "gradients became") + ".* at step 3"):
+        trainer.step()  # reads step 3 before its own update
+    assert all(torch.equal(a, b) for a, b in zip(before, trainer._trainee_params, strict=True))
     trainer.close()
 
 
-def test_a_pipelined_step_with_a_nan_loss_leaves_the_weights_alone_and_the_next_step_says_so(
-        pipe, dataset, cache_file, tmp_path, monkeypatch):
-    trainer = pipelined_trainer(pipe, dataset, cache_file, tmp_path, monkeypatch, "nan")
+def test_a_step_with_nan_gradients_stops_a_synchronous_run_before_its_update(pipe, dataset, cache_file, tmp_path,
+                                                                             monkeypatch):
+    trainer = LoraTrainer(pipe, dataset, fresh_output(tmp_path, cache_file, "sync"), small_config(), "cpu",
+                          torch.float32)
+    trainer.prepare()
     trainer.step()
-    trainer.step()
-    real_forward_backward = trainer._forward_backward
-
-    def nan_step():
-        loss = real_forward_backward()
-        for param in trainer._trainee_params:
-            param.grad.fill_(float("nan"))
-        return loss * float("nan")
-
     before = [param.detach().clone() for param in trainer._trainee_params]
-    monkeypatch.setattr(trainer, "_forward_backward", nan_step)
-    trainer.step()  # step 3: its loss is not read yet, but the optimizer skipped it
-    assert all(torch.equal(a, b) for a, b in zip(before, trainer._trainee_params, strict=True))
-    monkeypatch.setattr(trainer, "_forward_backward", real_forward_backward)
-    with pytest.raises(TrainerError, match="nan at step 3"):
+    spoil_steps(trainer, monkeypatch, loss=False)
+    with pytest.raises(TrainerError, match="gradients became infinite or NaN at step 2"):
         trainer.step()
-    assert all(torch.isfinite(param).all() for param in trainer._trainee_params)
+    assert all(torch.equal(a, b) for a, b in zip(before, trainer._trainee_params, strict=True))
+    assert trainer.step_count == 1 and len(trainer.losses) == 1
     trainer.close()
