@@ -162,17 +162,22 @@ def _train(engine, tcfg: dict, work: Path, args, size, steps: int, holder: dict)
     try:
         trainer.prepare()
         prepare_s = time.perf_counter() - started
+        sync()
+        last = time.perf_counter()
         for step in range(args.train_steps):
-            sync()
-            began = time.perf_counter()
+            # From one step's return to the next: a pipelined step returns before the GPU has finished it
+            # (gpu/training/pending.py), so timing each call between two syncs would undo what it gains.
             trainer.step()
-            step_s.append(time.perf_counter() - began)
+            step_s.append(time.perf_counter() - last)
+            last = time.perf_counter()
             if args.imagine_every and (step + 1) % args.imagine_every == 0:
                 trainer.suspend()  # gpu/scheduler.py around a generation
                 try:
                     imagine_s.append(_generate(engine, f"an /imagine while training, request {step}", step, size, steps))
                 finally:
                     trainer.resume()
+                sync()
+                last = time.perf_counter()
         checkpoint = trainer.save_checkpoint()
         holder["lora"] = str(checkpoint.lora_file)
         losses = trainer.losses
