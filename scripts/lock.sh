@@ -20,7 +20,7 @@ pip=("$scratch/venv/bin/python" -m pip)
 #   pip install -c requirements.lock -e ".[test]"
 # Refresh with `bash scripts/lock.sh` (README, "Troubleshooting"); tests/unit/project/test_lock.py checks it against pyproject.toml.
 # torch carries no local label (+cpu, +cu128): the CUDA build of the same version satisfies the pin too.
-# torchao (extra fp8), bitsandbytes (extra cuda) and asyncpg (extra postgres): resolved here, not imported by the CPU tests.
+# torchao (extras fp8 and test: the CPU tests quantize int8), bitsandbytes (extra cuda) and asyncpg (extras postgres and test): resolved here.
 HEADER
   # --all keeps setuptools (torch requires it); pip itself and the project are not dependencies.
   "${pip[@]}" freeze --all --exclude pip --exclude-editable | sed -E 's/\+[[:alnum:].]+$//'
