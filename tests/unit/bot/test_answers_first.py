@@ -36,7 +36,7 @@ async def test_no_answer_in_flight_costs_nothing():
     gate = AnswersFirst(patience=5)
     started = time.monotonic()
     await gate.turn()
-    assert time.monotonic() - started < 0.05
+    assert time.monotonic() - started < 1.0  # far under the patience of 5 s (a loaded box may deschedule us)
 
 
 async def test_an_answer_stuck_on_discord_holds_the_intake_only_for_the_patience():
@@ -64,4 +64,4 @@ async def test_a_failed_answer_leaves_nothing_unanswered():
         pass
     started = time.monotonic()
     await gate.turn()
-    assert time.monotonic() - started < 0.05
+    assert time.monotonic() - started < 1.0  # far under the patience of 5 s (a loaded box may deschedule us)

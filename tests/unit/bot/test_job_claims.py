@@ -16,7 +16,7 @@ from sqlalchemy import select
 from bot.db.jobs import JobStore
 from bot.db.models import GuildSettings, Job, JobStatus
 
-SHORT_LEASE = timedelta(seconds=1)
+SHORT_LEASE = timedelta(seconds=3)  # long enough that a slow first connect of B still lands inside it
 
 
 @pytest.fixture(params=BACKENDS)

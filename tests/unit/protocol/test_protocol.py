@@ -169,11 +169,16 @@ async def fake_worker(tmp_path, hello_version: int, after_hello: bytes = b""):
 async def test_the_client_refuses_a_worker_of_another_version_and_says_so(tmp_path, caplog):
     server, path = await fake_worker(tmp_path, hello_version=1)
     client = WorkerClient(path)
+    def refused() -> bool:
+        return any("protocol version mismatch" in record.message and "v1" in record.message for record in caplog.records)
+
     with caplog.at_level(logging.ERROR, logger="bot.worker.client"):
         client.start()
-        await asyncio.sleep(0.5)
+        deadline = asyncio.get_running_loop().time() + 10
+        while not refused() and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
     assert not client.connected
-    assert any("protocol version mismatch" in record.message and "v1" in record.message for record in caplog.records)
+    assert refused()
     await client.close()
     server.close()
 
