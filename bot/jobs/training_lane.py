@@ -112,6 +112,9 @@ class TrainingLane:
         except OSError as exc:  # pruned already (KEEP_CHECKPOINTS) when the worker ran far ahead of the posts
             log.warning("job %s: checkpoint at step %s not posted: %s", job.id, checkpoint.step, exc)
             return
+        # Recorded before the posts: a member who sees the checkpoint can use or share the LoRA at once. (A bot
+        # stopped between this and the posts would skip this step's post when the worker announces it again.)
+        await self.loras.set_checkpoint(job.params["lora_id"], str(lora_file), checkpoint.step)
         shared = posted is not None and posted.shared
         name, step = job.params["name"], checkpoint.step
         limit = int(job.params.get("upload_limit", 10 << 20))
@@ -132,9 +135,6 @@ class TrainingLane:
                                                                    private=not shared), files)
         if not shared:
             await self.private.post_private(job, render.private_checkpoint_text(job, checkpoint, link), lora_attachment)
-        # After the posts: a bot stopped between the two posts this step again when the resumed worker announces it,
-        # rather than never (the step recorded here is what marks it posted).
-        await self.loras.set_checkpoint(job.params["lora_id"], str(lora_file), checkpoint.step)
 
 
 def _inside(path: str, folder: Path) -> Path:

@@ -290,7 +290,7 @@ class LoraTrainer:
                 if skips_on_gpu(optimizer):
                     optimizer.found_inf = bad  # type: ignore[attr-defined]  # a bad step is skipped on the GPU
             else:
-                value = check(self._step + 1, float(loss), float(bad))
+                value = check(self._step + 1, float(loss.detach()), float(bad))
         except TrainerError:
             optimizer.zero_grad(set_to_none=True)
             raise
