@@ -218,6 +218,11 @@ def compiled_graph_count() -> int:
     return int(counters["stats"]["unique_graphs"])
 
 
+def has_compiled_modules(model) -> bool:
+    """Whether any submodule runs a torch.compile'd forward (regional compile sets ``_compiled_call_impl``)."""
+    return any(getattr(module, "_compiled_call_impl", None) is not None for module in model.modules())
+
+
 def set_attention(transformer, name: str) -> str | None:
     """Set the attention backend if the name is known and usable here; return the name set."""
     try:

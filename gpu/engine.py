@@ -46,6 +46,13 @@ class GeneratedImage:
     prompt: str = ""  # the rewritten prompt it was made from (enhance), else empty
 
 
+def device_and_dtype() -> tuple[str, object]:
+    """Where the worker runs and in which precision: bf16 on CUDA, else float32 on the CPU."""
+    import torch
+
+    return ("cuda", torch.bfloat16) if torch.cuda.is_available() else ("cpu", torch.float32)
+
+
 def load_pipeline(path: str, dtype, device: str | None):
     """``ZImagePipeline.from_pretrained``; with a CUDA `device`, each file's tensors go straight to the GPU.
 
@@ -93,12 +100,7 @@ class ImageEngine:
         """Load the pipeline (or take `pipe`, already built: the benchmark injects one) and apply
         the speed path configured by ZIMAGE_COMPILE[_VAE] / ZIMAGE_ATTENTION / ZIMAGE_QUANT (gpu/accel.py),
         in the profile ZIMAGE_VRAM sets or, by default, the one picked from the card (gpu/profiles.py)."""
-        import torch
-
-        if torch.cuda.is_available():
-            self.device, dtype = "cuda", torch.bfloat16
-        else:
-            self.device, dtype = "cpu", torch.float32
+        self.device, dtype = device_and_dtype()
         started = time.perf_counter()
         environ = self._pick_profile()
         settings = accel.AccelSettings.from_env(self.device, self.data_dir, environ)  # bad settings fail before loading

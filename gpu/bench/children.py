@@ -69,13 +69,10 @@ def _warm_start(args, cfg: dict, marks: dict, pipe) -> dict:
     engine = ImageEngine(str(args.model_dir) if pipe is None else "bench", args.data_dir)
     graphs_before = accel.compiled_graph_count()
     if pipe is None and os.environ.get(HOST_LOAD_ENV) == "1":  # the baseline: read to the host, then .to("cuda")
-        import torch
-
-        from ..engine import load_pipeline
+        from ..engine import device_and_dtype, load_pipeline
 
         engine.load_tokenizer()
-        dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32  # as ImageEngine.load picks it
-        engine.load(pipe=load_pipeline(str(args.model_dir), dtype, device=None))
+        engine.load(pipe=load_pipeline(str(args.model_dir), device_and_dtype()[1], device=None))
         marks["from_pretrained"] = "to the host, then moved"
     elif pipe is None:  # the worker's order: tokenizer first, then from_pretrained + the speed path
         engine.load_tokenizer()

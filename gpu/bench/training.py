@@ -274,7 +274,7 @@ def run_ours_training(pipe, dataset_dir: Path, work_dir: Path, tcfg: dict, label
             "lora_dtype": str(params[0].dtype).replace("torch.", ""),
             "autocast": trainer._autocast().__class__.__name__ == "autocast",
             "text_encoder_device": str(pipe.text_encoder.device), "trainable_params": sum(p.numel() for p in params),
-            "losses_finite": all(map(_finite, trainer.losses)), "compiled": _is_compiled(pipe.transformer),
+            "losses_finite": all(map(_finite, trainer.losses)), "compiled": accel.has_compiled_modules(pipe.transformer),
         })
         if profile:
             from .step_profile import profile_steps
@@ -336,10 +336,6 @@ def syncs_per_step(trainer, steps: int = 3) -> float | None:
     if found:
         log(f"  synchronising calls (where): {sorted(set(found))[:6]}")
     return round(len(found) / steps, 2)
-
-
-def _is_compiled(transformer) -> bool:
-    return any(getattr(module, "_compiled_call_impl", None) is not None for module in transformer.modules())
 
 
 def assess(column: dict, tcfg: dict) -> dict | None:

@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .. import accel
 from ..lora.common import TRAINEE_ADAPTER, adapter_names, apply_adapters
 from ..lora.trainee import (
     adapter_signature,
@@ -179,8 +180,7 @@ class LoraTrainer:
         self._embeds = [sample.embeds.to(self.device, self.dtype) for sample in self.samples]
         self.encode_prompt(self._sample_prompt())  # while the text encoder is still on the accelerator
         quantized = bool(quantized_linears(self.transformer))  # trains eager, checkpointed (gpu/training/quantized.py)
-        compiled = bool(self._graphs.blocks) or any(
-            getattr(module, "_compiled_call_impl", None) is not None for module in self.transformer.modules())
+        compiled = bool(self._graphs.blocks) or accel.has_compiled_modules(self.transformer)
         # A quantized base trains eager (unpadded); compiled blocks get a few padded shapes (gpu/training/shapes.py).
         self._shapes = choose_shapes(self.transformer, self._latents, self._embeds, compiled and not quantized)
         unsuitable = graphs_unsuitable(self.step_shapes, self.config.gradient_checkpointing or quantized)
