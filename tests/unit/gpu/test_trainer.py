@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import io
 import json
-import random
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from training_helpers import STEPS, fresh_output, generate, run, small_config
 
 from gpu.lora.common import TRAINEE_ADAPTER, TRAINING_ADAPTER, adapter_names
 from gpu.lora.peft import AdapterManager
@@ -19,97 +18,6 @@ from gpu.training.config import TrainConfig, TrainerError
 from gpu.training.data import DatasetError, make_buckets, pick_bucket
 from gpu.training.loss_curve import render_loss_curve
 from gpu.training.trainer import LoraTrainer
-
-STEPS = 12
-SIZES = [(64, 64), (96, 64), (64, 96), (128, 64), (80, 80), (64, 128)]  # mixed aspect ratios
-
-
-def small_config(**changes) -> TrainConfig:
-    values = dict(rank=4, alpha=4, resolution=64, steps=STEPS, checkpoint_every=4, keep_checkpoints=2,
-                  learning_rate=1e-3, sample_steps=4, sample_prompt="a red square")
-    values.update(changes)
-    return TrainConfig(**values)
-
-
-@pytest.fixture(scope="module")
-def pipe(tiny_models_dir):
-    from diffusers import ZImagePipeline
-
-    from gpu.tiny import ensure_tiny_model
-
-    pipeline = ZImagePipeline.from_pretrained(ensure_tiny_model(tiny_models_dir))
-    pipeline.set_progress_bar_config(disable=True)
-    return pipeline
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    """12 noisy coloured PNGs of mixed aspect ratios and their manifest.json."""
-    from PIL import Image
-
-    root = tmp_path_factory.mktemp("dataset")
-    (root / "images").mkdir()
-    rng = random.Random(0)
-    numpy_rng = np.random.default_rng(0)
-    entries = []
-    for index in range(12):
-        width, height = SIZES[index % len(SIZES)]
-        colour = np.array([rng.randrange(256) for _ in range(3)], dtype=np.float32)
-        pixels = np.clip(colour + numpy_rng.normal(0, 20, (height, width, 3)), 0, 255).astype(np.uint8)
-        name = f"img{index:02d}.png"
-        Image.fromarray(pixels).save(root / "images" / name)
-        entries.append({"file": name, "caption": f"a photo in colour {index}", "width": width, "height": height,
-                        "source_name": f"upload-{index}.png"})
-    (root / "manifest.json").write_text(json.dumps(entries))
-    return root
-
-
-@pytest.fixture(scope="module")
-def cache_file(pipe, dataset, tmp_path_factory) -> Path:
-    """Latents and embeddings encoded once; other runs copy the cache instead of encoding again."""
-    output = tmp_path_factory.mktemp("encode")
-    trainer = LoraTrainer(pipe, dataset, output, small_config(), "cpu", torch.float32)
-    trainer.prepare()
-    trainer.close()
-    return output / "cache.pt"
-
-
-def fresh_output(tmp_path: Path, cache_file: Path, name: str) -> Path:
-    output = tmp_path / name
-    output.mkdir()
-    shutil.copy(cache_file, output / "cache.pt")
-    return output
-
-
-def generate(pipe, seed: int = 7, size: int = 64) -> np.ndarray:
-    embeds, _ = pipe.encode_prompt("a blue circle", device="cpu", do_classifier_free_guidance=False)
-    generator = torch.Generator("cpu").manual_seed(seed)
-    with torch.inference_mode():
-        return pipe(prompt_embeds=embeds, height=size, width=size, num_inference_steps=4, guidance_scale=0.0,
-                    generator=generator, output_type="np").images[0]
-
-
-def run(trainer: LoraTrainer, until: int, between=None) -> list:
-    checkpoints = []
-    while trainer.step_count < until:
-        trainer.step()
-        if between is not None:
-            between(trainer)
-        if trainer.checkpoint_due:
-            checkpoints.append(trainer.save_checkpoint())
-    return checkpoints
-
-
-@pytest.fixture(scope="module")
-def reference_losses(pipe, dataset, cache_file, tmp_path_factory) -> list[float]:
-    """An uninterrupted 12-step run: the interrupted, resumed run below must match it exactly."""
-    trainer = LoraTrainer(pipe, dataset, fresh_output(tmp_path_factory.mktemp("ref"), cache_file, "out"), small_config(),
-                          "cpu", torch.float32)
-    trainer.prepare()
-    run(trainer, STEPS)
-    losses = trainer.losses
-    trainer.close()
-    return losses
 
 
 def optimizer_snapshot(trainer: LoraTrainer) -> dict:
@@ -335,76 +243,3 @@ def test_out_of_memory_turns_gradient_checkpointing_on(pipe, dataset, cache_file
     assert trainer.losses == pytest.approx(reference_losses[:3], rel=1e-5)  # same step, same noise, same loss
     trainer.close()
     assert not pipe.transformer.gradient_checkpointing
-
-
-def pipelined_trainer(pipe, dataset, cache_file, tmp_path, monkeypatch, name: str) -> LoraTrainer:
-    """The CUDA path of gpu/training/pending.py on the CPU: losses read a step late, a fused AdamW skipping bad steps."""
-    import gpu.training.trainer as trainer_module
-
-    monkeypatch.setattr(trainer_module, "can_pipeline", lambda device: True)
-    monkeypatch.setattr(trainer_module, "make_optimizer", lambda params, config, device: torch.optim.AdamW(
-        params, lr=config.learning_rate, weight_decay=config.weight_decay, fused=True))
-    trainer = LoraTrainer(pipe, dataset, fresh_output(tmp_path, cache_file, name), small_config(), "cpu", torch.float32)
-    trainer.prepare()
-    return trainer
-
-
-def test_pipelined_steps_report_each_loss_one_step_late_and_checkpoint_them_all(pipe, dataset, cache_file,
-                                                                                reference_losses, tmp_path, monkeypatch):
-    trainer = pipelined_trainer(pipe, dataset, cache_file, tmp_path, monkeypatch, "pipelined")
-    returned = [trainer.step() for _ in range(4)]
-    assert returned[0] is None and len(trainer._losses) == 3  # the newest loss is still pending
-    assert returned[1:] == trainer._losses
-    checkpoint = trainer.save_checkpoint()  # reads the pending one first
-    assert len(trainer.losses) == 4 and checkpoint.loss == pytest.approx(np.mean(trainer.losses[-4:]))
-    # The same steps as the synchronous run (a fused AdamW instead of foreach: equal up to rounding).
-    assert trainer.losses == pytest.approx(reference_losses[:4], rel=1e-4)
-    trainer.step()
-    trainer.close()  # reads the newest loss too
-    assert len(trainer.losses) == 5
-
-
-def spoil_steps(trainer, monkeypatch, *, loss: bool):
-    """From now on each step's gradients are NaN, and its loss too when `loss`."""
-    real_forward_backward = trainer._forward_backward
-
-    def spoiled():
-        value = real_forward_backward()
-        for param in trainer._trainee_params:
-            param.grad.fill_(float("nan"))
-        return value * float("nan") if loss else value
-
-    monkeypatch.setattr(trainer, "_forward_backward", spoiled)
-    return real_forward_backward
-
-
-@pytest.mark.parametrize("loss", [True, False], ids=["nan-loss", "nan-gradients-only"])
-def test_a_bad_pipelined_step_leaves_the_weights_alone_and_the_next_step_stops_the_run(
-        pipe, dataset, cache_file, tmp_path, monkeypatch, loss):
-    trainer = pipelined_trainer(pipe, dataset, cache_file, tmp_path, monkeypatch, "bad")
-    trainer.step()
-    trainer.step()
-    before = [param.detach().clone() for param in trainer._trainee_params]
-    real_forward_backward = spoil_steps(trainer, monkeypatch, loss=loss)
-    trainer.step()  # step 3: not read yet, but the fused optimizer skipped it
-    assert all(torch.equal(a, b) for a, b in zip(before, trainer._trainee_params, strict=True))
-    monkeypatch.setattr(trainer, "_forward_backward", real_forward_backward)
-    with pytest.raises(TrainerError, match=("loss became nan" if loss else "gradients became") + ".* at step 3"):
-        trainer.step()  # reads step 3 before its own update
-    assert all(torch.equal(a, b) for a, b in zip(before, trainer._trainee_params, strict=True))
-    trainer.close()
-
-
-def test_a_step_with_nan_gradients_stops_a_synchronous_run_before_its_update(pipe, dataset, cache_file, tmp_path,
-                                                                             monkeypatch):
-    trainer = LoraTrainer(pipe, dataset, fresh_output(tmp_path, cache_file, "sync"), small_config(), "cpu",
-                          torch.float32)
-    trainer.prepare()
-    trainer.step()
-    before = [param.detach().clone() for param in trainer._trainee_params]
-    spoil_steps(trainer, monkeypatch, loss=False)
-    with pytest.raises(TrainerError, match="gradients became infinite or NaN at step 2"):
-        trainer.step()
-    assert all(torch.equal(a, b) for a, b in zip(before, trainer._trainee_params, strict=True))
-    assert trainer.step_count == 1 and len(trainer.losses) == 1
-    trainer.close()
