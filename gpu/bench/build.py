@@ -18,8 +18,6 @@ def build_full_pipeline(device: str = "cuda", scale: float = 0.5, transformer_la
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel
     from transformers import Qwen3Config, Qwen3Model
 
-    from ..tiny import build_tokenizer
-
     torch.manual_seed(0)
     previous_dtype = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)
@@ -57,8 +55,38 @@ def build_full_pipeline(device: str = "cuda", scale: float = 0.5, transformer_la
         transformer.x_pad_token.fill_(0.1)
         transformer.cap_pad_token.fill_(0.1)
     scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=False)
-    return ZImagePipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=build_tokenizer(),
+    return ZImagePipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=bench_tokenizer(),
                           transformer=transformer)
+
+
+def bench_tokenizer():
+    """A byte-level BPE tokenizer trained on the benchmark's own prompts and captions.
+
+    Why: the tiny model's tokenizer has no merges (one token per byte), so a 60-word caption became ~350 tokens
+    and the training benchmark padded most steps to 512 caption tokens, where Qwen3's vocabulary gives ~80.
+    Trained on these texts, common words are one token and rarer ones two or three: ~1.6 tokens per word
+    (Qwen3 ~1.3), so caption lengths stay slightly pessimistic. Deterministic: the same texts give the same
+    merges. The real model's own tokenizer is used wherever weights are loaded from disk.
+    """
+    import json
+
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import Qwen2Tokenizer
+
+    from ..tiny import CHAT_TEMPLATE, SPECIAL_TOKENS
+    from . import inference, latency, training
+
+    texts = [*training.CAPTION_TEXTS, inference.TIMING_PROMPT, *inference.QUEUE_PROMPTS, *latency.PROMPT_TEXTS]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.train_from_iterator(texts, trainers.BpeTrainer(
+        vocab_size=4096, min_frequency=1, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    model = json.loads(bpe.to_str())["model"]
+    tokenizer = Qwen2Tokenizer(vocab=model["vocab"], merges=[tuple(pair) for pair in model["merges"]],
+                               unk_token="<|endoftext|>", pad_token="<|endoftext|>", eos_token="<|im_end|>")
+    tokenizer.add_special_tokens({"additional_special_tokens": SPECIAL_TOKENS[1:]})
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
 
 
 def build_pipeline(tiny: bool):

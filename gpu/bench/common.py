@@ -51,6 +51,30 @@ def peak_gib() -> float | None:
     return None
 
 
+def memory_breakdown() -> dict | None:
+    """What the caching allocator holds now, by pool: the default pool and CUDA graphs' private pools, each as
+    reserved / allocated GiB and its segment count, plus the default pool's largest free block (None on the CPU).
+    Reserved minus allocated in a private pool is memory a recorded graph keeps for its replays."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    pools: dict[str, dict] = {}
+    largest_free = 0
+    for segment in torch.cuda.memory_snapshot():
+        name = "default" if tuple(segment.get("segment_pool_id", (0, 0))) == (0, 0) else "graph_pools"
+        pool = pools.setdefault(name, {"reserved_gib": 0.0, "allocated_gib": 0.0, "segments": 0})
+        pool["reserved_gib"] += segment["total_size"] / GIB
+        pool["allocated_gib"] += segment["allocated_size"] / GIB
+        pool["segments"] += 1
+        if name == "default":
+            free = [block["size"] for block in segment.get("blocks", ()) if block.get("state") == "inactive"]
+            largest_free = max([largest_free, *free])
+    for pool in pools.values():
+        pool["reserved_gib"], pool["allocated_gib"] = round(pool["reserved_gib"], 2), round(pool["allocated_gib"], 2)
+    return {**pools, "largest_free_block_gib": round(largest_free / GIB, 2)}
+
+
 def peak_reserved_gib() -> float | None:
     """torch.cuda.max_memory_reserved (what the caching allocator held: the process's real need, minus
     the CUDA context) since the last reset_peak(), in GiB (None on the CPU)."""

@@ -31,6 +31,7 @@ _PROMPT_SUBJECTS = ("a lighthouse on a cliff", "a bowl of ramen", "a fox in the 
                     "a vintage motorbike", "a paper lantern festival", "a desert canyon", "a cosy library")
 _PROMPT_STYLES = ("watercolour", "35mm photograph, natural light", "isometric 3d render, soft shadows",
                   "oil painting with thick brush strokes and a warm palette")
+PROMPT_TEXTS = (*_PROMPT_SUBJECTS, *_PROMPT_STYLES, "request idle train")  # what fresh_prompts() is made of
 
 
 def fresh_prompts(count: int, tag: str) -> list[str]:

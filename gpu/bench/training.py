@@ -27,7 +27,19 @@ from typing import Any
 
 from .. import accel
 from ..training.pending import can_pipeline
-from .common import GIB, error_text, free_memory, log, peak_gib, peak_reserved_gib, reset_peak, stats, sync, timed
+from .common import (
+    GIB,
+    error_text,
+    free_memory,
+    log,
+    memory_breakdown,
+    peak_gib,
+    peak_reserved_gib,
+    reset_peak,
+    stats,
+    sync,
+    timed,
+)
 
 TARGET_MODULES = ("to_q", "to_k", "to_v", "to_out.0", "w1", "w2", "w3")
 FULL_TRAIN: dict[str, Any] = {"resolution": 512, "rank": 64, "alpha": 64, "images": 75, "timed_steps": 20,
@@ -48,6 +60,7 @@ _DETAILS = ("on a wooden table", "in soft morning light", "photographed from a l
             "at night under neon signs in the rain", "reflections on the wet street", "cinematic grade",
             "film grain", "seen through a window", "next to a sleeping cat", "on a snowy balcony",
             "with a blurred crowd behind", "golden hour backlight", "overcast sky", "close-up", "35mm lens")
+CAPTION_TEXTS = (*_SUBJECTS, *_DETAILS)  # the words captions are made of (build.py's bench tokenizer learns them)
 
 
 def photo_sizes(resolution: int) -> list[tuple[int, int]]:
@@ -235,6 +248,7 @@ def start_trainer(pipe, dataset_dir: Path, work_dir: Path, tcfg: dict, label: st
     graphs_before = accel.compiled_graph_count()
     try:
         prepare_s = timed(trainer.prepare)
+        memory_after_prepare = memory_breakdown()
         epochs = 2 if trainer.uses_training_graphs else 1
         warm = [timed(trainer.step) for _ in range(epochs * len(trainer.samples))]
     except BaseException:
@@ -244,8 +258,16 @@ def start_trainer(pipe, dataset_dir: Path, work_dir: Path, tcfg: dict, label: st
              **shape_facts(trainer.step_shapes, unpadded_shapes(trainer._latents, trainer._embeds)),
              "graphs_compiled_in_warm_up": accel.compiled_graph_count() - graphs_before,
              "peak_gib_prepare_and_warm_up": peak_gib(), "peak_reserved_gib_prepare_and_warm_up": peak_reserved_gib(),
-             "reserved_gib_before": round(reserved_before, 2) if reserved_before is not None else None}
+             "reserved_gib_before": round(reserved_before, 2) if reserved_before is not None else None,
+             "caption_tokens": token_counts(trainer._embeds),
+             "memory_after_prepare": memory_after_prepare, "memory_after_warm_up": memory_breakdown()}
     return trainer, facts
+
+
+def token_counts(embeds) -> dict:
+    """The dataset's caption lengths in tokens (the chat template included), before padding."""
+    lengths = sorted(int(embed.shape[0]) for embed in embeds)
+    return {"min": lengths[0], "median": lengths[len(lengths) // 2], "max": lengths[-1]} if lengths else {}
 
 
 def run_ours_training(pipe, dataset_dir: Path, work_dir: Path, tcfg: dict, label: str, keep: bool = False,
@@ -267,7 +289,7 @@ def run_ours_training(pipe, dataset_dir: Path, work_dir: Path, tcfg: dict, label
         params = trainer._trainee_params
         result.update(facts)
         result.update({
-            "peak_gib": peak_gib(), "peak_reserved_gib": peak_reserved_gib(),
+            "peak_gib": peak_gib(), "peak_reserved_gib": peak_reserved_gib(), "memory_after_timing": memory_breakdown(),
             "graphs_compiled_during_timing": accel.compiled_graph_count() - graphs_before,
             "optimizer": f"{type(trainer.optimizer).__module__}.{type(trainer.optimizer).__name__}"
                          f" (fused={trainer.optimizer.defaults.get('fused')})",
@@ -296,7 +318,9 @@ def run_ours_training(pipe, dataset_dir: Path, work_dir: Path, tcfg: dict, label
         f"{result.get('peak_reserved_gib_prepare_and_warm_up')} GiB reserved in warm-up; warm-up {result['warm_up_s']} s "
         f"over {result['warm_up_steps']} steps, {result['warm_up_overhead_s']} s beyond steady steps "
         f"({result['graphs_compiled_in_warm_up']} graph(s)), CUDA graphs {result['cuda_graphs']}, "
-        f"{result['step_shapes']} step shape(s) ({result['unpadded_shapes']} unpadded)")
+        f"{result['step_shapes']} step shape(s) ({result['unpadded_shapes']} unpadded), caption tokens "
+        f"{result['caption_tokens']}; memory after prepare {result['memory_after_prepare']}, after warm-up "
+        f"{result['memory_after_warm_up']}, after timing {result['memory_after_timing']}")
     return result, trainer
 
 

@@ -23,8 +23,8 @@ from .common import (
     remove_peft_if_empty,
 )
 
-__all__ = ["add_trainee", "adapter_signature", "find_trainee_layer", "make_optimizer", "remove_trainer_adapters",
-           "set_training_state", "trainee_state_dict", "write_trainee"]
+__all__ = ["add_trainee", "adapter_signature", "find_trainee_layer", "make_optimizer", "optimizer_kind",
+           "remove_trainer_adapters", "set_training_state", "trainee_state_dict", "write_trainee"]
 
 
 def _load_training_adapter(pipe, file: Path) -> None:
@@ -127,16 +127,31 @@ def write_trainee(pipe, transformer, dtype, folder: Path, extra_metadata: dict[s
                                  save_function=save)
 
 
-def make_optimizer(params: list, config: TrainConfig, device):
-    """AdamW for the trainee: 8-bit (bitsandbytes) on CUDA when installed, else torch's (fused on CUDA)."""
+def optimizer_kind(config: TrainConfig, device_type: str, memory_saving: bool, have_bitsandbytes: bool) -> str:
+    """Which AdamW trains the LoRA: ``"adamw8bit"`` (bitsandbytes) or ``"adamw"`` (torch's; fused on CUDA).
+
+    ``config.optimizer`` ``"auto"`` takes the 8-bit one only where memory is what limits the run (a quantized base,
+    the low-VRAM profiles, or gradient checkpointing) and bitsandbytes is installed. Measured on an H100
+    (docs/BENCHMARKS.md, session 11): 8-bit AdamW's unfused per-tensor kernels cost 0.121 vs 0.085 s/step over
+    the 476 LoRA tensors of a rank-64 run, to save ~1 GiB of optimizer state; a full-size card has that GiB.
+    """
+    if device_type != "cuda":
+        return "adamw"  # bitsandbytes' 8-bit states are CUDA-only
+    if config.optimizer == "adamw8bit" or (config.optimizer == "auto" and memory_saving):
+        return "adamw8bit" if have_bitsandbytes else "adamw"
+    return "adamw"
+
+
+def make_optimizer(params: list, config: TrainConfig, device, memory_saving: bool = False):
+    """The trainee's AdamW, as :func:`optimizer_kind` picks it."""
+    import importlib.util
+
     import torch
 
-    if device.type == "cuda":
-        try:
-            import bitsandbytes
+    have_bnb = importlib.util.find_spec("bitsandbytes") is not None
+    if optimizer_kind(config, device.type, memory_saving, have_bnb) == "adamw8bit":
+        import bitsandbytes
 
-            return bitsandbytes.optim.AdamW8bit(params, lr=config.learning_rate, weight_decay=config.weight_decay)
-        except ImportError:
-            pass
+        return bitsandbytes.optim.AdamW8bit(params, lr=config.learning_rate, weight_decay=config.weight_decay)
     return torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay,
                              fused=device.type == "cuda")

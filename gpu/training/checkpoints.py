@@ -12,6 +12,7 @@ checkpoints; gpu/training/trainer.py only decides when to save and what to resto
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -24,12 +25,15 @@ from zimage_protocol.constants import LORA_FILE
 
 from .config import TrainConfig, TrainerError
 
+log = logging.getLogger(__name__)
+
 STATE_FILE = "training_state.pt"
 META_FILE = "checkpoint.json"
 _CHECKPOINT_RE = re.compile(r"^step-(\d{6,})$")
 
 __all__ = ["LORA_FILE", "META_FILE", "STATE_FILE", "Checkpoint", "check_compatible", "checkpoint_dirs", "latest_state",
-           "list_checkpoints", "prune_checkpoints", "restore_training_state", "training_state", "write_checkpoint"]
+           "list_checkpoints", "optimizer_class", "prune_checkpoints", "restore_training_state", "training_state",
+           "write_checkpoint"]
 
 
 @dataclass(frozen=True)
@@ -76,9 +80,14 @@ def training_state(transformer, trainee_params: list, optimizer, step: int, loss
         "config": config.to_json(),
         "trainee": {names[id(param)]: param.detach().to("cpu").clone() for param in trainee_params},
         "optimizer": optimizer.state_dict(),
+        "optimizer_class": optimizer_class(optimizer),
         "rng_cpu": torch.get_rng_state(),
         "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
+
+
+def optimizer_class(optimizer) -> str:
+    return f"{type(optimizer).__module__}.{type(optimizer).__qualname__}"
 
 
 def restore_training_state(transformer, optimizer, state: dict) -> None:
@@ -89,7 +98,14 @@ def restore_training_state(transformer, optimizer, state: dict) -> None:
     with torch.no_grad():
         for name, value in state["trainee"].items():
             params[name].copy_(value)
-    optimizer.load_state_dict(state["optimizer"])
+    saved_class = state.get("optimizer_class")  # absent in checkpoints written before it was recorded
+    if saved_class is not None and saved_class != optimizer_class(optimizer):
+        # The worker's optimizer changed between the runs (a new VRAM profile, bitsandbytes installed or removed):
+        # the LoRA weights carry over, AdamW's moments start again.
+        log.warning("the checkpoint's optimizer was %s, this run's is %s: its moments start from zero",
+                    saved_class, optimizer_class(optimizer))
+    else:
+        optimizer.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["rng_cpu"])
     if state["rng_cuda"] and torch.cuda.is_available() and len(state["rng_cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["rng_cuda"])

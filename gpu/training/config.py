@@ -12,8 +12,9 @@ from dataclasses import asdict, dataclass, fields
 from zimage_protocol import ErrorCode, UserError
 
 TIMESTEP_SAMPLING = ("sigmoid", "shift", "uniform")
+OPTIMIZERS = ("auto", "adamw", "adamw8bit")  # auto: gpu/lora/trainee.py's optimizer_kind
 
-__all__ = ["TIMESTEP_SAMPLING", "TrainConfig", "TrainerError", "TrainingAdapterError"]
+__all__ = ["OPTIMIZERS", "TIMESTEP_SAMPLING", "TrainConfig", "TrainerError", "TrainingAdapterError"]
 
 
 class TrainerError(UserError):
@@ -50,6 +51,7 @@ class TrainConfig:
     sample_steps: int = 8
     max_grad_norm: float = 1.0  # 0 turns clipping off
     gradient_checkpointing: bool = False  # less memory, about 2x slower steps
+    optimizer: str = "auto"  # "adamw" (torch, fused on CUDA), "adamw8bit" (bitsandbytes), "auto": 8-bit where memory is short
 
     def validate(self) -> None:
         problems = []
@@ -63,6 +65,8 @@ class TrainConfig:
             problems.append(f"timestep_sampling must be one of {', '.join(TIMESTEP_SAMPLING)}")
         if self.resolution < 16 or self.resolution % 16 or self.resolution > 2048:
             problems.append("resolution must be a multiple of 16 between 16 and 2048")
+        if self.optimizer not in OPTIMIZERS:
+            problems.append(f"optimizer must be one of {', '.join(OPTIMIZERS)}")
         if not self.target_modules:
             problems.append("target_modules is empty")
         if problems:

@@ -190,7 +190,8 @@ class LoraTrainer:
         self._base.offload_text_encoder()
         try:
             self._add_adapters()
-            self.optimizer = make_optimizer(self._trainee_params, self.config, self.device)
+            memory_saving = self.config.gradient_checkpointing or self._quantized is not None
+            self.optimizer = make_optimizer(self._trainee_params, self.config, self.device, memory_saving)
             self._resume_from_checkpoint()
         except Exception:
             self.close()

@@ -137,6 +137,26 @@ def test_synthetic_dataset_is_a_realistic_photo_set(tmp_path):
     assert (tmp_path / "again" / entries[3]["file"]).read_bytes() == (dataset / entries[3]["file"]).read_bytes()
 
 
+def test_bench_tokenizer_gives_captions_realistic_token_counts(tmp_path):
+    """The full-size bench's tokenizer (build.py) learns its own texts: ~1-3 tokens a word, not one per byte, the
+    same merges every time, and every id inside the text encoder's vocabulary."""
+    from gpu.bench.build import bench_tokenizer
+    from gpu.bench.training import write_dataset
+    from gpu.training.data import read_manifest
+
+    tokenizer, again = bench_tokenizer(), bench_tokenizer()
+    captions = [entry["caption"] for entry in read_manifest(write_dataset(tmp_path / "ds", 75, 16))]
+    counts = [len(tokenizer(caption).input_ids) for caption in captions]
+    words = [len(caption.split()) for caption in captions]
+    assert 1.0 < sum(counts) / sum(words) < 2.0  # Qwen3's own vocabulary: ~1.3
+    assert max(counts) < 128 < max(len(caption.encode()) for caption in captions)
+    assert [again(caption).input_ids for caption in captions] == [tokenizer(caption).input_ids for caption in captions]
+    templated = tokenizer.apply_chat_template([{"role": "user", "content": captions[0]}], tokenize=False,
+                                              add_generation_prompt=True)
+    ids = tokenizer(templated).input_ids
+    assert tokenizer.convert_tokens_to_ids("<|im_start|>") in ids and max(ids) < 151936
+
+
 def test_training_and_latency_verdicts():
     from gpu.bench.latency import assess as assess_latency
     from gpu.bench.training import FULL_TRAIN

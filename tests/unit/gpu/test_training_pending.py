@@ -17,7 +17,7 @@ def pipelined_trainer(pipe, dataset, cache_file, tmp_path, monkeypatch, name: st
     import gpu.training.trainer as trainer_module
 
     monkeypatch.setattr(trainer_module, "can_pipeline", lambda device: True)
-    monkeypatch.setattr(trainer_module, "make_optimizer", lambda params, config, device: torch.optim.AdamW(
+    monkeypatch.setattr(trainer_module, "make_optimizer", lambda params, config, device, memory_saving=False: torch.optim.AdamW(
         params, lr=config.learning_rate, weight_decay=config.weight_decay, fused=True))
     trainer = LoraTrainer(pipe, dataset, fresh_output(tmp_path, cache_file, name), small_config(), "cpu", torch.float32)
     trainer.prepare()
