@@ -18,6 +18,7 @@ from zimage_protocol.settings import SettingsError
 
 from .engine import ImageEngine
 from .logs import configure_logging
+from .process_env import apply_process_env_defaults
 from .scheduler import GpuScheduler
 from .server import WorkerServer, socket_is_live
 from .startup_errors import WorkerExit, explain_load_error
@@ -55,10 +56,7 @@ def exit_with_parent() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if os.environ.get("ZIMAGE_VRAM", "").strip().lower() == "16gb":  # before torch allocates anything
-        from .quantize import LOW_VRAM_ALLOC_CONF
-
-        os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", LOW_VRAM_ALLOC_CONF)
+    apply_process_env_defaults(os.environ)  # before torch allocates anything and diffusers is imported
     if args.exit_with_parent:
         exit_with_parent()
     configure_logging()

@@ -48,6 +48,7 @@ def render_inference(results: dict) -> str:
     row("live previews per image", lambda c: c.get("previews", {}).get("per_image"))
     lines += preview_cost(columns)
     for key, title in (("warm_start", "ours, new process"),
+                       ("warm_start_serial_shards", "baseline: each component's files read one after another"),
                        ("warm_start_host_load", "baseline: the folder read to the host, then moved to the GPU")):
         warm = results.get(key)
         if warm is None:
@@ -177,8 +178,9 @@ def render_training(training: dict) -> str:
         ("step shapes (unpadded)", lambda c: f"{c.get('step_shapes')} ({c.get('unpadded_shapes')})"
                                              if c.get("step_shapes") is not None else None, None),
         ("peak GPU memory during the timed steps (GiB)", lambda c: c.get("peak_gib"), None),
-        ("peak reserved, warm-up / timed steps (GiB)", lambda c: f"{_fmt(c.get('peak_reserved_gib_prepare_and_warm_up'))}"
-                                                                f" / {_fmt(c.get('peak_reserved_gib'))}", None),
+        ("peak reserved, prepare / warm-up / timed steps (GiB)", lambda c: f"{_fmt(c.get('peak_reserved_gib_prepare'))}"
+                                                                          f" / {_fmt(c.get('peak_reserved_gib_warm_up'))}"
+                                                                          f" / {_fmt(c.get('peak_reserved_gib'))}", None),
         ("reserved before / after the run (GiB)", lambda c: f"{_fmt(c.get('reserved_gib_before'))} / "
                                                             f"{_fmt(c.get('reserved_gib_after_close'))}", None),
         ("CUDA graphs (ZIMAGE_TRAIN_GRAPHS)", lambda c: c.get("cuda_graphs"), None),
