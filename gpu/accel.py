@@ -163,6 +163,21 @@ class AccelSettings:
         )
 
 
+def train_activation_budget(environ: Mapping[str, str] | None = None) -> float:
+    """``ZIMAGE_TRAIN_ACTIVATION_BUDGET`` (0 < b <= 1, default 1): the share of a compiled training step's
+    activations kept for the backward pass; below 1, AOTAutograd's partitioner recomputes the cheapest of the
+    rest (``torch._functorch.config.activation_memory_budget``). Less memory, slower steps (gpu/training/graphs.py)."""
+    env = os.environ if environ is None else environ
+    text = env.get("ZIMAGE_TRAIN_ACTIVATION_BUDGET", "").strip() or "1"
+    try:
+        budget = float(text)
+    except ValueError:
+        budget = -1.0
+    if not 0.0 < budget <= 1.0:
+        raise AccelConfigError(f"ZIMAGE_TRAIN_ACTIVATION_BUDGET must be a number above 0 and at most 1, not {text!r}")
+    return budget
+
+
 @dataclass
 class AccelReport:
     """What apply() did, for logs and the benchmark."""

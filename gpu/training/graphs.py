@@ -59,21 +59,28 @@ class TrainingGraphs:
 
     ``TrainingGraphs([])`` has no blocks and does nothing: the trainer's state when not using graphs."""
 
-    def __init__(self, blocks: list, options: dict | None = None):
+    def __init__(self, blocks: list, options: dict | None = None, activation_budget: float = 1.0):
         self.blocks = blocks
         self._options = dict(CUDA_GRAPH_OPTIONS if options is None else options)
+        self.activation_budget = activation_budget  # ZIMAGE_TRAIN_ACTIVATION_BUDGET (gpu/accel.py)
+        self._budget_before: float | None = None
         self._training: dict = {}  # block -> training's compiled callable (made by the first enter())
         self._generation: dict = {}  # block -> the callable it had before enter()
         self.active = False
         self.reset_compiled_code = False  # release() discarded every compiled graph: generation must re-warm
 
     @classmethod
-    def for_transformer(cls, transformer, options: dict | None = None) -> TrainingGraphs | None:
-        """None unless the transformer's repeated blocks are compiled (regional compile)."""
+    def for_transformer(cls, transformer, options: dict | None = None,
+                        activation_budget: float | None = None) -> TrainingGraphs | None:
+        """None unless the transformer's repeated blocks are compiled (regional compile). `activation_budget`:
+        default ZIMAGE_TRAIN_ACTIVATION_BUDGET."""
+        from ..accel import train_activation_budget
+
+        budget = train_activation_budget() if activation_budget is None else activation_budget
         names = set(getattr(transformer, "_repeated_blocks", None) or ())
         blocks = [module for module in transformer.modules()
                   if type(module).__name__ in names and getattr(module, "_compiled_call_impl", None) is not None]
-        return cls(blocks, options) if blocks else None
+        return cls(blocks, options, budget) if blocks else None
 
     @property
     def uses_cuda_graphs(self) -> bool:
@@ -90,6 +97,11 @@ class TrainingGraphs:
                 self._training[block] = torch.compile(block._call_impl, **self._options)
             self._generation[block] = block._compiled_call_impl
             block._compiled_call_impl = self._training[block]
+        if self.activation_budget < 1.0:  # read when a step compiles, so only training's graphs see it
+            import torch._functorch.config as functorch_config
+
+            self._budget_before = functorch_config.activation_memory_budget
+            functorch_config.activation_memory_budget = self.activation_budget
         self.active = True
 
     def mark_step(self) -> None:
@@ -106,6 +118,11 @@ class TrainingGraphs:
         for block, callable_ in self._generation.items():
             block._compiled_call_impl = callable_
         self._generation = {}
+        if self._budget_before is not None:
+            import torch._functorch.config as functorch_config
+
+            functorch_config.activation_memory_budget = self._budget_before
+            self._budget_before = None
         self.active = False
 
     def release(self) -> TrainingGraphs:
