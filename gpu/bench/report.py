@@ -48,7 +48,7 @@ def render_inference(results: dict) -> str:
     row("live previews per image", lambda c: c.get("previews", {}).get("per_image"))
     lines += preview_cost(columns)
     for key, title in (("warm_start", "ours, new process"),
-                       ("warm_start_serial_shards", "baseline: each component's files read one after another"),
+                       ("warm_start_parallel_shards", "a sharded component's files read in parallel"),
                        ("warm_start_host_load", "baseline: the folder read to the host, then moved to the GPU")):
         warm = results.get(key)
         if warm is None:

@@ -234,3 +234,38 @@ def test_compiled_trainer_pads_its_steps(pipe, dataset, tmp_path):
     assert sorted(set(trainer.step_shapes)) == [(32, 64), (32, 128)]  # 4 unpadded shapes: 2 buckets x 2 lengths
     assert distinct_shapes(unpadded_shapes(trainer._latents, trainer._embeds)) == 4
     trainer.close()
+
+
+def test_activation_budget_holds_only_while_training_steps_run(monkeypatch):
+    """ZIMAGE_TRAIN_ACTIVATION_BUDGET: AOTAutograd's budget while training's callables are in place (when a step
+    compiles), generation's own value back on exit."""
+    import torch._functorch.config as functorch_config
+
+    class Block(torch.nn.Module):  # a model's own block class (dynamo skips torch.nn's own modules)
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.ones(4, 4))
+
+        def forward(self, x):
+            return torch.relu(x @ self.weight)
+
+    block = Block()
+    block.compile(backend="eager")  # a compiled block, as regional compile leaves it
+    before = functorch_config.activation_memory_budget
+    graphs = TrainingGraphs([block], TRAINING_OPTIONS, activation_budget=0.5)
+    graphs.enter()
+    assert functorch_config.activation_memory_budget == 0.5
+    block(torch.ones(1, 4)).sum().backward()  # a training step through training's callable
+    graphs.exit()
+    assert functorch_config.activation_memory_budget == before
+    unchanged = TrainingGraphs([block], TRAINING_OPTIONS, activation_budget=1.0)
+    unchanged.enter()
+    assert functorch_config.activation_memory_budget == before
+    unchanged.exit()
+
+    monkeypatch.delenv("ZIMAGE_TRAIN_ACTIVATION_BUDGET", raising=False)
+    assert accel.train_activation_budget() == accel.DEFAULT_TRAIN_ACTIVATION_BUDGET == 0.8
+    assert accel.train_activation_budget({"ZIMAGE_TRAIN_ACTIVATION_BUDGET": "1"}) == 1.0
+    for bad in ("0", "1.5", "lots", "-0.2"):
+        with pytest.raises(accel.AccelConfigError, match="ZIMAGE_TRAIN_ACTIVATION_BUDGET must be a number"):
+            accel.train_activation_budget({"ZIMAGE_TRAIN_ACTIVATION_BUDGET": bad})
