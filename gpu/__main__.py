@@ -56,7 +56,7 @@ def exit_with_parent() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    apply_process_env_defaults(os.environ)  # before torch allocates anything and diffusers is imported
+    apply_process_env_defaults(os.environ)  # before torch allocates anything
     if args.exit_with_parent:
         exit_with_parent()
     configure_logging()

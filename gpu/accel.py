@@ -108,6 +108,7 @@ WARM_UP_PROMPTS = (
 RECOMPILE_LIMIT = 64
 
 COMPILE_CHOICES = ("auto", "on", "off")
+DEFAULT_TRAIN_ACTIVATION_BUDGET = 0.8  # ZIMAGE_TRAIN_ACTIVATION_BUDGET (train_activation_budget)
 VRAM_CHOICES = ("full", "16gb", "12gb")
 LOW_VRAM_CHOICES = ("16gb", "12gb")  # placed block by block, quantization chosen by the card
 
@@ -125,6 +126,7 @@ class AccelSettings:
     compile_vae: bool = False
     vram: str = "full"
     train_graphs: bool = False
+    train_activation_budget: float = DEFAULT_TRAIN_ACTIVATION_BUDGET
 
     @classmethod
     def from_env(cls, device: str, data_dir: Path, environ: Mapping[str, str] | None = None) -> AccelSettings:
@@ -160,10 +162,8 @@ class AccelSettings:
             compile_vae=compile_vae == "on",
             vram=vram,
             train_graphs=train_graphs == "auto" and compiled and device == "cuda",
+            train_activation_budget=train_activation_budget(env),
         )
-
-
-DEFAULT_TRAIN_ACTIVATION_BUDGET = 0.8
 
 
 def train_activation_budget(environ: Mapping[str, str] | None = None) -> float:
@@ -196,6 +196,7 @@ class AccelReport:
     attention: str = "default"
     quant: str = "none"
     train_graphs: bool = False  # LoRA training replays CUDA graphs (gpu/training/graphs.py)
+    train_activation_budget: float = DEFAULT_TRAIN_ACTIVATION_BUDGET  # for those graphs' compiles
     cache_dir: str | None = None
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
@@ -318,6 +319,7 @@ def apply(pipe, settings: AccelSettings, placed: bool = False) -> AccelReport:
         report.compiled = True
         report.cache_dir = str(settings.cache_dir)
         report.train_graphs = settings.train_graphs
+        report.train_activation_budget = settings.train_activation_budget
     if getattr(pipe, "vae", None) is not None:
         if settings.compile_vae:
             configure_compile_cache(settings.cache_dir)

@@ -149,8 +149,8 @@ class ImageEngine:
         self.profile = pick.profile
         self.profile_line = line
         if pick.profile.vram != "full" and "PYTORCH_CUDA_ALLOC_CONF" not in os.environ:
-            # What gpu/__main__.py sets before torch starts for an explicit ZIMAGE_VRAM=16gb; a pick made here
-            # turns it on at run time (it applies to the segments allocated from now on: all of the model).
+            # The worker and the bench set it for every profile before torch starts (gpu/process_env.py); an engine
+            # used without them turns it on here for a low-VRAM pick (from now on: all of the model).
             torch.cuda.memory._set_allocator_settings(quantize.LOW_VRAM_ALLOC_CONF)
         return pick.worker_env(environ)
 

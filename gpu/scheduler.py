@@ -286,7 +286,8 @@ class GpuScheduler:
                                 ErrorCode.UNSUPPORTED)
             started = time.perf_counter()
             session = TrainingSession(self.engine.pipe, params, self.engine.device, self._gpu, self._encoder,
-                                      cuda_graphs=self.engine.accel.train_graphs, model=self.engine.model_name)
+                                      cuda_graphs=self.engine.accel.train_graphs, model=self.engine.model_name,
+                                      activation_budget=self.engine.accel.train_activation_budget)
             self._session = session
             await session.run(request_id, emit, cancelled=lambda: request_id in self._cancelled)
             return time.perf_counter() - started

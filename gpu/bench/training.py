@@ -263,7 +263,8 @@ def start_trainer(pipe, dataset_dir: Path, work_dir: Path, tcfg: dict, label: st
              "graphs_compiled_in_warm_up": accel.compiled_graph_count() - graphs_before,
              **peaks_prepare, "peak_gib_warm_up": peak_gib(), "peak_reserved_gib_warm_up": peak_reserved_gib(),
              "reserved_gib_before": round(reserved_before, 2) if reserved_before is not None else None,
-             "caption_tokens": token_counts(trainer._embeds), "activation_budget": trainer._graphs.activation_budget,
+             "caption_tokens": token_counts(trainer._embeds),
+             "activation_budget": trainer._graphs.activation_budget if trainer.uses_training_graphs else None,
              "memory_after_prepare": memory_after_prepare, "memory_after_warm_up": memory_breakdown()}
     return trainer, facts
 

@@ -9,6 +9,7 @@ when the state must be set again. Kept apart from the trainer so its peft handli
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from ..training.config import TrainConfig, TrainerError, TrainingAdapterError
@@ -22,6 +23,8 @@ from .common import (
     quiet_peft,
     remove_peft_if_empty,
 )
+
+log = logging.getLogger(__name__)
 
 __all__ = ["add_trainee", "adapter_signature", "find_trainee_layer", "make_optimizer", "optimizer_kind",
            "remove_trainer_adapters", "set_training_state", "trainee_state_dict", "write_trainee"]
@@ -131,7 +134,8 @@ def optimizer_kind(config: TrainConfig, device_type: str, memory_saving: bool, h
     """Which AdamW trains the LoRA: ``"adamw8bit"`` (bitsandbytes) or ``"adamw"`` (torch's; fused on CUDA).
 
     ``config.optimizer`` ``"auto"`` takes the 8-bit one only where memory is what limits the run (a quantized base,
-    the low-VRAM profiles, or gradient checkpointing) and bitsandbytes is installed. Measured on an H100
+    the low-VRAM profiles, or gradient checkpointing configured) and bitsandbytes is installed. Chosen once, in
+    ``prepare()``: checkpointing turned on later by an out-of-memory step keeps the optimizer. Measured on an H100
     (docs/BENCHMARKS.md, session 11): 8-bit AdamW's unfused per-tensor kernels cost 0.121 vs 0.085 s/step over
     the 476 LoRA tensors of a rank-64 run, to save ~1 GiB of optimizer state; a full-size card has that GiB.
     """
@@ -150,8 +154,11 @@ def make_optimizer(params: list, config: TrainConfig, device, memory_saving: boo
 
     have_bnb = importlib.util.find_spec("bitsandbytes") is not None
     if optimizer_kind(config, device.type, memory_saving, have_bnb) == "adamw8bit":
-        import bitsandbytes
+        try:
+            import bitsandbytes
 
-        return bitsandbytes.optim.AdamW8bit(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+            return bitsandbytes.optim.AdamW8bit(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+        except Exception as exc:  # noqa: BLE001 - installed but unusable here (its CUDA library): train anyway
+            log.warning("bitsandbytes' 8-bit AdamW is unavailable (%s): training with torch's AdamW", exc)
     return torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay,
                              fused=device.type == "cuda")

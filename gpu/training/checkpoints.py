@@ -90,6 +90,24 @@ def optimizer_class(optimizer) -> str:
     return f"{type(optimizer).__module__}.{type(optimizer).__qualname__}"
 
 
+# A checkpoint without ``optimizer_class`` tells its optimizer by the keys of its per-parameter state.
+_TORCH_ADAM_LAYOUT, _BITSANDBYTES_LAYOUT = "torch Adam moments (exp_avg)", "bitsandbytes 8-bit states (state1)"
+
+
+def _layout_of(optimizer_state: dict) -> str | None:
+    """The moments' layout of a saved optimizer state, None when no step has made any."""
+    per_parameter = next(iter(optimizer_state.get("state", {}).values()), None)
+    if not per_parameter:
+        return None
+    if "state1" in per_parameter:
+        return _BITSANDBYTES_LAYOUT
+    return _TORCH_ADAM_LAYOUT if "exp_avg" in per_parameter else None
+
+
+def _layout_of_optimizer(optimizer) -> str:
+    return _BITSANDBYTES_LAYOUT if type(optimizer).__module__.startswith("bitsandbytes") else _TORCH_ADAM_LAYOUT
+
+
 def restore_training_state(transformer, optimizer, state: dict) -> None:
     """The inverse of :func:`training_state` for the weights, optimizer and RNG (step and losses: the caller's)."""
     import torch
@@ -98,10 +116,11 @@ def restore_training_state(transformer, optimizer, state: dict) -> None:
     with torch.no_grad():
         for name, value in state["trainee"].items():
             params[name].copy_(value)
-    saved_class = state.get("optimizer_class")  # absent in checkpoints written before it was recorded
-    if saved_class is not None and saved_class != optimizer_class(optimizer):
-        # The worker's optimizer changed between the runs (a new VRAM profile, bitsandbytes installed or removed):
-        # the LoRA weights carry over, AdamW's moments start again.
+    saved_class = state.get("optimizer_class") or _layout_of(state["optimizer"])  # absent before session 11
+    if saved_class is not None and saved_class not in (optimizer_class(optimizer), _layout_of_optimizer(optimizer)):
+        # The worker's optimizer changed between the runs (a new VRAM profile, bitsandbytes installed or removed,
+        # or a checkpoint of a worker that trained with 8-bit AdamW by default): the LoRA weights carry over,
+        # AdamW's moments start again. Loading the other layout would fail at the next step.
         log.warning("the checkpoint's optimizer was %s, this run's is %s: its moments start from zero",
                     saved_class, optimizer_class(optimizer))
     else:

@@ -59,10 +59,13 @@ class TrainingGraphs:
 
     ``TrainingGraphs([])`` has no blocks and does nothing: the trainer's state when not using graphs."""
 
-    def __init__(self, blocks: list, options: dict | None = None, activation_budget: float = 1.0):
+    def __init__(self, blocks: list, options: dict | None = None, activation_budget: float | None = None):
+        from ..accel import DEFAULT_TRAIN_ACTIVATION_BUDGET
+
         self.blocks = blocks
         self._options = dict(CUDA_GRAPH_OPTIONS if options is None else options)
-        self.activation_budget = activation_budget  # ZIMAGE_TRAIN_ACTIVATION_BUDGET (gpu/accel.py)
+        # ZIMAGE_TRAIN_ACTIVATION_BUDGET (gpu/accel.py): the worker passes its setting, validated at start-up
+        self.activation_budget = DEFAULT_TRAIN_ACTIVATION_BUDGET if activation_budget is None else activation_budget
         self._budget_before: float | None = None
         self._training: dict = {}  # block -> training's compiled callable (made by the first enter())
         self._generation: dict = {}  # block -> the callable it had before enter()
@@ -73,7 +76,7 @@ class TrainingGraphs:
     def for_transformer(cls, transformer, options: dict | None = None,
                         activation_budget: float | None = None) -> TrainingGraphs | None:
         """None unless the transformer's repeated blocks are compiled (regional compile). `activation_budget`:
-        default ZIMAGE_TRAIN_ACTIVATION_BUDGET."""
+        the worker's setting (AccelReport.train_activation_budget); None reads ZIMAGE_TRAIN_ACTIVATION_BUDGET."""
         from ..accel import train_activation_budget
 
         budget = train_activation_budget() if activation_budget is None else activation_budget

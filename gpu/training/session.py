@@ -31,13 +31,14 @@ class TrainingCancelled(Cancelled):
 
 class TrainingSession:
     def __init__(self, pipe, params: TrainParams, device: str, gpu: Executor, encoder: Executor,
-                 cuda_graphs: bool = False, model: str = ""):
+                 cuda_graphs: bool = False, model: str = "", activation_budget: float | None = None):
         from .config import TrainConfig
         from .graphs import TrainingGraphs
         from .trainer import LoraTrainer
 
         self.config = TrainConfig.from_json(params.config)
-        graphs = TrainingGraphs.for_transformer(pipe.transformer) if cuda_graphs else None  # ZIMAGE_TRAIN_GRAPHS
+        graphs = (TrainingGraphs.for_transformer(pipe.transformer, activation_budget=activation_budget)
+                  if cuda_graphs else None)  # ZIMAGE_TRAIN_GRAPHS, ZIMAGE_TRAIN_ACTIVATION_BUDGET
         self.trainer = LoraTrainer(pipe, Path(params.dataset_dir), Path(params.output_dir), self.config,
                                    device, pipe.transformer.dtype, graphs)
         self._gpu, self._encoder = gpu, encoder

@@ -199,8 +199,10 @@ def test_accel_settings_from_env(tmp_path):
     assert AccelSettings.from_env("cuda", tmp_path, {"ZIMAGE_TRAIN_GRAPHS": "off"}).train_graphs is False
     assert AccelSettings.from_env("cuda", tmp_path, {"ZIMAGE_COMPILE": "off"}).train_graphs is False
     assert AccelSettings.from_env("cpu", tmp_path, {"ZIMAGE_COMPILE": "on"}).train_graphs is False
+    assert (cuda.train_activation_budget, AccelSettings.from_env(  # read at start-up: a bad value stops the worker
+        "cuda", tmp_path, {"ZIMAGE_TRAIN_ACTIVATION_BUDGET": "0.6"}).train_activation_budget) == (0.8, 0.6)
     for bad in ({"ZIMAGE_COMPILE": "yes"}, {"ZIMAGE_QUANT": "int4"}, {"ZIMAGE_COMPILE_VAE": "auto"},
-                {"ZIMAGE_TRAIN_GRAPHS": "on"},
+                {"ZIMAGE_TRAIN_GRAPHS": "on"}, {"ZIMAGE_TRAIN_ACTIVATION_BUDGET": "2"},
                 {"ZIMAGE_VRAM": "8gb"}, {"ZIMAGE_VRAM": "16gb", "ZIMAGE_QUANT": "fp8"}):
         with pytest.raises(AccelConfigError):
             AccelSettings.from_env("cuda", tmp_path, bad)

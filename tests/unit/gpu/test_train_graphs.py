@@ -95,6 +95,7 @@ def test_only_compiled_blocks_get_training_graphs(tiny_models_dir, pipe):
     blocks = TrainingGraphs.for_transformer(pipe.transformer).blocks
     expected = [m for m in pipe.transformer.modules() if type(m).__name__ == "ZImageTransformerBlock"]
     assert blocks == expected and len(blocks) > 2  # main layers and both refiners
+    assert TrainingGraphs.for_transformer(pipe.transformer, activation_budget=0.6).activation_budget == 0.6
 
 
 def test_trainer_runs_training_graphs_only_for_steps(pipe, dataset, tmp_path):
@@ -241,6 +242,7 @@ def test_activation_budget_holds_only_while_training_steps_run(monkeypatch):
     compiles), generation's own value back on exit."""
     import torch._functorch.config as functorch_config
 
+    monkeypatch.setattr(functorch_config, "activation_memory_budget", 0.7)  # not torch's default: restored, not reset
     class Block(torch.nn.Module):  # a model's own block class (dynamo skips torch.nn's own modules)
         def __init__(self):
             super().__init__()
@@ -255,9 +257,9 @@ def test_activation_budget_holds_only_while_training_steps_run(monkeypatch):
     graphs = TrainingGraphs([block], TRAINING_OPTIONS, activation_budget=0.5)
     graphs.enter()
     assert functorch_config.activation_memory_budget == 0.5
-    block(torch.ones(1, 4)).sum().backward()  # a training step through training's callable
+    assert block._compiled_call_impl is graphs._training[block]  # steps run training's callable meanwhile
     graphs.exit()
-    assert functorch_config.activation_memory_budget == before
+    assert functorch_config.activation_memory_budget == before == 0.7
     unchanged = TrainingGraphs([block], TRAINING_OPTIONS, activation_budget=1.0)
     unchanged.enter()
     assert functorch_config.activation_memory_budget == before
@@ -265,6 +267,7 @@ def test_activation_budget_holds_only_while_training_steps_run(monkeypatch):
 
     monkeypatch.delenv("ZIMAGE_TRAIN_ACTIVATION_BUDGET", raising=False)
     assert accel.train_activation_budget() == accel.DEFAULT_TRAIN_ACTIVATION_BUDGET == 0.8
+    assert TrainingGraphs([block]).activation_budget == 0.8  # the same default however it is built
     assert accel.train_activation_budget({"ZIMAGE_TRAIN_ACTIVATION_BUDGET": "1"}) == 1.0
     for bad in ("0", "1.5", "lots", "-0.2"):
         with pytest.raises(accel.AccelConfigError, match="ZIMAGE_TRAIN_ACTIVATION_BUDGET must be a number"):

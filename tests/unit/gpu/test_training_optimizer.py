@@ -73,3 +73,28 @@ def test_a_checkpoint_of_another_optimizer_keeps_the_weights_and_starts_the_mome
     assert torch.equal(other_model.weight, model.weight)
     assert other_optimizer.state_dict()["state"] == {}
     assert "its moments start from zero" in caplog.text
+
+
+def test_a_checkpoint_from_before_the_optimizer_was_recorded_is_told_by_its_state():
+    """Workers with bitsandbytes trained with 8-bit AdamW by default until session 11; their checkpoints have no
+    ``optimizer_class``. Resumed with torch's AdamW, the LoRA weights carry over and the step after works."""
+    model, params, optimizer = _trained(torch.optim.AdamW)
+    state = training_state(model, params, optimizer, 1, [0.5], [0.1], TrainConfig())
+    del state["optimizer_class"]
+    torch_layout = {**state, "optimizer": optimizer.state_dict()}
+    eight_bit = optimizer.state_dict()
+    eight_bit["state"] = {index: {"step": entry["step"], "state1": entry["exp_avg"].to(torch.uint8),
+                                  "state2": entry["exp_avg_sq"].to(torch.uint8), "absmax1": torch.ones(1)}
+                          for index, entry in eight_bit["state"].items()}
+    bnb_layout = {**state, "optimizer": eight_bit}
+
+    fresh_model, fresh_params, _ = _trained(torch.optim.AdamW)
+    fresh_optimizer = torch.optim.AdamW(fresh_params, lr=0.1)
+    restore_training_state(fresh_model, fresh_optimizer, bnb_layout)
+    assert torch.equal(fresh_model.weight, model.weight) and fresh_optimizer.state_dict()["state"] == {}
+    fresh_model(torch.ones(2, 4)).sum().backward()
+    fresh_optimizer.step()  # would raise KeyError('exp_avg') with the 8-bit state loaded
+
+    same_optimizer = torch.optim.AdamW(fresh_params, lr=0.1)
+    restore_training_state(fresh_model, same_optimizer, torch_layout)  # torch's own layout: its moments load
+    assert torch.equal(same_optimizer.state_dict()["state"][0]["exp_avg"], optimizer.state_dict()["state"][0]["exp_avg"])
