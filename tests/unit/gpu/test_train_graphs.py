@@ -242,7 +242,6 @@ def test_activation_budget_holds_only_while_training_steps_run(monkeypatch):
     compiles), generation's own value back on exit."""
     import torch._functorch.config as functorch_config
 
-    monkeypatch.setattr(functorch_config, "activation_memory_budget", 0.7)  # not torch's default: restored, not reset
     class Block(torch.nn.Module):  # a model's own block class (dynamo skips torch.nn's own modules)
         def __init__(self):
             super().__init__()
@@ -253,17 +252,22 @@ def test_activation_budget_holds_only_while_training_steps_run(monkeypatch):
 
     block = Block()
     block.compile(backend="eager")  # a compiled block, as regional compile leaves it
-    before = functorch_config.activation_memory_budget
-    graphs = TrainingGraphs([block], TRAINING_OPTIONS, activation_budget=0.5)
-    graphs.enter()
-    assert functorch_config.activation_memory_budget == 0.5
-    assert block._compiled_call_impl is graphs._training[block]  # steps run training's callable meanwhile
-    graphs.exit()
-    assert functorch_config.activation_memory_budget == before == 0.7
-    unchanged = TrainingGraphs([block], TRAINING_OPTIONS, activation_budget=1.0)
-    unchanged.enter()
-    assert functorch_config.activation_memory_budget == before
-    unchanged.exit()
+    # Not monkeypatch: its undo deletes a module attribute it found outside __dict__, which hides torch's setting.
+    torch_default = functorch_config.activation_memory_budget
+    functorch_config.activation_memory_budget = 0.7  # not torch's default: restored, not reset
+    try:
+        graphs = TrainingGraphs([block], TRAINING_OPTIONS, activation_budget=0.5)
+        graphs.enter()
+        assert functorch_config.activation_memory_budget == 0.5
+        assert block._compiled_call_impl is graphs._training[block]  # steps run training's callable meanwhile
+        graphs.exit()
+        assert functorch_config.activation_memory_budget == 0.7
+        unchanged = TrainingGraphs([block], TRAINING_OPTIONS, activation_budget=1.0)
+        unchanged.enter()
+        assert functorch_config.activation_memory_budget == 0.7
+        unchanged.exit()
+    finally:
+        functorch_config.activation_memory_budget = torch_default
 
     monkeypatch.delenv("ZIMAGE_TRAIN_ACTIVATION_BUDGET", raising=False)
     assert accel.train_activation_budget() == accel.DEFAULT_TRAIN_ACTIVATION_BUDGET == 0.8
