@@ -9,8 +9,6 @@ import aiohttp
 import pytest
 from metrics_helpers import families, samples
 
-from bot.db.jobs import JobStore
-from bot.db.migrate import upgrade_to_head
 from bot.db.models import JobKind, JobStatus
 from bot.files_server import FilesServer, LinkSigner
 from bot.health import Monitor
@@ -46,14 +44,6 @@ class FakeClient:
 
     def is_closed(self) -> bool:
         return False
-
-
-@pytest.fixture
-async def store(tmp_path):
-    upgrade_to_head(f"sqlite:///{tmp_path / 'jobs.db'}")
-    store = JobStore(f"sqlite+aiosqlite:///{tmp_path / 'jobs.db'}")
-    yield store
-    await store.close()
 
 
 @pytest.fixture

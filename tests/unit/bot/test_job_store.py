@@ -2,19 +2,8 @@
 
 from datetime import timedelta
 
-import pytest
-
 from bot.db.jobs import JobStore
-from bot.db.migrate import upgrade_to_head
 from bot.db.models import JobStatus, utcnow
-
-
-@pytest.fixture
-async def store(tmp_path):
-    upgrade_to_head(f"sqlite:///{tmp_path / 'jobs.db'}")
-    store = JobStore(f"sqlite+aiosqlite:///{tmp_path / 'jobs.db'}")
-    yield store
-    await store.close()
 
 
 def params(prompt="a cat"):
@@ -56,11 +45,11 @@ async def test_recovery_requeues_running_jobs_in_order(store):
     assert again.id == first.id and again.attempts == 2
 
 
-async def test_state_survives_reopening(store, tmp_path):
+async def test_state_survives_reopening(store):
     await store.set_state("k", "v1")
     await store.set_state("k", "v2")
     job = await store.enqueue(user_id=1, guild_id=1, channel_id=2, params=params("persist"))
-    reopened = JobStore(f"sqlite+aiosqlite:///{tmp_path / 'jobs.db'}")
+    reopened = JobStore(store.engine.url.render_as_string(hide_password=False))  # the same file
     try:
         assert await reopened.get_state("k") == "v2"
         assert (await reopened.get(job.id)).params["prompt"] == "persist"

@@ -14,8 +14,6 @@ import re
 import time
 from types import SimpleNamespace
 
-import pytest
-from databases import migrated_database
 from pipeline_fakes import FakeGpuWorker, RecordingMessages, fake_preview
 
 from bot.db.jobs import JobStore
@@ -35,14 +33,6 @@ GUILD, CHANNEL = 10, 20
 class Moderation:
     async def settings(self, guild_id):
         return SimpleNamespace(spoiler_images=False)
-
-
-@pytest.fixture
-async def store(tmp_path):
-    async with migrated_database("sqlite", tmp_path) as url:
-        store = JobStore(url)
-        yield store
-        await store.close()
 
 
 class Bot:

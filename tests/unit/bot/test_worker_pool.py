@@ -12,7 +12,6 @@ import asyncio
 from collections import Counter
 
 import pytest
-from databases import migrated_database
 from pipeline_fakes import FakeGpuWorker, RecordingMessages
 from test_pipeline_unit import Moderation, queue, statuses_of, until
 
@@ -30,14 +29,6 @@ from bot.worker.pool import WorkerPool
 from zimage_protocol.endpoints import UnixEndpoint
 
 GUILD, CHANNEL = 10, 20
-
-
-@pytest.fixture
-async def store(tmp_path):
-    async with migrated_database("sqlite", tmp_path) as url:
-        store = JobStore(url)
-        yield store
-        await store.close()
 
 
 class Bot:
