@@ -74,9 +74,9 @@ def bench_tokenizer():
     from transformers import Qwen2Tokenizer
 
     from ..tiny import CHAT_TEMPLATE, SPECIAL_TOKENS
-    from . import inference, latency, training
+    from . import inference, latency, photo_set
 
-    texts = [*training.CAPTION_TEXTS, inference.TIMING_PROMPT, *inference.QUEUE_PROMPTS, *latency.PROMPT_TEXTS]
+    texts = [*photo_set.CAPTION_TEXTS, inference.TIMING_PROMPT, *inference.QUEUE_PROMPTS, *latency.PROMPT_TEXTS]
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.train_from_iterator(texts, trainers.BpeTrainer(

@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 from .common import GIB, error_text, free_memory, log, peak_gib, peak_reserved_gib, reset_peak, stats, sync
+from .photo_set import write_dataset
 
 DEFAULT_MODEL_DIR = Path("/tmp/zimage-random")
 SIZE, STEPS = (1024, 1024), 8
@@ -151,7 +152,7 @@ def _train(engine, tcfg: dict, work: Path, args, size, steps: int, holder: dict)
 
     dataset = work / "dataset"
     if not (dataset / "manifest.json").is_file():
-        tr.write_dataset(dataset, tcfg["images"], tcfg["resolution"])
+        write_dataset(dataset, tcfg["images"], tcfg["resolution"])
     output = work / "training"
     shutil.rmtree(output / "checkpoints", ignore_errors=True)  # a fresh run, not a resumed one
     config = tr.train_config(tcfg)

@@ -8,6 +8,7 @@ from pathlib import Path
 from . import latency as lat
 from . import training as tr
 from .common import error_text, free_memory, log
+from .photo_set import write_dataset
 
 
 def engine_phases(pipe, engine, results: dict, tiny: bool, work_dir: Path, data_dir: Path, left, save,
@@ -19,7 +20,7 @@ def engine_phases(pipe, engine, results: dict, tiny: bool, work_dir: Path, data_
     training = results.get("training")
     dataset_dir = work_dir / "dataset"
     if not (dataset_dir / "manifest.json").is_file():
-        tr.write_dataset(dataset_dir, tcfg["images"], tcfg["resolution"])
+        write_dataset(dataset_dir, tcfg["images"], tcfg["resolution"])
     gpu = lat.gpu_thread()
 
     def on_gpu(fn, *args, **kwargs):

@@ -1,9 +1,7 @@
 """LoRA training: a plain peft loop (the baseline) vs gpu/training/trainer.py's LoraTrainer, eager and compiled.
 
-Both train on the same synthetic dataset, batch 1, at the same rank, alpha and target modules. The
-dataset is a realistic photo set (issue #17), written in the manifest format that gpu/training/data.py
-reads: ``images`` JPEGs in ten sizes (phone 4:3 and 16:9, DSLR 3:2, 4:5, squares, a 2:1 panorama;
-landscape and portrait), each with its own caption of 5-60 words, all deterministic (seeded). Each
+Both train on the same synthetic dataset, batch 1, at the same rank, alpha and target modules: the realistic
+photo set of photo_set.py (ten sizes, both orientations, captions of 5-60 words). Each
 trainer column reports its step shapes (what a compiled step records graphs for: padded by
 gpu/training/shapes.py when compiled, unpadded otherwise) and the unpadded count.
 
@@ -18,8 +16,6 @@ with it. Peak memory is ``torch.cuda.max_memory_allocated`` over the timed steps
 
 from __future__ import annotations
 
-import json
-import random
 import shutil
 import time
 from pathlib import Path
@@ -40,6 +36,7 @@ from .common import (
     sync,
     timed,
 )
+from .photo_set import describe_dataset, write_dataset
 
 TARGET_MODULES = ("to_q", "to_k", "to_v", "to_out.0", "w1", "w2", "w3")
 FULL_TRAIN: dict[str, Any] = {"resolution": 512, "rank": 64, "alpha": 64, "images": 75, "timed_steps": 20,
@@ -47,76 +44,6 @@ FULL_TRAIN: dict[str, Any] = {"resolution": 512, "rank": 64, "alpha": 64, "image
 TINY_TRAIN: dict[str, Any] = {"resolution": 64, "rank": 4, "alpha": 4, "images": 10, "timed_steps": 3,
               "projected_steps": 4000, "target_minutes": 5.0, "target_peak_gib": 20.0}
 LEARNING_RATE, WEIGHT_DECAY, MAX_GRAD_NORM = 2e-4, 1e-4, 1.0  # the trainer's defaults, for both loops
-# Ten photo sizes at a 512 px training resolution (scaled with it): phone 4:3 and 16:9, DSLR 3:2, 4:5, a 2:1
-# panorama, each in both orientations, and two squares.
-PHOTO_SIZES_AT_512 = ((1024, 768), (768, 1024), (1280, 720), (720, 1280), (1200, 800), (800, 1200), (864, 1080),
-                      (1024, 1024), (640, 640), (1280, 640))
-CAPTION_WORDS = (5, 60)
-_SUBJECTS = ("sks dog", "a ceramic teapot", "an old lighthouse", "a red bicycle", "a bowl of ramen",
-             "a knitted scarf", "a mountain cabin", "a vintage camera")
-_DETAILS = ("on a wooden table", "in soft morning light", "photographed from a low angle with a wide lens",
-            "surrounded by autumn leaves", "shallow depth of field", "warm colours",
-            "in a minimalist studio with a grey backdrop", "a single softbox from the left",
-            "at night under neon signs in the rain", "reflections on the wet street", "cinematic grade",
-            "film grain", "seen through a window", "next to a sleeping cat", "on a snowy balcony",
-            "with a blurred crowd behind", "golden hour backlight", "overcast sky", "close-up", "35mm lens")
-CAPTION_TEXTS = (*_SUBJECTS, *_DETAILS)  # the words captions are made of (build.py's bench tokenizer learns them)
-
-
-def photo_sizes(resolution: int) -> list[tuple[int, int]]:
-    scale = resolution / 512
-    return [(max(16, round(w * scale)), max(16, round(h * scale))) for w, h in PHOTO_SIZES_AT_512]
-
-
-def caption(rng: random.Random, index: int) -> str:
-    """A caption of CAPTION_WORDS[0]..[1] words: a subject, then details until the drawn length."""
-    words = rng.randint(*CAPTION_WORDS)
-    text = _SUBJECTS[index % len(_SUBJECTS)].split()
-    while len(text) < words:
-        text[-1] += ","
-        text += rng.choice(_DETAILS).split()
-    return " ".join(text[:words]).rstrip(",")
-
-
-def write_dataset(root: Path, count: int, resolution: int, seed: int = 0) -> Path:
-    """`count` JPEG photos in the ten ``photo_sizes(resolution)`` (in turn), captions of 5-60 words, and
-    manifest.json ({file, caption, width, height, source_name}). Smooth colour fields with grain: they
-    encode fast and look like photos to the VAE more than white noise does."""
-    import numpy as np
-    from PIL import Image
-
-    (root / "images").mkdir(parents=True, exist_ok=True)
-    rng, noise = random.Random(seed), np.random.default_rng(seed)
-    sizes = photo_sizes(resolution)
-    entries = []
-    for index in range(count):
-        width, height = sizes[index % len(sizes)]
-        corners = noise.uniform(0, 255, (2, 2, 3)).astype(np.float32)
-        across, down = np.linspace(0, 1, width, dtype=np.float32), np.linspace(0, 1, height, dtype=np.float32)
-        top = corners[0, 0] + across[:, None] * (corners[0, 1] - corners[0, 0])
-        bottom = corners[1, 0] + across[:, None] * (corners[1, 1] - corners[1, 0])
-        pixels = top[None] + down[:, None, None] * (bottom - top)[None]
-        pixels = np.clip(pixels + noise.normal(0, 12, pixels.shape), 0, 255).astype(np.uint8)
-        name = f"images/{index + 1:04d}.jpg"
-        Image.fromarray(pixels).save(root / name, quality=90)
-        entries.append({"file": name, "caption": caption(rng, index), "width": width, "height": height,
-                        "source_name": f"IMG_{index + 1:04d}.jpg"})
-    (root / "manifest.json").write_text(json.dumps(entries, indent=1))
-    return root
-
-
-def describe_dataset(dataset_dir: Path) -> dict:
-    """What the set holds: image count, sizes, orientations, caption words."""
-    entries = json.loads((dataset_dir / "manifest.json").read_text())
-    sizes = sorted({(entry["width"], entry["height"]) for entry in entries})
-    words = [len(entry["caption"].split()) for entry in entries]
-    return {"images": len(entries), "sizes": [list(size) for size in sizes],
-            "landscape": sum(e["width"] > e["height"] for e in entries),
-            "portrait": sum(e["width"] < e["height"] for e in entries),
-            "square": sum(e["width"] == e["height"] for e in entries),
-            "caption_words": [min(words), max(words)]}
-
-
 def train_config(tcfg: dict):
     from ..training.config import TrainConfig
 

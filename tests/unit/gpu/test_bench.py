@@ -116,7 +116,8 @@ def test_synthetic_dataset_is_a_realistic_photo_set(tmp_path):
     """Ten sizes, both orientations and squares, captions of 5-60 words, the same every time; the trainer reads it."""
     from PIL import Image
 
-    from gpu.bench.training import CAPTION_WORDS, FULL_TRAIN, describe_dataset, photo_sizes, write_dataset
+    from gpu.bench.photo_set import CAPTION_WORDS, describe_dataset, photo_sizes, write_dataset
+    from gpu.bench.training import FULL_TRAIN
     from gpu.training.data import read_manifest
 
     assert FULL_TRAIN["images"] == 75
@@ -141,7 +142,7 @@ def test_bench_tokenizer_gives_captions_realistic_token_counts(tmp_path):
     """The full-size bench's tokenizer (build.py) learns its own texts: ~1-3 tokens a word, not one per byte, the
     same merges every time, and every id inside the text encoder's vocabulary."""
     from gpu.bench.build import bench_tokenizer
-    from gpu.bench.training import write_dataset
+    from gpu.bench.photo_set import write_dataset
     from gpu.training.data import read_manifest
 
     tokenizer, again = bench_tokenizer(), bench_tokenizer()
